@@ -1,0 +1,65 @@
+"""What the log carries to the state machine, and what the state machine answers.
+
+A `Command` is one replicated entry's payload. Everything `apply` may depend on is inside it:
+the operation, its validated body, the proposer's clock (`time_ms`: the *only* time apply ever
+sees, so every replica computes the same TTLs, lease expiries and session expiries), and the
+deduplication identity (`client_id`, `seq`) that makes client retries exactly-once.
+
+`Outcome` is the answer. `wait=True` means "a waiting operation (QUEUE_POLL, LOCK_LOCK,
+SEMAPHORE_ACQUIRE, LATCH_AWAIT) found nothing yet and changed nothing": the node layer waits for
+the structure to change and proposes again until the caller's deadline. Wait outcomes are never
+stored in the deduplication table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+
+from loom.wire.errors import ERROR_TYPES, LoomError, Status
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    op: str  # catalog NAME
+    body: dict[str, Any]  # already validated against the catalog schema
+    time_ms: int  # proposer's wall clock, ms since the epoch
+    client_id: str = ""  # deduplication scope: "<principal>/<client id from HELLO>"; "" = none
+    seq: int = 0  # per-client sequence number; 0 = not deduplicated
+
+    def encode(self) -> bytes:
+        return cbor2.dumps([self.op, self.body, self.time_ms, self.client_id, self.seq])
+
+    @staticmethod
+    def decode(data: bytes) -> Command:
+        op, body, time_ms, client_id, seq = cbor2.loads(data)
+        return Command(op, body, time_ms, client_id, seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: Status = Status.OK
+    value: Any = None  # the result when OK
+    message: str = ""  # the error message otherwise
+    details: dict[str, Any] = field(default_factory=dict)
+    wait: bool = False
+
+    @staticmethod
+    def ok(value: Any = None) -> Outcome:
+        return Outcome(Status.OK, value)
+
+    @staticmethod
+    def waiting() -> Outcome:
+        return Outcome(Status.OK, None, wait=True)
+
+    @staticmethod
+    def from_error(err: LoomError) -> Outcome:
+        return Outcome(err.status, None, err.message, dict(err.details))
+
+    def raise_for_status(self) -> Any:
+        """The value if OK, else raise the matching LoomError."""
+        if self.status is Status.OK:
+            return self.value
+        raise ERROR_TYPES[self.status](self.message, **self.details)

@@ -1,0 +1,393 @@
+"""The message catalog: the single source of truth for every message type.
+
+One row per type: opcode, NAME, category, access class, which body fields name the structure
+and the keys it touches, the body schema, and what its reply may reveal. The dispatcher, the ACL
+checker, the audit record, the metrics labels and docs/protocol.md are all derived from this
+table; `tests/test_catalog.py` checks docs/protocol.md against it.
+
+Rules a row must follow (checked at import time, below the table):
+- opcodes and names are unique; client types never use the RAFT category;
+- a type with a structure has a `name` field of kind NAME; a key_field is a KEY field;
+- a reveal names an existing READ type of the same category.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from loom.wire.errors import BadRequest
+from loom.wire.schema import INT64_MAX, Field, Kind, opt, validate
+
+
+class Category(Enum):
+    MAP = "MAP"
+    QUEUE = "QUEUE"
+    SET = "SET"
+    LIST = "LIST"
+    TOPIC = "TOPIC"
+    COUNTER = "COUNTER"
+    LOCK = "LOCK"
+    SEMAPHORE = "SEMAPHORE"
+    LATCH = "LATCH"
+    ATOMIC_REF = "ATOMIC_REF"
+    ID_GEN = "ID_GEN"
+    CLIENT = "CLIENT"
+    CLUSTER = "CLUSTER"
+    ADMIN = "ADMIN"
+    RAFT = "RAFT"
+
+
+class Access(Enum):
+    PUBLIC = "public"  # allowed before and regardless of ACLs (HELLO, PING, WHOAMI)
+    READ = "read"  # never changes state; served by a linearizable read
+    WRITE = "write"  # goes through the log
+    ADMIN = "admin"  # administers the cluster or the policy; goes through the log if it changes it
+
+
+class Listener(Enum):
+    CLIENT = "client"
+    PEER = "peer"
+
+
+@dataclass(frozen=True, slots=True)
+class Reveal:
+    """The reply carries data readable only with `read_op`'s grant.
+
+    `flag`: only when the request sets this boolean field (e.g. MAP_PUT return_old).
+    `redact`: without the read grant the request still runs and the revealing part of the
+    reply is withheld (COUNTER_INCREMENT's new value); otherwise the request is FORBIDDEN.
+    """
+
+    read_op: str
+    flag: str | None = None
+    redact: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MessageType:
+    opcode: int
+    name: str
+    category: Category
+    access: Access
+    schema: Mapping[str, Field]
+    key_field: str | None = None  # the one key this request touches
+    keys_field: str | None = None  # a list of keys (or a key->value map) it touches
+    reveal: Reveal | None = None
+    waits: bool = False  # may wait (timeout_ms) in the node layer until an apply wakes it
+    listener: Listener = Listener.CLIENT
+    doc: str = ""
+    has_structure: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "has_structure", "name" in self.schema)
+
+    @property
+    def is_write(self) -> bool:
+        return self.access in (Access.WRITE, Access.ADMIN)
+
+
+# -- field shorthands -------------------------------------------------------------------------
+NAME = Field(Kind.NAME, doc="structure name")
+KEY = Field(Kind.KEY)
+VALUE = Field(Kind.BYTES)
+TTL = opt(Kind.INT, min=1, max=10 * 365 * 24 * 3600 * 1000, doc="time to live in ms")
+WAIT = opt(Kind.INT, default=0, min=0, max=300_000, doc="how long to wait, ms (0: do not wait)")
+CURSOR = opt(Kind.STR, max=2048, doc="opaque cursor from the previous page")
+LIMIT = opt(Kind.INT, default=100, min=1, max=1000, doc="page size")
+SESSION = Field(Kind.INT, min=1, doc="session id from SESSION_OPEN")
+INDEX = Field(Kind.INT)
+COUNT = Field(Kind.INT, min=0, max=2**31 - 1)
+PERMITS = opt(Kind.INT, default=1, min=1, max=2**31 - 1)
+
+_ROWS: list[MessageType] = []
+
+
+def _t(
+    opcode: int, name: str, cat: Category, access: Access, schema: dict[str, Field],
+    doc: str, **kw: Any,
+) -> None:
+    _ROWS.append(MessageType(opcode, name, cat, access, schema, doc=doc, **kw))
+
+
+C, R, W, A, P = Category, Access.READ, Access.WRITE, Access.ADMIN, Access.PUBLIC
+
+# -- CLIENT: connection, sessions, batches ------------------------------------------------------
+_t(0x0001, "HELLO", C.CLIENT, P,
+   {"client_name": Field(Kind.STR, min=1, max=128), "min_version": Field(Kind.INT, min=1),
+    "max_version": Field(Kind.INT, min=1),
+    "client_id": opt(Kind.STR, min=1, max=64, doc="stable id for retry deduplication")},
+   "First frame on a connection: negotiates the protocol version and names the client.")
+_t(0x0002, "PING", C.CLIENT, P, {}, "Liveness round trip.")
+_t(0x0003, "WHOAMI", C.CLIENT, P, {}, "The principal and roles this request is evaluated as.")
+_t(0x0004, "SESSION_OPEN", C.CLIENT, W,
+   {"ttl_ms": opt(Kind.INT, default=30_000, min=1000, max=3_600_000)},
+   "Open a session (owner of locks and permits, scope of retry deduplication).")
+_t(0x0005, "SESSION_HEARTBEAT", C.CLIENT, W, {"session_id": SESSION},
+   "Keep a session alive.")
+_t(0x0006, "SESSION_CLOSE", C.CLIENT, W, {"session_id": SESSION},
+   "Close a session, releasing its locks and permits.")
+_t(0x0007, "BATCH_EXECUTE", C.CLIENT, W, {"ops": Field(Kind.OPS, max=128)},
+   "Apply a list of write operations atomically; every inner operation is authorized.")
+
+# -- MAP ---------------------------------------------------------------------------------------
+_t(0x0101, "MAP_PUT", C.MAP, W,
+   {"name": NAME, "key": KEY, "value": VALUE, "ttl_ms": TTL, "return_old": opt(Kind.BOOL)},
+   "Set key to value (optional TTL); with return_old, the previous value.",
+   key_field="key", reveal=Reveal("MAP_GET", flag="return_old"))
+_t(0x0102, "MAP_GET", C.MAP, R, {"name": NAME, "key": KEY}, "Value of key.", key_field="key")
+_t(0x0103, "MAP_DELETE", C.MAP, W, {"name": NAME, "key": KEY},
+   "Remove key; answers whether it existed.", key_field="key")
+_t(0x0104, "MAP_PUT_IF_ABSENT", C.MAP, W,
+   {"name": NAME, "key": KEY, "value": VALUE, "ttl_ms": TTL},
+   "Set key only if absent; answers whether it was set.", key_field="key")
+_t(0x0105, "MAP_REPLACE", C.MAP, W, {"name": NAME, "key": KEY, "value": VALUE, "ttl_ms": TTL},
+   "Set key only if present; answers whether it was replaced.", key_field="key")
+_t(0x0106, "MAP_CONTAINS", C.MAP, R, {"name": NAME, "key": KEY}, "Whether key is present.",
+   key_field="key")
+_t(0x0107, "MAP_SIZE", C.MAP, R, {"name": NAME}, "Number of live entries.")
+_t(0x0108, "MAP_KEYS", C.MAP, R, {"name": NAME, "cursor": CURSOR, "limit": LIMIT},
+   "A page of keys in key order, with the cursor of the next page.")
+_t(0x0109, "MAP_CLEAR", C.MAP, W, {"name": NAME}, "Remove every entry.")
+_t(0x010A, "MAP_GET_ALL", C.MAP, R, {"name": NAME, "keys": Field(Kind.KEYS, min=1)},
+   "Values of several keys (absent keys omitted).", keys_field="keys")
+_t(0x010B, "MAP_PUT_ALL", C.MAP, W,
+   {"name": NAME, "entries": Field(Kind.ENTRIES, min=1), "ttl_ms": TTL},
+   "Set several keys atomically.", keys_field="entries")
+_t(0x010C, "MAP_COMPARE_AND_SET", C.MAP, W,
+   {"name": NAME, "key": KEY, "expected": VALUE, "value": VALUE, "ttl_ms": TTL},
+   "Replace key's value if it equals expected; answers whether it did.", key_field="key")
+_t(0x010D, "MAP_REMOVE_IF_EQUAL", C.MAP, W, {"name": NAME, "key": KEY, "expected": VALUE},
+   "Remove key if its value equals expected; answers whether it did.", key_field="key")
+_t(0x010E, "MAP_SET_TTL", C.MAP, W,
+   {"name": NAME, "key": KEY, "ttl_ms": opt(Kind.INT, min=0, max=TTL.max)},
+   "Set (or with 0/absent, clear) key's time to live; answers whether key exists.",
+   key_field="key")
+_t(0x010F, "MAP_GET_TTL", C.MAP, R, {"name": NAME, "key": KEY},
+   "Remaining time to live in ms (null: no TTL).", key_field="key")
+_t(0x0110, "MAP_SCAN", C.MAP, R,
+   {"name": NAME, "match": opt(Kind.STR, default="*", max=256), "cursor": CURSOR,
+    "limit": LIMIT},
+   "A page of entries whose key matches a glob pattern; bounded work per call.")
+_t(0x0111, "MAP_GET_AND_DELETE", C.MAP, W, {"name": NAME, "key": KEY},
+   "Remove key and answer its value.", key_field="key", reveal=Reveal("MAP_GET"))
+
+# -- QUEUE -------------------------------------------------------------------------------------
+_t(0x0201, "QUEUE_PUSH", C.QUEUE, W, {"name": NAME, "value": VALUE},
+   "Offer an item; LIMIT_EXCEEDED when the queue is at capacity.")
+_t(0x0202, "QUEUE_POLL", C.QUEUE, W, {"name": NAME, "timeout_ms": WAIT},
+   "Take the head item, waiting up to timeout_ms for one (null when none arrived).",
+   waits=True)
+_t(0x0203, "QUEUE_PEEK", C.QUEUE, R, {"name": NAME}, "The head item without taking it.")
+_t(0x0204, "QUEUE_SIZE", C.QUEUE, R, {"name": NAME}, "Number of items.")
+_t(0x0205, "QUEUE_DRAIN", C.QUEUE, W,
+   {"name": NAME, "max": opt(Kind.INT, default=100, min=1, max=1000)},
+   "Take up to max items.")
+_t(0x0206, "QUEUE_CLEAR", C.QUEUE, W, {"name": NAME}, "Remove every item.")
+_t(0x0207, "QUEUE_CREATE", C.QUEUE, W,
+   {"name": NAME, "capacity": Field(Kind.INT, min=1, max=2**31 - 1)},
+   "Create a queue with a capacity (or change the capacity of an existing one).")
+
+# -- SET ---------------------------------------------------------------------------------------
+_t(0x0301, "SET_ADD", C.SET, W, {"name": NAME, "member": KEY},
+   "Add a member; answers whether it was new.", key_field="member")
+_t(0x0302, "SET_REMOVE", C.SET, W, {"name": NAME, "member": KEY},
+   "Remove a member; answers whether it was present.", key_field="member")
+_t(0x0303, "SET_CONTAINS", C.SET, R, {"name": NAME, "member": KEY},
+   "Whether member is present.", key_field="member")
+_t(0x0304, "SET_MEMBERS", C.SET, R, {"name": NAME, "cursor": CURSOR, "limit": LIMIT},
+   "A page of members in order, with the cursor of the next page.")
+_t(0x0305, "SET_SIZE", C.SET, R, {"name": NAME}, "Number of members.")
+_t(0x0306, "SET_CLEAR", C.SET, W, {"name": NAME}, "Remove every member.")
+
+# -- LIST --------------------------------------------------------------------------------------
+_t(0x0401, "LIST_PUSH_LEFT", C.LIST, W, {"name": NAME, "value": VALUE},
+   "Prepend; answers the new length.")
+_t(0x0402, "LIST_PUSH_RIGHT", C.LIST, W, {"name": NAME, "value": VALUE},
+   "Append; answers the new length.")
+_t(0x0403, "LIST_POP_LEFT", C.LIST, W, {"name": NAME}, "Remove and answer the first item.")
+_t(0x0404, "LIST_POP_RIGHT", C.LIST, W, {"name": NAME}, "Remove and answer the last item.")
+_t(0x0405, "LIST_GET", C.LIST, R, {"name": NAME, "index": INDEX},
+   "Item at index (negative counts from the end).")
+_t(0x0406, "LIST_SET", C.LIST, W, {"name": NAME, "index": INDEX, "value": VALUE},
+   "Replace the item at index.")
+_t(0x0407, "LIST_RANGE", C.LIST, R,
+   {"name": NAME, "start": INDEX, "stop": INDEX},
+   "Items from start to stop inclusive (negative counts from the end); at most 1000.")
+_t(0x0408, "LIST_SIZE", C.LIST, R, {"name": NAME}, "Number of items.")
+_t(0x0409, "LIST_TRIM", C.LIST, W, {"name": NAME, "start": INDEX, "stop": INDEX},
+   "Keep only items from start to stop inclusive.")
+
+# -- TOPIC -------------------------------------------------------------------------------------
+_t(0x0501, "TOPIC_PUBLISH", C.TOPIC, W, {"name": NAME, "value": VALUE},
+   "Publish a message; answers its per-topic sequence number.")
+_t(0x0502, "TOPIC_SUBSCRIBE", C.TOPIC, R,
+   {"name": NAME, "from_seq": opt(Kind.INT, min=0)},
+   "Receive the topic's messages pushed on this connection, tagged with this request id.")
+_t(0x0503, "TOPIC_UNSUBSCRIBE", C.TOPIC, R,
+   {"name": NAME, "subscription": Field(Kind.INT, min=1)},
+   "Stop a subscription made on this connection.")
+
+# -- COUNTER (AtomicLong) ----------------------------------------------------------------------
+_COUNTER_REVEAL = Reveal("COUNTER_GET", redact=True)
+_t(0x0601, "COUNTER_GET", C.COUNTER, R, {"name": NAME}, "Current value (0 if never set).")
+_t(0x0602, "COUNTER_SET", C.COUNTER, W, {"name": NAME, "value": Field(Kind.INT)},
+   "Set the value.")
+_t(0x0603, "COUNTER_INCREMENT", C.COUNTER, W, {"name": NAME},
+   "Add one; answers the new value (withheld without COUNTER_GET).", reveal=_COUNTER_REVEAL)
+_t(0x0604, "COUNTER_DECREMENT", C.COUNTER, W, {"name": NAME},
+   "Subtract one; answers the new value (withheld without COUNTER_GET).",
+   reveal=_COUNTER_REVEAL)
+_t(0x0605, "COUNTER_ADD", C.COUNTER, W, {"name": NAME, "delta": Field(Kind.INT)},
+   "Add delta; LIMIT_EXCEEDED on signed 64-bit overflow, never wraps.",
+   reveal=_COUNTER_REVEAL)
+_t(0x0606, "COUNTER_COMPARE_AND_SET", C.COUNTER, W,
+   {"name": NAME, "expected": Field(Kind.INT), "value": Field(Kind.INT)},
+   "Set value if the current value equals expected; answers whether it did.")
+
+# -- LOCK (FencedLock) -------------------------------------------------------------------------
+_t(0x0701, "LOCK_LOCK", C.LOCK, W, {"name": NAME, "session_id": SESSION, "timeout_ms": WAIT},
+   "Acquire (reentrant per session), waiting up to timeout_ms; answers the fencing token.",
+   waits=True)
+_t(0x0702, "LOCK_TRY_LOCK", C.LOCK, W, {"name": NAME, "session_id": SESSION},
+   "Acquire if free (or already ours); answers the fencing token or null.")
+_t(0x0703, "LOCK_UNLOCK", C.LOCK, W, {"name": NAME, "session_id": SESSION},
+   "Release one hold; CONFLICT unless the session owns the lock.")
+_t(0x0704, "LOCK_IS_LOCKED", C.LOCK, R, {"name": NAME},
+   "Whether held, with the current fencing token.")
+_t(0x0705, "LOCK_FORCE_UNLOCK", C.LOCK, A, {"name": NAME},
+   "Release the lock whoever holds it (administrators only).")
+_t(0x0706, "LOCK_GET_OWNER", C.LOCK, R, {"name": NAME},
+   "The holding session, hold count and fencing token.")
+
+# -- SEMAPHORE ---------------------------------------------------------------------------------
+_t(0x0801, "SEMAPHORE_INIT", C.SEMAPHORE, W,
+   {"name": NAME, "permits": Field(Kind.INT, min=0, max=2**31 - 1)},
+   "Initialise the permit count once; answers whether it was initialised now.")
+_t(0x0802, "SEMAPHORE_ACQUIRE", C.SEMAPHORE, W,
+   {"name": NAME, "session_id": SESSION, "permits": PERMITS, "timeout_ms": WAIT},
+   "Take permits, waiting up to timeout_ms; answers whether they were taken.", waits=True)
+_t(0x0803, "SEMAPHORE_TRY_ACQUIRE", C.SEMAPHORE, W,
+   {"name": NAME, "session_id": SESSION, "permits": PERMITS},
+   "Take permits if available now; answers whether they were taken.")
+_t(0x0804, "SEMAPHORE_RELEASE", C.SEMAPHORE, W,
+   {"name": NAME, "session_id": SESSION, "permits": PERMITS},
+   "Return permits held by the session.")
+_t(0x0805, "SEMAPHORE_AVAILABLE", C.SEMAPHORE, R, {"name": NAME}, "Available permits.")
+
+# -- LATCH (CountDownLatch) --------------------------------------------------------------------
+_t(0x0901, "LATCH_TRY_SET_COUNT", C.LATCH, W, {"name": NAME, "count": COUNT},
+   "Set the count if the latch is at zero; answers whether it was set.")
+_t(0x0902, "LATCH_COUNT_DOWN", C.LATCH, W, {"name": NAME}, "Decrement the count (not below 0).")
+_t(0x0903, "LATCH_GET_COUNT", C.LATCH, R, {"name": NAME}, "Current count.")
+_t(0x0904, "LATCH_AWAIT", C.LATCH, R, {"name": NAME, "timeout_ms": WAIT},
+   "Wait up to timeout_ms for the count to reach zero; answers whether it did.", waits=True)
+
+# -- ATOMIC_REF --------------------------------------------------------------------------------
+_t(0x0A01, "ATOMIC_REF_GET", C.ATOMIC_REF, R, {"name": NAME}, "Current value (null if unset).")
+_t(0x0A02, "ATOMIC_REF_SET", C.ATOMIC_REF, W, {"name": NAME, "value": opt(Kind.BYTES)},
+   "Set the value (absent: clear it).")
+_t(0x0A03, "ATOMIC_REF_COMPARE_AND_SET", C.ATOMIC_REF, W,
+   {"name": NAME, "expected": opt(Kind.BYTES), "value": opt(Kind.BYTES)},
+   "Set value if the current value equals expected (absent: unset); answers whether it did.")
+
+# -- ID_GEN ------------------------------------------------------------------------------------
+_t(0x0B01, "ID_GEN_NEXT", C.ID_GEN, W,
+   {"name": NAME, "count": opt(Kind.INT, default=1, min=1, max=10_000)},
+   "Reserve count unique, roughly time-ordered 64-bit ids; answers the first (they are "
+   "consecutive).")
+
+# -- CLUSTER (client listener; cluster administration grows in the cluster layer) -------------
+_t(0x0E01, "CLUSTER_STATUS", C.CLUSTER, R, {},
+   "Every member with id, role, term, commit and applied index, reachability.")
+_t(0x0E02, "MEMBER_LIST", C.CLUSTER, R, {}, "Members with their peer and client addresses.")
+
+# -- ADMIN -------------------------------------------------------------------------------------
+_t(0x0F01, "STRUCT_LIST", C.ADMIN, A,
+   {"category": opt(Kind.STR, max=16), "cursor": CURSOR, "limit": LIMIT},
+   "A page of structures (category, name).")
+_t(0x0F02, "STRUCT_DESTROY", C.ADMIN, A,
+   {"category": Field(Kind.STR, max=16), "name": NAME}, "Destroy a structure.")
+_t(0x0F03, "STRUCT_STATS", C.ADMIN, A, {"category": Field(Kind.STR, max=16), "name": NAME},
+   "Size, memory estimate and operation counts of a structure.")
+_t(0x0F04, "ACL_GET", C.ADMIN, A, {}, "The ACL policy in force and its version.")
+_t(0x0F05, "ACL_SET", C.ADMIN, A,
+   {"policy": Field(Kind.ANY), "expected_version": opt(Kind.INT, min=0, max=INT64_MAX)},
+   "Replace the ACL policy through the log (optionally only if at expected_version).")
+_t(0x0F06, "NODE_STATS", C.ADMIN, A, {},
+   "This node's counters: connections, requests, audit records written and dropped.")
+
+del C, R, W, A, P
+
+# -- derived indexes ---------------------------------------------------------------------------
+BY_OPCODE: dict[int, MessageType] = {}
+BY_NAME: dict[str, MessageType] = {}
+
+
+def register(mt: MessageType) -> None:
+    """Add a row (used by the table above and by layers that own their types, e.g. RAFT)."""
+    if mt.opcode in BY_OPCODE or mt.name in BY_NAME:
+        raise ValueError(f"duplicate message type {mt.name} / {mt.opcode:#06x}")
+    if mt.listener is Listener.CLIENT and mt.category is Category.RAFT:
+        raise ValueError(f"{mt.name}: RAFT types live on the peer listener only")
+    if mt.has_structure and mt.schema["name"].kind is not Kind.NAME:
+        raise ValueError(f"{mt.name}: field 'name' must be a structure NAME")
+    if mt.key_field is not None and mt.schema[mt.key_field].kind is not Kind.KEY:
+        raise ValueError(f"{mt.name}: key_field must be a KEY field")
+    BY_OPCODE[mt.opcode] = mt
+    BY_NAME[mt.name] = mt
+
+
+for _row in _ROWS:
+    register(_row)
+for _row in _ROWS:
+    if _row.reveal is not None:
+        _r = BY_NAME[_row.reveal.read_op]
+        assert _r.access is Access.READ and _r.category is _row.category, _row.name
+
+
+def client_types() -> list[MessageType]:
+    return [mt for mt in BY_OPCODE.values() if mt.listener is Listener.CLIENT]
+
+
+def lookup(opcode: Any, listener: Listener) -> MessageType:
+    """The type for an opcode received on `listener`; unknown or foreign types are refused."""
+    if not isinstance(opcode, int) or isinstance(opcode, bool):
+        raise BadRequest("opcode must be an integer")
+    mt = BY_OPCODE.get(opcode)
+    if mt is None:
+        raise BadRequest(f"unknown opcode {opcode:#06x}")
+    if mt.listener is not listener:
+        # Peer-plane types are not even decodable on the client listener (and vice versa).
+        raise BadRequest(f"{mt.name} is not accepted on the {listener.value} listener")
+    return mt
+
+
+def validate_body(mt: MessageType, body: Any) -> dict[str, Any]:
+    """Validate a body against `mt`'s schema; batch items are validated recursively."""
+    out = validate(mt.schema, body, mt.name)
+    if "ops" in out and mt.schema["ops"].kind is Kind.OPS:
+        ops = []
+        for i, item in enumerate(out["ops"]):
+            if not isinstance(item, dict) or set(item) != {"op", "b"}:
+                raise BadRequest(f"{mt.name}.ops[{i}] must be a map with 'op' and 'b'")
+            inner = BY_NAME.get(item["op"]) if isinstance(item["op"], str) else None
+            if inner is None or inner.listener is not Listener.CLIENT:
+                raise BadRequest(f"{mt.name}.ops[{i}]: unknown operation {item['op']!r}")
+            if inner.access is not Access.WRITE or inner.waits or not inner.has_structure:
+                raise BadRequest(f"{mt.name}.ops[{i}]: {inner.name} cannot be batched")
+            ops.append({"op": inner.name, "b": validate(inner.schema, item["b"], inner.name)})
+        out["ops"] = ops
+    return out
+
+
+def keys_touched(mt: MessageType, body: Mapping[str, Any]) -> list[str]:
+    """Every key a (validated) request touches. The ACL and the state machine both use this."""
+    if mt.key_field is not None:
+        return [body[mt.key_field]]
+    if mt.keys_field is not None:
+        v = body[mt.keys_field]
+        return sorted(v) if isinstance(v, dict) else list(v)
+    return []
