@@ -319,6 +319,18 @@ _t(0x0F05, "ACL_SET", C.ADMIN, A,
 _t(0x0F06, "NODE_STATS", C.ADMIN, A, {},
    "This node's counters: connections, requests, audit records written and dropped.")
 
+# -- RAFT (peer listener only; bodies are validated by loom.raft.messages.from_wire) -----------
+# tests/test_catalog.py checks this list against loom.raft.messages.RAFT_MESSAGE_NAMES.
+RAFT_NAMES = (
+    "RAFT_APPEND_ENTRIES", "RAFT_APPEND_RESPONSE", "RAFT_REQUEST_VOTE", "RAFT_VOTE_RESPONSE",
+    "RAFT_PRE_VOTE", "RAFT_PRE_VOTE_RESPONSE", "RAFT_HEARTBEAT", "RAFT_HEARTBEAT_RESPONSE",
+    "RAFT_INSTALL_SNAPSHOT", "RAFT_SNAPSHOT_RESPONSE", "RAFT_TIMEOUT_NOW", "RAFT_READ_INDEX",
+    "RAFT_READ_INDEX_RESPONSE",
+)
+for _i, _n in enumerate(RAFT_NAMES):
+    _t(0x7F01 + _i, _n, C.RAFT, A, {"msg": Field(Kind.ANY)},
+       "Raft consensus message between members.", listener=Listener.PEER)
+
 del C, R, W, A, P
 
 # -- derived indexes ---------------------------------------------------------------------------

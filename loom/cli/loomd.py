@@ -1,0 +1,102 @@
+"""`loomd`: run a node (`loomd --config F` or flags), or print a config (`loomd init ...`).
+
+Exit codes: 0 clean shutdown (SIGTERM), 2 bad configuration (one line naming the key),
+1 a fatal runtime error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from loom.node.config import ConfigError, NodeConfig, load, to_toml
+
+EXAMPLE_ACL: dict[str, Any] = {
+    "guest_roles": ["guest"],
+    "roles": {
+        "guest": {"grants": [{"types": ["PING"]}]},
+        "reader": {"grants": [{"types": ["class:read"]}]},
+        "data-writer": {"grants": [{"types": ["MAP_PUT", "QUEUE_PUSH", "COUNTER_INCREMENT"]}]},
+        "admin": {"grants": [{"types": ["*"]}]},
+    },
+    "principals": {
+        "spiffe://loom.dev/client/admin": ["admin"],
+        "spiffe://loom.dev/client/writer": ["data-writer", "reader"],
+        "spiffe://loom.dev/client/reader": ["reader"],
+    },
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loomd", description="Run a Loom node.")
+    p.add_argument("command", nargs="?", choices=["run", "init"], default="run",
+                   help="run (default) or init: print a complete config file for these flags")
+    p.add_argument("--config", type=Path, help="TOML config file; flags override it")
+    p.add_argument("--node-id")
+    p.add_argument("--data-dir")
+    p.add_argument("--client-listen", metavar="HOST:PORT")
+    p.add_argument("--tls-ca")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--require-client-auth", action=argparse.BooleanOptionalAction, default=None,
+                   help="require a client certificate (default: yes)")
+    p.add_argument("--allow-insecure-guest-bind", action="store_true", default=None,
+                   help="allow guests (no client certificate) on a non-loopback address")
+    p.add_argument("--audit-sink", choices=["stdout", "file", "off"])
+    p.add_argument("--audit-path")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _overrides(a: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "node_id": a.node_id, "data_dir": a.data_dir, "client_listen": a.client_listen,
+        "tls.ca": a.tls_ca, "tls.cert": a.tls_cert, "tls.key": a.tls_key,
+        "require_client_auth": a.require_client_auth,
+        "allow_insecure_guest_bind": a.allow_insecure_guest_bind,
+        "audit.sink": a.audit_sink, "audit.path": a.audit_path, "log_level": a.log_level,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load(args.config, _overrides(args))
+        if args.command == "init":
+            if not cfg.acl:
+                from dataclasses import replace
+
+                cfg = replace(cfg, acl=EXAMPLE_ACL)
+            sys.stdout.write(to_toml(cfg))
+            return 0
+        logging.basicConfig(
+            level=cfg.log_level.upper(), stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from loom.node.server import Node
+
+        node = Node(cfg, config_path=args.config)
+    except ConfigError as e:
+        print(f"loomd: {e}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_run, node)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _run(node: Any) -> None:
+    await node.run()
+
+
+def config_for(cfg: NodeConfig) -> str:
+    return to_toml(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

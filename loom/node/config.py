@@ -1,0 +1,234 @@
+"""loomd configuration: one dataclass tree, loaded from TOML and flags, validated in one place.
+
+Every error names the offending key (`ConfigError("limits.max_frame_bytes: must be ...")`) so
+`loomd` can print one clear line and exit 2. `to_toml()` writes a complete config (tomli-w),
+omitting absent optional keys because TOML has no null.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    ca: Path = Path("certs-dev/ca.pem")
+    cert: Path = Path("certs-dev/n1.pem")
+    key: Path = Path("certs-dev/n1.key")
+    crl: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_connections: int = 1024
+    max_frame_bytes: int = 1 << 20
+    handshake_timeout_s: float = 5.0
+    hello_timeout_s: float = 5.0
+    idle_timeout_s: float = 300.0
+    max_outstanding_per_connection: int = 256
+    max_output_buffer_frames: int = 1024  # queued replies; a client that never reads is dropped
+    write_stall_timeout_s: float = 10.0
+    shutdown_grace_s: float = 10.0
+    max_pending_proposals: int = 10_000  # beyond this writes answer BUSY
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    sink: str = "stdout"  # "stdout" | "file" | "off"
+    path: Path | None = None
+    max_bytes: int = 64 << 20
+    backups: int = 5
+    queue_size: int = 8192  # data lane
+    priority_queue_size: int = 1024  # denials, spoofing attempts, admin commands
+    audit_reads: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: str = "n1"
+    data_dir: Path = Path("data/n1")
+    client_listen: str = "127.0.0.1:6001"
+    trust_domain: str = "loom.dev"
+    require_client_auth: bool = True
+    allow_insecure_guest_bind: bool = False
+    log_level: str = "info"
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    limits: Limits = field(default_factory=Limits)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    gateway_identities: tuple[str, ...] = ()
+    acl: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def client_host_port(self) -> tuple[str, int]:
+        return parse_host_port(self.client_listen, "client_listen")
+
+
+def parse_host_port(s: str, key: str) -> tuple[str, int]:
+    host, sep, port = s.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {s!r}")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _coerce(key: str, want: Any, v: Any) -> Any:
+    """Check one scalar against the dataclass field's declared type (as a string)."""
+    t = str(want)
+    if t in ("int",):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ConfigError(f"{key}: must be an integer, got {v!r}")
+        return v
+    if t == "float":
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            raise ConfigError(f"{key}: must be a number, got {v!r}")
+        return float(v)
+    if t == "bool":
+        if not isinstance(v, bool):
+            raise ConfigError(f"{key}: must be true or false, got {v!r}")
+        return v
+    if t == "str":
+        if not isinstance(v, str):
+            raise ConfigError(f"{key}: must be a string, got {v!r}")
+        return v
+    if t in ("Path", "Path | None"):
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"{key}: must be a path string, got {v!r}")
+        return Path(v)
+    if t == "tuple[str, ...]":
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ConfigError(f"{key}: must be a list of strings")
+        return tuple(v)
+    if t == "dict[str, Any]":
+        if not isinstance(v, dict):
+            raise ConfigError(f"{key}: must be a table")
+        return v
+    raise ConfigError(f"{key}: unsupported type {t}")  # pragma: no cover
+
+
+def _build(cls: Any, data: dict[str, Any], prefix: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in known:
+            raise ConfigError(f"{key}: unknown key")
+        ftype = known[k].type
+        sub = {"TLSConfig": TLSConfig, "Limits": Limits, "AuditConfig": AuditConfig}.get(
+            str(ftype))
+        if sub is not None:
+            if not isinstance(v, dict):
+                raise ConfigError(f"{key}: must be a table")
+            kwargs[k] = _build(sub, v, f"{key}.")
+        else:
+            kwargs[k] = _coerce(key, ftype, v)
+    return cls(**kwargs)
+
+
+def validate(cfg: NodeConfig) -> NodeConfig:
+    """Cross-field checks; returns cfg unchanged or raises ConfigError naming the key."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", cfg.node_id):
+        raise ConfigError(f"node_id: must match [A-Za-z0-9._-]{{1,64}}, got {cfg.node_id!r}")
+    host, _ = cfg.client_host_port
+    if cfg.log_level not in _LOG_LEVELS:
+        raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)}")
+    lim = cfg.limits
+    for f in fields(lim):
+        v = getattr(lim, f.name)
+        if v <= 0:
+            raise ConfigError(f"limits.{f.name}: must be positive, got {v}")
+    if not 4096 <= lim.max_frame_bytes <= 64 << 20:
+        raise ConfigError("limits.max_frame_bytes: must be between 4096 and 67108864")
+    if cfg.audit.sink not in ("stdout", "file", "off"):
+        raise ConfigError("audit.sink: must be 'stdout', 'file' or 'off'")
+    if cfg.audit.sink == "file" and cfg.audit.path is None:
+        raise ConfigError("audit.path: required when audit.sink = 'file'")
+    if cfg.audit.queue_size < 1 or cfg.audit.priority_queue_size < 1:
+        raise ConfigError("audit.queue_size: must be positive")
+    if not cfg.require_client_auth and not is_loopback(host) and not cfg.allow_insecure_guest_bind:
+        raise ConfigError(
+            f"require_client_auth: false with client_listen on non-loopback {host!r} would "
+            "serve unauthenticated guests to the network; set allow_insecure_guest_bind = true "
+            "(--allow-insecure-guest-bind) if you really mean it")
+    return cfg
+
+
+def load(path: Path | None, overrides: dict[str, Any] | None = None) -> NodeConfig:
+    """Read TOML (if given), apply flag overrides (dotted keys), validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config: file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config: {path}: invalid TOML: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"config: {path}: {e.strerror}") from None
+    if "gateway" in data:
+        gw = data.pop("gateway")
+        if not isinstance(gw, dict) or set(gw) - {"identities"}:
+            raise ConfigError("gateway: only 'identities' is allowed")
+        data["gateway_identities"] = gw.get("identities", [])
+    for dotted, v in (overrides or {}).items():
+        if v is None:
+            continue
+        node = data
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = v
+    cfg = _build(NodeConfig, data, "")
+    return validate(cfg)
+
+
+def to_toml(cfg: NodeConfig) -> str:
+    """A complete config file for `cfg` (absent optional values omitted)."""
+
+    def dump(obj: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(obj):
+            v = getattr(obj, f.name)
+            if v is None:
+                continue
+            if isinstance(v, Path):
+                v = str(v)
+            elif isinstance(v, tuple):
+                v = list(v)
+            elif hasattr(v, "__dataclass_fields__"):
+                v = dump(v)
+            out[f.name] = v
+        return out
+
+    d = dump(cfg)
+    d["gateway"] = {"identities": d.pop("gateway_identities", [])}
+    acl = d.pop("acl", {})
+    if acl:
+        d["acl"] = acl
+    return tomli_w.dumps(d)
+
+
+def with_overrides(cfg: NodeConfig, **kw: Any) -> NodeConfig:
+    return validate(replace(cfg, **kw))

@@ -1,0 +1,270 @@
+"""One client connection: TLS handshake, identity, HELLO, then pipelined requests.
+
+    reader (this task) --spawn per request (bounded)--> dispatcher --> outbound channel --> writer
+
+Invariants:
+- The handshake runs inside this task under `handshake_timeout_s`, never in the accept loop, so
+  a silent or slow client holds nothing but its own task (SECURITY-CATALOGUE G1).
+- Until HELLO succeeds only HELLO is accepted and only frames of PRE_HELLO_MAX_FRAME bytes.
+- At most `max_outstanding_per_connection` requests run at once; beyond that the reader stops
+  reading, which pushes back on the client through TCP.
+- Replies go through one bounded channel to one writer, which sends everything queued as one
+  TLS write. A client that stops reading stalls the writer; after `write_stall_timeout_s` the
+  connection is dropped (G3). A cancelled send breaks an SSLStream, so we never reuse it.
+- Nothing raised here escapes to the listener: an error ends this connection only.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from loom.security.identity import Identity, IdentityError, guest_identity, identity_from_der
+from loom.wire import catalog
+from loom.wire.catalog import Listener
+from loom.wire.codec import (
+    PRE_HELLO_MAX_FRAME,
+    SUPPORTED_VERSIONS,
+    FrameDecoder,
+    FrameError,
+    decode_payload,
+    encode,
+    error_response,
+    ok_response,
+    parse_request,
+    push_frame,
+)
+from loom.wire.errors import (
+    BadRequest,
+    LoomError,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+    UnsupportedVersion,
+)
+
+if TYPE_CHECKING:
+    from loom.node.server import Node
+
+log = logging.getLogger("loom.conn")
+
+READ_CHUNK = 65536
+
+
+class _Closing(Exception):
+    """End this connection (after flushing what is queued)."""
+
+
+class Connection:
+    def __init__(self, node: Node, stream: trio.SSLStream[trio.SocketStream], conn_id: str,
+                 peer: str) -> None:
+        self.node = node
+        self.stream = stream
+        self.conn_id = conn_id
+        self.peer = peer
+        self.identity: Identity = guest_identity()
+        self.client_id = ""
+        self.version = 0
+        lim = node.cfg.limits
+        self._out_send, self._out_recv = trio.open_memory_channel[dict[str, Any]](
+            lim.max_output_buffer_frames)
+        self._max_outstanding = lim.max_outstanding_per_connection
+        self._slots = trio.Semaphore(self._max_outstanding)
+        self._subs: dict[int, tuple[str, Callable[[str, int, bytes], None]]] = {}
+        self._lost: dict[int, list[int]] = {}
+        self.reader_scope = trio.CancelScope()
+
+    # -- Session protocol for the dispatcher ----------------------------------------------------
+    def subscribe(self, topic: str, request_id: int, from_seq: int | None) -> int:
+        if len(self._subs) >= 64:
+            raise TooLarge("at most 64 subscriptions per connection")
+
+        def deliver(name: str, seq: int, value: bytes) -> None:
+            if name != topic:
+                return
+            payload: dict[str, Any] = {"topic": name, "seq": seq, "value": value}
+            lost = self._lost.get(request_id)
+            if lost:
+                payload["lost"] = lost  # [first, last] sequence numbers this subscriber missed
+            try:
+                self._out_send.send_nowait(push_frame(request_id, payload))
+            except trio.WouldBlock:
+                if lost:
+                    lost[1] = seq
+                else:
+                    self._lost[request_id] = [seq, seq]
+                return
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
+            self._lost.pop(request_id, None)
+
+        self._subs[request_id] = (topic, deliver)
+        self.node.dispatcher.topic_listeners.append(deliver)
+        return request_id
+
+    def unsubscribe(self, subscription: int) -> bool:
+        entry = self._subs.pop(subscription, None)
+        if entry is None:
+            return False
+        self.node.dispatcher.topic_listeners.remove(entry[1])
+        return True
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError,
+                _Closing, trio.TooSlowError) as e:
+            log.debug("%s %s closed: %s", self.conn_id, self.peer, e)
+        except Exception:
+            log.exception("%s %s: unexpected error; closing this connection", self.conn_id,
+                          self.peer)
+        finally:
+            for sub in list(self._subs):
+                self.unsubscribe(sub)
+            with trio.move_on_after(1) as cs:
+                cs.shield = True
+                await trio.aclose_forcefully(self.stream)
+
+    async def _run(self) -> None:
+        lim = self.node.cfg.limits
+        with trio.fail_after(lim.handshake_timeout_s):
+            await self.stream.do_handshake()
+        self.identity = self._identify()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer)
+            try:
+                with self.reader_scope:
+                    await self._reader(nursery)
+            finally:
+                # No more requests: let in-flight handlers finish, then the writer drains.
+                for _ in range(self._max_outstanding):
+                    await self._slots.acquire()
+                self._out_send.close()
+
+    def _identify(self) -> Identity:
+        der = self.stream.getpeercert(binary_form=True)
+        if not der:
+            if self.node.cfg.require_client_auth:  # the TLS layer already refuses; belt and braces
+                raise _Closing("no client certificate")
+            return guest_identity()
+        try:
+            return identity_from_der(der, self.node.cfg.trust_domain)
+        except IdentityError as e:
+            log.warning("%s %s: refused certificate: %s", self.conn_id, self.peer, e)
+            self.node.dispatcher.audit.emit(
+                {"client_id": self.conn_id, "event": "certificate_refused", "reason": str(e),
+                 "result": "denied"}, priority=True)
+            raise _Closing(str(e)) from None
+
+    async def _reader(self, nursery: trio.Nursery) -> None:
+        lim = self.node.cfg.limits
+        decoder = FrameDecoder(PRE_HELLO_MAX_FRAME)
+        hello_deadline = trio.current_time() + lim.hello_timeout_s
+        while True:
+            timeout = lim.idle_timeout_s if self.version else hello_deadline - trio.current_time()
+            with trio.move_on_after(max(timeout, 0)) as cs:
+                data = await self.stream.receive_some(READ_CHUNK)
+            if cs.cancelled_caught:
+                raise _Closing("idle timeout" if self.version else "no HELLO in time")
+            if not data:
+                return  # clean EOF
+            decoder.feed(data)
+            while True:
+                try:
+                    payload = decoder.next_payload()
+                except FrameError as e:
+                    # The stream can no longer be framed: answer once, then close.
+                    err = TooLarge(str(e)) if e.status.name == "TOO_LARGE" else BadRequest(str(e))
+                    await self._out_send.send(error_response(0, err))
+                    raise _Closing(str(e)) from None
+                if payload is None:
+                    break
+                await self._handle_payload(payload, nursery, decoder)
+
+    async def _handle_payload(self, payload: bytes, nursery: trio.Nursery,
+                              decoder: FrameDecoder) -> None:
+        rid = 0
+        try:
+            obj = decode_payload(payload)
+            if isinstance(obj, dict) and isinstance(obj.get("id"), int):
+                rid = obj["id"]
+            req = parse_request(obj)
+        except FrameError as e:
+            await self._out_send.send(error_response(rid, BadRequest(str(e))))
+            if not self.version:
+                raise _Closing("malformed frame before HELLO") from None
+            return
+        except LoomError as e:
+            await self._out_send.send(error_response(rid, e))
+            if not self.version:
+                raise _Closing("malformed request before HELLO") from None
+            return
+        if not self.version:
+            await self._hello(req, decoder)
+            return
+        if self.node.stopping:
+            await self._out_send.send(error_response(
+                req.request_id, Unavailable("the node is shutting down")))
+            return
+        await self._slots.acquire()
+        nursery.start_soon(self._serve_one, req)
+
+    async def _serve_one(self, req: Any) -> None:
+        try:
+            resp = await self.node.dispatcher.dispatch(self, req)
+            await self._out_send.send(resp)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        finally:
+            self._slots.release()
+
+    async def _hello(self, req: Any, decoder: FrameDecoder) -> None:
+        try:
+            mt = catalog.lookup(req.opcode, Listener.CLIENT)
+            if mt.name != "HELLO":
+                raise BadRequest("the first request on a connection must be HELLO")
+            body = catalog.validate_body(mt, req.body)
+            common = [v for v in SUPPORTED_VERSIONS
+                      if body["min_version"] <= v <= body["max_version"]]
+            if not common:
+                raise UnsupportedVersion(
+                    f"server speaks protocol versions {list(SUPPORTED_VERSIONS)}")
+            if req.headers:
+                raise Unauthenticated("identity headers are not accepted on HELLO")
+        except LoomError as e:
+            await self._out_send.send(error_response(req.request_id, e))
+            raise _Closing(f"HELLO refused: {e}") from None
+        self.version = max(common)
+        self.client_id = body.get("client_id", "")
+        decoder.max_frame = self.node.cfg.limits.max_frame_bytes
+        policy = self.node.dispatcher.policy()
+        await self._out_send.send(ok_response(req.request_id, {
+            "version": self.version, "node": self.node.cfg.node_id,
+            "max_frame": decoder.max_frame, "principal": self.identity.principal,
+            "roles": list(policy.roles_for(self.identity.principal)),
+            "connection": self.conn_id,
+        }))
+
+    async def _writer(self) -> None:
+        stall = self.node.cfg.limits.write_stall_timeout_s
+        async with self._out_recv:
+            async for first in self._out_recv:
+                chunks = [encode(first)]
+                while len(chunks) < 256:
+                    try:
+                        chunks.append(encode(self._out_recv.receive_nowait()))
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                try:
+                    with trio.fail_after(stall):
+                        await self.stream.send_all(b"".join(chunks))
+                except trio.TooSlowError:
+                    log.warning("%s %s: client is not reading its replies; dropping it",
+                                self.conn_id, self.peer)
+                    self.reader_scope.cancel()
+                    raise _Closing("write stalled") from None

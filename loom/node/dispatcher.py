@@ -1,0 +1,274 @@
+"""The dispatcher: decode -> identify -> authorize -> execute -> audit, for one request.
+
+It knows nothing of sockets or TLS: a transport (the client listener here, the HTTP listener
+later) hands it a parsed `Request` and the connection's verified `Identity`, and gets back the
+response map to send. The order of the checks is the security contract, and this file owns it:
+
+ 1. the opcode must be a known CLIENT-listener type (peer types are not even decodable here);
+ 2. the protocol version must be the one negotiated by HELLO;
+ 3. the caller is resolved from the certificate identity and, for gateways only, the asserted
+    X-Auth-User / X-Auth-Roles (spoofing attempts are refused and audited);
+ 4. the body is validated against the catalog schema (wrong types never reach key extraction);
+ 5. the ACL decides, on every key the request touches, every inner operation of a batch and
+    every read a reply would reveal — before anything executes or is proposed;
+ 6. execution: node-local types answer here, reads go to `Replicator.read`, writes to
+    `Replicator.propose`; waiting types wait for the structure to change, bounded by timeout_ms;
+ 7. exactly one audit record for every write/admin outcome and every denial.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from loom.node.audit import AuditLog
+from loom.node.replicator import Applied, Replicator
+from loom.security.acl import Policy, PolicyError
+from loom.security.gateway import Caller, resolve_principal
+from loom.security.identity import Identity
+from loom.state.command import Command, Outcome
+from loom.state.machine import structure_of
+from loom.wire import catalog
+from loom.wire.catalog import Access, Listener, MessageType
+from loom.wire.codec import PROTOCOL_VERSION, Request, error_response, ok_response
+from loom.wire.errors import (
+    BadRequest,
+    Forbidden,
+    Internal,
+    LoomError,
+    Status,
+    Unauthenticated,
+    UnsupportedVersion,
+)
+
+log = logging.getLogger("loom.dispatch")
+
+# Types answered by the node itself rather than the state machine.
+NODE_LOCAL = frozenset({"HELLO", "PING", "WHOAMI", "NODE_STATS", "CLUSTER_STATUS",
+                        "MEMBER_LIST", "TOPIC_SUBSCRIBE", "TOPIC_UNSUBSCRIBE"})
+
+
+class Session(Protocol):
+    """What the dispatcher needs from the transport's connection."""
+
+    conn_id: str  # server-assigned ("c17"); the only client id audit trusts
+    identity: Identity
+    client_id: str  # from HELLO, scopes retry deduplication
+    version: int
+
+    def subscribe(self, topic: str, request_id: int, from_seq: int | None) -> int: ...
+    def unsubscribe(self, subscription: int) -> bool: ...
+
+
+@dataclass
+class DispatchStats:
+    requests: int = 0
+    denied: int = 0
+    errors: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Dispatcher:
+    def __init__(
+        self, *, node_id: str, replicator: Replicator, audit: AuditLog,
+        gateways: frozenset[str], seed_policy: Policy, audit_reads: bool = False,
+        clock_ms: Callable[[], int] = now_ms,
+        extra_stats: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.replicator = replicator
+        self.audit = audit
+        self.gateways = gateways
+        self.audit_reads = audit_reads
+        self.clock_ms = clock_ms
+        self.extra_stats = extra_stats
+        self.stats = DispatchStats()
+        self._seed_policy = seed_policy
+        self._policy: Policy | None = None
+        self._policy_version = -1
+        self.topic_listeners: list[Callable[[str, int, bytes], None]] = []
+
+    # -- the policy in force: the replicated document, else the configured seed ----------------
+    def policy(self) -> Policy:
+        if self._policy is None:
+            doc = self.replicator.state().read(Command("ACL_GET", {}, self.clock_ms())).value
+            version = doc["version"] if doc else 0
+            if doc and doc.get("policy") is not None:
+                self._policy = Policy.from_config(doc["policy"])
+            else:
+                self._policy = self._seed_policy
+            self._policy_version = version
+        return self._policy
+
+    def on_applied(self, applied: Applied) -> None:
+        """Called by the log driver after every apply (same trio run, no awaits)."""
+        op = applied.cmd.op
+        if op == "ACL_SET" and applied.outcome.status is Status.OK:
+            self._policy = None  # re-read lazily: the replicated document changed
+        elif op == "TOPIC_PUBLISH" and applied.outcome.status is Status.OK:
+            seq = applied.outcome.value["seq"]
+            for listener in self.topic_listeners:
+                listener(applied.cmd.body["name"], seq, applied.cmd.body["value"])
+
+    # -- the request path ----------------------------------------------------------------------
+    async def dispatch(self, sess: Session, req: Request) -> dict[str, Any]:
+        t0 = trio.current_time()
+        self.stats.requests += 1
+        mt: MessageType | None = None
+        caller: Caller | None = None
+        body: dict[str, Any] = {}
+        try:
+            mt = catalog.lookup(req.opcode, Listener.CLIENT)
+            self.stats.by_type[mt.name] = self.stats.by_type.get(mt.name, 0) + 1
+            if req.version != sess.version:
+                raise UnsupportedVersion(
+                    f"protocol version {req.version} differs from the negotiated {sess.version}")
+            if mt.name == "HELLO":
+                raise BadRequest("HELLO was already done on this connection")
+            policy = self.policy()
+            caller = resolve_principal(sess.identity, req.headers, self.gateways, policy)
+            body = catalog.validate_body(mt, req.body)
+            decision = policy.check_request(caller.roles, mt, body)
+            if not decision.allowed:
+                self.stats.denied += 1
+                raise Forbidden(
+                    f"{caller.principal} may not {mt.name}"
+                    + (f" on {body['name']!r}" if "name" in body else ""),
+                    reason=decision.reason)
+            result = await self._execute(mt, body, caller, sess, req)
+            if getattr(decision, "redact", False):
+                result = None  # the reply would reveal data the caller may not read
+        except LoomError as err:
+            if not isinstance(err, Forbidden):
+                self.stats.errors += 1
+            self._audit(sess, req, mt, caller, body, err, t0)
+            return error_response(req.request_id, err)
+        except Exception as exc:  # a bug: answer INTERNAL, keep the connection and the node
+            log.exception("internal error handling request %d", req.request_id)
+            bug = Internal(f"internal error ({type(exc).__name__})")
+            self._audit(sess, req, mt, caller, body, bug, t0)
+            return error_response(req.request_id, bug)
+        self._audit(sess, req, mt, caller, body, None, t0)
+        return ok_response(req.request_id, result)
+
+    async def _execute(self, mt: MessageType, body: dict[str, Any], caller: Caller,
+                       sess: Session, req: Request) -> Any:
+        if mt.name in NODE_LOCAL:
+            return self._node_local(mt, body, caller, sess, req)
+        if mt.name == "ACL_SET":
+            try:
+                Policy.from_config(body["policy"])  # refuse a policy that would not load
+            except PolicyError as e:
+                raise BadRequest(f"ACL_SET: invalid policy: {e}") from None
+        if mt.access is Access.READ:
+            out = await self._run_waiting(mt, body, "", 0, read=True)
+        else:
+            cid = f"{caller.principal}/{sess.client_id}" if sess.client_id and req.seq else ""
+            out = await self._run_waiting(mt, body, cid, req.seq if cid else 0, read=False)
+        return out.raise_for_status()
+
+    async def _run_waiting(self, mt: MessageType, body: dict[str, Any], client_id: str,
+                           seq: int, *, read: bool) -> Outcome:
+        """Run once; a waiting type that cannot proceed waits for its structure to change and
+        runs again, until timeout_ms. The last attempt runs with timeout_ms=0 so the answer is
+        the type's own "nothing came" value, decided by the state machine like any other."""
+        deadline = trio.current_time() + body.get("timeout_ms", 0) / 1000
+        while True:
+            cmd = Command(mt.name, body, self.clock_ms(), client_id, seq)
+            if read:
+                out = await self.replicator.read(cmd)
+            else:
+                out = await self.replicator.propose(cmd)
+            if not out.wait:
+                return out
+            s = structure_of(cmd)
+            assert s is not None, f"{mt.name} waited without a structure"
+            ev = self.replicator.changed_event(s)
+            with trio.move_on_at(deadline):
+                await ev.wait()
+            if trio.current_time() >= deadline:
+                body = {**body, "timeout_ms": 0}
+
+    def _node_local(self, mt: MessageType, body: dict[str, Any], caller: Caller,
+                    sess: Session, req: Request) -> Any:
+        name = mt.name
+        if name == "PING":
+            return {"pong": True, "node": self.node_id}
+        if name == "WHOAMI":
+            return {"principal": caller.principal, "roles": list(caller.roles),
+                    "via_gateway": caller.via_gateway, "connection": sess.conn_id}
+        if name == "NODE_STATS":
+            st = self.audit.statistics()
+            out: dict[str, Any] = {
+                "node": self.node_id, "requests": self.stats.requests,
+                "denied": self.stats.denied, "errors": self.stats.errors,
+                "audit": {"emitted": st.emitted, "written": st.written, "dropped": st.dropped,
+                          "queued_data": st.queued_data,
+                          "queued_priority": st.queued_priority},
+                "log": self.replicator.statistics(),
+            }
+            if self.extra_stats is not None:
+                out.update(self.extra_stats())
+            return out
+        if name in ("CLUSTER_STATUS", "MEMBER_LIST"):
+            return self._cluster_view(name)
+        if name == "TOPIC_SUBSCRIBE":
+            sub = sess.subscribe(body["name"], req.request_id, body.get("from_seq"))
+            return {"subscription": sub}
+        if name == "TOPIC_UNSUBSCRIBE":
+            return {"removed": sess.unsubscribe(body["subscription"])}
+        raise BadRequest(f"{name} is not handled here")  # pragma: no cover
+
+    def _cluster_view(self, name: str) -> Any:
+        st = self.replicator.statistics()
+        member = {"id": self.node_id, "role": "leader", "term": st.get("term", 1),
+                  "commit_index": st["applied_index"], "applied_index": st["applied_index"],
+                  "reachable": True}
+        if name == "MEMBER_LIST":
+            return {"members": [{"id": self.node_id, "voter": True}]}
+        return {"leader": self.node_id, "members": [member]}
+
+    # -- audit ----------------------------------------------------------------------------------
+    def _audit(self, sess: Session, req: Request, mt: MessageType | None, caller: Caller | None,
+               body: dict[str, Any], err: LoomError | None, t0: float) -> None:
+        denied = isinstance(err, Forbidden | Unauthenticated)
+        if (mt is not None and mt.access in (Access.READ, Access.PUBLIC) and not denied
+                and not self.audit_reads):
+            return  # successful and failed reads are not modifications
+        rec: dict[str, Any] = {
+            "client_id": sess.conn_id,
+            "principal": caller.principal if caller else sess.identity.principal,
+            "roles": list(caller.roles) if caller else [],
+            "command": mt.name if mt else f"UNKNOWN({req.opcode})",
+            "result": "ok" if err is None else (
+                "denied" if denied else err.status.name.lower()),
+            "duration_ms": round((trio.current_time() - t0) * 1000, 3),
+        }
+        if caller is not None and caller.via_gateway:
+            rec["via_gateway"] = caller.via_gateway
+        if "name" in body:
+            rec["structure"] = body["name"]
+        if mt is not None and body:
+            try:
+                keys = catalog.keys_touched(mt, body)
+            except (KeyError, TypeError):
+                keys = []
+            if keys:
+                rec["key"] = keys[0]
+                if len(keys) > 1:
+                    rec["key_count"] = len(keys)
+        if isinstance(err, Unauthenticated) and req.headers:
+            rec["event"] = "identity_assertion_refused"
+        if err is not None:
+            rec["reason"] = err.message
+        priority = denied or (mt is not None and mt.access is Access.ADMIN)
+        self.audit.emit(rec, priority=priority)

@@ -1,0 +1,213 @@
+"""The node: one nursery tree, started in order, stopped as a protocol.
+
+    Node.run
+    ├── audit drainer          the only reader of the audit lanes
+    ├── log driver             the only writer of state (LocalLog today; the Raft driver later)
+    ├── client listener        accept loop; each connection in its own task (connection.py)
+    └── signal watcher         SIGTERM/SIGINT: shut down; SIGHUP: reload certificates and ACLs
+
+Start-up order is a security property (SECURITY-CATALOGUE B4): TLS material and the ACL policy
+are loaded and checked before any port is opened, so nothing is ever served half-configured.
+
+Shutdown (`shutdown()`), after hypercorn: stop accepting; stop reading new requests on every
+connection while in-flight ones finish and their replies are flushed, within
+`limits.shutdown_grace_s`; then cancel what is left; then drain the log driver and flush the
+audit log; then return (loomd exits 0).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+import signal
+import socket
+import ssl
+from typing import Any
+
+import trio
+
+from loom.node import sdnotify
+from loom.node.audit import AuditLog, make_sink
+from loom.node.config import ConfigError, NodeConfig, load
+from loom.node.connection import Connection
+from loom.node.dispatcher import Dispatcher
+from loom.node.replicator import LocalLog
+from loom.security.acl import Policy, PolicyError
+from loom.security.tls import TLSConfigError, server_context
+from loom.state.command import Command
+from loom.state.machine import StateMachine
+
+log = logging.getLogger("loom.node")
+
+
+class Node:
+    def __init__(self, cfg: NodeConfig, *, config_path: Path | None = None,
+                 audit_sink: Any = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        # Everything that can fail on bad input fails here, before a port is opened.
+        self.ssl_context = self._load_tls(cfg)
+        try:
+            self.seed_policy = Policy.from_config(cfg.acl)
+        except PolicyError as e:
+            raise ConfigError(f"acl: {e}") from None
+        sink = audit_sink or make_sink(cfg.audit.sink, cfg.audit.path, cfg.audit.max_bytes,
+                                       cfg.audit.backups)
+        self.audit = AuditLog(cfg.node_id, sink, queue_size=cfg.audit.queue_size,
+                              priority_queue_size=cfg.audit.priority_queue_size)
+        self.state = StateMachine()
+        self.log = LocalLog(self.state, max_pending=cfg.limits.max_pending_proposals,
+                            on_applied=self._on_applied)
+        self.dispatcher = Dispatcher(
+            node_id=cfg.node_id, replicator=self.log, audit=self.audit,
+            gateways=frozenset(cfg.gateway_identities), seed_policy=self.seed_policy,
+            audit_reads=cfg.audit.audit_reads, extra_stats=self._stats)
+        self.stopping = False
+        self.port = 0
+        self._conn_ids = itertools.count(1)
+        self._conns: set[Connection] = set()
+        self._conn_slots = trio.Semaphore(cfg.limits.max_connections)
+        self._stop = trio.Event()
+        self.refused_connections = 0
+
+    @staticmethod
+    def _load_tls(cfg: NodeConfig) -> ssl.SSLContext:
+        t = cfg.tls
+        try:
+            return server_context(t.ca, t.cert, t.key,
+                                  require_client_auth=cfg.require_client_auth, crl=t.crl)
+        except TLSConfigError as e:
+            raise ConfigError(f"tls: {e}") from None
+
+    def _on_applied(self, applied: Any) -> None:
+        self.dispatcher.on_applied(applied)
+
+    def _stats(self) -> dict[str, Any]:
+        return {"connections": len(self._conns), "refused_connections": self.refused_connections}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        host, port = self.cfg.client_host_port
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.audit.run)
+            await nursery.start(self.log.run)
+            await self._seed_acl()
+            listeners = await trio.open_tcp_listeners(port, host=host)
+            self.port = listeners[0].socket.getsockname()[1]
+            log.info("node %s serving clients on %s:%d (client certificates %s)",
+                     self.cfg.node_id, host, self.port,
+                     "required" if self.cfg.require_client_auth else "optional: guests allowed")
+            if not self.cfg.require_client_auth:
+                log.warning("GUEST MODE: connections without a client certificate are served "
+                            "with the guest roles %s", list(self.seed_policy.guest_roles))
+            signals_scope = trio.CancelScope()
+            nursery.start_soon(self._watch_signals, signals_scope)
+            sdnotify.notify("READY=1")
+            task_status.started(self)
+            try:
+                await self._serve(listeners)
+            finally:
+                for lst in listeners:  # also when cancelled from outside
+                    lst.socket.close()
+            # Shutdown, after the listener returned: log driver, then audit.
+            # Every connection task has ended, so nothing emits audit records any more.
+            sdnotify.notify("STOPPING=1")
+            self.log.stop()
+            self.audit.close()
+            signals_scope.cancel()
+        # The log driver and drainer have returned: queued writes applied, audit flushed.
+        log.info("node %s stopped", self.cfg.node_id)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+
+    async def _serve(self, listeners: list[trio.SocketListener]) -> None:
+        grace = self.cfg.limits.shutdown_grace_s
+        async with trio.open_nursery() as conns:
+            async with trio.open_nursery() as accept:
+                for lst in listeners:
+                    accept.start_soon(self._accept_loop, lst, conns)
+                await self._stop.wait()
+                accept.cancel_scope.cancel()
+            for lst in listeners:
+                await lst.aclose()
+            # Stop reading new requests; in-flight ones finish and flush within the grace period.
+            self.stopping = True
+            for c in list(self._conns):
+                c.reader_scope.cancel()
+            conns.cancel_scope.deadline = trio.current_time() + grace
+
+    async def _accept_loop(self, listener: trio.SocketListener, conns: trio.Nursery) -> None:
+        while True:
+            try:
+                tcp = await listener.accept()
+            except OSError as e:  # EMFILE and friends: back off instead of spinning
+                log.warning("accept failed: %s", e)
+                await trio.sleep(0.1)
+                continue
+            if self._conn_slots.value == 0:
+                self.refused_connections += 1
+                await trio.aclose_forcefully(tcp)
+                continue
+            self._conn_slots.acquire_nowait()
+            conns.start_soon(self._connection, tcp)
+
+    async def _connection(self, tcp: trio.SocketStream) -> None:
+        try:
+            peer = "%s:%s" % tcp.socket.getpeername()[:2]
+        except OSError:
+            peer = "?"
+        try:
+            tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        except OSError:
+            pass
+        stream = trio.SSLStream(tcp, self.ssl_context, server_side=True)
+        conn = Connection(self, stream, f"c{next(self._conn_ids)}", peer)
+        self._conns.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self._conns.discard(conn)
+            self._conn_slots.release()
+
+    # -- ACL seeding and reload -----------------------------------------------------------------
+    async def _seed_acl(self) -> None:
+        """First start: the configured policy becomes the replicated policy (version 1)."""
+        doc = self.state.read(Command("ACL_GET", {}, 0)).value
+        if doc and doc.get("version", 0) > 0:
+            return
+        await self._propose_acl(self.seed_policy.to_config())
+
+    async def _propose_acl(self, policy_doc: dict[str, Any]) -> None:
+        from loom.node.dispatcher import now_ms
+
+        out = await self.log.propose(Command("ACL_SET", {"policy": policy_doc}, now_ms()))
+        out.raise_for_status()
+
+    async def reload(self) -> None:
+        """SIGHUP: new TLS material for new connections (existing ones keep theirs) and the
+        config file's ACL policy proposed through the log if it differs from the one in force."""
+        try:
+            cfg = load(self.config_path) if self.config_path else self.cfg
+            new_ctx = self._load_tls(cfg)
+            policy = Policy.from_config(cfg.acl)
+        except (ConfigError, PolicyError, OSError, ssl.SSLError, TLSConfigError) as e:
+            log.error("reload refused, keeping the running configuration: %s", e)
+            return
+        self.ssl_context = new_ctx
+        doc = self.state.read(Command("ACL_GET", {}, 0)).value or {}
+        if doc.get("policy") != policy.to_config():
+            await self._propose_acl(policy.to_config())
+            log.info("reload: ACL policy replaced through the log")
+        logging.getLogger().setLevel(cfg.log_level.upper())
+        log.info("reload: certificates reloaded")
+
+    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+        with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for signum in sigs:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                else:
+                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    self.shutdown()

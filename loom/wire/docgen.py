@@ -1,0 +1,86 @@
+"""Render docs/protocol.md from the catalog: `python -m loom.wire.docgen > docs/protocol.md`.
+
+tests/test_catalog.py fails when the checked-in file differs from what this prints, so the
+protocol reference can never drift from the code.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from loom.wire import catalog
+from loom.wire.codec import DEFAULT_MAX_FRAME, MAX_DEPTH, PRE_HELLO_MAX_FRAME, PROTOCOL_VERSION
+from loom.wire.errors import Status
+from loom.wire.schema import Field
+
+HEAD = f"""# Loom wire protocol (version {PROTOCOL_VERSION})
+
+Generated from `loom/wire/catalog.py` by `python -m loom.wire.docgen`; do not edit by hand.
+
+## Frames
+
+A frame is a 4-byte big-endian payload length followed by exactly one CBOR map.
+
+| frame | map |
+| --- | --- |
+| request | `{{"v": version, "id": request id, "op": opcode, "b": body, "h": headers?, "q": seq?}}` |
+| response, OK | `{{"id": request id, "s": 0, "r": result}}` |
+| response, error | `{{"id": request id, "s": status, "e": {{"code": NAME, "msg": text, ...}}}}` |
+| push (topics) | `{{"id": subscription request id, "s": 0, "p": payload}}` |
+
+- The first request on a connection must be `HELLO`; until it succeeds frames are limited to
+  {PRE_HELLO_MAX_FRAME} bytes, afterwards to the server's `max_frame` (default {DEFAULT_MAX_FRAME}).
+- Many requests may be in flight on one connection; responses carry the request id and may
+  arrive in any order.
+- Decoding is strict: at most {MAX_DEPTH} levels of nesting, no indefinite-length items, no
+  duplicate map keys, no CBOR tags, no bytes after the map, no unknown fields, exact types.
+  A malformed payload is answered with `BAD_REQUEST` (request id 0 if unreadable); a bad length
+  prefix (zero or over the limit) is answered once and the connection is closed.
+- `h` carries `X-Auth-User` / `X-Auth-Roles`, honoured only from a configured gateway identity.
+- `q` is a per-client sequence number for writes: with HELLO's `client_id` it makes a retried
+  write apply exactly once.
+
+## Status codes
+
+| code | name |
+| --- | --- |
+"""
+
+
+def _field(name: str, f: Field) -> str:
+    s = f"`{name}`: {f.kind.value}"
+    if not f.required:
+        s += "?"
+    return s
+
+
+def render() -> str:
+    out = [HEAD]
+    out += [f"| {s.value} | `{s.name}` |\n" for s in Status]
+    out.append("\n## Message types\n\n")
+    types = sorted(catalog.BY_OPCODE.values(), key=lambda m: m.opcode)
+    out.append(f"{len(types)} types. Every one can be granted by exact name, by category "
+               "(`category:MAP`), by class (`class:read|write|admin`) or with `*` (except RAFT "
+               "types, which exist only on the peer listener).\n")
+    for cat in catalog.Category:
+        rows = [m for m in types if m.category is cat]
+        if not rows:
+            continue
+        out.append(f"\n### {cat.value}\n\n| opcode | name | class | body | |\n"
+                   "| --- | --- | --- | --- | --- |\n")
+        for m in rows:
+            body = ", ".join(_field(n, f) for n, f in m.schema.items()) or "—"
+            note = m.doc
+            if m.reveal is not None:
+                how = "withheld" if m.reveal.redact else "refused"
+                cond = f" when `{m.reveal.flag}`" if m.reveal.flag else ""
+                note += f" Reply needs `{m.reveal.read_op}`{cond} ({how} without it)."
+            if m.listener is catalog.Listener.PEER:
+                note += " Peer listener only."
+            out.append(f"| `{m.opcode:#06x}` | `{m.name}` | {m.access.value} | {body} | "
+                       f"{note} |\n")
+    return "".join(out)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())
