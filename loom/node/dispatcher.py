@@ -29,13 +29,14 @@ import trio
 from loom.node.audit import AuditLog
 from loom.node.replicator import Applied, Replicator
 from loom.security.acl import Policy, PolicyError
-from loom.security.gateway import Caller, resolve_principal
+from loom.security.audit import lane, record_for, result_of, should_audit
+from loom.security.gateway import Caller, SpoofAttempt, resolve_principal
 from loom.security.identity import Identity
 from loom.state.command import Command, Outcome
 from loom.state.machine import structure_of
 from loom.wire import catalog
 from loom.wire.catalog import Access, Listener, MessageType
-from loom.wire.codec import PROTOCOL_VERSION, Request, error_response, ok_response
+from loom.wire.codec import Request, error_response, ok_response
 from loom.wire.errors import (
     BadRequest,
     Forbidden,
@@ -237,38 +238,23 @@ class Dispatcher:
             return {"members": [{"id": self.node_id, "voter": True}]}
         return {"leader": self.node_id, "members": [member]}
 
-    # -- audit ----------------------------------------------------------------------------------
+    # -- audit (what a record holds and which lane it takes: security/audit.py) -----------------
     def _audit(self, sess: Session, req: Request, mt: MessageType | None, caller: Caller | None,
                body: dict[str, Any], err: LoomError | None, t0: float) -> None:
-        denied = isinstance(err, Forbidden | Unauthenticated)
-        if (mt is not None and mt.access in (Access.READ, Access.PUBLIC) and not denied
-                and not self.audit_reads):
-            return  # successful and failed reads are not modifications
-        rec: dict[str, Any] = {
-            "client_id": sess.conn_id,
-            "principal": caller.principal if caller else sess.identity.principal,
-            "roles": list(caller.roles) if caller else [],
-            "command": mt.name if mt else f"UNKNOWN({req.opcode})",
-            "result": "ok" if err is None else (
-                "denied" if denied else err.status.name.lower()),
-            "duration_ms": round((trio.current_time() - t0) * 1000, 3),
-        }
-        if caller is not None and caller.via_gateway:
-            rec["via_gateway"] = caller.via_gateway
-        if "name" in body:
-            rec["structure"] = body["name"]
-        if mt is not None and body:
-            try:
-                keys = catalog.keys_touched(mt, body)
-            except (KeyError, TypeError):
-                keys = []
-            if keys:
-                rec["key"] = keys[0]
-                if len(keys) > 1:
-                    rec["key_count"] = len(keys)
-        if isinstance(err, Unauthenticated) and req.headers:
-            rec["event"] = "identity_assertion_refused"
-        if err is not None:
-            rec["reason"] = err.message
-        priority = denied or (mt is not None and mt.access is Access.ADMIN)
-        self.audit.emit(rec, priority=priority)
+        result = "ok" if err is None else result_of(err.status)
+        if not should_audit(mt, result, audit_reads=self.audit_reads):
+            return
+        rec = record_for(
+            client_id=sess.conn_id,
+            principal=caller.principal if caller else sess.identity.principal,
+            roles=caller.roles if caller else (),
+            via_gateway=caller.via_gateway if caller else None,
+            mt=mt, body=body if mt is not None and body else None, result=result,
+            duration_ms=(trio.current_time() - t0) * 1000,
+            reason=err.message if err is not None else None,
+            command=None if mt else f"UNKNOWN({req.opcode})",
+        )
+        d = rec.to_dict()
+        if isinstance(err, SpoofAttempt) or (isinstance(err, Unauthenticated) and req.headers):
+            d["event"] = "identity_assertion_refused"
+        self.audit.emit(d, priority=lane(rec) == "priority")

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import itertools
 import logging
-from pathlib import Path
 import signal
 import socket
 import ssl
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -155,7 +155,8 @@ class Node:
 
     async def _connection(self, tcp: trio.SocketStream) -> None:
         try:
-            peer = "%s:%s" % tcp.socket.getpeername()[:2]
+            host, port = tcp.socket.getpeername()[:2]
+            peer = f"{host}:{port}"
         except OSError:
             peer = "?"
         try:
