@@ -71,7 +71,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
                                   not_before=now + dt.timedelta(days=1),
                                   not_after=now + dt.timedelta(days=10))
     _write_pair(d, "future", cert, key)
-    cert, key = devpki.issue_cert(ca, ca_key, role="client", name="edge")  # gateway's name, client role
+    # the gateway's name with the client role: must never be trusted as the gateway
+    cert, key = devpki.issue_cert(ca, ca_key, role="client", name="edge")
     _write_pair(d, "client-edge", cert, key)
     other = tmp_path_factory.mktemp("other-pki")
     oca, oca_key = devpki.new_ca(common_name="Some other CA")

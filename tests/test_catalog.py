@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_protocol_doc_is_generated_from_the_catalog() -> None:
     doc = (ROOT / "docs" / "protocol.md").read_text()
-    assert doc == render(), "docs/protocol.md is stale: python -m loom.wire.docgen > docs/protocol.md"
+    assert doc == render(), "stale: run python -m loom.wire.docgen > docs/protocol.md"
 
 
 def test_at_least_85_message_types_each_with_a_unique_opcode() -> None:

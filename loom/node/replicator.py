@@ -21,7 +21,7 @@ import trio
 
 from loom.raft.types import Entry
 from loom.state.command import Command, Outcome
-from loom.state.machine import StateMachine, structure_of
+from loom.state.machine import StateMachine
 from loom.wire.errors import Busy, Unavailable
 
 StructureId = tuple[str, str]
@@ -141,8 +141,9 @@ class LocalLog:
             self._index = first + i
             p.outcome = self._sm.apply(p.cmd, self._index)
             if not p.outcome.wait:
-                s = structure_of(p.cmd)
-                if s is not None:
+                # Everything the apply changed, including side effects (an expired session
+                # frees locks and permits on structures the command never named).
+                for s in self._sm.changed_structures:
                     ev = self._events.pop(s, None)
                     if ev is not None:
                         ev.set()

@@ -23,7 +23,7 @@ A frame is a 4-byte big-endian payload length followed by exactly one CBOR map.
 
 | frame | map |
 | --- | --- |
-| request | `{{"v": version, "id": request id, "op": opcode, "b": body, "h": headers?, "q": seq?}}` |
+| request | `{{"v": version, "id": request id, "op": opcode, "b": body, "h": hdrs?, "q": seq?}}` |
 | response, OK | `{{"id": request id, "s": 0, "r": result}}` |
 | response, error | `{{"id": request id, "s": status, "e": {{"code": NAME, "msg": text, ...}}}}` |
 | push (topics) | `{{"id": subscription request id, "s": 0, "p": payload}}` |
