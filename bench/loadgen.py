@@ -6,6 +6,7 @@ at a time). Latency is measured per request from send to response.
 
 from __future__ import annotations
 
+import itertools
 import ssl
 import statistics
 import time
@@ -44,7 +45,8 @@ class Result:
 
 
 Body = Callable[[int], dict[str, Any]]
-RUN_ID = uuid.uuid4().hex[:12]  # fresh dedupe identities per run
+RUN_ID = uuid.uuid4().hex[:12]  # fresh dedupe identities per run and per connection
+_CONN_IDS = itertools.count(1)
 
 
 async def _client(port: int, ctx: ssl.SSLContext, op: str, body: Body, window: int,
@@ -69,7 +71,7 @@ async def _client(port: int, ctx: ssl.SSLContext, op: str, body: Body, window: i
 
     await stream.send_all(encode({"v": 1, "id": 1, "op": 1, "b": {
         "client_name": "loadgen", "min_version": 1, "max_version": 1,
-        "client_id": f"loadgen-{RUN_ID}-{cid}"}}))
+        "client_id": f"loadgen-{RUN_ID}-{next(_CONN_IDS)}"}}))
     hello = await read_one()
     assert hello["s"] == 0, hello
     sent: dict[int, float] = {}

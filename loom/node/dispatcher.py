@@ -146,8 +146,11 @@ class Dispatcher:
                     + (f" on {body['name']!r}" if "name" in body else ""),
                     reason=decision.reason)
             result = await self._execute(mt, body, caller, sess, req)
-            if getattr(decision, "redact", False):
+            if decision.redact:
                 result = None  # the reply would reveal data the caller may not read
+            elif decision.redact_ops and isinstance(result, list):
+                for i in decision.redact_ops:  # batch members whose reply is withheld
+                    result[i] = None
         except LoomError as err:
             if not isinstance(err, Forbidden):
                 self.stats.errors += 1

@@ -291,7 +291,9 @@ class Policy:
         """Authorize a validated request, including batch members and revealing replies."""
         try:
             if "ops" in mt.schema and mt.listener is Listener.CLIENT and mt.name == "BATCH_EXECUTE":
-                return self._check_batch(roles, body)
+                # The container needs its own grant, and then every inner op needs its own.
+                outer = self.check(roles, mt, None, [])
+                return outer if not outer.allowed else self._check_batch(roles, body)
             structure = body.get("name") if mt.has_structure else None
             keys = keys_touched(mt, body)
         except (KeyError, TypeError, AttributeError):

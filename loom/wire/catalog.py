@@ -176,7 +176,8 @@ _t(0x0111, "MAP_GET_AND_DELETE", C.MAP, W, {"name": NAME, "key": KEY},
 
 # -- QUEUE -------------------------------------------------------------------------------------
 _t(0x0201, "QUEUE_PUSH", C.QUEUE, W, {"name": NAME, "value": VALUE},
-   "Offer an item; LIMIT_EXCEEDED when the queue is at capacity.")
+   "Offer an item; answers the new size (withheld without QUEUE_SIZE); LIMIT_EXCEEDED when "
+   "the queue is at capacity.", reveal=Reveal("QUEUE_SIZE", redact=True))
 _t(0x0202, "QUEUE_POLL", C.QUEUE, W, {"name": NAME, "timeout_ms": WAIT},
    "Take the head item, waiting up to timeout_ms for one (null when none arrived).",
    waits=True)
@@ -204,9 +205,11 @@ _t(0x0306, "SET_CLEAR", C.SET, W, {"name": NAME}, "Remove every member.")
 
 # -- LIST --------------------------------------------------------------------------------------
 _t(0x0401, "LIST_PUSH_LEFT", C.LIST, W, {"name": NAME, "value": VALUE},
-   "Prepend; answers the new length.")
+   "Prepend; answers the new length (withheld without LIST_SIZE).",
+   reveal=Reveal("LIST_SIZE", redact=True))
 _t(0x0402, "LIST_PUSH_RIGHT", C.LIST, W, {"name": NAME, "value": VALUE},
-   "Append; answers the new length.")
+   "Append; answers the new length (withheld without LIST_SIZE).",
+   reveal=Reveal("LIST_SIZE", redact=True))
 _t(0x0403, "LIST_POP_LEFT", C.LIST, W, {"name": NAME}, "Remove and answer the first item.")
 _t(0x0404, "LIST_POP_RIGHT", C.LIST, W, {"name": NAME}, "Remove and answer the last item.")
 _t(0x0405, "LIST_GET", C.LIST, R, {"name": NAME, "index": INDEX},

@@ -158,19 +158,27 @@ def batch(*ops: tuple[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_batch_one_forbidden_op_denies_all() -> None:  # D3
-    w = ("data-writer",)
+    p = Policy.from_config({**P.to_config(), "roles": {
+        **P.to_config()["roles"],
+        "batcher": {"grants": [{"types": ["BATCH_EXECUTE", "MAP_PUT", "QUEUE_PUSH",
+                                             "COUNTER_INCREMENT"]}]}}})
+    assert not P.check_request(("data-writer",), M["BATCH_EXECUTE"], batch(
+        ("MAP_PUT", {"name": "m", "key": "k", "value": b""}))).allowed  # no grant of its own
+    w = ("batcher",)
+    P_ = p
     ok = batch(("MAP_PUT", {"name": "m", "key": "k", "value": b""}),
                ("QUEUE_PUSH", {"name": "q", "value": b""}))
-    assert P.check_request(w, M["BATCH_EXECUTE"], ok).allowed
+    assert P_.check_request(w, M["BATCH_EXECUTE"], ok).allowed
     bad = batch(("MAP_PUT", {"name": "m", "key": "k", "value": b""}),
                 ("MAP_DELETE", {"name": "m", "key": "k"}))
-    d = P.check_request(w, M["BATCH_EXECUTE"], bad)
+    d = P_.check_request(w, M["BATCH_EXECUTE"], bad)
     assert not d.allowed and "ops[1]" in d.reason
     # A reveal inside a batch is checked too.
     leak = batch(("MAP_PUT", {"name": "m", "key": "k", "value": b"", "return_old": True}))
-    assert not P.check_request(w, M["BATCH_EXECUTE"], leak).allowed
-    red = batch(("QUEUE_PUSH", {"name": "q", "value": b""}), ("COUNTER_INCREMENT", {"name": "c"}))
-    d = P.check_request(w, M["BATCH_EXECUTE"], red)
+    assert not P_.check_request(w, M["BATCH_EXECUTE"], leak).allowed
+    red = batch(("MAP_PUT", {"name": "m", "key": "k", "value": b""}),
+                ("COUNTER_INCREMENT", {"name": "c"}))
+    d = P_.check_request(w, M["BATCH_EXECUTE"], red)
     assert d.allowed and d.redact_ops == (1,)
     nested = {"ops": [{"op": "BATCH_EXECUTE", "b": {"ops": []}}]}
     assert not P.check_request(("admin",), M["BATCH_EXECUTE"], nested).allowed
