@@ -1,6 +1,6 @@
 """The ACL policy: roles grant message types, optionally narrowed to structures and keys.
 
-Config shape (the parsed `[acl]` table; docs/security-model.md has the full example):
+Config shape (the parsed `[acl]` table; docs/security.md has the full example):
 
     guest_roles = ["guest"]
     [roles.<role>]   grants = [{types = [...], structures = [...], keys = [...]}]
