@@ -1,0 +1,59 @@
+"""Configuration of one Raft core. Every limit the core enforces is a field here.
+
+Time is measured in ticks (the driver calls `tick()` at a fixed interval from a monotonic
+clock). `mutant` plants a deliberate bug for the simulator's mutation check; it is None in
+every real deployment and `RaftConfig` refuses unknown names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MUTANTS: dict[str, str] = {
+    "commit_old_term": "count replicas of an old-term entry when advancing commit",
+    "forget_vote": "do not persist the vote in the hard state",
+    "lease_expired": "serve lease reads without checking the lease has not expired",
+    "ack_before_sync": "send messages before the Ready's writes are synced (driver-level)",
+    "skip_log_matching": "accept AppendEntries without checking the previous entry's term",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RaftConfig:
+    node_id: str
+    election_tick_min: int = 10  # also: how long a follower honours a live leader
+    election_tick_max: int = 20  # randomized timeout drawn from [min, max)
+    heartbeat_tick: int = 2
+    max_entries_per_append: int = 64
+    max_bytes_per_append: int = 1 << 20
+    max_inflight: int = 16  # AppendEntries in flight per follower while replicating
+    max_uncommitted_bytes: int = 64 << 20  # proposals beyond this are refused with Busy
+    max_committed_bytes_per_ready: int = 4 << 20
+    max_read_requests: int = 4096  # pending ReadIndex requests on a leader
+    check_quorum: bool = True
+    pre_vote: bool = True
+    lease_reads: bool = False
+    lease_drift_ticks: int = 2  # lease = election_tick_min - drift (and tick granularity)
+    snapshot_chunk_bytes: int = 64 << 10
+    snapshot_window: int = 4  # snapshot chunks in flight per follower
+    trailing_entries: int = 128  # entries kept behind a snapshot for slow followers
+    mutant: str | None = None  # test-only planted bug, see MUTANTS
+
+    def __post_init__(self) -> None:
+        if not self.node_id:
+            raise ValueError("node_id must be non-empty")
+        if not 0 < self.heartbeat_tick < self.election_tick_min < self.election_tick_max:
+            raise ValueError("need 0 < heartbeat_tick < election_tick_min < election_tick_max")
+        if self.lease_reads and not (
+            self.check_quorum and 0 < self.lease_drift_ticks < self.election_tick_min - 1
+        ):
+            raise ValueError("lease reads need check_quorum and 0 < drift < election_tick_min-1")
+        for name in ("max_entries_per_append", "max_bytes_per_append", "max_inflight",
+                     "max_uncommitted_bytes", "max_committed_bytes_per_ready",
+                     "max_read_requests", "snapshot_chunk_bytes", "snapshot_window"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.trailing_entries < 0:
+            raise ValueError("trailing_entries must be >= 0")
+        if self.mutant is not None and self.mutant not in MUTANTS:
+            raise ValueError(f"unknown mutant {self.mutant!r}")

@@ -1,0 +1,760 @@
+"""The sans-IO Raft core: events in (`tick`, `step`, `propose`, `read_index`, ...), a `Ready`
+batch out (see `loom.raft.ready` for the driver's side of the contract).
+
+No clock, no sockets, no trio: time is `tick()`, randomness is the `random.Random` passed in.
+Nothing here iterates a set or depends on hash order; peers are visited in sorted order.
+
+Safety rules and where they live:
+  * one vote per term, persisted before the vote response leaves (`_handle_vote`, Ready);
+  * a follower that heard from a live leader within `election_tick_min` ticks (or has just
+    booted) ignores vote and pre-vote requests, unless the candidate was told to campaign by
+    the leader itself (TimeoutNow) (`step`);
+  * log matching: an append is accepted only if our entry at its previous index has its
+    previous term (`_handle_append`);
+  * commit rule: the leader commits only an entry of its own term replicated on a majority
+    of voters, its own copy counted only once persisted (`_maybe_commit`, `advance`);
+  * ReadIndex: a read is answered at the commit index once a majority acknowledged a
+    heartbeat round sent after the read arrived, and only after the leader committed an entry
+    of its own term (`_leader_read`, `_on_heartbeat_response`);
+  * lease: a read may skip the round while the lease holds: a heartbeat round acknowledged by
+    a majority was sent less than `election_tick_min - lease_drift_ticks` ticks ago (those
+    voters will refuse other candidates for `election_tick_min` of their own ticks). A leader
+    that sent TimeoutNow never uses its lease again in that term (`_lease_valid`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from loom.raft import messages as m
+from loom.raft.confchange import ConfChange, ConfChangeType, apply_change, check_change
+from loom.raft.config import RaftConfig
+from loom.raft.log import RaftLog
+from loom.raft.progress import Progress, PState
+from loom.raft.ready import Busy, NotLeader, ReadState, Ready, Role, Snapshot, SoftState
+from loom.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
+
+_VOTE_REQS = (m.RequestVote, m.PreVote)
+
+
+class _PendingRead:
+    __slots__ = ("ctx", "frm", "index", "seq")
+
+    def __init__(self, seq: int, ctx: bytes, index: int, frm: str) -> None:
+        self.seq, self.ctx, self.index, self.frm = seq, ctx, index, frm
+
+
+class RaftCore:
+    def __init__(
+        self,
+        config: RaftConfig,
+        rng: random.Random,
+        hard_state: HardState | None = None,
+        snapshot: SnapshotMeta | None = None,
+        entries: Sequence[Entry] = (),
+        snapshot_data: bytes = b"",
+    ) -> None:
+        hs = hard_state or HardState()
+        snap = snapshot or SnapshotMeta()
+        self.cfg = config
+        self.id = config.node_id
+        self._rng = rng
+        self.term, self.vote = hs.term, hs.vote
+        ents = [e for e in entries if e.index > snap.index]
+        self.log = RaftLog(snap.index, snap.term, ents, hs.commit)
+        self.conf = snap.conf
+        self._conf_history: list[tuple[int, ConfState]] = [(snap.index, snap.conf)]
+        self.snapshot = Snapshot(snap, snapshot_data)
+        self.role = Role.FOLLOWER
+        self.leader: str | None = None
+        self.ticks = 0  # ticks since construction: the core's only notion of time
+        self.election_elapsed = 0
+        # after a restart, honour a possible live leader we cannot remember (its lease may
+        # count on our earlier acknowledgement); only lease reads depend on this
+        self._booting = config.lease_reads
+        self._heartbeat_elapsed = 0
+        self._timeout = self._random_timeout()
+        self._votes: dict[str, bool] = {}
+        self.progress: dict[str, Progress] = {}
+        self.lead_transferee: str | None = None
+        self._transfer_elapsed = 0
+        self._lease_disabled = False
+        self._pending_conf_index = 0
+        self._uncommitted_bytes = 0
+        self._need_bcast = False
+        self._removed: set[str] = set()
+        # ReadIndex / lease state (leader only)
+        self._hb_seq = 0
+        self._hb_sent: dict[int, int] = {}  # round -> tick it was sent (recent rounds only)
+        self._acked_seq: dict[str, int] = {}
+        self._lease_start: int | None = None
+        self._reads: list[_PendingRead] = []
+        self._reads_before_commit: list[tuple[bytes, str]] = []
+        # snapshot being received: (leader, term, index) and the bytes so far
+        self._snap_rx: tuple[str, int, int] | None = None
+        self._snap_buf = bytearray()
+        # outputs
+        self._msgs: list[m.Message] = []
+        self._read_states: list[ReadState] = []
+        self._install: Snapshot | None = None
+        self._prev_hs = hs
+        self._prev_ss = SoftState(None, Role.FOLLOWER)
+        self._outstanding: Ready | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _random_timeout(self) -> int:
+        return self._rng.randrange(self.cfg.election_tick_min, self.cfg.election_tick_max)
+
+    def _quorum(self) -> int:
+        return len(self.conf.voters) // 2 + 1
+
+    def promotable(self) -> bool:
+        return self.id in self.conf.voters
+
+    def _peers(self) -> list[str]:
+        return sorted(p for p in self.progress if p != self.id)
+
+    def _send(self, msg: m.Message) -> None:
+        self._msgs.append(msg)
+
+    def _in_lease(self) -> bool:
+        """We heard from a live leader (or just booted) less than election_tick_min ago."""
+        return (self.leader is not None or self._booting) and (
+            self.election_elapsed < self.cfg.election_tick_min
+        )
+
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.committed)
+
+    def soft_state(self) -> SoftState:
+        return SoftState(self.leader, self.role)
+
+    # ------------------------------------------------------------------ role changes
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term, self.vote = term, None
+        self.leader = None
+        self.election_elapsed = self._heartbeat_elapsed = 0
+        self._timeout = self._random_timeout()
+        self._votes = {}
+        self.progress = {}
+        self.lead_transferee = None
+        self._lease_disabled = False
+        self._lease_start = None
+        self._hb_sent.clear()
+        self._acked_seq = {}
+        self._reads = []
+        self._reads_before_commit = []
+        self._uncommitted_bytes = 0
+        self._need_bcast = False
+
+    def _become_follower(self, term: int, leader: str | None) -> None:
+        self._reset(term)
+        self.role = Role.FOLLOWER
+        self.leader = leader
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.role = Role.LEADER
+        self.leader = self.id
+        last = self.log.last_index
+        for p in (*self.conf.voters, *self.conf.learners):
+            self.progress[p] = Progress(last + 1, self.cfg.max_inflight)
+        me = self.progress.setdefault(self.id, Progress(last + 1, self.cfg.max_inflight))
+        me.match = self.log.persisted
+        me.become_replicate()
+        # no conf change until everything in the log at election time is applied
+        self._pending_conf_index = last
+        self._append(EntryType.NOOP, b"")
+        self._broadcast_append()
+
+    def _campaign(self, pre: bool, transfer: bool) -> None:
+        if pre:
+            self._become_follower(self.term, None)
+            self.role = Role.PRE_CANDIDATE
+            term = self.term + 1
+        else:
+            self._reset(self.term + 1)
+            self.role = Role.CANDIDATE
+            self.vote = self.id
+            term = self.term
+        self._booting = False
+        self._votes = {self.id: True}
+        if self._tally() == 1:
+            self._won(pre)
+            return
+        li, lt = self.log.last_index, self.log.last_term()
+        kind = m.PreVote if pre else m.RequestVote
+        for v in sorted(self.conf.voters):
+            if v != self.id:
+                self._send(kind(v, self.id, term, li, lt, transfer))
+
+    def _won(self, pre: bool) -> None:
+        if pre:
+            self._campaign(pre=False, transfer=False)
+        else:
+            self._become_leader()
+
+    def _tally(self) -> int:
+        """+1 won, -1 lost, 0 undecided."""
+        granted = sum(1 for v in self.conf.voters if self._votes.get(v) is True)
+        rejected = sum(1 for v in self.conf.voters if self._votes.get(v) is False)
+        if granted >= self._quorum():
+            return 1
+        if rejected >= self._quorum():
+            return -1
+        return 0
+
+    # ------------------------------------------------------------------ inputs
+    def _check_idle(self) -> None:
+        if self._outstanding is not None:
+            raise RuntimeError("advance() the outstanding Ready before other calls")
+
+    def tick(self) -> None:
+        self._check_idle()
+        self.ticks += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.cfg.election_tick_min:
+            self._booting = False
+        if self.role is Role.LEADER:
+            self._tick_leader()
+        elif self.election_elapsed >= self._timeout and self.promotable():
+            self._campaign(pre=self.cfg.pre_vote, transfer=False)
+
+    def _tick_leader(self) -> None:
+        self._heartbeat_elapsed += 1
+        if self.lead_transferee is not None:
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= self.cfg.election_tick_min:
+                self.lead_transferee = None  # abort; the lease stays disabled this term
+        if self.election_elapsed >= self.cfg.election_tick_min:
+            self.election_elapsed = 0
+            if self.cfg.check_quorum:
+                active = sum(
+                    1 for v in self.conf.voters
+                    if v == self.id or (v in self.progress and self.progress[v].recent_active)
+                )
+                for pr in self.progress.values():
+                    pr.recent_active = False
+                if active < self._quorum():
+                    self._become_follower(self.term, None)
+                    return
+        if self._heartbeat_elapsed >= self.cfg.heartbeat_tick:
+            self._heartbeat_elapsed = 0
+            self._heartbeat_round()
+
+    def propose(self, data: bytes) -> int | NotLeader | Busy:
+        """Append a command. Returns its log index (it may still be lost if leadership is)."""
+        self._check_idle()
+        return self._propose(EntryType.NORMAL, data)
+
+    def propose_conf_change(self, cc: ConfChange) -> int | NotLeader | Busy:
+        self._check_idle()
+        if self.role is Role.LEADER:
+            if self._pending_conf_index > self.log.applied:
+                return Busy("a membership change is in flight")
+            why = check_change(self.conf, cc, frozenset(self._removed))
+            if why is None and cc.type is ConfChangeType.ADD_VOTER:
+                pr = self.progress.get(cc.node)
+                if cc.node not in self.conf.learners or pr is None:
+                    why = "add the node as a learner first"
+                elif pr.match < self.log.committed:
+                    why = "learner has not caught up"
+            if why is not None:
+                return Busy(why)
+        r = self._propose(EntryType.CONF_CHANGE, cc.encode())
+        if isinstance(r, int):
+            self._pending_conf_index = r
+        return r
+
+    def _propose(self, kind: EntryType, data: bytes) -> int | NotLeader | Busy:
+        if self.role is not Role.LEADER:
+            return NotLeader(self.leader)
+        if self.lead_transferee is not None:
+            return Busy("leadership transfer in progress")
+        if self._uncommitted_bytes and (
+            self._uncommitted_bytes + len(data) > self.cfg.max_uncommitted_bytes
+        ):
+            return Busy("too much uncommitted data")
+        index = self._append(kind, data)
+        self._need_bcast = True  # sent in ready(): many proposals, one AppendEntries
+        return index
+
+    def _append(self, kind: EntryType, data: bytes) -> int:
+        index = self.log.last_index + 1
+        self.log.append([Entry(self.term, index, kind, data)])
+        self._uncommitted_bytes += len(data)
+        return index
+
+    def read_index(self, ctx: bytes) -> NotLeader | Busy | None:
+        """Request a linearizable read; the answer is a ReadState(ctx, index) in a later Ready
+        (never, if leadership is lost meanwhile: the caller times out)."""
+        self._check_idle()
+        if self.role is Role.LEADER:
+            if len(self._reads) + len(self._reads_before_commit) >= self.cfg.max_read_requests:
+                return Busy("too many pending reads")
+            if self.log.term(self.log.committed) != self.term:
+                self._reads_before_commit.append((ctx, self.id))
+            else:
+                self._leader_read(ctx, self.id)
+            return None
+        if self.leader is None or self.role is not Role.FOLLOWER:
+            return NotLeader(self.leader)
+        self._send(m.ReadIndex(self.leader, self.id, self.term, ctx))
+        return None
+
+    def transfer_leadership(self, to: str) -> NotLeader | Busy | None:
+        self._check_idle()
+        if self.role is not Role.LEADER:
+            return NotLeader(self.leader)
+        if to == self.id or to not in self.conf.voters or to not in self.progress:
+            return Busy("transfer target is not another voter")
+        self.lead_transferee, self._transfer_elapsed = to, 0
+        self._lease_disabled = True
+        if self.progress[to].match == self.log.last_index:
+            self._send(m.TimeoutNow(to, self.id, self.term))
+        else:
+            self._send_append(to)
+        return None
+
+    def snapshot_taken(self, index: int, data: bytes) -> SnapshotMeta:
+        """The application saved a snapshot of its state at applied index `index`: keep it for
+        slow followers and compact the log, keeping `trailing_entries` behind it."""
+        self._check_idle()
+        if index <= self.snapshot.meta.index:
+            return self.snapshot.meta
+        term = self.log.term(index)
+        if index > self.log.applied or term is None:
+            raise ValueError("snapshot index must be applied and still in the log")
+        meta = SnapshotMeta(index, term, self._conf_at(index))
+        self.snapshot = Snapshot(meta, data)
+        self.log.compact(max(self.log.offset, index - self.cfg.trailing_entries))
+        keep = [c for c in self._conf_history if c[0] > index]
+        self._conf_history = [(index, meta.conf), *keep]
+        return meta
+
+    def _conf_at(self, index: int) -> ConfState:
+        conf = self._conf_history[0][1]
+        for at, c in self._conf_history:
+            if at <= index:
+                conf = c
+        return conf
+
+    # ------------------------------------------------------------------ messages
+    def step(self, msg: m.Message) -> None:
+        self._check_idle()
+        if msg.to != self.id:
+            return
+        if msg.term > self.term:
+            if isinstance(msg, _VOTE_REQS):
+                if not msg.transfer and self._in_lease():
+                    return  # a live leader exists: do not let a candidate disrupt it
+                if isinstance(msg, m.PreVote):
+                    self._handle_vote(msg)
+                    return
+                self._become_follower(msg.term, None)
+            elif isinstance(msg, m.PreVoteResponse) and not msg.reject:
+                pass  # granted pre-votes carry the term the candidate will campaign in
+            elif isinstance(msg, m.AppendEntries | m.Heartbeat | m.InstallSnapshot):
+                self._become_follower(msg.term, msg.frm)
+            else:
+                self._become_follower(msg.term, None)
+        elif msg.term < self.term:
+            if isinstance(msg, m.AppendEntries | m.Heartbeat):
+                # tell a stale leader about the newer term so it steps down
+                self._send(m.AppendResponse(msg.frm, self.id, self.term, 0, False, 0, 0))
+            elif isinstance(msg, m.PreVote):
+                self._send(m.PreVoteResponse(msg.frm, self.id, self.term, True))
+            return
+        if isinstance(msg, _VOTE_REQS):
+            self._handle_vote(msg)
+        elif self.role is Role.LEADER:
+            self._step_leader(msg)
+        elif self.role is Role.FOLLOWER:
+            self._step_follower(msg)
+        else:
+            self._step_candidate(msg)
+
+    def _handle_vote(self, msg: m.RequestVote | m.PreVote) -> None:
+        pre = isinstance(msg, m.PreVote)
+        can_vote = (
+            self.vote == msg.frm
+            or (self.vote is None and self.leader is None)
+            or (pre and msg.term > self.term)
+        )
+        if can_vote and self.log.is_up_to_date(msg.last_index, msg.last_term):
+            if pre:
+                self._send(m.PreVoteResponse(msg.frm, self.id, msg.term, False))
+            else:
+                self.vote = msg.frm
+                self.election_elapsed = 0
+                self._send(m.VoteResponse(msg.frm, self.id, msg.term, False))
+        else:
+            kind = m.PreVoteResponse if pre else m.VoteResponse
+            self._send(kind(msg.frm, self.id, self.term, True))
+
+    def _step_candidate(self, msg: m.Message) -> None:
+        if isinstance(msg, m.AppendEntries | m.Heartbeat | m.InstallSnapshot):
+            self._become_follower(self.term, msg.frm)
+            self._step_follower(msg)
+            return
+        pre = self.role is Role.PRE_CANDIDATE
+        if isinstance(msg, m.PreVoteResponse if pre else m.VoteResponse):
+            self._votes.setdefault(msg.frm, not msg.reject)
+            result = self._tally()
+            if result == 1:
+                self._won(pre)
+            elif result == -1:
+                self._become_follower(self.term, None)
+
+    def _step_follower(self, msg: m.Message) -> None:
+        if isinstance(msg, m.AppendEntries):
+            self.election_elapsed, self.leader = 0, msg.frm
+            self._handle_append(msg)
+        elif isinstance(msg, m.Heartbeat):
+            self.election_elapsed, self.leader = 0, msg.frm
+            self.log.commit_to(min(msg.commit, self.log.last_index))
+            self._send(m.HeartbeatResponse(msg.frm, self.id, self.term, msg.seq))
+        elif isinstance(msg, m.InstallSnapshot):
+            self.election_elapsed, self.leader = 0, msg.frm
+            self._handle_snapshot(msg)
+        elif isinstance(msg, m.TimeoutNow):
+            if self.promotable():
+                self._campaign(pre=False, transfer=True)
+        elif isinstance(msg, m.ReadIndexResponse):
+            self._read_states.append(ReadState(msg.ctx, msg.index))
+
+    def _handle_append(self, msg: m.AppendEntries) -> None:
+        log = self.log
+        if msg.index < log.committed:
+            self._send(m.AppendResponse(msg.frm, self.id, self.term, log.committed, False, 0, 0))
+            return
+        ok = log.match_term(msg.index, msg.log_term)
+        if self.cfg.mutant == "skip_log_matching":
+            ok = log.offset <= msg.index <= log.last_index
+        if ok:
+            last_new = msg.index + len(msg.entries)
+            ci = log.find_conflict(msg.entries)
+            if ci:
+                log.truncate_and_append(list(msg.entries[ci - msg.index - 1 :]))
+            log.commit_to(min(msg.commit, last_new))
+            self._send(m.AppendResponse(msg.frm, self.id, self.term, last_new, False, 0, 0))
+            return
+        hint = log.find_conflict_by_term(min(msg.index, log.last_index), msg.log_term)
+        self._send(m.AppendResponse(msg.frm, self.id, self.term, msg.index, True, hint,
+                                    log.term(hint) or 0))
+
+    def _handle_snapshot(self, msg: m.InstallSnapshot) -> None:
+        if msg.snap_index <= self.log.committed:
+            self._snap_rx = None
+            self._send(m.AppendResponse(msg.frm, self.id, self.term, self.log.committed,
+                                        False, 0, 0))
+            return
+        key = (msg.frm, msg.term, msg.snap_index)
+        if self._snap_rx != key:
+            self._snap_rx, self._snap_buf = key, bytearray()
+        buf = self._snap_buf
+        if msg.offset == len(buf) and len(buf) + len(msg.data) <= msg.total:
+            buf += msg.data
+            if msg.done and len(buf) == msg.total:
+                self._snap_rx, self._snap_buf = None, bytearray()
+                self._install_snapshot(msg, bytes(buf))
+                return
+        self._send(m.SnapshotResponse(msg.frm, self.id, self.term, msg.snap_index, len(buf),
+                                      False))
+
+    def _install_snapshot(self, msg: m.InstallSnapshot, data: bytes) -> None:
+        if self.log.match_term(msg.snap_index, msg.snap_term):
+            self.log.commit_to(msg.snap_index)  # we already hold that prefix
+        else:
+            conf = ConfState(voters=msg.voters, learners=msg.learners)
+            meta = SnapshotMeta(msg.snap_index, msg.snap_term, conf)
+            self.log.restore(msg.snap_index, msg.snap_term)
+            self.conf = conf
+            self._conf_history = [(msg.snap_index, conf)]
+            self.snapshot = self._install = Snapshot(meta, data)
+        self._send(m.AppendResponse(msg.frm, self.id, self.term, msg.snap_index, False, 0, 0))
+
+    # ------------------------------------------------------------------ leader
+    def _step_leader(self, msg: m.Message) -> None:
+        if isinstance(msg, m.ReadIndex):
+            if self.log.term(self.log.committed) != self.term:
+                if len(self._reads_before_commit) < self.cfg.max_read_requests:
+                    self._reads_before_commit.append((msg.ctx, msg.frm))
+            elif len(self._reads) < self.cfg.max_read_requests:
+                self._leader_read(msg.ctx, msg.frm)
+            return
+        pr = self.progress.get(msg.frm)
+        if pr is None:
+            return
+        pr.recent_active = True
+        if isinstance(msg, m.AppendResponse):
+            self._on_append_response(msg, pr)
+        elif isinstance(msg, m.HeartbeatResponse):
+            self._on_heartbeat_response(msg, pr)
+        elif (isinstance(msg, m.SnapshotResponse) and pr.state is PState.SNAPSHOT
+              and msg.snap_index == pr.snap_index):
+            if msg.reject:
+                pr.become_probe()
+                self._send_append(msg.frm)
+                return
+            if msg.offset < pr.snap_acked or msg.offset > pr.snap_sent:
+                pr.snap_sent = msg.offset  # follower lost or skipped bytes: resend
+            pr.snap_acked = msg.offset
+            self._send_snapshot_chunks(msg.frm, pr)
+
+    def _on_append_response(self, msg: m.AppendResponse, pr: Progress) -> None:
+        if msg.reject:
+            if pr.state is PState.SNAPSHOT:
+                return
+            hint = msg.reject_hint
+            if msg.log_term > 0:
+                hint = self.log.find_conflict_by_term(hint, msg.log_term)
+            if pr.maybe_decrease(msg.index, hint):
+                if pr.state is PState.REPLICATE:
+                    pr.become_probe()
+                self._send_append(msg.frm)
+            return
+        old_paused = pr.paused()
+        if pr.maybe_update(msg.index):
+            if pr.state is not PState.REPLICATE:
+                pr.become_replicate()
+            if self._maybe_commit():
+                self._broadcast_append(send_empty=True)
+            elif old_paused or pr.next <= self.log.last_index:
+                self._send_append(msg.frm)
+            if msg.frm == self.lead_transferee and pr.match == self.log.last_index:
+                self._send(m.TimeoutNow(msg.frm, self.id, self.term))
+        elif old_paused and not pr.paused():
+            self._send_append(msg.frm)
+
+    def _on_heartbeat_response(self, msg: m.HeartbeatResponse, pr: Progress) -> None:
+        if msg.frm in self.conf.voters and msg.seq > self._acked_seq.get(msg.frm, 0):
+            self._acked_seq[msg.frm] = msg.seq
+            self._confirm_rounds()
+        if pr.state is PState.SNAPSHOT:
+            if pr.snap_index != self.snapshot.meta.index:
+                pr.become_snapshot(self.snapshot.meta.index)
+            pr.snap_sent = pr.snap_acked  # retransmit anything unacknowledged
+            self._send_snapshot_chunks(msg.frm, pr)
+            return
+        if pr.state is PState.REPLICATE and len(pr.inflight) >= pr.max_inflight:
+            pr.inflight.popleft()  # the follower is alive: let one more append through
+        pr.probe_sent = False
+        if pr.match < self.log.last_index:
+            self._send_append(msg.frm)
+
+    def _maybe_commit(self) -> bool:
+        matches = sorted(
+            (self.progress[v].match if v in self.progress else 0 for v in self.conf.voters),
+            reverse=True,
+        )
+        if not matches:
+            return False
+        q = matches[self._quorum() - 1]
+        t = self.log.term(q)
+        # Only an entry of the current term is committed by counting replicas (Raft 5.4.2).
+        ok = t == self.term or (self.cfg.mutant == "commit_old_term" and t is not None)
+        if q > self.log.committed and ok:
+            for e in self.log.slice(self.log.committed + 1, q + 1):
+                self._uncommitted_bytes = max(0, self._uncommitted_bytes - len(e.data))
+            self.log.commit_to(q)
+            if self._reads_before_commit and t == self.term:
+                waiting, self._reads_before_commit = self._reads_before_commit, []
+                for ctx, frm in waiting:
+                    self._leader_read(ctx, frm)
+            return True
+        return False
+
+    def _broadcast_append(self, send_empty: bool = True) -> None:
+        for p in self._peers():
+            self._send_append(p, send_empty)
+
+    def _send_append(self, to: str, send_empty: bool = True) -> None:
+        pr = self.progress[to]
+        log = self.log
+        while not pr.paused():
+            prev = pr.next - 1
+            prev_term = log.term(prev)
+            if prev_term is None:  # compacted away: stream the snapshot instead
+                pr.become_snapshot(self.snapshot.meta.index)
+                self._send_snapshot_chunks(to, pr)
+                return
+            hi = min(log.last_index + 1, pr.next + self.cfg.max_entries_per_append)
+            ents = log.slice(pr.next, hi, self.cfg.max_bytes_per_append) if hi > pr.next else []
+            if not ents and not send_empty:
+                return
+            self._send(m.AppendEntries(to, self.id, self.term, prev, prev_term, tuple(ents),
+                                       log.committed))
+            pr.sent_entries(ents[-1].index if ents else prev, len(ents))
+            if pr.state is not PState.REPLICATE or pr.next > log.last_index:
+                return
+            send_empty = False
+
+    def _send_snapshot_chunks(self, to: str, pr: Progress) -> None:
+        snap, size = self.snapshot, self.cfg.snapshot_chunk_bytes
+        total = len(snap.data)
+        window = self.cfg.snapshot_window * size
+        conf = snap.meta.conf
+        while pr.snap_sent - pr.snap_acked < window:
+            off = pr.snap_sent
+            if off > total or (off == total and total > 0):
+                return
+            chunk = snap.data[off : off + size]
+            pr.snap_sent = off + len(chunk) + (1 if not chunk else 0)
+            self._send(m.InstallSnapshot(to, self.id, self.term, snap.meta.index, snap.meta.term,
+                                         conf.voters, conf.learners, off, chunk, total,
+                                         off + len(chunk) == total))
+
+    # ------------------------------------------------------------------ reads
+    def _heartbeat_round(self) -> None:
+        self._hb_seq += 1
+        self._hb_sent[self._hb_seq] = self.ticks
+        horizon = self.ticks - self.cfg.election_tick_min
+        for s in [s for s, t in self._hb_sent.items() if t < horizon]:
+            del self._hb_sent[s]
+        for p in self._peers():
+            pr = self.progress[p]
+            self._send(m.Heartbeat(p, self.id, self.term, min(pr.match, self.log.committed),
+                                   self._hb_seq))
+        self._confirm_rounds()
+
+    def _confirmed_seq(self) -> int:
+        acks = sorted(
+            (self._hb_seq if v == self.id else self._acked_seq.get(v, 0)
+             for v in self.conf.voters),
+            reverse=True,
+        )
+        return acks[self._quorum() - 1] if acks else 0
+
+    def _confirm_rounds(self) -> None:
+        seq = self._confirmed_seq()
+        if seq in self._hb_sent:
+            start = self._hb_sent[seq]
+            if self._lease_start is None or start > self._lease_start:
+                self._lease_start = start
+        done = [r for r in self._reads if r.seq <= seq]
+        if done:
+            self._reads = [r for r in self._reads if r.seq > seq]
+            for r in done:
+                self._answer_read(r.ctx, r.frm, r.index)
+
+    def _lease_valid(self) -> bool:
+        if not self.cfg.lease_reads or self._lease_disabled or self._lease_start is None:
+            return False
+        if self.cfg.mutant == "lease_expired":
+            return True
+        return self.ticks - self._lease_start < (
+            self.cfg.election_tick_min - self.cfg.lease_drift_ticks
+        )
+
+    def _leader_read(self, ctx: bytes, frm: str) -> None:
+        index = self.log.committed
+        if len(self.conf.voters) == 1 or self._lease_valid():
+            self._answer_read(ctx, frm, index)
+            return
+        self._reads.append(_PendingRead(self._hb_seq + 1, ctx, index, frm))
+        self._heartbeat_round()
+
+    def _answer_read(self, ctx: bytes, frm: str, index: int) -> None:
+        if frm == self.id:
+            self._read_states.append(ReadState(ctx, index))
+        else:
+            self._send(m.ReadIndexResponse(frm, self.id, self.term, ctx, index))
+
+    # ------------------------------------------------------------------ Ready / advance
+    def has_ready(self) -> bool:
+        log = self.log
+        return bool(
+            self._msgs or self._read_states or self._install is not None or self._need_bcast
+            or log.write_from <= log.last_index or log.committed > log.applied
+            or self.hard_state() != self._prev_hs or self.soft_state() != self._prev_ss
+        )
+
+    def ready(self) -> Ready | None:
+        self._check_idle()
+        if self._need_bcast:
+            self._need_bcast = False
+            self._broadcast_append(send_empty=False)
+        if not self.has_ready():
+            return None
+        log = self.log
+        hs = self.hard_state()
+        hs_out: HardState | None = None
+        must_sync = bool(log.write_from <= log.last_index) or self._install is not None
+        if hs != self._prev_hs:
+            hs_out = hs
+            if hs.term != self._prev_hs.term or hs.vote != self._prev_hs.vote:
+                must_sync = True
+            if self.cfg.mutant == "forget_vote":
+                hs_out = HardState(hs.term, None, hs.commit)
+        ss = self.soft_state()
+        committed: tuple[Entry, ...] = ()
+        if log.committed > log.applied:
+            committed = tuple(log.slice(log.applied + 1, log.committed + 1,
+                                        self.cfg.max_committed_bytes_per_ready))
+        rd = Ready(
+            soft_state=ss if ss != self._prev_ss else None,
+            hard_state=hs_out,
+            entries=tuple(log.unpersisted()),
+            must_sync=must_sync,
+            snapshot=self._install,
+            messages=tuple(self._msgs),
+            committed_entries=committed,
+            read_states=tuple(self._read_states),
+        )
+        self._msgs, self._read_states, self._install = [], [], None
+        self._prev_hs, self._prev_ss = hs, ss
+        self._outstanding = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        if rd is not self._outstanding:
+            raise RuntimeError("advance() takes the Ready returned by the last ready()")
+        self._outstanding = None
+        log = self.log
+        if rd.entries:
+            log.persisted = max(log.persisted, rd.entries[-1].index)
+            log.write_from = max(log.write_from, rd.entries[-1].index + 1)
+        for e in rd.committed_entries:
+            if e.index <= log.applied:
+                continue
+            log.applied = e.index
+            if e.type is EntryType.CONF_CHANGE:
+                self._apply_conf_change(e)
+        if self.role is Role.LEADER and self.id in self.progress:
+            self.progress[self.id].maybe_update(log.persisted)
+            if self._maybe_commit():
+                self._broadcast_append(send_empty=True)
+
+    def _apply_conf_change(self, e: Entry) -> None:
+        try:
+            cc = ConfChange.decode(e.data)
+        except ValueError:
+            return  # replicated garbage is ignored identically on every replica
+        new = apply_change(self.conf, cc)
+        if new == self.conf:
+            return
+        if cc.type is ConfChangeType.REMOVE:
+            self._removed.add(cc.node)
+        self.conf = new
+        self._conf_history.append((e.index, new))
+        if self.role is not Role.LEADER:
+            return
+        if self.id not in new.voters:
+            self._become_follower(self.term, None)  # removed: step down, never campaign
+            return
+        members = {*new.voters, *new.learners}
+        for p in sorted(self.progress):
+            if p not in members:
+                del self.progress[p]
+                self._acked_seq.pop(p, None)
+        for p in sorted(members - set(self.progress)):
+            self.progress[p] = Progress(self.log.last_index + 1, self.cfg.max_inflight)
+            self._send_append(p)
+        if self.lead_transferee is not None and self.lead_transferee not in new.voters:
+            self.lead_transferee = None
+        if self._maybe_commit():
+            self._broadcast_append(send_empty=True)
+        self._confirm_rounds()

@@ -1,0 +1,1 @@
+"""Deterministic whole-cluster simulation of Loom's Raft core (run: python -m loom.sim)."""

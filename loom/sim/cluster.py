@@ -1,0 +1,595 @@
+"""One seeded, single-threaded simulation of a whole Raft cluster under a client workload.
+
+Everything comes from `random.Random(seed)`: cluster size, network quality, node clock
+rates, the nemesis schedule and the clients. Events live in one heap ordered by (time,
+sequence number), so a seed replays exactly. Time is in nominal ticks; node i ticks every
+1/rate_i (rates within +-`DRIFT` of 1: clock drift).
+
+The driver (`_drain`) follows the Ready contract and can crash the node at every
+persistence point: before the write, after the write but before fsync, after fsync but
+before sending, after sending but before applying. Nemeses: partitions (halves, majority
+ring, bridge, isolated leader, asymmetric), crash/restart (the disk keeps only what was
+synced, maybe a torn tail), pause/resume (SIGSTOP: the clock catches up on resume), clock
+jumps (a burst of ticks; only with lease reads off, since a lease assumes bounded drift),
+leadership transfer, graceful leader shutdown (transfer, then stop), membership changes
+(add learner with a fresh id, promote, remove). Message loss, duplication and reordering are
+always on at seed-chosen rates. Invariants are in `loom.sim.invariants`; client histories go
+to `loom.sim.linearizability` at the end.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+from loom.raft import messages as m
+from loom.raft.confchange import ConfChange, ConfChangeType, bootstrap
+from loom.raft.config import RaftConfig
+from loom.raft.core import RaftCore
+from loom.raft.ready import Busy, NotLeader, Ready, Role, Snapshot
+from loom.raft.types import EntryType, SnapshotMeta
+from loom.sim.disk import SimDisk, durable_tail
+from loom.sim.invariants import Oracle, Violation
+from loom.sim.linearizability import Op, check_history
+from loom.sim.network import PARTITIONS, SimNetwork, partition
+
+DRIFT = 0.04  # clock rate spread; RaftConfig.lease_drift_ticks must cover it (see core.py)
+TRACE_LEN = 60
+_TICK, _DELIVER, _CLIENT, _TIMEOUT, _NEMESIS, _RESTART, _RESUME, _HEAL, _CALL = range(9)
+
+
+@dataclass
+class SimParams:
+    """What one seed runs; drawn from the seed, overridable for tests."""
+
+    nodes: int = 3
+    duration: float = 240.0  # ticks of nemesis + workload, then a quiet period
+    quiet: float = 40.0
+    clients: int = 3
+    keys: int = 3
+    loss: float = 0.02
+    dup: float = 0.02
+    delay_max: float = 0.5
+    lease_reads: bool = False
+    max_entries_per_append: int = 8
+    snapshot_every: int = 25
+    trailing_entries: int = 5
+    crash_ready_p: float = 0.002
+    crash_vote_p: float = 0.0  # extra crash chance right after a term/vote change
+    crash_commit_p: float = 0.0  # extra crash chance when a leader's commit advances
+    leader_chaos: float = 0.0  # chance a new leader is crashed or isolated right away
+    pre_vote: bool = True
+    nemesis_every: float = 15.0
+    mutant: str | None = None
+
+    @staticmethod
+    def from_seed(rng: random.Random, mutant: str | None) -> SimParams:
+        if rng.random() < 0.25:
+            # "figure 8" profile: five nodes, one entry per append, leaders crash right after
+            # winning and right after committing, so stale-term logs compete
+            return SimParams(
+                nodes=5, max_entries_per_append=1, crash_vote_p=0.5, crash_commit_p=0.3,
+                loss=rng.choice((0.0, 0.02)), delay_max=rng.choice((0.2, 0.5)),
+                lease_reads=mutant == "lease_expired" or rng.random() < 0.3,
+                pre_vote=rng.random() < 0.5 and mutant != "lease_expired",
+                snapshot_every=rng.choice((25, 1000)), mutant=mutant,
+            )
+        return SimParams(
+            nodes=rng.choice((3, 3, 5)),
+            loss=rng.choice((0.0, 0.01, 0.05)),
+            dup=rng.choice((0.0, 0.02)),
+            delay_max=rng.choice((0.2, 0.5, 1.5)),
+            lease_reads=mutant == "lease_expired" or rng.random() < 0.4,
+            max_entries_per_append=rng.choice((1, 4, 64)),
+            snapshot_every=rng.choice((10, 25, 1000)),
+            trailing_entries=rng.choice((0, 5, 50)),
+            crash_ready_p=rng.choice((0.0, 0.002, 0.01)),
+            crash_vote_p=rng.choice((0.0, 0.0, 0.1, 0.3)),
+            leader_chaos=rng.choice((0.0, 0.0, 0.3, 0.6)),
+            pre_vote=rng.random() < 0.6 and mutant != "lease_expired",
+            nemesis_every=rng.choice((8.0, 15.0, 30.0)),
+            mutant=mutant,
+        )
+
+
+@dataclass
+class PendingOp:
+    op_id: str
+    client: int
+    key: str
+    kind: str
+    value: str | None
+    call: float
+    node: str
+    floor: int = 0  # for reads: highest commit index anywhere when it was requested
+    done: bool = False
+
+
+@dataclass
+class SimNode:
+    id: str
+    disk: SimDisk
+    rate: float
+    core: RaftCore | None = None
+    inc: int = 0
+    paused: bool = False
+    missed: int = 0
+    deferred: list[m.Message] = field(default_factory=list)
+    kv: dict[str, str] = field(default_factory=dict)
+    applied: int = 0
+    commit: int = 0
+    puts: dict[str, PendingOp] = field(default_factory=dict)
+    reads: dict[bytes, PendingOp] = field(default_factory=dict)
+    ready_reads: list[tuple[int, bytes]] = field(default_factory=list)
+    removed: bool = False
+    last_vote: tuple[int, str | None] = (0, None)
+
+
+class Simulation:
+    def __init__(self, seed: int, params: SimParams | None = None,
+                 mutant: str | None = None) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.p = params or SimParams.from_seed(self.rng, mutant)
+        self.oracle = Oracle()
+        self.net = SimNetwork(self.rng, self.p.loss, self.p.dup, 0.05, self.p.delay_max)
+        self.now = 0.0
+        self._heap: list[tuple[float, int, int, object]] = []
+        self._seq = 0
+        self.trace: deque[tuple[float, str, object]] = deque(maxlen=TRACE_LEN)
+        self.nodes: dict[str, SimNode] = {}
+        self.history: list[Op] = []
+        self.next_node = 1
+        self.steps = 0
+        self.stats = {"crashes": 0, "elections": 0, "acked": 0, "reads": 0, "snapshots": 0,
+                      "transfers": 0, "conf_changes": 0, "partitions": 0}
+        voters = tuple(f"n{i}" for i in range(1, self.p.nodes + 1))
+        self.next_node = self.p.nodes + 1
+        hs, ents = bootstrap(voters)
+        for v in voters:
+            node = self._add_node(v, start=False)
+            node.disk.save(hs, ents, None)
+            node.disk.sync()
+            self._start(node)
+        for c in range(self.p.clients):
+            self._at(self.rng.uniform(1, 5), _CLIENT, c)
+        self._at(self.p.nemesis_every, _NEMESIS, None)
+        self.leader_guess: list[str | None] = [None] * self.p.clients
+
+    # ------------------------------------------------------------------ plumbing
+    def _at(self, t: float, kind: int, payload: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, payload))
+
+    def _cfg(self, nid: str) -> RaftConfig:
+        return RaftConfig(
+            node_id=nid, election_tick_min=10, election_tick_max=20, heartbeat_tick=2,
+            max_entries_per_append=self.p.max_entries_per_append, max_inflight=4,
+            max_uncommitted_bytes=4096, check_quorum=True, pre_vote=self.p.pre_vote,
+            lease_reads=self.p.lease_reads, lease_drift_ticks=2, snapshot_chunk_bytes=64,
+            snapshot_window=2, trailing_entries=self.p.trailing_entries, mutant=self.p.mutant,
+        )
+
+    def _add_node(self, nid: str, start: bool = True) -> SimNode:
+        node = SimNode(nid, SimDisk(Snapshot(SnapshotMeta(), b"{}")),
+                       1.0 + self.rng.uniform(-DRIFT, DRIFT))
+        self.nodes[nid] = node
+        if start:
+            self._start(node)
+        return node
+
+    def _start(self, node: SimNode) -> None:
+        rec = node.disk.load()
+        node.inc += 1
+        node.core = RaftCore(self._cfg(node.id), random.Random(self.rng.getrandbits(64)),
+                             rec.hard_state, rec.snapshot.meta, rec.entries, rec.snapshot.data)
+        node.kv = dict(json.loads(rec.snapshot.data))
+        node.applied = rec.snapshot.meta.index
+        node.commit = node.core.log.committed
+        node.paused, node.missed, node.deferred = False, 0, []
+        node.ready_reads = []
+        self._at(self.now + self.rng.uniform(0, 1) / node.rate, _TICK, (node.id, node.inc))
+        self._drain(node)
+
+    def _crash(self, node: SimNode, tear: bool = False) -> None:
+        self.stats["crashes"] += 1
+        self.trace.append((self.now, "crash", node.id))
+        node.core = None
+        node.disk.crash(self.rng, tear)
+        node.inc += 1
+        node.puts.clear()
+        node.reads.clear()
+        delay = self.rng.choice((self.rng.uniform(0.2, 3), self.rng.uniform(3, 30)))
+        self._at(self.now + delay, _RESTART, node.id)
+
+    def leader(self) -> str | None:
+        best: tuple[int, str] | None = None
+        for nid, n in self.nodes.items():
+            if (n.core is not None and n.core.role is Role.LEADER and not n.paused
+                    and (best is None or n.core.term > best[0])):
+                best = (n.core.term, nid)
+        return best[1] if best else None
+
+    def _live(self) -> list[str]:
+        return [nid for nid, n in self.nodes.items() if n.core is not None and not n.removed]
+
+    # ------------------------------------------------------------------ the driver
+    def _drain(self, node: SimNode) -> None:
+        core = node.core
+        while core is not None:
+            rd = core.ready()
+            if rd is None:
+                return
+            self.steps += 1
+            p = self.p.crash_ready_p if (rd.entries or rd.hard_state) else 0.0
+            if core.log.committed != node.commit:  # decided now, whatever happens next
+                self.oracle.on_commit(node.id, core, node.commit, core.log.committed)
+                if core.role is Role.LEADER:
+                    self._check_commit_safe(node.id, core)
+                if core.role is Role.LEADER and node.commit < core.log.last_index:
+                    p += self.p.crash_commit_p
+                node.commit = core.log.committed
+            point = -1
+            if rd.soft_state is not None or (
+                rd.hard_state is not None and (core.term, core.vote) != node.last_vote
+            ):
+                node.last_vote = (core.term, core.vote)
+                p += self.p.crash_vote_p
+            if p and self.rng.random() < p:
+                point = self.rng.randrange(4)
+            if self.p.mutant == "ack_before_sync":
+                self._send_all(rd)
+            if point == 0:
+                return self._crash(node)
+            node.disk.save(rd.hard_state, rd.entries, rd.snapshot)
+            if rd.entries:
+                self.oracle.on_persist(node.id, core, rd.entries)
+            if point == 1:
+                return self._crash(node, tear=True)
+            if rd.must_sync:
+                node.disk.sync()
+            if point == 2:
+                return self._crash(node)
+            if self.p.mutant != "ack_before_sync":
+                self._send_all(rd)
+            if point == 3:
+                return self._crash(node)
+            self._apply(node, core, rd)
+            core.advance(rd)
+            if node.applied - core.snapshot.meta.index >= self.p.snapshot_every:
+                self._take_snapshot(node, core)
+
+    def _log_view(self, nid: str) -> tuple[int, int, int, Callable[[int], int | None]]:
+        """(offset, last index, last term, term_at) of a node's log: in memory if it is up,
+        on its disk if it is down."""
+        n = self.nodes[nid]
+        if n.core is not None:
+            log = n.core.log
+            return log.offset, log.last_index, log.last_term(), log.term
+        off, li, lt, terms = durable_tail(n.disk)
+        return off, li, lt, terms.get
+
+    def _check_commit_safe(self, nid: str, core: RaftCore) -> None:
+        """Commit safety: no node lacking the newly committed entry could win an election,
+        i.e. no such node's log is at least as up-to-date as the logs of a majority."""
+        q = core.log.committed
+        term = core.log.term(q)
+        voters = [v for v in core.conf.voters if v in self.nodes]
+        views = {v: self._log_view(v) for v in voters}
+        for x in voters:
+            off, li, lt, term_at = views[x]
+            if q <= off or term_at(q) == term:
+                continue
+            behind = sum(
+                1 for v in voters
+                if lt > views[v][2] or (lt == views[v][2] and li >= views[v][1])
+            )
+            if behind >= len(core.conf.voters) // 2 + 1:
+                raise Violation(
+                    f"commit safety: {nid} committed index {q} (term {term}) in term "
+                    f"{core.term}, but {x} lacks it and its log (last {li}/{lt}) is at least "
+                    f"as up-to-date as {behind} voters'"
+                )
+
+    def _send_all(self, rd: Ready) -> None:
+        for msg in rd.messages:
+            wire = m.from_wire(msg.to_wire())  # every message crosses the strict codec
+            for t in self.net.deliveries(msg.frm, msg.to, self.now):
+                self._at(t, _DELIVER, wire)
+
+    def _apply(self, node: SimNode, core: RaftCore, rd: Ready) -> None:
+        if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
+            self.stats["elections"] += 1
+            self.trace.append((self.now, "leader", (node.id, core.term)))
+            self.oracle.on_leader(node.id, core)
+            if self.p.leader_chaos and self.rng.random() < self.p.leader_chaos:
+                self._at(self.now + self.rng.uniform(0, 3), _CALL, ("chaos", node.id))
+        if rd.snapshot is not None:
+            node.kv = dict(json.loads(rd.snapshot.data))
+            node.applied = rd.snapshot.meta.index
+            self.stats["snapshots"] += 1
+        for e in rd.committed_entries:
+            if e.index != node.applied + 1:
+                raise Violation(f"monotonic apply: {node.id} applied {e.index} after "
+                                f"{node.applied}")
+            self.oracle.on_apply(node.id, e)
+            node.applied = e.index
+            if e.type is EntryType.NORMAL:
+                op_id, key, value = e.data.decode().split("\x00")
+                node.kv[key] = value
+                op = node.puts.pop(op_id, None)
+                if op is not None:
+                    self._complete(op, None)
+            elif e.type is EntryType.CONF_CHANGE:
+                cc = ConfChange.decode(e.data)
+                if cc.type is ConfChangeType.REMOVE and cc.node in self.nodes:
+                    self.nodes[cc.node].removed = True
+        for rs in rd.read_states:
+            op = node.reads.get(rs.ctx)
+            if op is not None:
+                self.oracle.on_read(node.id, rs.ctx, rs.index, op.floor)
+                node.ready_reads.append((rs.index, rs.ctx))
+        if node.ready_reads:
+            still = []
+            for index, ctx in node.ready_reads:
+                op = node.reads.get(ctx)
+                if op is None:
+                    continue
+                if index <= node.applied:
+                    del node.reads[ctx]
+                    self._complete(op, node.kv.get(op.key))
+                else:
+                    still.append((index, ctx))
+            node.ready_reads = still
+
+    def _take_snapshot(self, node: SimNode, core: RaftCore) -> None:
+        data = json.dumps(node.kv, sort_keys=True).encode()
+        meta = core.snapshot_taken(node.applied, data)
+        node.disk.save_snapshot(Snapshot(meta, data))
+
+    # ------------------------------------------------------------------ clients
+    def _client(self, c: int) -> None:
+        if self.now > self.p.duration + self.p.quiet - 15:
+            return
+        live = self._live()
+        guess = self.leader_guess[c]
+        target = guess if guess in live else (self.rng.choice(live) if live else None)
+        if target is None:
+            self._at(self.now + 2, _CLIENT, c)
+            return
+        node = self.nodes[target]
+        self._seq += 1
+        key = f"k{self.rng.randrange(self.p.keys)}"
+        op_id = f"c{c}.{self._seq}"
+        kind = "put" if self.rng.random() < 0.55 else "get"
+        op = PendingOp(op_id, c, key, kind, op_id if kind == "put" else None, self.now, target)
+        if node.paused or node.core is None:
+            self._at(self.now + 1, _CLIENT, c)  # connection refused: definitely not done
+            return
+        core = node.core
+        res: int | NotLeader | Busy | None
+        if kind == "put":
+            res = core.propose(f"{op_id}\x00{key}\x00{op_id}".encode())
+            if isinstance(res, int):
+                node.puts[op_id] = op
+        else:
+            op.floor = self.oracle.max_commit
+            res = core.read_index(op_id.encode())
+            if res is None:
+                node.reads[op_id.encode()] = op
+        if isinstance(res, NotLeader | Busy):
+            if isinstance(res, NotLeader):
+                self.leader_guess[c] = res.leader
+            self._at(self.now + self.rng.uniform(0.5, 2), _CLIENT, c)
+            return
+        self.trace.append((self.now, "call", (target, op_id, kind, key)))
+        self._at(self.now + 30, _TIMEOUT, op)
+        self._drain(node)
+
+    def _complete(self, op: PendingOp, result: str | None) -> None:
+        if op.done:
+            return
+        op.done = True
+        self.leader_guess[op.client] = op.node
+        if op.kind == "put":
+            self.stats["acked"] += 1
+            self.history.append(Op(op.key, "put", op.value, op.call, self.now))
+        else:
+            self.stats["reads"] += 1
+            self.history.append(Op(op.key, "get", result, op.call, self.now))
+        self.trace.append((self.now, "ok", (op.op_id, result)))
+        self._at(self.now + self.rng.uniform(0.2, 3), _CLIENT, op.client)
+
+    def _timeout(self, op: PendingOp) -> None:
+        if op.done:
+            return
+        op.done = True
+        if op.kind == "put":
+            self.history.append(Op(op.key, "put", op.value, op.call, math.inf))
+        self.leader_guess[op.client] = None
+        self._at(self.now + 1, _CLIENT, op.client)
+
+    # ------------------------------------------------------------------ nemeses
+    def _nemesis(self) -> None:
+        if self.now >= self.p.duration:
+            return
+        self._at(self.now + self.rng.uniform(0.5, 1.5) * self.p.nemesis_every, _NEMESIS, None)
+        live = self._live()
+        leader = self.leader()
+        r = self.rng.random()
+        if r < 0.3:
+            kind = self.rng.choice(PARTITIONS)
+            self.stats["partitions"] += 1
+            self.net.blocked = partition(kind, sorted(self.nodes), leader, self.rng)
+            self.trace.append((self.now, "partition", kind))
+            self._at(self.now + self.rng.uniform(5, 40), _HEAL, None)
+        elif r < 0.45:
+            down = sum(1 for n in self.nodes.values() if n.core is None)
+            if down < (len(self.nodes) - 1) // 2 and live:
+                victim = leader if leader and self.rng.random() < 0.5 else self.rng.choice(live)
+                self._crash(self.nodes[victim])
+        elif r < 0.55 and live:
+            victim = leader if leader and self.rng.random() < 0.5 else self.rng.choice(live)
+            node = self.nodes[victim]
+            if not node.paused:
+                node.paused = True
+                self.trace.append((self.now, "pause", victim))
+                self._at(self.now + self.rng.uniform(3, 40), _RESUME, victim)
+        elif r < 0.62 and live and not self.p.lease_reads:
+            node = self.nodes[self.rng.choice(live)]
+            if not node.paused and node.core is not None:
+                jump = self.rng.randrange(5, 40)
+                self.trace.append((self.now, "clock_jump", (node.id, jump)))
+                self._ticks(node, jump)
+        elif r < 0.8 and leader is not None:
+            core = self.nodes[leader].core
+            assert core is not None
+            others = [v for v in core.conf.voters if v != leader]
+            if others:
+                to = self.rng.choice(others)
+                self.stats["transfers"] += 1
+                self.trace.append((self.now, "transfer", (leader, to)))
+                core.transfer_leadership(to)
+                self._drain(self.nodes[leader])
+                if self.rng.random() < 0.3:  # graceful shutdown: stop once it handed over
+                    self._at(self.now + 6, _CALL, ("stop", leader))
+        elif leader is not None:
+            self._membership(leader)
+
+    def _membership(self, leader: str) -> None:
+        node = self.nodes[leader]
+        core = node.core
+        assert core is not None
+        conf = core.conf
+        cc: ConfChange | None = None
+        if conf.learners:
+            cc = ConfChange(ConfChangeType.ADD_VOTER, conf.learners[0])
+        elif len(conf.voters) < 5 and len(self.nodes) < 9:
+            nid = f"n{self.next_node}"  # ids are never reused
+            self.next_node += 1
+            self._add_node(nid)
+            cc = ConfChange(ConfChangeType.ADD_LEARNER, nid)
+        elif len(conf.voters) > 3:
+            cands = [v for v in conf.voters if v != leader]
+            cc = ConfChange(ConfChangeType.REMOVE, self.rng.choice(cands))
+        if cc is not None:
+            res = core.propose_conf_change(cc)
+            self.trace.append((self.now, "conf_change", (cc, res)))
+            if isinstance(res, int):
+                self.stats["conf_changes"] += 1
+            self._drain(node)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> None:
+        end = self.p.duration + self.p.quiet
+        heap = self._heap
+        while heap:
+            t, _, kind, payload = heapq.heappop(heap)
+            if t > end:
+                break
+            self.now = t
+            if kind == _TICK:
+                nid, inc = cast(tuple[str, int], payload)
+                node = self.nodes[nid]
+                if node.inc != inc or node.core is None:
+                    continue
+                self._at(t + 1.0 / node.rate, _TICK, payload)
+                if node.paused:
+                    node.missed += 1
+                    continue
+                node.core.tick()
+                self._drain(node)
+            elif kind == _DELIVER:
+                assert isinstance(payload, m.Message)
+                node = self.nodes[payload.to]
+                if node.core is None:
+                    continue
+                if node.paused:
+                    node.deferred.append(payload)
+                    continue
+                self.trace.append((t, "recv", payload))
+                node.core.step(payload)
+                self._drain(node)
+            elif kind == _CLIENT:
+                assert isinstance(payload, int)
+                self._client(payload)
+            elif kind == _TIMEOUT:
+                assert isinstance(payload, PendingOp)
+                self._timeout(payload)
+            elif kind == _NEMESIS:
+                self._nemesis()
+            elif kind == _HEAL:
+                self.net.heal()
+                self.trace.append((t, "heal", None))
+            elif kind == _RESTART:
+                assert isinstance(payload, str)
+                node = self.nodes[payload]
+                if node.core is None:
+                    self.trace.append((t, "restart", payload))
+                    self._start(node)
+            elif kind == _RESUME:
+                assert isinstance(payload, str)
+                self._resume(self.nodes[payload])
+            elif kind == _CALL:
+                what, nid = cast(tuple[str, str], payload)
+                node = self.nodes[nid]
+                if node.core is None:
+                    continue
+                if what == "stop" and node.core.role is not Role.LEADER:
+                    self._crash(node)  # graceful stop after handing leadership over
+                elif what == "chaos" and t < self.p.duration:
+                    if self.rng.random() < 0.5:
+                        self._crash(node, tear=True)
+                    else:
+                        self.net.blocked = partition("isolate_leader", sorted(self.nodes), nid,
+                                                     self.rng)
+                        self.trace.append((t, "partition", ("isolate", nid)))
+                        self._at(t + self.rng.uniform(5, 30), _HEAL, None)
+            if t >= self.p.duration and self.net.blocked:
+                self.net.heal()
+        self.check_history()
+
+    def _resume(self, node: SimNode) -> None:
+        if not node.paused or node.core is None:
+            return
+        node.paused = False
+        self.trace.append((self.now, "resume", node.id))
+        missed, node.missed = node.missed, 0
+        self._ticks(node, missed)  # the monotonic clock moved on while we were stopped
+        deferred, node.deferred = node.deferred, []
+        for msg in deferred:
+            core = self._core_of(node)  # a delivery may crash it at a persistence point
+            if core is None:
+                return
+            core.step(msg)
+            self._drain(node)
+
+    @staticmethod
+    def _core_of(node: SimNode) -> RaftCore | None:
+        return node.core
+
+    def _ticks(self, node: SimNode, count: int) -> None:
+        for _ in range(count):
+            core = node.core
+            if core is None:  # crashed at a persistence point meanwhile
+                return
+            core.tick()
+            self._drain(node)
+
+    def check_history(self) -> None:
+        bad = check_history(self.history)
+        for r in bad:
+            if r.ok is False:
+                ops = sorted((o for o in self.history if o.key == r.key), key=lambda o: o.call)
+                lines = "\n".join(f"    {o}" for o in ops[-30:])
+                raise Violation(f"linearizability: history of key {r.key} is not "
+                                f"linearizable; last operations:\n{lines}")
+
+    def format_trace(self) -> str:
+        return "\n".join(f"  t={t:9.3f} {what:<11} {detail}" for t, what, detail in self.trace)

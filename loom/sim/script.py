@@ -1,0 +1,183 @@
+"""A tiny interaction-script interpreter for data-driven Raft tests (etcd testdata style).
+
+Each command drives in-memory cores by hand and prints what happened; the test compares the
+output to the expected text checked in next to the script. Commands:
+
+  add-nodes N                  founders n1..nN (bootstrap log), seed 0 randomness
+  tick NODE [K]                K ticks on NODE
+  campaign NODE                tick NODE until it starts an election
+  propose NODE DATA            propose bytes DATA (prints the index or the refusal)
+  read-index NODE CTX          request a linearizable read
+  transfer NODE TO             leadership transfer
+  compact NODE INDEX           snapshot at INDEX (must be applied) and compact
+  conf NODE add-learner|add-voter|remove ID
+  add-node ID                  start an empty node (to be added as a learner)
+  partition A,B / C,D          cut every link between the two groups
+  heal                         restore all links
+  crash NODE                   drop NODE's unsynced state and in-flight messages, restart it
+  deliver                      deliver every queued message once (one round), print them
+  stabilize                    deliver rounds until no message is left (bounded)
+  status                       one line per node: role, term, leader, commit, applied, last
+"""
+
+from __future__ import annotations
+
+import random
+
+from loom.raft import messages as m
+from loom.raft.confchange import ConfChange, ConfChangeType, bootstrap
+from loom.raft.config import RaftConfig
+from loom.raft.core import RaftCore
+from loom.raft.ready import Role, Snapshot
+from loom.raft.types import SnapshotMeta
+from loom.sim.disk import SimDisk
+
+MAX_ROUNDS = 100
+
+
+class Script:
+    def __init__(self) -> None:
+        self.cores: dict[str, RaftCore] = {}
+        self.disks: dict[str, SimDisk] = {}
+        self.queue: list[m.Message] = []
+        self.blocked: set[tuple[str, str]] = set()
+        self.out: list[str] = []
+        self.reads: list[str] = []
+        self.rng = random.Random(0)
+
+    def _cfg(self, nid: str) -> RaftConfig:
+        return RaftConfig(node_id=nid, max_entries_per_append=4, trailing_entries=0,
+                          snapshot_chunk_bytes=8, snapshot_window=2)
+
+    def _start(self, nid: str) -> None:
+        rec = self.disks[nid].load()
+        self.cores[nid] = RaftCore(self._cfg(nid), random.Random(self.rng.getrandbits(32)),
+                                   rec.hard_state, rec.snapshot.meta, rec.entries,
+                                   rec.snapshot.data)
+        self._drain(nid)
+
+    def _drain(self, nid: str) -> None:
+        core = self.cores[nid]
+        while (rd := core.ready()) is not None:
+            disk = self.disks[nid]
+            disk.save(rd.hard_state, rd.entries, rd.snapshot)
+            if rd.must_sync:
+                disk.sync()
+            self.queue.extend(rd.messages)
+            if rd.soft_state is not None:
+                self.out.append(f"{nid} becomes {rd.soft_state.role.value} "
+                                f"(term {core.term}, leader {rd.soft_state.leader})")
+            if rd.snapshot is not None:
+                meta = rd.snapshot.meta
+                self.out.append(f"{nid} installs snapshot {meta.index}/{meta.term} "
+                                f"({len(rd.snapshot.data)} bytes, voters "
+                                f"{','.join(meta.conf.voters)})")
+            for e in rd.committed_entries:
+                self.out.append(f"{nid} applies {e.index}/{e.term} {e.type.name} {e.data!r}")
+            for rs in rd.read_states:
+                self.out.append(f"{nid} read {rs.ctx!r} ready at index {rs.index}")
+            core.advance(rd)
+
+    def run(self, text: str) -> str:
+        """Run a script; returns the transcript (commands prefixed with '> ')."""
+        lines: list[str] = []
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            self.out = []
+            self._command(line.split())
+            lines.append(f"> {line}")
+            lines.extend(self.out or ["ok"])
+        return "\n".join(lines) + "\n"
+
+    def _command(self, args: list[str]) -> None:
+        cmd, rest = args[0], args[1:]
+        if cmd == "add-nodes":
+            voters = tuple(f"n{i}" for i in range(1, int(rest[0]) + 1))
+            hs, ents = bootstrap(voters)
+            for v in voters:
+                self.disks[v] = SimDisk(Snapshot(SnapshotMeta(), b""))
+                self.disks[v].save(hs, ents, None)
+                self.disks[v].sync()
+                self._start(v)
+        elif cmd == "add-node":
+            self.disks[rest[0]] = SimDisk(Snapshot(SnapshotMeta(), b""))
+            self._start(rest[0])
+        elif cmd == "tick":
+            for _ in range(int(rest[1]) if len(rest) > 1 else 1):
+                self.cores[rest[0]].tick()
+                self._drain(rest[0])
+        elif cmd == "campaign":
+            core = self.cores[rest[0]]
+            for _ in range(core.cfg.election_tick_max * 2):
+                if core.role is not Role.FOLLOWER:
+                    break
+                core.tick()
+                self._drain(rest[0])
+        elif cmd == "propose":
+            self.out.append(f"{self.cores[rest[0]].propose(rest[1].encode())}")
+            self._drain(rest[0])
+        elif cmd == "read-index":
+            self.out.append(f"{self.cores[rest[0]].read_index(rest[1].encode())}")
+            self._drain(rest[0])
+        elif cmd == "transfer":
+            self.out.append(f"{self.cores[rest[0]].transfer_leadership(rest[1])}")
+            self._drain(rest[0])
+        elif cmd == "compact":
+            core = self.cores[rest[0]]
+            meta = core.snapshot_taken(int(rest[1]), f"state@{rest[1]}".encode())
+            self.disks[rest[0]].save_snapshot(Snapshot(meta, f"state@{rest[1]}".encode()))
+            self.out.append(f"snapshot {meta.index}/{meta.term}, log from {core.log.first_index}")
+        elif cmd == "conf":
+            kind = {"add-learner": ConfChangeType.ADD_LEARNER,
+                    "add-voter": ConfChangeType.ADD_VOTER,
+                    "remove": ConfChangeType.REMOVE}[rest[1]]
+            self.out.append(f"{self.cores[rest[0]].propose_conf_change(ConfChange(kind, rest[2]))}")
+            self._drain(rest[0])
+        elif cmd == "partition":
+            sep = rest.index("/")
+            left, right = ",".join(rest[:sep]).split(","), ",".join(rest[sep + 1 :]).split(",")
+            for a in filter(None, left):
+                for b in filter(None, right):
+                    self.blocked |= {(a, b), (b, a)}
+        elif cmd == "heal":
+            self.blocked.clear()
+        elif cmd == "crash":
+            self.disks[rest[0]].crash(random.Random(0), tear=False)
+            self.queue = [q for q in self.queue if rest[0] not in (q.to, q.frm)]
+            self._start(rest[0])
+        elif cmd == "deliver":
+            self._round(verbose=True)
+        elif cmd == "stabilize":
+            for _ in range(MAX_ROUNDS):
+                if not self._round(verbose=False):
+                    break
+        elif cmd == "status":
+            for nid in sorted(self.cores):
+                c = self.cores[nid]
+                self.out.append(
+                    f"{nid}: {c.role.value} term={c.term} leader={c.leader} "
+                    f"commit={c.log.committed} applied={c.log.applied} last={c.log.last_index} "
+                    f"voters={','.join(c.conf.voters)} learners={','.join(c.conf.learners)}"
+                )
+        else:
+            raise ValueError(f"unknown command {cmd!r}")
+
+    def _round(self, verbose: bool) -> bool:
+        batch, self.queue = self.queue, []
+        for msg in batch:
+            dropped = (msg.frm, msg.to) in self.blocked or msg.to not in self.cores
+            if verbose:
+                self.out.append(("dropped " if dropped else "") + _fmt(msg))
+            if not dropped:
+                self.cores[msg.to].step(msg)
+                self._drain(msg.to)
+        return bool(batch)
+
+
+def _fmt(msg: m.Message) -> str:
+    d = msg.to_wire()
+    kind = str(d.pop("kind")).removeprefix("RAFT_")
+    head = f"{d.pop('frm')}->{d.pop('to')} {kind} term={d.pop('term')}"
+    return " ".join([head, *(f"{k}={v}" for k, v in d.items())])

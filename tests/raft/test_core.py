@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from loom.raft import Busy, NotLeader, RaftConfig, RaftCore, Role
+from loom.raft.confchange import ConfChange, ConfChangeError, ConfChangeType, bootstrap
+from loom.raft.log import LogError, RaftLog
+from loom.raft.types import Entry, HardState
+
+
+def single(**kw: object) -> RaftCore:
+    hs, ents = bootstrap(("n1",))
+    core = RaftCore(RaftConfig("n1", **kw), random.Random(1), hs, None, ents)  # type: ignore[arg-type]
+    drain(core)
+    return core
+
+
+def drain(core: RaftCore) -> list[Entry]:
+    applied: list[Entry] = []
+    while (rd := core.ready()) is not None:
+        applied.extend(rd.committed_entries)
+        core.advance(rd)
+    return applied
+
+
+def elect(core: RaftCore) -> None:
+    for _ in range(40):
+        core.tick()
+        drain(core)
+        if core.role is Role.LEADER:
+            return
+    raise AssertionError("no election")
+
+
+def test_single_node_commits_only_after_persisting() -> None:
+    core = single()
+    elect(core)
+    idx = core.propose(b"x")
+    assert isinstance(idx, int)
+    rd = core.ready()
+    assert rd is not None and rd.must_sync
+    assert [e.data for e in rd.entries] == [b"x"]
+    assert rd.committed_entries == ()  # not yet persisted: not counted
+    core.advance(rd)
+    assert [e.data for e in drain(core)] == [b"x"]
+
+
+def test_vote_is_synced_before_vote_request() -> None:
+    hs, ents = bootstrap(("n1", "n2", "n3"))
+    core = RaftCore(RaftConfig("n1", pre_vote=False), random.Random(1), hs, None, ents)
+    drain(core)
+    for _ in range(40):
+        core.tick()
+        rd = core.ready()
+        if rd is not None and rd.messages:
+            assert rd.hard_state is not None and rd.hard_state.vote == "n1" and rd.must_sync
+            return
+        if rd is not None:
+            core.advance(rd)
+    raise AssertionError("never campaigned")
+
+
+def test_calls_between_ready_and_advance_are_refused() -> None:
+    core = single()
+    elect(core)
+    core.propose(b"x")
+    rd = core.ready()
+    assert rd is not None
+    with pytest.raises(RuntimeError):
+        core.tick()
+    core.advance(rd)
+
+
+def test_follower_refuses_with_leader_hint_and_busy_bound() -> None:
+    hs, ents = bootstrap(("n1", "n2", "n3"))
+    core = RaftCore(RaftConfig("n1"), random.Random(1), hs, None, ents)
+    assert core.propose(b"x") == NotLeader(None)
+    leader = single(max_uncommitted_bytes=10)
+    elect(leader)
+    assert isinstance(leader.propose(b"12345678"), int)
+    assert isinstance(leader.propose(b"12345678"), Busy)  # before it is committed
+    drain(leader)
+    assert isinstance(leader.propose(b"12345678"), int)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError):
+        RaftConfig("n1", heartbeat_tick=10)
+    with pytest.raises(ValueError):
+        RaftConfig("n1", lease_reads=True, check_quorum=False)
+    with pytest.raises(ValueError):
+        RaftConfig("n1", mutant="nope")
+
+
+def test_log_refuses_to_truncate_committed() -> None:
+    log = RaftLog(0, 0, [Entry(1, 1), Entry(1, 2)], commit=2)
+    with pytest.raises(LogError):
+        log.truncate_and_append([Entry(2, 2)])
+    assert log.find_conflict_by_term(2, 0) == 0
+
+
+def test_conf_change_codec() -> None:
+    cc = ConfChange(ConfChangeType.ADD_LEARNER, "n9")
+    assert ConfChange.decode(cc.encode()) == cc
+    for bad in (b"", b"add_voter", b"jump n1", b"\xff n1", b"remove " + b"x" * 70):
+        with pytest.raises(ConfChangeError):
+            ConfChange.decode(bad)
+
+
+def test_restart_replays_committed_entries() -> None:
+    _, ents = bootstrap(("n1", "n2"))
+    core = RaftCore(RaftConfig("n1"), random.Random(1), HardState(5, "n2", 2), None, ents)
+    applied = drain(core)
+    assert [e.index for e in applied] == [1, 2]
+    assert core.conf.voters == ("n1", "n2")
+    assert core.term == 5 and core.vote == "n2"
