@@ -304,8 +304,19 @@ _t(0x0B01, "ID_GEN_NEXT", C.ID_GEN, W,
 
 # -- CLUSTER (client listener; cluster administration grows in the cluster layer) -------------
 _t(0x0E01, "CLUSTER_STATUS", C.CLUSTER, R, {},
-   "Every member with id, role, term, commit and applied index, reachability.")
+   "This node's view: its role, term, commit and applied index, the leader, and every member "
+   "with its addresses and reachability.")
 _t(0x0E02, "MEMBER_LIST", C.CLUSTER, R, {}, "Members with their peer and client addresses.")
+_t(0x0E03, "MEMBER_ADD", C.CLUSTER, A,
+   {"node": Field(Kind.NAME), "peer_addr": Field(Kind.STR, min=3, max=300),
+    "learner": opt(Kind.BOOL, default=True)},
+   "Add a member (as a learner by default: it catches up before it may be promoted).")
+_t(0x0E04, "MEMBER_PROMOTE", C.CLUSTER, A, {"node": Field(Kind.NAME)},
+   "Make a caught-up learner a voter.")
+_t(0x0E05, "MEMBER_REMOVE", C.CLUSTER, A, {"node": Field(Kind.NAME)},
+   "Remove a member; its certificate is denied until an operator adds the id again.")
+_t(0x0E06, "LEADER_TRANSFER", C.CLUSTER, A, {"to": opt(Kind.NAME)},
+   "Hand leadership to a voter (the most caught-up one when `to` is absent).")
 
 # -- ADMIN -------------------------------------------------------------------------------------
 _t(0x0F01, "STRUCT_LIST", C.ADMIN, A,
@@ -330,6 +341,11 @@ RAFT_NAMES = (
     "RAFT_INSTALL_SNAPSHOT", "RAFT_SNAPSHOT_RESPONSE", "RAFT_TIMEOUT_NOW", "RAFT_READ_INDEX",
     "RAFT_READ_INDEX_RESPONSE",
 )
+_t(0x7E01, "PEER_HELLO", C.CLUSTER, A,
+   {"node": Field(Kind.NAME), "client_addr": Field(Kind.STR, max=300),
+    "cluster": Field(Kind.STR, max=128)},
+   "First frame on a peer link: the sender's node id (must equal its certificate's) and the "
+   "address its clients connect to.", listener=Listener.PEER)
 for _i, _n in enumerate(RAFT_NAMES):
     _t(0x7F01 + _i, _n, C.RAFT, A, {"msg": Field(Kind.ANY)},
        "Raft consensus message between members.", listener=Listener.PEER)
