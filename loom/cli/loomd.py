@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from loom.node.config import ConfigError, NodeConfig, load, to_toml
+from loom.storage.errors import StorageError
 
 EXAMPLE_ACL: dict[str, Any] = {
     "guest_roles": ["guest"],
@@ -40,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--node-id")
     p.add_argument("--data-dir")
     p.add_argument("--client-listen", metavar="HOST:PORT")
+    p.add_argument("--peer-listen", metavar="HOST:PORT")
+    p.add_argument("--peers", metavar="ID=HOST:PORT,...",
+                   help="every founding member and its peer address, this node included")
+    p.add_argument("--cluster-name")
     p.add_argument("--tls-ca")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
@@ -56,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 def _overrides(a: argparse.Namespace) -> dict[str, Any]:
     return {
         "node_id": a.node_id, "data_dir": a.data_dir, "client_listen": a.client_listen,
+        "peer_listen": a.peer_listen, "peers": a.peers, "cluster_name": a.cluster_name,
         "tls.ca": a.tls_ca, "tls.cert": a.tls_cert, "tls.key": a.tls_key,
         "require_client_auth": a.require_client_auth,
         "allow_insecure_guest_bind": a.allow_insecure_guest_bind,
@@ -83,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"loomd: {e}", file=sys.stderr)
         return 2
+    except StorageError as e:  # corrupt or locked data directory: never skipped, never guessed
+        print(f"loomd: storage: {e}", file=sys.stderr)
+        return 1
     try:
         trio.run(_run, node)
     except KeyboardInterrupt:

@@ -54,6 +54,26 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RaftSettings:
+    tick_ms: int = 50
+    election_ticks_min: int = 10  # election timeout drawn from [min, max) ticks
+    election_ticks_max: int = 20
+    heartbeat_ticks: int = 2
+    snapshot_every: int = 10_000  # applied entries between snapshots
+    trailing_entries: int = 1_000  # kept behind a snapshot for slow followers
+    max_uncommitted_bytes: int = 64 << 20  # proposals beyond this answer BUSY
+    lease_reads: bool = False  # serve linearizable reads from a leader lease (bounded drift)
+    proposal_timeout_s: float = 10.0  # a write not applied by then answers TIMEOUT (unknown)
+    read_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    segment_bytes: int = 64 << 20
+    keyring: Path | None = None  # encryption at rest when set
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     node_id: str = "n1"
     data_dir: Path = Path("data/n1")
@@ -67,6 +87,13 @@ class NodeConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
     gateway_identities: tuple[str, ...] = ()
     acl: dict[str, Any] = field(default_factory=dict)
+    # The cluster. Without peers the node is a cluster of one (its own majority).
+    cluster_name: str = "loom"
+    join: bool = False  # start empty and wait to be added (MEMBER_ADD) instead of bootstrapping
+    peer_listen: str = ""
+    peers: dict[str, str] = field(default_factory=dict)  # member id -> peer address
+    raft: RaftSettings = field(default_factory=RaftSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
 
     @property
     def client_host_port(self) -> tuple[str, int]:
@@ -123,6 +150,16 @@ def _coerce(key: str, want: Any, v: Any) -> Any:
         if not isinstance(v, dict):
             raise ConfigError(f"{key}: must be a table")
         return v
+    if t == "dict[str, str]":
+        if isinstance(v, str):  # the --peers flag: "n1=host:port,n2=host:port"
+            pairs = [x.partition("=") for x in v.split(",") if x.strip()]
+            if any(not sep or not a or not b for a, sep, b in pairs):
+                raise ConfigError(f"{key}: expected ID=HOST:PORT[,ID=HOST:PORT...], got {v!r}")
+            v = {a.strip(): b.strip() for a, _, b in pairs}
+        if not isinstance(v, dict) or not all(
+                isinstance(a, str) and isinstance(b, str) for a, b in v.items()):
+            raise ConfigError(f"{key}: must be a table of id = \"host:port\"")
+        return dict(v)
     raise ConfigError(f"{key}: unsupported type {t}")  # pragma: no cover
 
 
@@ -134,8 +171,8 @@ def _build(cls: Any, data: dict[str, Any], prefix: str) -> Any:
         if k not in known:
             raise ConfigError(f"{key}: unknown key")
         ftype = known[k].type
-        sub = {"TLSConfig": TLSConfig, "Limits": Limits, "AuditConfig": AuditConfig}.get(
-            str(ftype))
+        sub = {"TLSConfig": TLSConfig, "Limits": Limits, "AuditConfig": AuditConfig,
+               "RaftSettings": RaftSettings, "StorageSettings": StorageSettings}.get(str(ftype))
         if sub is not None:
             if not isinstance(v, dict):
                 raise ConfigError(f"{key}: must be a table")
@@ -165,6 +202,23 @@ def validate(cfg: NodeConfig) -> NodeConfig:
         raise ConfigError("audit.sink: must be 'stdout', 'file' or 'off'")
     if cfg.audit.sink == "file" and cfg.audit.path is None:
         raise ConfigError("audit.path: required when audit.sink = 'file'")
+    r = cfg.raft
+    if not (0 < r.heartbeat_ticks < r.election_ticks_min < r.election_ticks_max):
+        raise ConfigError("raft: need 0 < heartbeat_ticks < election_ticks_min < "
+                          "election_ticks_max")
+    if r.tick_ms < 1 or r.snapshot_every < 1 or r.trailing_entries < 0:
+        raise ConfigError("raft.tick_ms: tick_ms and snapshot_every must be positive")
+    if cfg.peers:
+        if cfg.node_id not in cfg.peers:
+            raise ConfigError(f"peers: must include this node ({cfg.node_id})")
+        for nid, addr in cfg.peers.items():
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", nid):
+                raise ConfigError(f"peers: bad node id {nid!r}")
+            parse_host_port(addr, f"peers.{nid}")
+        if not cfg.peer_listen:
+            raise ConfigError("peer_listen: required when peers are configured")
+    if cfg.peer_listen:
+        parse_host_port(cfg.peer_listen, "peer_listen")
     if cfg.audit.queue_size < 1 or cfg.audit.priority_queue_size < 1:
         raise ConfigError("audit.queue_size: must be positive")
     if not cfg.require_client_auth and not is_loopback(host) and not cfg.allow_insecure_guest_bind:
@@ -223,6 +277,10 @@ def to_toml(cfg: NodeConfig) -> str:
         return out
 
     d = dump(cfg)
+    if not d.get("peers"):
+        d.pop("peers", None)
+    if not d.get("peer_listen"):
+        d.pop("peer_listen", None)
     d["gateway"] = {"identities": d.pop("gateway_identities", [])}
     acl = d.pop("acl", {})
     if acl:

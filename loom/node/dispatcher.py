@@ -52,6 +52,9 @@ log = logging.getLogger("loom.dispatch")
 # Types answered by the node itself rather than the state machine.
 NODE_LOCAL = frozenset({"HELLO", "PING", "WHOAMI", "NODE_STATS", "CLUSTER_STATUS",
                         "MEMBER_LIST", "TOPIC_SUBSCRIBE", "TOPIC_UNSUBSCRIBE"})
+# Cluster administration, carried out by the Raft driver (membership is the log's business).
+CLUSTER_ADMIN = {"MEMBER_ADD": "add", "MEMBER_PROMOTE": "promote", "MEMBER_REMOVE": "remove",
+                 "LEADER_TRANSFER": "transfer"}
 
 
 class Session(Protocol):
@@ -168,26 +171,29 @@ class Dispatcher:
                        sess: Session, req: Request) -> Any:
         if mt.name in NODE_LOCAL:
             return self._node_local(mt, body, caller, sess, req)
+        if mt.name in CLUSTER_ADMIN:
+            return await self.replicator.admin(CLUSTER_ADMIN[mt.name], **body)
         if mt.name == "ACL_SET":
             try:
                 Policy.from_config(body["policy"])  # refuse a policy that would not load
             except PolicyError as e:
                 raise BadRequest(f"ACL_SET: invalid policy: {e}") from None
         if mt.access is Access.READ:
-            out = await self._run_waiting(mt, body, "", 0, read=True)
+            out = await self._run_waiting(mt, body, "", 0, caller.principal, read=True)
         else:
             cid = f"{caller.principal}/{sess.client_id}" if sess.client_id and req.seq else ""
-            out = await self._run_waiting(mt, body, cid, req.seq if cid else 0, read=False)
+            out = await self._run_waiting(mt, body, cid, req.seq if cid else 0,
+                                          caller.principal, read=False)
         return out.raise_for_status()
 
     async def _run_waiting(self, mt: MessageType, body: dict[str, Any], client_id: str,
-                           seq: int, *, read: bool) -> Outcome:
+                           seq: int, principal: str, *, read: bool) -> Outcome:
         """Run once; a waiting type that cannot proceed waits for its structure to change and
         runs again, until timeout_ms. The last attempt runs with timeout_ms=0 so the answer is
         the type's own "nothing came" value, decided by the state machine like any other."""
         deadline = trio.current_time() + body.get("timeout_ms", 0) / 1000
         while True:
-            cmd = Command(mt.name, body, self.clock_ms(), client_id, seq)
+            cmd = Command(mt.name, body, self.clock_ms(), client_id, seq, principal)
             if read:
                 out = await self.replicator.read(cmd)
             else:
@@ -223,23 +229,18 @@ class Dispatcher:
             if self.extra_stats is not None:
                 out.update(self.extra_stats())
             return out
-        if name in ("CLUSTER_STATUS", "MEMBER_LIST"):
-            return self._cluster_view(name)
+        if name == "CLUSTER_STATUS":
+            return self.replicator.cluster_status()
+        if name == "MEMBER_LIST":
+            members = self.replicator.cluster_status()["members"]
+            return {"members": [{k: m[k] for k in ("id", "voter", "peer_addr", "client_addr")}
+                                for m in members]}
         if name == "TOPIC_SUBSCRIBE":
             sub = sess.subscribe(body["name"], req.request_id, body.get("from_seq"))
             return {"subscription": sub}
         if name == "TOPIC_UNSUBSCRIBE":
             return {"removed": sess.unsubscribe(body["subscription"])}
         raise BadRequest(f"{name} is not handled here")  # pragma: no cover
-
-    def _cluster_view(self, name: str) -> Any:
-        st = self.replicator.statistics()
-        member = {"id": self.node_id, "role": "leader", "term": st.get("term", 1),
-                  "commit_index": st["applied_index"], "applied_index": st["applied_index"],
-                  "reachable": True}
-        if name == "MEMBER_LIST":
-            return {"members": [{"id": self.node_id, "voter": True}]}
-        return {"leader": self.node_id, "members": [member]}
 
     # -- audit (what a record holds and which lane it takes: security/audit.py) -----------------
     def _audit(self, sess: Session, req: Request, mt: MessageType | None, caller: Caller | None,

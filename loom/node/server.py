@@ -2,7 +2,8 @@
 
     Node.run
     ├── audit drainer          the only reader of the audit lanes
-    ├── log driver             the only writer of state (LocalLog today; the Raft driver later)
+    ├── raft driver            the only writer of state (raftlog.py): ticks, persists, sends,
+    │                          applies; with peers, the peer transport (peer.py) beside it
     ├── client listener        accept loop; each connection in its own task (connection.py)
     └── signal watcher         SIGTERM/SIGINT: shut down; SIGHUP: reload certificates and ACLs
 
@@ -32,11 +33,11 @@ from loom.node.audit import AuditLog, make_sink
 from loom.node.config import ConfigError, NodeConfig, load
 from loom.node.connection import Connection
 from loom.node.dispatcher import Dispatcher
-from loom.node.replicator import LocalLog
+from loom.node.raftlog import DriverSettings, RaftLog, prepare_storage
 from loom.security.acl import Policy, PolicyError
 from loom.security.tls import TLSConfigError, server_context
 from loom.state.command import Command
-from loom.state.machine import StateMachine
+from loom.storage.storage import Storage, StorageOptions
 
 log = logging.getLogger("loom.node")
 
@@ -56,9 +57,20 @@ class Node:
                                        cfg.audit.backups)
         self.audit = AuditLog(cfg.node_id, sink, queue_size=cfg.audit.queue_size,
                               priority_queue_size=cfg.audit.priority_queue_size)
-        self.state = StateMachine()
-        self.log = LocalLog(self.state, max_pending=cfg.limits.max_pending_proposals,
-                            on_applied=self._on_applied)
+        self.storage = self._open_storage(cfg)
+        r = cfg.raft
+        host, port = cfg.client_host_port
+        self.log = RaftLog(
+            DriverSettings(
+                node_id=cfg.node_id, client_addr=f"{host}:{port}", tick_s=r.tick_ms / 1000,
+                election_ticks_min=r.election_ticks_min, election_ticks_max=r.election_ticks_max,
+                heartbeat_ticks=r.heartbeat_ticks, snapshot_every=r.snapshot_every,
+                trailing_entries=r.trailing_entries, max_uncommitted_bytes=r.max_uncommitted_bytes,
+                lease_reads=r.lease_reads, proposal_timeout_s=r.proposal_timeout_s,
+                read_timeout_s=r.read_timeout_s, inbox=cfg.limits.max_pending_proposals),
+            self.storage, self._recovered, member_addrs=dict(cfg.peers),
+            on_applied=self._on_applied, on_leader=self._on_leader)
+        self._nursery: trio.Nursery | None = None
         self.dispatcher = Dispatcher(
             node_id=cfg.node_id, replicator=self.log, audit=self.audit,
             gateways=frozenset(cfg.gateway_identities), seed_policy=self.seed_policy,
@@ -71,6 +83,20 @@ class Node:
         self._stop = trio.Event()
         self.refused_connections = 0
 
+    def _open_storage(self, cfg: NodeConfig) -> Storage:
+        """Recover the data directory (0700, locked against a second node) before anything is
+        served. A corrupt log stops here with the file and offset; the node never skips it."""
+        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keyring = str(cfg.storage.keyring) if cfg.storage.keyring else None
+        opts = StorageOptions(segment_size=cfg.storage.segment_bytes, keyring_path=keyring,
+                              trailing_entries=cfg.raft.trailing_entries)
+        storage, recovered = Storage.open(str(cfg.data_dir / "raft"), opts)
+        founders: list[str] | None = sorted(cfg.peers) if cfg.peers else [cfg.node_id]
+        if cfg.join:
+            founders = None
+        self._recovered = prepare_storage(storage, recovered, founders)
+        return storage
+
     @staticmethod
     def _load_tls(cfg: NodeConfig) -> ssl.SSLContext:
         t = cfg.tls
@@ -80,8 +106,17 @@ class Node:
         except TLSConfigError as e:
             raise ConfigError(f"tls: {e}") from None
 
+    @property
+    def state(self) -> Any:
+        """The state machine in force (replaced wholesale when a snapshot is installed)."""
+        return self.log.state()
+
     def _on_applied(self, applied: Any) -> None:
         self.dispatcher.on_applied(applied)
+
+    def _on_leader(self) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._seed_acl)
 
     def _stats(self) -> dict[str, Any]:
         return {"connections": len(self._conns), "refused_connections": self.refused_connections}
@@ -90,9 +125,14 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         host, port = self.cfg.client_host_port
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             await nursery.start(self.audit.run)
+            if self.cfg.peers:
+                self.log.transport = self._make_transport()
+                await nursery.start(self.log.transport.run)
+                self.log.transport.set_peers({n: a for n, a in self.cfg.peers.items()
+                                              if n != self.cfg.node_id})
             await nursery.start(self.log.run)
-            await self._seed_acl()
             listeners = await trio.open_tcp_listeners(port, host=host)
             self.port = listeners[0].socket.getsockname()[1]
             log.info("node %s serving clients on %s:%d (client certificates %s)",
@@ -113,9 +153,12 @@ class Node:
             # Shutdown, after the listener returned: log driver, then audit.
             # Every connection task has ended, so nothing emits audit records any more.
             sdnotify.notify("STOPPING=1")
+            await self.log.transfer_before_stop()
             self.log.stop()
             self.audit.close()
             signals_scope.cancel()
+            nursery.cancel_scope.deadline = trio.current_time() + 5  # the peer transport
+        await trio.to_thread.run_sync(self.storage.close)
         # The log driver and drainer have returned: queued writes applied, audit flushed.
         log.info("node %s stopped", self.cfg.node_id)
 
@@ -172,13 +215,33 @@ class Node:
             self._conns.discard(conn)
             self._conn_slots.release()
 
+    def _make_transport(self) -> Any:
+        from loom.node.peer import PeerTransport
+        from loom.security.tls import peer_client_context, peer_server_context
+
+        t = self.cfg.tls
+        try:
+            server_ctx = peer_server_context(t.ca, t.cert, t.key, crl=t.crl)
+            client_ctx = peer_client_context(t.ca, t.cert, t.key, crl=t.crl)
+        except TLSConfigError as e:
+            raise ConfigError(f"tls: {e}") from None
+        return PeerTransport(
+            node_id=self.cfg.node_id, cluster=self.cfg.cluster_name, listen=self.cfg.peer_listen,
+            peers={n: a for n, a in self.cfg.peers.items() if n != self.cfg.node_id},
+            client_addr=self.log.s.client_addr, server_ctx=server_ctx, client_ctx=client_ctx,
+            trust_domain=self.cfg.trust_domain, is_member=self.log.is_member,
+            on_message=self.log.on_peer_message)
+
     # -- ACL seeding and reload -----------------------------------------------------------------
     async def _seed_acl(self) -> None:
-        """First start: the configured policy becomes the replicated policy (version 1)."""
-        doc = self.state.read(Command("ACL_GET", {}, 0)).value
+        """A new cluster's first leader makes the configured policy the replicated one."""
+        doc = self.log.state().read(Command("ACL_GET", {}, 0)).value
         if doc and doc.get("version", 0) > 0:
             return
-        await self._propose_acl(self.seed_policy.to_config())
+        try:
+            await self._propose_acl(self.seed_policy.to_config())
+        except Exception as e:  # lost leadership meanwhile: the next leader seeds it
+            log.info("ACL seeding deferred: %s", e)
 
     async def _propose_acl(self, policy_doc: dict[str, Any]) -> None:
         from loom.node.dispatcher import now_ms
@@ -197,7 +260,7 @@ class Node:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
         self.ssl_context = new_ctx
-        doc = self.state.read(Command("ACL_GET", {}, 0)).value or {}
+        doc = self.log.state().read(Command("ACL_GET", {}, 0)).value or {}
         if doc.get("policy") != policy.to_config():
             await self._propose_acl(policy.to_config())
             log.info("reload: ACL policy replaced through the log")

@@ -43,12 +43,14 @@ class Struct:
 
 
 class Core:
-    """State shared by the families: clock, index, registry, byte budget, undo journal."""
+    """State shared by the families: clock, index, principal, registry, byte budget, undo
+    journal."""
 
     def __init__(self, limits: StateLimits) -> None:
         self.limits = limits
         self.now = 0  # log clock: max time_ms seen by apply (never goes backwards)
         self.index = 0  # log index of the command being applied
+        self.principal = ""  # principal of the command being applied (Command.principal)
         self.total_bytes = 0  # sum of Struct.nbytes
         self.registry = SortedList()  # (category, name) of every structure
         self.undo: list[Undo] = []

@@ -2,8 +2,10 @@
 
 A `Command` is one replicated entry's payload. Everything `apply` may depend on is inside it:
 the operation, its validated body, the proposer's clock (`time_ms`: the *only* time apply ever
-sees, so every replica computes the same TTLs, lease expiries and session expiries), and the
-deduplication identity (`client_id`, `seq`) that makes client retries exactly-once.
+sees, so every replica computes the same TTLs, lease expiries and session expiries), the
+deduplication identity (`client_id`, `seq`) that makes client retries exactly-once, and the
+authenticated `principal` the command runs as (owner of the sessions it opens; the only one
+allowed to use them). "" is internal or legacy and matches only sessions opened with "".
 
 `Outcome` is the answer. `wait=True` means "a waiting operation (QUEUE_POLL, LOCK_LOCK,
 SEMAPHORE_ACQUIRE, LATCH_AWAIT) found nothing yet and changed nothing": the node layer waits for
@@ -28,14 +30,20 @@ class Command:
     time_ms: int  # proposer's wall clock, ms since the epoch
     client_id: str = ""  # deduplication scope: "<principal>/<client id from HELLO>"; "" = none
     seq: int = 0  # per-client sequence number; 0 = not deduplicated
+    principal: str = ""  # who proposed it: owner of the sessions it opens; "" = internal
 
     def encode(self) -> bytes:
-        return cbor2.dumps([self.op, self.body, self.time_ms, self.client_id, self.seq])
+        return cbor2.dumps(
+            [self.op, self.body, self.time_ms, self.client_id, self.seq, self.principal])
 
     @staticmethod
     def decode(data: bytes) -> Command:
-        op, body, time_ms, client_id, seq = cbor2.loads(data)
-        return Command(op, body, time_ms, client_id, seq)
+        """Also reads the 5-element form written before commands carried a principal."""
+        fields = cbor2.loads(data)
+        if not isinstance(fields, list) or len(fields) not in (5, 6):
+            raise ValueError("not an encoded Command")
+        op, body, time_ms, client_id, seq, *rest = fields
+        return Command(op, body, time_ms, client_id, seq, rest[0] if rest else "")
 
 
 @dataclass(frozen=True, slots=True)

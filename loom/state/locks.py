@@ -6,6 +6,9 @@ apply at which the lock passed from free to held, so tokens strictly increase ac
 session lists the lock in Session.locks. A lock changes owner only through LOCK_LOCK,
 LOCK_TRY_LOCK, LOCK_UNLOCK, LOCK_FORCE_UNLOCK and the end of the owning session.
 
+Every operation naming a session first requires it live and owned by the command's principal
+(Sessions.require), so no principal can acquire or release with another's session.
+
 Semaphore invariants: available >= 0; holders[sid] > 0 permits held by live session sid, mirrored
 in Session.permits; the permits of an ending session return to `available`.
 Latch: count >= 0; LATCH_TRY_SET_COUNT only succeeds at 0.
@@ -117,8 +120,10 @@ class LockFamily(Family[LockS]):
         return self._acquire(b["name"], b["session_id"])
 
     def op_LOCK_UNLOCK(self, b: dict[str, Any]) -> int:
-        """-> holds remaining to the session (0: the lock is free). CONFLICT if not the owner."""
+        """-> holds remaining to the session (0: the lock is free). NOT_FOUND if the session is
+        not live and ours (Sessions.require); CONFLICT if it does not hold the lock."""
         name, sid = b["name"], b["session_id"]
+        self.sessions.require(sid)
         lk = self.items.get(name)
         if lk is None or lk.owner != sid:
             raise Conflict(f"lock {name} is not held by session {sid}")
@@ -279,8 +284,10 @@ class SemaphoreFamily(Family[SemS]):
         return self._try(b)
 
     def op_SEMAPHORE_RELEASE(self, b: dict[str, Any]) -> int:
-        """-> permits now available. CONFLICT if the session holds fewer than `permits`."""
+        """-> permits now available. NOT_FOUND if the session is not live and ours
+        (Sessions.require); CONFLICT if it holds fewer than `permits`."""
         name, sid, n = b["name"], b["session_id"], b.get("permits", 1)
+        self.sessions.require(sid)
         sem = self.items.get(name)
         held = 0 if sem is None else sem.holders.get(sid, 0)
         if sem is None or held < n:

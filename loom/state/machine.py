@@ -6,7 +6,9 @@ most exercised (tests/state/test_map.py).
 
 apply(cmd, index), in order:
 1. the log clock `now` becomes max(now, cmd.time_ms) (it never goes backwards, so TTLs,
-   session deadlines and ids never see time reverse after a leader change);
+   session deadlines and ids never see time reverse after a leader change); the command's
+   principal becomes `core.principal`: sessions it opens are its own, and sessions of other
+   principals are, to it, as if they did not exist (sessions.py);
 2. housekeeping, bounded by StateLimits.housekeeping_budget per kind: expire due sessions
    (releasing their locks and permits), purge expired map entries, forget idle dedupe clients;
    a session named by the command (or the owner of the lock it names) is expired now if due;
@@ -42,7 +44,7 @@ from loom.state.topic import TopicFamily
 from loom.wire.catalog import BY_NAME, Access
 from loom.wire.errors import BadRequest, Conflict, Internal, LoomError, NotFound, TooLarge
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: sessions carry their owner; restore still reads 1
 
 # Handled by the node, never by the state machine.
 NODE_OPS = frozenset({
@@ -109,6 +111,7 @@ class StateMachine:
         self.applied_index = core.index = index
         core.now = max(core.now, cmd.time_ms)
         core.changed = {}
+        core.principal = cmd.principal
         budget = self.limits.housekeeping_budget
         self.sessions.housekeeping(budget)
         self.maps.housekeeping(budget)
@@ -130,12 +133,13 @@ class StateMachine:
         mt = BY_NAME.get(cmd.op)
         if mt is None or not (mt.access is Access.READ or cmd.op in ADMIN_READS):
             return Outcome.from_error(BadRequest(f"{cmd.op} is not a read"))
-        saved = self.core.now
-        self.core.now = max(saved, cmd.time_ms)  # restored below: reads change nothing
+        saved = self.core.now, self.core.principal
+        self.core.now = max(saved[0], cmd.time_ms)  # restored below: reads change nothing
+        self.core.principal = cmd.principal
         try:
             return self._run(cmd.op, cmd.body, counted=False)
         finally:
-            self.core.now = saved
+            self.core.now, self.core.principal = saved
             self.core.undo.clear()
 
     @property
@@ -330,13 +334,13 @@ class StateMachine:
     @classmethod
     def restore(cls, data: bytes, limits: StateLimits = StateLimits()) -> StateMachine:  # noqa: B008
         fmt, applied, now, acl_version, acl_policy, sessions, dedupe, fams = cbor2.loads(data)
-        if fmt != SNAPSHOT_FORMAT:
+        if fmt not in (1, SNAPSHOT_FORMAT):
             raise ValueError(f"unknown snapshot format {fmt!r}")
         sm = cls(limits)
         sm.applied_index = sm.core.index = applied
         sm.core.now = now
         sm.acl_version, sm.acl_policy = acl_version, acl_policy
-        sm.sessions.load(sessions)
+        sm.sessions.load(sessions, with_principal=fmt >= 2)
         sm.dedupe.load(dedupe)
         for fam, d in zip(sm.families.values(), fams, strict=True):
             fam.load(d)

@@ -9,6 +9,12 @@ the heap grows past twice the live sessions. A command naming a session that is 
 expired first, so a command never sees a session past its deadline.
 
 Ending a session (close or expiry) calls `on_end`, which releases its locks and permits.
+
+Ownership: a session belongs to the principal of its SESSION_OPEN (Command.principal, "" for
+internal or legacy commands). Every operation naming a session is answered for another
+principal exactly as for a session that does not exist (`require`: NOT_FOUND with the same
+message; SESSION_CLOSE: False), so session ids, which are predictable, can neither be used nor
+probed by anyone but their owner.
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ from loom.wire.errors import LimitExceeded, NotFound
 
 
 class Session:
-    __slots__ = ("deadline", "locks", "permits", "ttl")
+    __slots__ = ("deadline", "locks", "permits", "principal", "ttl")
 
-    def __init__(self, ttl: int, deadline: int) -> None:
+    def __init__(self, ttl: int, deadline: int, principal: str = "") -> None:
         self.ttl = ttl
         self.deadline = deadline
+        self.principal = principal  # owner: the only principal that may use the session
         self.locks: dict[str, None] = {}  # names of locks held (ordered by acquisition)
         self.permits: dict[str, int] = {}  # semaphore name -> permits held
 
@@ -38,8 +45,16 @@ class Sessions:
         self.heap: list[tuple[int, int]] = []
         self.on_end: Callable[[int, Session], None] = lambda sid, s: None
 
-    def require(self, sid: int) -> Session:
+    def owned(self, sid: int) -> Session | None:
+        """The live session `sid` if the principal of the command being applied owns it."""
         s = self.items.get(sid)
+        if s is None or s.principal != self.core.principal:
+            return None
+        return s
+
+    def require(self, sid: int) -> Session:
+        """The session, if it is live and ours; NOT_FOUND alike for absent and foreign ones."""
+        s = self.owned(sid)
         if s is None:
             raise NotFound(f"session {sid} not found (closed or expired)")
         return s
@@ -88,7 +103,7 @@ class Sessions:
         if len(self.items) >= self.core.limits.max_sessions:
             raise LimitExceeded(f"too many sessions (max_sessions {self.core.limits.max_sessions})")
         sid, ttl = self.core.index, int(b["ttl_ms"])
-        s = Session(ttl, self.core.now + ttl)
+        s = Session(ttl, self.core.now + ttl, self.core.principal)
         self.items[sid] = s
         self._push(s.deadline, sid)
 
@@ -113,19 +128,27 @@ class Sessions:
         return {"session_id": sid, "ttl_ms": s.ttl}
 
     def op_SESSION_CLOSE(self, b: dict[str, Any]) -> bool:
-        """-> whether the session was open (its locks and permits are released)."""
-        if b["session_id"] not in self.items:
+        """-> whether the session was open (its locks and permits are released). Another
+        principal's session is left alone and answers False, as an unknown id does."""
+        if self.owned(b["session_id"]) is None:
             return False
         self.end(b["session_id"])
         return True
 
     def dump(self) -> Any:
-        return [[sid, s.ttl, s.deadline, sorted(s.locks), sorted(s.permits.items())]
+        return [[sid, s.ttl, s.deadline, s.principal, sorted(s.locks), sorted(s.permits.items())]
                 for sid, s in sorted(self.items.items())]
 
-    def load(self, data: Any) -> None:
-        for sid, ttl, deadline, locks, permits in data:
-            s = Session(ttl, deadline)
+    def load(self, data: Any, with_principal: bool = True) -> None:
+        """Rows of `dump`; with_principal=False reads rows without the owner (snapshot format
+        1), whose sessions keep the internal owner ""."""
+        for row in data:
+            if with_principal:
+                sid, ttl, deadline, principal, locks, permits = row
+            else:
+                sid, ttl, deadline, locks, permits = row
+                principal = ""
+            s = Session(ttl, deadline, principal)
             s.locks = dict.fromkeys(locks)
             s.permits = dict(permits)
             self.items[sid] = s

@@ -200,6 +200,12 @@ SAMPLES: dict[str, Sample] = {
     # CLUSTER
     "CLUSTER_STATUS": S(),
     "MEMBER_LIST": S(),
+    # A cluster of one: adding a learner works; the rest is refused by Raft's own rules
+    # (learner not caught up, no such member, no other voter), never by the ACL.
+    "MEMBER_ADD": S(node=N, peer_addr="127.0.0.1:9"),
+    "MEMBER_PROMOTE": S(node=N, ok=False),
+    "MEMBER_REMOVE": S(node=N, ok=False),
+    "LEADER_TRANSFER": S(ok=False),
     # ADMIN
     "STRUCT_LIST": S(),
     "STRUCT_DESTROY": S(_map_entry, category="MAP", name=N),

@@ -1,0 +1,581 @@
+"""The Raft driver: the only writer of state, behind the same `Replicator` seam as before.
+
+One task owns the consensus core. Everything reaches it through one bounded inbox (ticks, peer
+messages, proposals, reads, admin requests) and it acts in the order the core's Ready contract
+demands (loom/raft/ready.py):
+
+    drain inbox -> core.step/tick/propose/read_index ...
+    while core.has_ready():
+        rd = core.ready()
+        persist rd.snapshot, rd.entries, rd.hard_state  (one storage call, fsync if must_sync,
+                                                          in a worker thread: group commit)
+        send rd.messages                                 (only now: they may depend on the sync)
+        install rd.snapshot, apply rd.committed_entries  (resolve waiting proposals by index)
+        answer rd.read_states once applied >= index      (linearizable reads, no log write)
+        core.advance(rd)
+
+Invariants:
+- A proposal is answered only when the entry at its index is applied here. If the entry applied
+  at that index has another term, a different leader's entry won the slot: the write was not
+  applied and the caller hears UNAVAILABLE (safe to retry). If the node loses contact instead,
+  the caller's deadline expires and the outcome is reported as unknown (TIMEOUT).
+- Nothing is acknowledged before the fsync of the batch that holds it returned; an fsync failure
+  stops the node (storage raises FatalIOError; this task lets it escape and the node exits).
+- Reads are linearizable: every pending read of one inbox turn shares one ReadIndex request;
+  each is served from the state machine once the applied index reaches the read index.
+- The state machine sees only committed entries, in order, exactly once per boot; a snapshot
+  (state + member addresses) replaces it wholesale.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+import trio
+
+from loom.node.replicator import Applied
+from loom.raft import (
+    Busy as RaftBusy,
+)
+from loom.raft import (
+    ConfChange,
+    ConfChangeType,
+    Message,
+    NotLeader,
+    RaftConfig,
+    RaftCore,
+    Ready,
+    Role,
+)
+from loom.raft.confchange import bootstrap
+from loom.raft.types import EntryType, SnapshotMeta
+from loom.state.command import Command, Outcome
+from loom.state.machine import StateMachine
+from loom.storage.aio import AsyncStorage
+from loom.storage.storage import Recovered, Storage
+from loom.wire import errors as E
+
+log = logging.getLogger("loom.raft")
+
+StructureId = tuple[str, str]
+SNAPSHOT_CHUNK = 1 << 20
+
+
+class _Waiter:
+    """One caller waiting for the driver (a proposal, a read, an admin request)."""
+
+    __slots__ = ("cmd", "done", "error", "outcome", "term")
+
+    def __init__(self, cmd: Command | None = None) -> None:
+        self.cmd = cmd
+        self.done = trio.Event()
+        self.outcome: Outcome | None = None
+        self.error: E.LoomError | None = None
+        self.term = 0
+
+    def resolve(self, outcome: Outcome) -> None:
+        if not self.done.is_set():
+            self.outcome = outcome
+            self.done.set()
+
+    def fail(self, err: E.LoomError) -> None:
+        if not self.done.is_set():
+            self.error = err
+            self.done.set()
+
+    async def wait(self, timeout_s: float, what: str) -> Outcome:
+        with trio.move_on_after(timeout_s):
+            await self.done.wait()
+        if not self.done.is_set():
+            raise E.Timeout(f"{what} did not complete within {timeout_s:g} s; "
+                            "its outcome is unknown")
+        if self.error is not None:
+            raise self.error
+        assert self.outcome is not None
+        return self.outcome
+
+
+@dataclass(frozen=True, slots=True)
+class DriverSettings:
+    node_id: str
+    client_addr: str
+    tick_s: float = 0.05
+    election_ticks_min: int = 10
+    election_ticks_max: int = 20
+    heartbeat_ticks: int = 2
+    snapshot_every: int = 10_000
+    trailing_entries: int = 1_000
+    max_uncommitted_bytes: int = 64 << 20
+    lease_reads: bool = False
+    proposal_timeout_s: float = 10.0
+    read_timeout_s: float = 5.0
+    inbox: int = 65_536  # events waiting for the driver; beyond this proposals answer BUSY
+
+
+def prepare_storage(storage: Storage, recovered: Recovered, founders: list[str] | None
+                    ) -> Recovered:
+    """First start of a founding member: persist the bootstrap configuration (one committed
+    ADD_VOTER entry per founder). A joining node (founders None) starts empty and learns the
+    configuration from the leader."""
+    empty = (recovered.hard_state.term == 0 and not recovered.entries
+             and recovered.snapshot is None)
+    if not empty or founders is None:
+        return recovered
+    hs, ents = bootstrap(tuple(founders))
+    storage.save(hs, list(ents), must_sync=True)
+    return Recovered(hs, None, list(ents), [], 0)
+
+
+class RaftLog:
+    def __init__(
+        self, settings: DriverSettings, storage: Storage, recovered: Recovered, *,
+        member_addrs: dict[str, str],
+        on_applied: Callable[[Applied], None] | None = None,
+        on_leader: Callable[[], None] | None = None,
+    ) -> None:
+        self.s = settings
+        self.id = settings.node_id
+        self._storage = AsyncStorage(storage)
+        self._on_applied = on_applied
+        self._on_leader = on_leader
+        self.member_addrs = dict(member_addrs)  # peer addresses, replicated via snapshots
+        snap_data = b""
+        if recovered.snapshot is not None:
+            reader = storage.load_snapshot()
+            assert reader is not None, "recovered a snapshot that cannot be read"
+            snap_data = b"".join(reader.chunks())
+        self._sm = self._restore(snap_data) if snap_data else StateMachine()
+        rcfg = RaftConfig(
+            node_id=self.id, election_tick_min=settings.election_ticks_min,
+            election_tick_max=settings.election_ticks_max,
+            heartbeat_tick=settings.heartbeat_ticks, lease_reads=settings.lease_reads,
+            max_uncommitted_bytes=settings.max_uncommitted_bytes,
+            trailing_entries=settings.trailing_entries,
+        )
+        seed = int.from_bytes(os.urandom(8), "big")  # election jitter only; never in apply
+        self.core = RaftCore(rcfg, random.Random(seed), recovered.hard_state, recovered.snapshot,
+                             recovered.entries, snap_data)
+        self._last_snapshot = recovered.snapshot.index if recovered.snapshot else 0
+        self._send, self._recv = trio.open_memory_channel[tuple[str, Any]](settings.inbox)
+        self._proposals: dict[int, _Waiter] = {}
+        self._read_batches: dict[bytes, list[_Waiter]] = {}
+        self._reads_ready: list[tuple[int, list[_Waiter]]] = []  # (read index, waiters)
+        self._read_seq = 0
+        self._events: dict[StructureId, trio.Event] = {}
+        self._pending_reads: list[_Waiter] = []
+        self.transport: Any = None  # PeerTransport, set by the node before run()
+        self._running = False
+        self.role = Role.FOLLOWER
+        self.leader: str | None = None
+        self._role_changed = trio.Event()  # set (and replaced) whenever role or leader changes
+        self.batches = 0
+        self.entries_persisted = 0
+        self.dropped_messages = 0
+
+    # -- snapshots of the node's replicated state --------------------------------------------
+    def _restore(self, data: bytes) -> StateMachine:
+        doc = cbor2.loads(data)
+        self.member_addrs.update(doc.get("members", {}))
+        return StateMachine.restore(doc["sm"])
+
+    def _snapshot_blob(self) -> bytes:
+        return bytes(cbor2.dumps({"sm": self._sm.snapshot(), "members": self.member_addrs}))
+
+    # -- Replicator interface ------------------------------------------------------------------
+    def state(self) -> StateMachine:
+        return self._sm
+
+    @property
+    def applied_index(self) -> int:
+        return self._sm.applied_index
+
+    def _submit(self, kind: str, payload: Any) -> None:
+        if not self._running:
+            raise E.Unavailable("the node is not serving (starting or stopping)")
+        try:
+            self._send.send_nowait((kind, payload))
+        except trio.WouldBlock:
+            raise E.Busy("the log driver is saturated; retry later", retry_after_ms=50) from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise E.Unavailable("the node is stopping") from None
+
+    async def propose(self, cmd: Command) -> Outcome:
+        w = _Waiter(cmd)
+        self._submit("propose", w)
+        return await w.wait(self.s.proposal_timeout_s, f"the write {cmd.op}")
+
+    async def read(self, cmd: Command) -> Outcome:
+        w = _Waiter(cmd)
+        self._submit("read", w)
+        return await w.wait(self.s.read_timeout_s, f"the read {cmd.op}")
+
+    def changed_event(self, structure: StructureId) -> trio.Event:
+        ev = self._events.get(structure)
+        if ev is None:
+            ev = self._events[structure] = trio.Event()
+        return ev
+
+    async def admin(self, what: str, **kw: Any) -> Any:
+        """Membership changes and leadership transfer, run by the driver task."""
+        w = _Waiter()
+        self._submit("admin", (what, kw, w))
+        return (await w.wait(self.s.proposal_timeout_s, what)).value
+
+    def on_peer_message(self, msg: Message) -> None:
+        try:
+            self._send.send_nowait(("msg", msg))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self.dropped_messages += 1  # Raft tolerates loss; the sender retries
+
+    def is_member(self, node: str) -> bool:
+        c = self.core.conf
+        return node in c.voters or node in c.learners
+
+    def leader_addr(self) -> str | None:
+        if self.leader is None:
+            return None
+        if self.leader == self.id:
+            return self.s.client_addr
+        if self.transport is not None:
+            addr: str | None = self.transport.client_addr_of(self.leader)
+            return addr
+        return None
+
+    def not_leader(self) -> E.NotLeader:
+        if self.leader is None:
+            return E.NotLeader("no leader is known yet (election in progress); retry",
+                               leader=None, leader_addr=None)
+        return E.NotLeader(f"{self.id} is not the leader; {self.leader} is",
+                           leader=self.leader, leader_addr=self.leader_addr())
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "node": self.id, "role": self.role.value, "term": self.core.term,
+            "leader": self.leader, "commit_index": self.core.log.committed,
+            "applied_index": self._sm.applied_index,
+            "last_index": self.core.log.last_index, "snapshot_index": self._last_snapshot,
+            "batches": self.batches, "entries_persisted": self.entries_persisted,
+            "entries_per_batch": round(self.entries_persisted / self.batches, 2)
+            if self.batches else 0.0,
+            "dropped_peer_messages": self.dropped_messages,
+        }
+
+    def cluster_status(self) -> dict[str, Any]:
+        c = self.core.conf
+        members = []
+        for nid in sorted({*c.voters, *c.learners}):
+            pr = self.core.progress.get(nid) if self.role is Role.LEADER else None
+            reach: bool | None = None
+            if nid == self.id:
+                reach = True
+            elif self.transport is not None:
+                reach = bool(self.transport.reachable(nid))
+            members.append({
+                "id": nid, "voter": nid in c.voters, "peer_addr": self.member_addrs.get(nid),
+                "client_addr": self.s.client_addr if nid == self.id else (
+                    self.transport.client_addr_of(nid) if self.transport else None),
+                "reachable": reach, "match_index": pr.match if pr is not None else None,
+            })
+        role = self.role.value
+        if self.id in c.learners:
+            role = "learner"
+        return {"node": self.id, "role": role, "term": self.core.term,
+                "commit_index": self.core.log.committed,
+                "applied_index": self._sm.applied_index, "leader": self.leader,
+                "leader_addr": self.leader_addr(), "members": members}
+
+    # -- the driver task -----------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._running = True
+            await self._catch_up_alone()
+            nursery.start_soon(self._ticker)
+            task_status.started()
+            try:
+                await self._loop()
+            finally:
+                self._running = False
+                nursery.cancel_scope.cancel()
+
+    async def _catch_up_alone(self) -> None:
+        """Apply what the log already holds; a cluster of one elects itself at once instead of
+        waiting an election timeout (nobody else can be leader)."""
+        await self._process_ready()
+        if list(self.core.conf.voters) == [self.id]:
+            for _ in range(4 * self.s.election_ticks_max):
+                if self.core.role is Role.LEADER:
+                    break
+                self.core.tick()
+                await self._process_ready()
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(self.s.tick_s)
+            try:
+                self._send.send_nowait(("tick", None))
+            except trio.WouldBlock:
+                pass  # the driver is busy; a late tick is only a slightly longer timeout
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
+
+    async def _loop(self) -> None:
+        async with self._recv:
+            async for first in self._recv:
+                self._handle(first)
+                for _ in range(4096):  # everything queued now joins this turn (bounded)
+                    try:
+                        self._handle(self._recv.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                self._flush_reads()
+                await self._process_ready()
+
+    def stop(self) -> None:
+        self._running = False
+        self._send.close()
+
+    # -- inputs --------------------------------------------------------------------------------
+    def _handle(self, evt: tuple[str, Any]) -> None:
+        kind, payload = evt
+        if kind == "tick":
+            self.core.tick()
+        elif kind == "msg":
+            self.core.step(payload)
+        elif kind == "propose":
+            self._propose(payload)
+        elif kind == "read":
+            self._pending_reads.append(payload)
+        elif kind == "admin":
+            self._admin(*payload)
+
+    def _propose(self, w: _Waiter) -> None:
+        assert w.cmd is not None
+        r = self.core.propose(w.cmd.encode())
+        if isinstance(r, NotLeader):
+            w.fail(self.not_leader())
+        elif isinstance(r, RaftBusy):
+            w.fail(E.Busy(f"write refused: {r.reason}", retry_after_ms=100))
+        else:
+            w.term = self.core.term
+            self._proposals[r] = w
+
+    def _flush_reads(self) -> None:
+        if not self._pending_reads:
+            return
+        batch, self._pending_reads = self._pending_reads, []
+        self._read_seq += 1
+        ctx = self._read_seq.to_bytes(8, "big")
+        r = self.core.read_index(ctx)
+        if isinstance(r, NotLeader):
+            err = self.not_leader()
+            for w in batch:
+                w.fail(err)
+        elif isinstance(r, RaftBusy):
+            for w in batch:
+                w.fail(E.Busy(f"read refused: {r.reason}", retry_after_ms=50))
+        else:
+            self._read_batches[ctx] = batch
+
+    def _admin(self, what: str, kw: dict[str, Any], w: _Waiter) -> None:
+        if what == "transfer":
+            to = kw.get("to") or self._best_transferee()
+            if to is None:
+                w.fail(E.Conflict("no other voter to transfer leadership to"))
+                return
+            r = self.core.transfer_leadership(to)
+            if isinstance(r, NotLeader):
+                w.fail(self.not_leader())
+            elif isinstance(r, RaftBusy):
+                w.fail(E.Conflict(f"cannot transfer leadership: {r.reason}"))
+            else:
+                w.resolve(Outcome.ok({"to": to}))
+            return
+        node = kw["node"]
+        if what == "add":
+            kind = ConfChangeType.ADD_LEARNER if kw.get("learner", True) else \
+                ConfChangeType.ADD_VOTER
+            addr_cmd = Command("MEMBER_ADDRESS", {"node": node, "peer_addr": kw["peer_addr"]}, 0)
+            self._propose_internal(addr_cmd.encode())
+        elif what == "promote":
+            kind = ConfChangeType.ADD_VOTER
+        else:
+            kind = ConfChangeType.REMOVE
+        idx = self.core.propose_conf_change(ConfChange(kind, node))
+        if isinstance(idx, NotLeader):
+            w.fail(self.not_leader())
+        elif isinstance(idx, RaftBusy):
+            w.fail(E.Conflict(f"membership change refused: {idx.reason}"))
+        else:
+            w.term = self.core.term
+            self._proposals[idx] = w
+
+    def _propose_internal(self, data: bytes) -> None:
+        self.core.propose(data)  # answered by nobody; applied by every replica
+
+    def _best_transferee(self) -> str | None:
+        best: tuple[int, str] | None = None
+        for nid in sorted(self.core.conf.voters):
+            if nid == self.id:
+                continue
+            pr = self.core.progress.get(nid)
+            match = pr.match if pr is not None else 0
+            if best is None or match > best[0]:
+                best = (match, nid)
+        return best[1] if best else None
+
+    # -- Ready processing ----------------------------------------------------------------------
+    async def _process_ready(self) -> None:
+        while self.core.has_ready():
+            rd = self.core.ready()
+            if rd is None:
+                break
+            await self._persist(rd)
+            if rd.messages and self.transport is not None:
+                self.transport.send(rd.messages)
+            if rd.snapshot is not None:
+                self._sm = self._restore(rd.snapshot.data)
+                self._last_snapshot = rd.snapshot.meta.index
+                self._after_membership()
+            self._apply(rd)
+            for rs in rd.read_states:
+                batch = self._read_batches.pop(rs.ctx, None)
+                if batch:
+                    self._reads_ready.append((rs.index, batch))
+            self._serve_reads()
+            self.core.advance(rd)
+            if rd.soft_state is not None:
+                self._on_soft_state(rd)
+        await self._maybe_snapshot()
+
+    async def _persist(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            data = rd.snapshot.data
+            chunks = [data[i:i + SNAPSHOT_CHUNK] for i in range(0, len(data), SNAPSHOT_CHUNK)]
+            await self._storage.save_snapshot(rd.snapshot.meta, chunks or [b""])
+        if rd.entries or rd.hard_state is not None:
+            # Shielded: a cancelled caller must not leave a half-known sync behind.
+            with trio.CancelScope(shield=True):
+                await self._storage.save(rd.hard_state, list(rd.entries), rd.must_sync)
+            if rd.entries:
+                self.batches += 1
+                self.entries_persisted += len(rd.entries)
+
+    def _apply(self, rd: Ready) -> None:
+        for e in rd.committed_entries:
+            w = self._proposals.pop(e.index, None)
+            if w is not None and w.term != e.term:
+                w.fail(E.Unavailable("leadership changed before the write committed; it was "
+                                     "not applied (safe to retry)"))
+                w = None
+            if e.type is EntryType.CONF_CHANGE:
+                self._applied_conf(e.data)
+                if w is not None:
+                    w.resolve(Outcome.ok({"index": e.index}))
+                continue
+            if e.type is not EntryType.NORMAL or e.index <= self._sm.applied_index:
+                continue
+            cmd = Command.decode(e.data)
+            if cmd.op == "MEMBER_ADDRESS":
+                self.member_addrs[cmd.body["node"]] = cmd.body["peer_addr"]
+                continue
+            outcome = self._sm.apply(cmd, e.index)
+            if not outcome.wait:
+                for sid in self._sm.changed_structures:
+                    ev = self._events.pop(sid, None)
+                    if ev is not None:
+                        ev.set()
+            if self._on_applied is not None:
+                self._on_applied(Applied(e.index, cmd, outcome))
+            if w is not None:
+                w.resolve(outcome)
+
+    def _applied_conf(self, data: bytes) -> None:
+        try:
+            cc = ConfChange.decode(data)
+        except ValueError:
+            return
+        log.info("%s: membership change applied: %s %s", self.id, cc.type.value, cc.node)
+        if cc.type is ConfChangeType.REMOVE and cc.node == self.id:
+            log.warning("%s: this node was removed from the cluster", self.id)
+        self._after_membership(extra=cc)
+
+    def _after_membership(self, extra: ConfChange | None = None) -> None:
+        if self.transport is None:
+            return
+        c = self.core.conf
+        members = {*c.voters, *c.learners}
+        if extra is not None:
+            (members.add if extra.type is not ConfChangeType.REMOVE else members.discard)(
+                extra.node)
+        self.transport.set_peers({n: a for n, a in self.member_addrs.items()
+                                  if n in members and n != self.id})
+
+    def _serve_reads(self) -> None:
+        if not self._reads_ready:
+            return
+        applied = self._sm.applied_index
+        still = []
+        for index, batch in self._reads_ready:
+            if index > applied:
+                still.append((index, batch))
+                continue
+            for w in batch:
+                assert w.cmd is not None
+                w.resolve(self._sm.read(w.cmd))
+        self._reads_ready = still
+
+    def _on_soft_state(self, rd: Ready) -> None:
+        ss = rd.soft_state
+        assert ss is not None
+        was_leader = self.role is Role.LEADER
+        self.role, self.leader = ss.role, ss.leader
+        self._role_changed.set()
+        self._role_changed = trio.Event()
+        log.info("%s: %s (leader %s, term %d)", self.id, ss.role.value, ss.leader,
+                 self.core.term)
+        if was_leader and ss.role is not Role.LEADER:
+            err = self.not_leader()
+            for batch in self._read_batches.values():
+                for w in batch:
+                    w.fail(err)
+            self._read_batches.clear()
+            for _, batch in self._reads_ready:
+                for w in batch:
+                    w.fail(err)
+            self._reads_ready = []
+        if ss.role is Role.LEADER and not was_leader and self._on_leader is not None:
+            self._on_leader()
+
+    async def _maybe_snapshot(self) -> None:
+        applied = self._sm.applied_index
+        if applied - self._last_snapshot < self.s.snapshot_every:
+            return
+        # The core's applied index includes no-op and membership entries beyond the state
+        # machine's; snapshot at the core's applied index so no entry is skipped on restore.
+        index = self.core.log.applied
+        blob = self._snapshot_blob()
+        meta: SnapshotMeta = self.core.snapshot_taken(index, blob)
+        chunks = [blob[i:i + SNAPSHOT_CHUNK] for i in range(0, len(blob), SNAPSHOT_CHUNK)]
+        await self._storage.save_snapshot(meta, chunks)
+        self._last_snapshot = meta.index
+        log.info("%s: snapshot at index %d (%d bytes)", self.id, meta.index, len(blob))
+
+    async def transfer_before_stop(self, timeout_s: float = 3.0) -> None:
+        """SIGTERM on the leader: hand leadership over first, so clients see at most a short
+        NOT_LEADER instead of an election timeout."""
+        if self.role is not Role.LEADER or len(self.core.conf.voters) < 2:
+            return
+        try:
+            await self.admin("transfer")
+        except E.LoomError as e:
+            log.warning("%s: leadership transfer before stop failed: %s", self.id, e)
+            return
+        with trio.move_on_after(timeout_s):
+            while self.role is Role.LEADER:
+                await self._role_changed.wait()
