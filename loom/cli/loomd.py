@@ -96,6 +96,17 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(_run, node)
     except KeyboardInterrupt:
         pass
+    except OSError as e:  # a port in use, an address this host does not have
+        print(f"loomd: cannot listen: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as eg:
+        oserr, _ = eg.split(OSError)
+        if oserr is None:
+            raise
+        first = oserr.exceptions[0]
+        print(f"loomd: cannot listen: {getattr(first, 'strerror', None) or first}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

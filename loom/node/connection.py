@@ -59,6 +59,11 @@ class _Closing(Exception):
     """End this connection (after flushing what is queued)."""
 
 
+# How connections normally end: the peer went away, TLS failed, a limit closed it.
+_ENDINGS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError,
+            _Closing, trio.TooSlowError)
+
+
 class Connection:
     def __init__(self, node: Node, stream: trio.SSLStream[trio.SocketStream], conn_id: str,
                  peer: str) -> None:
@@ -117,9 +122,15 @@ class Connection:
     async def run(self) -> None:
         try:
             await self._run()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError,
-                _Closing, trio.TooSlowError) as e:
+        except _ENDINGS as e:
             log.debug("%s %s closed: %s", self.conn_id, self.peer, e)
+        except BaseExceptionGroup as eg:
+            rest = eg.split(_ENDINGS)[1]
+            if rest is not None:
+                log.error("%s %s: unexpected error; closing this connection", self.conn_id,
+                          self.peer, exc_info=rest)
+            else:
+                log.debug("%s %s closed: %s", self.conn_id, self.peer, eg)
         except Exception:
             log.exception("%s %s: unexpected error; closing this connection", self.conn_id,
                           self.peer)

@@ -287,7 +287,7 @@ class RaftLog:
             role = "learner"
         return {"node": self.id, "role": role, "term": self.core.term,
                 "commit_index": self.core.log.committed,
-                "applied_index": self._sm.applied_index, "leader": self.leader,
+                "applied_index": self.core.log.applied, "leader": self.leader,
                 "leader_addr": self.leader_addr(), "members": members}
 
     # -- the driver task -----------------------------------------------------------------------
@@ -441,14 +441,15 @@ class RaftLog:
             if rd.snapshot is not None:
                 self._sm = self._restore(rd.snapshot.data)
                 self._last_snapshot = rd.snapshot.meta.index
-                self._after_membership()
-            self._apply(rd)
+            conf_changed = self._apply(rd)
             for rs in rd.read_states:
                 batch = self._read_batches.pop(rs.ctx, None)
                 if batch:
                     self._reads_ready.append((rs.index, batch))
             self._serve_reads()
-            self.core.advance(rd)
+            self.core.advance(rd)  # the core's configuration is current from here on
+            if conf_changed or rd.snapshot is not None:
+                self._after_membership()
             if rd.soft_state is not None:
                 self._on_soft_state(rd)
         await self._maybe_snapshot()
@@ -466,7 +467,9 @@ class RaftLog:
                 self.batches += 1
                 self.entries_persisted += len(rd.entries)
 
-    def _apply(self, rd: Ready) -> None:
+    def _apply(self, rd: Ready) -> bool:
+        """Apply committed entries; True if one of them changed the membership."""
+        conf_changed = False
         for e in rd.committed_entries:
             w = self._proposals.pop(e.index, None)
             if w is not None and w.term != e.term:
@@ -475,6 +478,7 @@ class RaftLog:
                 w = None
             if e.type is EntryType.CONF_CHANGE:
                 self._applied_conf(e.data)
+                conf_changed = True
                 if w is not None:
                     w.resolve(Outcome.ok({"index": e.index}))
                 continue
@@ -494,6 +498,7 @@ class RaftLog:
                 self._on_applied(Applied(e.index, cmd, outcome))
             if w is not None:
                 w.resolve(outcome)
+        return conf_changed
 
     def _applied_conf(self, data: bytes) -> None:
         try:
@@ -503,16 +508,13 @@ class RaftLog:
         log.info("%s: membership change applied: %s %s", self.id, cc.type.value, cc.node)
         if cc.type is ConfChangeType.REMOVE and cc.node == self.id:
             log.warning("%s: this node was removed from the cluster", self.id)
-        self._after_membership(extra=cc)
 
-    def _after_membership(self, extra: ConfChange | None = None) -> None:
+    def _after_membership(self) -> None:
+        """Links follow the configuration: one per current member with a known address."""
         if self.transport is None:
             return
         c = self.core.conf
         members = {*c.voters, *c.learners}
-        if extra is not None:
-            (members.add if extra.type is not ConfChangeType.REMOVE else members.discard)(
-                extra.node)
         self.transport.set_peers({n: a for n, a in self.member_addrs.items()
                                   if n in members and n != self.id})
 
