@@ -4,6 +4,9 @@ Text (default): byte strings as UTF-8 when they decode, otherwise as 0x-prefixed
 "(nil)"; booleans as true/false; lists one item per line; maps as "key: value" lines (nested
 values indented by two spaces).
 
+Tables (`cluster status`, `members list`): a header line and one line per row, columns padded
+with spaces; absent values print as "-", booleans as yes/no.
+
 JSON (`-o json`): exactly one JSON object per command on stdout, `{"result": ...}`; byte strings
 become `{"base64": "..."}` (standard alphabet, padded) so values round-trip exactly.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 NIL = "(nil)"
@@ -88,6 +92,26 @@ def to_jsonable(v: Any) -> Any:
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
     return str(v)
+
+
+def cell_text(v: Any) -> str:
+    """One table cell: "-" for absent, yes/no for booleans, text otherwise."""
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return scalar_text(v)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table: a header line, then one line per row, columns left-aligned."""
+    cells = [[cell_text(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(items: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(items, widths, strict=True)).rstrip()
+
+    return "\n".join([line(headers)] + [line(r) for r in cells])
 
 
 def emit(result: Any, mode: str, out: TextIO) -> None:

@@ -192,6 +192,7 @@ class AsyncClient(Ops[Any]):
         headers: Mapping[str, str] | None = None, retry: p.RetryPolicy | None = None,
         server_hostname: str | None = None, check_hostname: bool = True,
         client_id: str | None = None, max_in_flight: int = 1024,
+        max_writes_in_flight: int = 32, connect_timeout: float = 5.0,
         resend_unknown_writes: bool = True,
     ) -> None:
         self.endpoints = p.parse_endpoints(
@@ -206,7 +207,9 @@ class AsyncClient(Ops[Any]):
         self._sent_cert = cert is not None
         self._server_hostname = server_hostname
         self._nursery = nursery
-        self._seq = p.Sequencer()
+        self.connect_timeout = connect_timeout
+        self._window = p.WriteWindow(max_writes_in_flight)
+        self._window_changed = trio.Event()
         self._limit = trio.Semaphore(max_in_flight)
         self._lock = trio.Lock()
         self._conn: Connection | None = None
@@ -251,9 +254,11 @@ class AsyncClient(Ops[Any]):
             errors: list[str] = []
             for addr in dict.fromkeys(candidates):
                 try:
-                    conn = await self._open(addr)
-                except ConnectError as e:
-                    errors.append(str(e))
+                    with trio.fail_after(self.connect_timeout):
+                        conn = await self._open(addr)
+                except (ConnectError, trio.TooSlowError) as e:
+                    errors.append(str(e) if isinstance(e, ConnectError) else
+                                  f"{p.format_endpoint(addr)}: connect timed out")
                     if addr == self._preferred:
                         self._preferred = None
                     continue
@@ -326,17 +331,18 @@ class AsyncClient(Ops[Any]):
         return Connection(stream, addr, hello, decoder)
 
     def _after_error(self, conn: Connection, err: LoomError) -> None:
-        if isinstance(err, NotLeader):
-            hint = p.leader_hint(err)
-            if hint is not None and hint == conn.addr:
-                return
-            self._preferred = hint
-            if hint is None:
-                self._rotate += 1
-            self._retire(conn)
-        elif isinstance(err, Unavailable):
-            self._rotate += 1
-            self._retire(conn)
+        """Move on from a node that cannot serve the request: to the leader it names, or to the
+        next endpoint. Only the first such answer on a connection moves the client; answers
+        to requests that were outstanding on it at the time are just retried."""
+        if not isinstance(err, (NotLeader, Unavailable)) or conn.retired:
+            return
+        hint = p.leader_hint(err)
+        if hint == conn.addr:
+            hint = None  # a node naming itself is no hint
+        self._preferred = hint
+        if hint is None:
+            self._rotate = p.next_rotation(self.endpoints, conn.addr, self._rotate)
+        self._retire(conn)
 
     def _retire(self, conn: Connection) -> None:
         if self._conn is conn:
@@ -355,21 +361,45 @@ class AsyncClient(Ops[Any]):
     async def call_body(self, op: str | int, body: Mapping[str, Any], *,
                         headers: Mapping[str, str] | None = None) -> Any:
         mt, clean = p.prepare(op, body)
-        seq = self._seq.next_seq() if mt.is_write else 0
         attempt = _Attempt()
         hdrs = {**self.headers, **(headers or {})}
+        seq = 0
         try:
             with trio.fail_after(self.timeout):
+                if mt.is_write:
+                    seq = await self._issue_seq()
                 return await self._with_retries(mt, clean, seq, hdrs, attempt)
         except trio.TooSlowError:
             raise p.timeout_error(mt, attempt.queued or attempt.unknown, self.timeout) from None
+        finally:
+            if seq:
+                self._finish_seq(seq)
+
+    @property
+    def writes_in_flight(self) -> int:
+        """Writes issued and not yet settled (answered, failed or given up)."""
+        return self._window.outstanding
+
+    async def _issue_seq(self) -> int:
+        """A sequence number for a new write, waiting while the write window is full."""
+        while not self._window.can_issue():
+            await self._window_changed.wait()
+        return self._window.issue()
+
+    def _finish_seq(self, seq: int) -> None:
+        self._window.finish(seq)
+        self._window_changed.set()
+        self._window_changed = trio.Event()
 
     async def _with_retries(self, mt: MessageType, body: dict[str, Any], seq: int,
                             headers: dict[str, str], attempt: _Attempt) -> Any:
         last: BaseException | None = None
         for n in range(max(1, self.retry.attempts)):
             if n:
-                await trio.sleep(self.retry.delay_for(last, n - 1))
+                pause = self.retry.delay_for(last, n - 1)
+                if trio.current_time() + pause >= trio.current_effective_deadline():
+                    break  # the deadline would pass while waiting: report the last failure
+                await trio.sleep(pause)
             try:
                 conn = await self.connection()
             except ConnectError as e:
@@ -383,7 +413,7 @@ class AsyncClient(Ops[Any]):
                 async with self._limit:
                     r = await conn.roundtrip(rid, frame, attempt)
             except ConnectionLost as e:
-                self._rotate += 1
+                self._rotate = p.next_rotation(self.endpoints, conn.addr, self._rotate)
                 if mt.is_write and attempt.queued:
                     attempt.unknown = True
                     if not self.resend_unknown_writes:

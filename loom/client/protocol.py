@@ -216,6 +216,16 @@ def parse_hello(result: Any) -> HelloInfo:
                      list(roles) if isinstance(roles, list) else [], dict(result))
 
 
+def next_rotation(endpoints: list[tuple[str, int]], addr: tuple[str, int], current: int) -> int:
+    """The rotation that starts just past `addr` (unchanged when `addr` is not an endpoint,
+    e.g. a leader address learned from NOT_LEADER). Idempotent: every request that fails on
+    the same connection moves the rotation to the same place."""
+    try:
+        return endpoints.index(addr) + 1
+    except ValueError:
+        return current
+
+
 def leader_hint(err: LoomError) -> tuple[str, int] | None:
     """The leader's client address from a NOT_LEADER answer, when it names one."""
     if not isinstance(err, NotLeader):
@@ -229,11 +239,20 @@ def leader_hint(err: LoomError) -> tuple[str, int] | None:
         return None
 
 
+# The server remembers the outcome of the last 64 writes of each client id; a write may only be
+# retried while its outcome is still remembered, so fewer than 64 writes may be outstanding.
+SERVER_DEDUP_WINDOW = 64
+MAX_WRITE_WINDOW = SERVER_DEDUP_WINDOW - 1
+MAX_RETRY_AFTER = 30.0  # seconds; a larger retry_after_ms is treated as this
+
+
 @dataclass(slots=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter: attempt n sleeps uniform(0, min(cap, base*2^n))."""
+    """Exponential backoff with full jitter: retry n sleeps uniform(0, min(cap, base*2^n)),
+    and at least BUSY's retry_after_ms. Retries stop after `attempts` tries or at the call's
+    deadline, whichever comes first."""
 
-    attempts: int = 8
+    attempts: int = 16
     base: float = 0.05
     cap: float = 2.0
     rng: random.Random = field(default_factory=random.Random)
@@ -241,22 +260,56 @@ class RetryPolicy:
     def delay_for(self, err: BaseException | None, n: int) -> float:
         """Delay before retry n, honouring BUSY's retry_after_ms when the server sends one."""
         d = self.rng.uniform(0, min(self.cap, self.base * (2**n)))
-        if isinstance(err, Busy):
-            ra = err.details.get("retry_after_ms")
-            if isinstance(ra, int) and not isinstance(ra, bool) and ra > 0:
-                d = max(d, min(ra / 1000, self.cap))
-        return d
+        return max(d, retry_after(err))
 
 
-class Sequencer:
-    """Request ids (per connection) and write sequence numbers (per client, never reused)."""
+def retry_after(err: BaseException | None) -> float:
+    """BUSY's retry_after_ms in seconds (0 when absent or not a BUSY answer)."""
+    if not isinstance(err, Busy):
+        return 0.0
+    ra = err.details.get("retry_after_ms")
+    if isinstance(ra, int) and not isinstance(ra, bool) and ra > 0:
+        return min(ra / 1000, MAX_RETRY_AFTER)
+    return 0.0
 
-    def __init__(self) -> None:
-        self._seq = 0
 
-    def next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
+class WriteWindow:
+    """Write sequence numbers (per client, never reused), issued so that the newest issued write
+    is never `size` or more numbers ahead of the oldest unfinished one.
+
+    Every retry of a write reuses its number and the server deduplicates by (client id, seq)
+    over the last SERVER_DEDUP_WINDOW outcomes. Bounding the span (not just the count) keeps a
+    slow write's outcome inside that memory however many later writes finish before it is
+    retried. `can_issue()` false: the caller waits for `finish()` of the oldest."""
+
+    def __init__(self, size: int = 32) -> None:
+        if not 1 <= size <= MAX_WRITE_WINDOW:
+            raise ConfigError(f"max_writes_in_flight must be 1..{MAX_WRITE_WINDOW}, got {size}")
+        self.size = size
+        self._last = 0
+        self._open: set[int] = set()
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._open)
+
+    @property
+    def oldest(self) -> int | None:
+        return min(self._open, default=None)
+
+    def can_issue(self) -> bool:
+        low = min(self._open, default=self._last + 1)
+        return self._last + 1 - low < self.size
+
+    def issue(self) -> int:
+        if not self.can_issue():
+            raise RuntimeError("write window full")
+        self._last += 1
+        self._open.add(self._last)
+        return self._last
+
+    def finish(self, seq: int) -> None:
+        self._open.discard(seq)
 
 
 def timeout_error(mt: MessageType, sent: bool, seconds: float | None) -> LoomError:

@@ -34,6 +34,16 @@ class ConnectionLost(Exception):
     """The connection broke while a request was outstanding (internal)."""
 
 
+class _Attempt:
+    """Whether the current attempt's frame was sent, and whether an earlier one was lost."""
+
+    __slots__ = ("sent", "unknown")
+
+    def __init__(self) -> None:
+        self.sent = False
+        self.unknown = False
+
+
 class _Conn:
     def __init__(self, sock: ssl.SSLSocket, addr: Addr) -> None:
         self.sock = sock
@@ -116,6 +126,7 @@ class Client(Ops[Any]):
         headers: Mapping[str, str] | None = None, retry: p.RetryPolicy | None = None,
         server_hostname: str | None = None, check_hostname: bool = True,
         client_id: str | None = None, resend_unknown_writes: bool = True,
+        max_writes_in_flight: int = 32, connect_timeout: float = 5.0,
     ) -> None:
         self.endpoints = p.parse_endpoints(
             endpoints if isinstance(endpoints, str) else list(endpoints))
@@ -128,7 +139,8 @@ class Client(Ops[Any]):
         self._ctx = make_context(ca, cert, key, check_hostname=check_hostname)
         self._sent_cert = cert is not None
         self._server_hostname = server_hostname
-        self._seq = p.Sequencer()
+        self.connect_timeout = connect_timeout
+        self._window = p.WriteWindow(max_writes_in_flight)
         self._conn: _Conn | None = None
         self._preferred: Addr | None = None
         self._rotate = 0
@@ -167,7 +179,9 @@ class Client(Ops[Any]):
     def _open(self, addr: Addr, deadline: float | None) -> _Conn:
         host, port = addr
         try:
-            raw = socket.create_connection(addr, timeout=_remaining(deadline))
+            left = _remaining(deadline)
+            wait = self.connect_timeout if left is None else min(left, self.connect_timeout)
+            raw = socket.create_connection(addr, timeout=wait)
         except TimeoutError:
             raise ConnectError(f"{host}:{port}: connect timed out") from None
         except OSError as e:
@@ -243,10 +257,8 @@ class Client(Ops[Any]):
                            permanent=bool(errors) and all(
                                is_permanent(e.split(": ", 1)[-1]) for e in errors))
 
-    def _drop(self, *, rotate: bool = False) -> None:
+    def _drop(self) -> None:
         self.close()
-        if rotate:
-            self._rotate += 1
 
     # -- requests -------------------------------------------------------------------------------
     def call(self, op: str | int, /, *, timeout: float | None = None,
@@ -259,12 +271,121 @@ class Client(Ops[Any]):
                   timeout: float | None = None,
                   headers: Mapping[str, str] | None = None) -> Any:
         mt, clean = p.prepare(op, body)
-        seq = self._seq.next_seq() if mt.is_write else 0
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         hdrs = {**self.headers, **(headers or {})}
+        seq = self._window.issue() if mt.is_write else 0
+        try:
+            return self._with_retries(mt, clean, seq, deadline, limit, hdrs)
+        finally:
+            if seq:
+                self._window.finish(seq)
+
+    def _with_retries(self, mt: MessageType, body: dict[str, Any], seq: int, deadline: float,
+                      limit: float, headers: dict[str, str]) -> Any:
+        state = _Attempt()
         last: BaseException | None = None
-        unknown = False  # a write of ours may have reached a server
+        for n in range(max(1, self.retry.attempts)):
+            if n:
+                pause = self.retry.delay_for(last, n - 1)
+                if time.monotonic() + pause >= deadline:
+                    break  # the deadline would pass while waiting: report the last failure
+                time.sleep(pause)
+            state.sent = False
+            try:
+                return self._attempt(mt, body, seq, deadline, headers, state)
+            except ConnectError as e:
+                if e.permanent:
+                    raise
+                last = e
+            except ConnectionLost as e:
+                if mt.is_write and state.sent:
+                    state.unknown = True
+                    if not self.resend_unknown_writes:
+                        raise IndeterminateError(f"{mt.name}: {e}") from None
+                last = ConnectError(str(e))
+            except TimeoutError:
+                self._drop()
+                raise p.timeout_error(mt, state.sent or state.unknown, limit) from None
+            except (NotLeader, Unavailable, Busy) as e:
+                last = e
+        if state.unknown:
+            raise IndeterminateError(f"{mt.name}: {last}")
+        if last is None:
+            raise p.timeout_error(mt, False, limit)
+        raise last
+
+    def _attempt(self, mt: MessageType, body: dict[str, Any], seq: int, deadline: float,
+                 headers: dict[str, str], state: _Attempt) -> Any:
+        conn = self._connection(deadline)
+        rid = conn.next_id()
+        frame = p.request_frame(rid, mt.opcode, body, seq=seq, headers=headers)
+        try:
+            state.sent = True
+            conn.send(frame, deadline)
+            r = conn.read_for({rid}, deadline)
+        except (ConnectionLost, ProtocolError):
+            self._lost(conn)
+            raise
+        if r.error is not None:
+            self._after_error(conn, r.error)
+            if isinstance(r.error, Timeout) and mt.is_write:
+                raise IndeterminateError(f"{mt.name}: {r.error.message}") from r.error
+        return r.value()
+
+    def _lost(self, conn: _Conn) -> None:
+        """The connection broke: the next attempt starts with the endpoint after it."""
+        self._rotate = p.next_rotation(self.endpoints, conn.addr, self._rotate)
+        self.close()
+
+    def _after_error(self, conn: _Conn, err: LoomError) -> None:
+        """NOT_LEADER: go to the leader it names, else to the next endpoint; UNAVAILABLE: the
+        next endpoint. BUSY and other answers keep the connection."""
+        if not isinstance(err, (NotLeader, Unavailable)):
+            return
+        hint = p.leader_hint(err)
+        if hint == conn.addr:
+            hint = None
+        self._preferred = hint
+        if hint is None:
+            self._rotate = p.next_rotation(self.endpoints, conn.addr, self._rotate)
+        self.close()
+
+    def pipeline(self, calls: Sequence[tuple[str | int, Mapping[str, Any]]], *,
+                 timeout: float | None = None) -> list[Any]:
+        """Write every request, then read every answer. Returns one entry per call, in order:
+        the result, or the LoomError instance the server answered with. Requests refused with
+        NOT_LEADER/BUSY/UNAVAILABLE, or lost with the connection, are sent again (writes with
+        the same seq). At most `max_writes_in_flight` writes are outstanding: longer pipelines
+        are sent in consecutive chunks. Raises IndeterminateError when a write is left without
+        an answer."""
+        prepared = [p.prepare(op, body) for op, body in calls]
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        results: list[Any] = [None] * len(prepared)
+        start = 0
+        while start < len(prepared):
+            end, writes = start, 0
+            while end < len(prepared) and (writes < self._window.size
+                                           or not prepared[end][0].is_write):
+                writes += prepared[end][0].is_write
+                end += 1
+            chunk = list(range(start, end))
+            seqs = {i: self._window.issue() for i in chunk if prepared[i][0].is_write}
+            try:
+                self._pipeline_chunk(prepared, seqs, chunk, results, deadline, limit)
+            finally:
+                for s in seqs.values():
+                    self._window.finish(s)
+            start = end
+        return results
+
+    def _pipeline_chunk(self, prepared: list[tuple[MessageType, dict[str, Any]]],
+                        seqs: dict[int, int], todo: list[int], results: list[Any],
+                        deadline: float, limit: float) -> None:
+        last: BaseException | None = None
+        unknown: set[int] = set()  # writes that were lost after being sent at least once
+        unanswered: set[int] = set()
         for attempt in range(max(1, self.retry.attempts)):
             if attempt:
                 pause = self.retry.delay_for(last, attempt - 1)
@@ -272,98 +393,60 @@ class Client(Ops[Any]):
                     break
                 time.sleep(pause)
             try:
-                return self._attempt(mt, clean, seq, deadline, hdrs)
+                conn = self._connection(deadline)
             except ConnectError as e:
                 if e.permanent:
                     raise
                 last = e
-            except ConnectionLost as e:
-                if mt.is_write:
-                    unknown = True
-                    if not self.resend_unknown_writes:
-                        raise IndeterminateError(f"{mt.name}: {e}") from None
-                last = e
-            except TimeoutError:
-                self._drop()
-                raise p.timeout_error(mt, True, limit) from None
-            except (NotLeader, Unavailable, Busy) as e:
-                last = e
-        if unknown:
-            raise IndeterminateError(f"{mt.name}: {last}")
-        if isinstance(last, (LoomError, ConnectError)):
-            raise last
-        raise p.timeout_error(mt, unknown, limit)
-
-    def _attempt(self, mt: MessageType, body: dict[str, Any], seq: int,
-                 deadline: float, headers: dict[str, str]) -> Any:
-        conn = self._connection(deadline)
-        rid = conn.next_id()
-        frame = p.request_frame(rid, mt.opcode, body, seq=seq, headers=headers)
-        try:
-            conn.send(frame, deadline)
-            r = conn.read_for({rid}, deadline)
-        except (ConnectionLost, ProtocolError):
-            self._drop(rotate=True)
-            raise
-        if r.error is not None:
-            self._after_error(r.error)
-            if isinstance(r.error, Timeout) and mt.is_write:
-                raise IndeterminateError(f"{mt.name}: {r.error.message}") from r.error
-        return r.value()
-
-    def _after_error(self, err: LoomError) -> None:
-        if isinstance(err, NotLeader):
-            hint = p.leader_hint(err)
-            self._preferred = hint
-            self._drop(rotate=hint is None)
-        elif isinstance(err, Unavailable):
-            self._drop(rotate=True)
-
-    def pipeline(self, calls: Sequence[tuple[str | int, Mapping[str, Any]]], *,
-                 timeout: float | None = None) -> list[Any]:
-        """Write every request, then read every answer. Returns one entry per call, in order:
-        the result, or the LoomError instance the server answered with. Requests refused with
-        NOT_LEADER/BUSY/UNAVAILABLE are sent again (writes with the same seq)."""
-        prepared = [p.prepare(op, body) for op, body in calls]
-        seqs = [self._seq.next_seq() if mt.is_write else 0 for mt, _ in prepared]
-        limit = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        results: list[Any] = [None] * len(prepared)
-        todo = list(range(len(prepared)))
-        last: LoomError | None = None
-        for attempt in range(max(1, self.retry.attempts)):
-            if attempt:
-                time.sleep(min(self.retry.delay_for(last, attempt - 1),
-                               max(0.0, deadline - time.monotonic())))
-            conn = self._connection(deadline)
+                continue
             ids: dict[int, int] = {}
             out = bytearray()
             for i in todo:
                 rid = conn.next_id()
                 ids[rid] = i
                 mt, body = prepared[i]
-                out += p.request_frame(rid, mt.opcode, body, seq=seqs[i], headers=self.headers)
+                out += p.request_frame(rid, mt.opcode, body, seq=seqs.get(i, 0),
+                                       headers=self.headers)
+            unanswered = set(todo)
             try:
                 conn.send(bytes(out), deadline)
                 waiting = set(ids)
                 while waiting:
                     r = conn.read_for(waiting, deadline)
                     waiting.discard(r.request_id)
-                    results[ids[r.request_id]] = r.error if r.error is not None else r.result
+                    i = ids[r.request_id]
+                    unanswered.discard(i)
+                    results[i] = r.error if r.error is not None else r.result
             except TimeoutError:
                 self._drop()
-                raise p.timeout_error(prepared[todo[0]][0], True, limit) from None
+                if unknown or any(i in seqs for i in unanswered):
+                    raise IndeterminateError(f"pipeline: no answer within {limit:g}s") from None
+                raise Timeout(f"pipeline: no answer within {limit:g}s") from None
             except ConnectionLost as e:
-                self._drop(rotate=True)
-                raise IndeterminateError(f"pipeline: {e}") from None
-            retry = [i for i in todo if isinstance(results[i], (NotLeader, Busy, Unavailable))]
+                self._lost(conn)
+                lost_writes = {i for i in unanswered if i in seqs}
+                unknown |= lost_writes
+                if lost_writes and not self.resend_unknown_writes:
+                    raise IndeterminateError(f"pipeline: {e}") from None
+                last = ConnectError(str(e))
+                todo = sorted(unanswered | {i for i in todo if isinstance(results[i], p.RETRYABLE)
+                                            and i not in unanswered})
+                continue
+            retry = [i for i in todo if isinstance(results[i], p.RETRYABLE)]
             if not retry:
-                return results
+                return
             last = results[retry[0]]
             assert isinstance(last, LoomError)
-            self._after_error(last)
+            self._after_error(conn, last)
             todo = retry
-        return results
+        if unanswered:
+            if unknown & unanswered or any(i in seqs for i in unanswered):
+                raise IndeterminateError(f"pipeline: {last}")
+            assert last is not None
+            raise last
+        for i in todo:  # a refusal after a lost attempt does not settle a write
+            if i in unknown and isinstance(results[i], p.RETRYABLE):
+                results[i] = IndeterminateError(f"{prepared[i][0].name}: {results[i]}")
 
     def subscribe(self, topic: str, from_seq: int | None = None, *,
                   timeout: float | None = None) -> Iterator[Any]:
