@@ -54,6 +54,7 @@ from loom.raft import (
     Role,
 )
 from loom.raft.confchange import bootstrap
+from loom.raft.messages import AppendEntries, Heartbeat
 from loom.raft.types import EntryType, SnapshotMeta
 from loom.state.command import Command, Outcome
 from loom.state.machine import StateMachine
@@ -62,6 +63,7 @@ from loom.storage.storage import Recovered, Storage
 from loom.wire import errors as E
 
 log = logging.getLogger("loom.raft")
+_EARLY = (AppendEntries, Heartbeat)  # leader replication traffic: see _split_messages
 
 StructureId = tuple[str, str]
 SNAPSHOT_CHUNK = 1 << 20
@@ -162,6 +164,7 @@ class RaftLog:
         self.core = RaftCore(rcfg, random.Random(seed), recovered.hard_state, recovered.snapshot,
                              recovered.entries, snap_data)
         self._last_snapshot = recovered.snapshot.index if recovered.snapshot else 0
+        self._synced_term = recovered.hard_state.term
         self._send, self._recv = trio.open_memory_channel[tuple[str, Any]](settings.inbox)
         self._proposals: dict[int, _Waiter] = {}
         self._read_batches: dict[bytes, list[_Waiter]] = {}
@@ -435,9 +438,12 @@ class RaftLog:
             rd = self.core.ready()
             if rd is None:
                 break
+            early, late = self._split_messages(rd)
+            if early:
+                self.transport.send(early)
             await self._persist(rd)
-            if rd.messages and self.transport is not None:
-                self.transport.send(rd.messages)
+            if late:
+                self.transport.send(late)
             if rd.snapshot is not None:
                 self._sm = self._restore(rd.snapshot.data)
                 self._last_snapshot = rd.snapshot.meta.index
@@ -454,6 +460,25 @@ class RaftLog:
                 self._on_soft_state(rd)
         await self._maybe_snapshot()
 
+    def _split_messages(self, rd: Ready) -> tuple[list[Message], list[Message]]:
+        """Messages to send before and after this Ready is persisted.
+
+        A leader replicates its entries while it writes them to its own disk (Raft thesis
+        10.2.1): AppendEntries and heartbeats from a leader carry only entries it already
+        holds and a commit index computed from *persisted* copies (the core counts its own
+        copy only once persisted), and its term was synced when it campaigned. Everything else
+        (votes, acknowledgements, responses) waits for the sync it may depend on.
+        """
+        if not rd.messages or self.transport is None:
+            return [], []
+        if rd.hard_state is not None and (rd.hard_state.term != self._synced_term):
+            return [], list(rd.messages)  # a term change in this batch: nothing goes early
+        if self.core.role is not Role.LEADER:
+            return [], list(rd.messages)
+        early: list[Message] = [m for m in rd.messages if isinstance(m, _EARLY)]
+        late = [m for m in rd.messages if not isinstance(m, _EARLY)]
+        return early, late
+
     async def _persist(self, rd: Ready) -> None:
         if rd.snapshot is not None:
             data = rd.snapshot.data
@@ -463,6 +488,8 @@ class RaftLog:
             # Shielded: a cancelled caller must not leave a half-known sync behind.
             with trio.CancelScope(shield=True):
                 await self._storage.save(rd.hard_state, list(rd.entries), rd.must_sync)
+            if rd.hard_state is not None and rd.must_sync:
+                self._synced_term = rd.hard_state.term
             if rd.entries:
                 self.batches += 1
                 self.entries_persisted += len(rd.entries)
