@@ -129,7 +129,7 @@ In another shell:
   .venv/bin/loomctl --cert {CERTS}/reader.pem --key {CERTS}/reader.key put greeting bye
   .venv/bin/loomctl members list
   .venv/bin/loomctl leader transfer && .venv/bin/loomctl cluster status
-  tail -n 1 {RUN}/n1-audit.jsonl
+  tail -n 1 {RUN}/n*-audit.jsonl
 
 Ctrl-C stops the cluster.""", flush=True)
         while all(p.poll() is None for p in procs):
