@@ -122,16 +122,9 @@ class Connection:
     async def run(self) -> None:
         try:
             await self._run()
-        except _ENDINGS as e:
-            log.debug("%s %s closed: %s", self.conn_id, self.peer, e)
-        except BaseExceptionGroup as eg:
-            rest = eg.split(_ENDINGS)[1]
-            if rest is not None:
-                log.error("%s %s: unexpected error; closing this connection", self.conn_id,
-                          self.peer, exc_info=rest)
-            else:
-                log.debug("%s %s closed: %s", self.conn_id, self.peer, eg)
-        except Exception:
+        except* _ENDINGS as eg:  # cancellation (a BaseException) is never caught here
+            log.debug("%s %s closed: %s", self.conn_id, self.peer, eg.exceptions[0])
+        except* Exception:
             log.exception("%s %s: unexpected error; closing this connection", self.conn_id,
                           self.peer)
         finally:

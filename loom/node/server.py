@@ -71,6 +71,7 @@ class Node:
             self.storage, self._recovered, member_addrs=dict(cfg.peers),
             on_applied=self._on_applied, on_leader=self._on_leader)
         self._nursery: trio.Nursery | None = None
+        self._seeding = False
         self.dispatcher = Dispatcher(
             node_id=cfg.node_id, replicator=self.log, audit=self.audit,
             gateways=frozenset(cfg.gateway_identities), seed_policy=self.seed_policy,
@@ -115,7 +116,8 @@ class Node:
         self.dispatcher.on_applied(applied)
 
     def _on_leader(self) -> None:
-        if self._nursery is not None:
+        # Before serving, run() seeds the policy itself (and waits for it).
+        if self._nursery is not None and self.port and not self._seeding:
             self._nursery.start_soon(self._seed_acl)
 
     def _stats(self) -> dict[str, Any]:
@@ -133,6 +135,9 @@ class Node:
                 self.log.transport.set_peers({n: a for n, a in self.cfg.peers.items()
                                               if n != self.cfg.node_id})
             await nursery.start(self.log.run)
+            # A cluster of one leads at once: seed the policy before serving anyone, so the
+            # first client already sees the replicated policy (version 1).
+            await self._seed_acl()
             listeners = await trio.open_tcp_listeners(port, host=host)
             self.port = listeners[0].socket.getsockname()[1]
             log.info("node %s serving clients on %s:%d (client certificates %s)",
@@ -236,12 +241,16 @@ class Node:
     async def _seed_acl(self) -> None:
         """A new cluster's first leader makes the configured policy the replicated one."""
         doc = self.log.state().read(Command("ACL_GET", {}, 0)).value
-        if doc and doc.get("version", 0) > 0:
+        if self._seeding or (doc and doc.get("version", 0) > 0) or self.log.leader != \
+                self.cfg.node_id:
             return
+        self._seeding = True
         try:
             await self._propose_acl(self.seed_policy.to_config())
         except Exception as e:  # lost leadership meanwhile: the next leader seeds it
             log.info("ACL seeding deferred: %s", e)
+        finally:
+            self._seeding = False
 
     async def _propose_acl(self, policy_doc: dict[str, Any]) -> None:
         from loom.node.dispatcher import now_ms

@@ -20,16 +20,18 @@ class Driver:
         self.index = self.sm.applied_index
         self.now = T0
 
-    def cmd(self, op: str, client: str = "", seq: int = 0, **body: Any) -> Command:
+    def cmd(self, op: str, client: str = "", seq: int = 0, principal: str = "",
+            **body: Any) -> Command:
         # Bodies go through the catalog's validation, as the node would do before proposing.
-        return Command(op, validate_body(BY_NAME[op], body), self.now, client, seq)
+        return Command(op, validate_body(BY_NAME[op], body), self.now, client, seq, principal)
 
     def apply_cmd(self, c: Command) -> Outcome:
         self.index += 1
         return self.sm.apply(c, self.index)
 
-    def do(self, op: str, client: str = "", seq: int = 0, **body: Any) -> Outcome:
-        return self.apply_cmd(self.cmd(op, client, seq, **body))
+    def do(self, op: str, client: str = "", seq: int = 0, principal: str = "",
+           **body: Any) -> Outcome:
+        return self.apply_cmd(self.cmd(op, client, seq, principal, **body))
 
     def ok(self, op: str, **body: Any) -> Any:
         out = self.do(op, **body)

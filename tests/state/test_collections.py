@@ -130,7 +130,7 @@ FAILING = [
     ("COUNTER_ADD", {"name": "c", "delta": 2**63 - 1}, Status.LIMIT_EXCEEDED),
     ("LIST_SET", {"name": "l", "index": 99, "value": b""}, Status.NOT_FOUND),
     ("QUEUE_PUSH", {"name": "full", "value": b""}, Status.LIMIT_EXCEEDED),
-    ("LOCK_UNLOCK", {"name": "lk", "session_id": 1}, Status.CONFLICT),
+    ("LOCK_UNLOCK", {"name": "lk", "session_id": 1}, Status.NOT_FOUND),
 ]
 
 

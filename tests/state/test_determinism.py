@@ -25,6 +25,31 @@ def test_two_machines_byte_identical() -> None:
     statuses = {s for s, *_ in outs_a}
     assert Status.INTERNAL not in statuses
     assert Status.OK in statuses and Status.CONFLICT in statuses  # the workload is varied
+    assert Status.NOT_FOUND in statuses
+
+
+@given(st.integers(0, 10_000))
+@settings(max_examples=40, deadline=None)
+def test_only_the_owner_uses_a_session(seed: int) -> None:
+    """A command naming a live session of another principal is answered as for an unknown
+    session and leaves that session as it was."""
+    sm = StateMachine(LIMITS)
+    for i, cmd in enumerate(commands(seed, 300), start=1):
+        sid = cmd.body.get("session_id")
+        s = sm.sessions.items.get(sid) if isinstance(sid, int) else None
+        foreign = (s is not None and s.principal != cmd.principal and cmd.seq == 0
+                   and s.deadline > max(sm.core.now, cmd.time_ms))
+        held = None if s is None else (s.deadline, dict(s.locks), dict(s.permits))
+        out = sm.apply(cmd, i)
+        if not foreign or s is None or not isinstance(sid, int):
+            continue
+        if cmd.op == "SESSION_CLOSE":
+            assert out.status is Status.OK and out.value is False, (cmd, out)
+        else:
+            assert out.status is Status.NOT_FOUND, (cmd, out)
+            assert out.message == f"session {sid} not found (closed or expired)"
+        assert sm.sessions.items.get(sid) is s
+        assert (s.deadline, s.locks, s.permits) == held
 
 
 def test_other_processes_and_hash_seeds_agree() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -10,28 +12,50 @@ from loom.wire.errors import Status
 from tests.state.helpers import Driver, state_part
 
 
-def open_session(d: Driver, ttl: int = 5000) -> int:
-    sid: int = d.ok("SESSION_OPEN", ttl_ms=ttl)["session_id"]
+def open_session(d: Driver, ttl: int = 5000, principal: str = "") -> int:
+    sid: int = d.ok("SESSION_OPEN", ttl_ms=ttl, principal=principal)["session_id"]
     return sid
+
+
+OWNERS = ["alice", "bob", "alice"]  # owner of each of the model's three sessions
 
 
 @given(st.lists(st.tuples(st.sampled_from(["lock", "try", "unlock", "force", "expire",
                                            "heartbeat", "close", "snap"]),
-                          st.integers(0, 2)), max_size=60))
+                          st.integers(0, 2), st.sampled_from(["owner", "bob", ""])),
+                max_size=60))
 @settings(max_examples=200, deadline=None)
-def test_fencing_tokens_increase_and_only_owner_unlocks(steps: list[tuple[str, int]]) -> None:
+def test_fencing_tokens_increase_and_only_owner_unlocks(
+        steps: list[tuple[str, int, str]]) -> None:
     d = Driver(StateLimits(max_reentrancy=3))
-    sids = [open_session(d, 2000) for _ in range(3)]
+    sids = [open_session(d, 2000, p) for p in OWNERS]
+    alive = set(sids)
     owner, holds, token = 0, 0, 0
     tokens: list[int] = []  # token at each transition free -> held
-    for action, who in steps:
+    for step, who, as_ in steps:
+        action = step
         sid = sids[who]
-        # model: which sessions are alive
+        principal = OWNERS[who] if as_ == "owner" else as_
+        if principal != OWNERS[who] and action in ("lock", "try", "unlock", "heartbeat",
+                                                   "close"):
+            # Another principal's session: refused as if it did not exist, nothing changes.
+            op = {"lock": "LOCK_LOCK", "try": "LOCK_TRY_LOCK", "unlock": "LOCK_UNLOCK",
+                  "heartbeat": "SESSION_HEARTBEAT", "close": "SESSION_CLOSE"}[action]
+            body: dict[str, Any] = {} if action in ("heartbeat", "close") else {"name": "l"}
+            before = state_part(d.sm)
+            out = d.do(op, principal=principal, session_id=sid, **body)
+            if action == "close":
+                assert out.status is Status.OK and out.value is False
+            else:
+                assert out.status is Status.NOT_FOUND
+                assert out.message == f"session {sid} not found (closed or expired)"
+            assert state_part(d.sm) == before
+            action = "check"
         if action in ("lock", "try"):
             op = "LOCK_LOCK" if action == "lock" else "LOCK_TRY_LOCK"
-            out = d.do(op, name="l", session_id=sid)
-            if out.status is Status.NOT_FOUND:
-                assert "session" in out.message
+            out = d.do(op, principal=principal, name="l", session_id=sid)
+            if sid not in alive:
+                assert out.status is Status.NOT_FOUND and "session" in out.message
                 continue
             if owner in (0, sid):
                 if holds == 3:
@@ -45,27 +69,32 @@ def test_fencing_tokens_increase_and_only_owner_unlocks(steps: list[tuple[str, i
             else:
                 assert out.value is None
         elif action == "unlock":
-            out = d.do("LOCK_UNLOCK", name="l", session_id=sid)
-            if owner != sid:
+            out = d.do("LOCK_UNLOCK", principal=principal, name="l", session_id=sid)
+            if sid not in alive:
+                assert out.status is Status.NOT_FOUND
+            elif owner != sid:
                 assert out.status is Status.CONFLICT
             else:
                 holds -= 1
                 owner = sid if holds else 0
                 assert out.value == holds
-        elif action == "force":
-            assert d.ok("LOCK_FORCE_UNLOCK", name="l") == (owner != 0)
+        elif action == "force":  # administrative: whoever asks, whoever holds
+            assert d.ok("LOCK_FORCE_UNLOCK", principal=principal, name="l") == (owner != 0)
             owner, holds = 0, 0
         elif action == "heartbeat":
-            d.do("SESSION_HEARTBEAT", session_id=sid)
+            out = d.do("SESSION_HEARTBEAT", principal=principal, session_id=sid)
+            assert out.status is (Status.OK if sid in alive else Status.NOT_FOUND)
         elif action == "close":
-            d.ok("SESSION_CLOSE", session_id=sid)
+            assert d.ok("SESSION_CLOSE", principal=principal, session_id=sid) is (sid in alive)
+            alive.discard(sid)
             if owner == sid:
                 owner, holds = 0, 0
         elif action == "expire":
             d.now += 2001  # every session is past its deadline
             d.ok("COUNTER_INCREMENT", name="tick")  # any apply expires them
             owner, holds = 0, 0
-            sids = [open_session(d, 2000) for _ in range(3)]
+            sids = [open_session(d, 2000, p) for p in OWNERS]
+            alive = set(sids)
         elif action == "snap":
             d = d.restored()
         info = d.read("LOCK_GET_OWNER", name="l")
@@ -96,7 +125,7 @@ def test_expired_session_loses_lock_and_permits() -> None:
     assert d.ok("SEMAPHORE_ACQUIRE", name="s", session_id=b, permits=2) is True
     out = d.do("SESSION_HEARTBEAT", session_id=a)
     assert out.status is Status.NOT_FOUND
-    assert d.do("LOCK_UNLOCK", name="l", session_id=a).status is Status.CONFLICT
+    assert d.do("LOCK_UNLOCK", name="l", session_id=a).status is Status.NOT_FOUND
     assert d.ok("SESSION_CLOSE", session_id=b) is True
     assert d.read("SEMAPHORE_AVAILABLE", name="s") == 2
     assert d.read("LOCK_GET_OWNER", name="l")["session_id"] is None

@@ -16,6 +16,16 @@ LIMITS = StateLimits(housekeeping_budget=3, topic_ring=4, dedupe_per_client=4,
                      dedupe_clients=3, dedupe_idle_ms=5000, map_caches=(("cache", 5),))
 NAMES = ["a", "b", "cache"]
 KEYS = [f"k{i}" for i in range(8)] + ["é", "日本", "z"]
+PRINCIPALS = ["", "alice", "bob"]
+
+
+def _principal(rng: random.Random, body: dict[str, Any], owners: dict[int, str]) -> str:
+    """Mostly the owner of the session the command names (if any), sometimes anyone."""
+    sids = [body["session_id"]] if "session_id" in body else [
+        item["b"]["session_id"] for item in body.get("ops", ()) if "session_id" in item["b"]]
+    if sids and sids[0] in owners and rng.random() < 0.85:
+        return owners[sids[0]]
+    return rng.choice(PRINCIPALS)
 
 
 def _body(rng: random.Random, op: str, sessions: list[int]) -> dict[str, Any]:
@@ -56,12 +66,15 @@ def commands(seed: int, n: int) -> Iterator[Command]:
     rng = random.Random(seed)
     t = 1_800_000_000_000
     sessions: list[int] = []
+    owners: dict[int, str] = {}  # session id -> principal that opened it
     seqs: dict[str, int] = {}
     for index in range(1, n + 1):
         t += rng.choice([0, 1, 10, 700, -50])
         r = rng.random()
         if r < 0.05:
-            cmd = Command("SESSION_OPEN", {"ttl_ms": rng.choice([1000, 3000])}, t)
+            owners[index] = rng.choice(PRINCIPALS)
+            cmd = Command("SESSION_OPEN", {"ttl_ms": rng.choice([1000, 3000])}, t,
+                          principal=owners[index])
             sessions.append(index)
         elif r < 0.08 and sessions:
             cmd = Command("SESSION_HEARTBEAT", {"session_id": rng.choice(sessions)}, t)
@@ -74,13 +87,16 @@ def commands(seed: int, n: int) -> Iterator[Command]:
         else:
             op = rng.choice(WRITE_OPS)
             cmd = Command(op, _body(rng, op, sessions), t)
+        if cmd.op != "SESSION_OPEN":
+            cmd = Command(cmd.op, cmd.body, t, principal=_principal(rng, cmd.body, owners))
         if rng.random() < 0.3:
-            client = rng.choice(["c1", "c2", "c3", "c4"])
+            # The node scopes deduplication by principal: "<principal>/<client id>".
+            client = f"{cmd.principal}/{rng.choice(['c1', 'c2', 'c3', 'c4'])}"
             if rng.random() < 0.2 and seqs.get(client):
                 seq = rng.randint(1, seqs[client])  # a retry (maybe of another command)
             else:
                 seq = seqs[client] = seqs.get(client, 0) + 1
-            cmd = Command(cmd.op, cmd.body, cmd.time_ms, client, seq)
+            cmd = Command(cmd.op, cmd.body, cmd.time_ms, client, seq, cmd.principal)
         yield cmd
 
 
