@@ -70,12 +70,19 @@ def apply_change(conf: ConfState, cc: ConfChange) -> ConfState:
         learners.remove(cc.node)
     else:
         return conf
-    return ConfState(voters=tuple(sorted(voters)), learners=tuple(sorted(learners)))
+    removed = conf.removed
+    if cc.type is ConfChangeType.REMOVE:
+        removed = tuple(sorted({*removed, cc.node}))
+    return ConfState(voters=tuple(sorted(voters)), learners=tuple(sorted(learners)),
+                     removed=removed)
 
 
-def check_change(conf: ConfState, cc: ConfChange, removed: frozenset[str]) -> str | None:
-    """Why the leader should refuse `cc` now, or None if it is acceptable."""
-    if cc.type is not ConfChangeType.REMOVE and cc.node in removed:
+def check_change(
+    conf: ConfState, cc: ConfChange, removed: frozenset[str] = frozenset()
+) -> str | None:
+    """Why the leader should refuse `cc` now, or None if it is acceptable. Ids in `removed`
+    or in `conf.removed` are never added again."""
+    if cc.type is not ConfChangeType.REMOVE and (cc.node in removed or cc.node in conf.removed):
         return "node ids are never reused"
     if cc.type is ConfChangeType.REMOVE and cc.node in conf.voters and len(conf.voters) == 1:
         return "cannot remove the last voter"

@@ -83,7 +83,6 @@ class RaftCore:
         self._pending_conf_index = 0
         self._uncommitted_bytes = 0
         self._need_bcast = False
-        self._removed: set[str] = set()
         # ReadIndex / lease state (leader only)
         self._hb_seq = 0
         self._hb_sent: dict[int, int] = {}  # round -> tick it was sent (recent rounds only)
@@ -254,7 +253,7 @@ class RaftCore:
         if self.role is Role.LEADER:
             if self._pending_conf_index > self.log.applied:
                 return Busy("a membership change is in flight")
-            why = check_change(self.conf, cc, frozenset(self._removed))
+            why = check_change(self.conf, cc)
             if why is None and cc.type is ConfChangeType.ADD_VOTER:
                 pr = self.progress.get(cc.node)
                 if cc.node not in self.conf.learners or pr is None:
@@ -468,7 +467,7 @@ class RaftCore:
         if self.log.match_term(msg.snap_index, msg.snap_term):
             self.log.commit_to(msg.snap_index)  # we already hold that prefix
         else:
-            conf = ConfState(voters=msg.voters, learners=msg.learners)
+            conf = ConfState(voters=msg.voters, learners=msg.learners, removed=msg.removed)
             meta = SnapshotMeta(msg.snap_index, msg.snap_term, conf)
             self.log.restore(msg.snap_index, msg.snap_term)
             self.conf = conf
@@ -605,7 +604,7 @@ class RaftCore:
             pr.snap_sent = off + len(chunk) + (1 if not chunk else 0)
             self._send(m.InstallSnapshot(to, self.id, self.term, snap.meta.index, snap.meta.term,
                                          conf.voters, conf.learners, off, chunk, total,
-                                         off + len(chunk) == total))
+                                         off + len(chunk) == total, conf.removed))
 
     # ------------------------------------------------------------------ reads
     def _heartbeat_round(self) -> None:
@@ -736,8 +735,6 @@ class RaftCore:
         new = apply_change(self.conf, cc)
         if new == self.conf:
             return
-        if cc.type is ConfChangeType.REMOVE:
-            self._removed.add(cc.node)
         self.conf = new
         self._conf_history.append((e.index, new))
         if self.role is not Role.LEADER:

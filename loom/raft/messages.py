@@ -13,7 +13,7 @@ category (peer listener only; never decodable on the client listener).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar
 
 from loom.raft.types import Entry, EntryType
@@ -96,6 +96,7 @@ _DECODERS: dict[str, Callable[[object], object]] = {
     "snap_term": _uint,
     "voters": _ids,
     "learners": _ids,
+    "removed": _ids,
     "offset": _uint,
     "data": _bytes,
     "total": _uint,
@@ -188,6 +189,7 @@ class InstallSnapshot(Message):
     data: bytes
     total: int  # total snapshot size in bytes
     done: bool  # last chunk
+    removed: tuple[str, ...] = ()  # ids removed from the cluster (never to be reused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +237,10 @@ RAFT_MESSAGE_NAMES: tuple[str, ...] = tuple(t.KIND for t in MESSAGE_TYPES)
 _BY_KIND: dict[str, tuple[type[Message], tuple[str, ...]]] = {
     t.KIND: (t, tuple(f.name for f in fields(t))) for t in MESSAGE_TYPES
 }
+# fields added later with a default; a sender that predates them may leave them out
+_OPTIONAL: frozenset[str] = frozenset(
+    f.name for t in MESSAGE_TYPES for f in fields(t) if f.default is not MISSING
+)
 
 
 def from_wire(d: object) -> Message:
@@ -245,7 +251,8 @@ def from_wire(d: object) -> Message:
     if type(kind) is not str or kind not in _BY_KIND:
         raise MalformedMessage("unknown message kind")
     cls, names = _BY_KIND[kind]
-    if len(d) != len(names) + 1 or any(n not in d for n in names):
+    present = [n for n in names if n in d]
+    if len(d) != len(present) + 1 or any(n not in d and n not in _OPTIONAL for n in names):
         raise MalformedMessage(f"{kind}: wrong field set")
-    kwargs: dict[str, Any] = {n: _DECODERS[n](d[n]) for n in names}
+    kwargs: dict[str, Any] = {n: _DECODERS[n](d[n]) for n in present}
     return cls(**kwargs)

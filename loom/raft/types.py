@@ -39,11 +39,14 @@ class HardState:
 
 @dataclass(frozen=True, slots=True)
 class ConfState:
-    """Cluster membership. `voters_outgoing` is non-empty only during a joint configuration."""
+    """Cluster membership. `voters_outgoing` is non-empty only during a joint configuration.
+    `removed` lists (sorted) every id ever removed from the cluster: ids are never reused, and
+    carrying them here keeps that rule across snapshots and restarts."""
 
     voters: tuple[str, ...] = ()
     learners: tuple[str, ...] = ()
     voters_outgoing: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

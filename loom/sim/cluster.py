@@ -13,8 +13,11 @@ synced, maybe a torn tail), pause/resume (SIGSTOP: the clock catches up on resum
 jumps (a burst of ticks; only with lease reads off, since a lease assumes bounded drift),
 leadership transfer, graceful leader shutdown (transfer, then stop), membership changes
 (add learner with a fresh id, promote, remove). Message loss, duplication and reordering are
-always on at seed-chosen rates. Invariants are in `loom.sim.invariants`; client histories go
-to `loom.sim.linearizability` at the end.
+always on at seed-chosen rates. Every fourth seed (`disk="mix"`; all with `disk="wal"`)
+persists through the real `loom.storage.Storage` on `FaultFS` instead of `SimDisk` (see
+`loom.sim.waldisk`): power cuts, torn WAL tails, failed fsyncs (the node fail-stops) and slow
+ones, and every restart recovers through `Storage.open`. Invariants are in
+`loom.sim.invariants`; client histories go to `loom.sim.linearizability` at the end.
 """
 
 from __future__ import annotations
@@ -38,9 +41,13 @@ from loom.sim.disk import SimDisk, durable_tail
 from loom.sim.invariants import Oracle, Violation
 from loom.sim.linearizability import Op, check_history
 from loom.sim.network import PARTITIONS, SimNetwork, partition
+from loom.sim.waldisk import WalDisk
+from loom.storage.errors import FatalIOError
 
 DRIFT = 0.04  # clock rate spread; RaftConfig.lease_drift_ticks must cover it (see core.py)
 TRACE_LEN = 60
+DISK_MODES = ("sim", "wal", "mix")  # mix: every WAL_EVERY-th seed on the real storage code
+WAL_EVERY = 4
 _TICK, _DELIVER, _CLIENT, _TIMEOUT, _NEMESIS, _RESTART, _RESUME, _HEAL, _CALL = range(9)
 
 
@@ -64,17 +71,23 @@ class SimParams:
     crash_vote_p: float = 0.0  # extra crash chance right after a term/vote change
     crash_commit_p: float = 0.0  # extra crash chance when a leader's commit advances
     leader_chaos: float = 0.0  # chance a new leader is crashed or isolated right away
+    crash_win_p: float = 0.0  # chance a new leader crashes after persisting its first entry,
+    #                           before sending it: a stranded entry of a newer term
     pre_vote: bool = True
     nemesis_every: float = 15.0
     mutant: str | None = None
+    disk: str = "sim"  # "sim": SimDisk; "wal": loom.storage.Storage over FaultFS
+    sync_fail_rate: float = 0.0  # wal only: chance an fsync fails (the node fail-stops)
+    slow_sync_rate: float = 0.0  # wal only: chance an fsync is slow (holds back sends)
 
     @staticmethod
     def from_seed(rng: random.Random, mutant: str | None) -> SimParams:
         if rng.random() < 0.25:
             # "figure 8" profile: five nodes, one entry per append, leaders crash right after
-            # winning and right after committing, so stale-term logs compete
+            # committing, and right after winning with their first entry durable but unsent,
+            # so logs with entries of newer, unreplicated terms compete with older ones
             return SimParams(
-                nodes=5, max_entries_per_append=1, crash_vote_p=0.5, crash_commit_p=0.3,
+                nodes=5, max_entries_per_append=1, crash_commit_p=0.3, crash_win_p=0.8,
                 loss=rng.choice((0.0, 0.02)), delay_max=rng.choice((0.2, 0.5)),
                 lease_reads=mutant == "lease_expired" or rng.random() < 0.3,
                 pre_vote=rng.random() < 0.5 and mutant != "lease_expired",
@@ -114,7 +127,7 @@ class PendingOp:
 @dataclass
 class SimNode:
     id: str
-    disk: SimDisk
+    disk: SimDisk | WalDisk
     rate: float
     core: RaftCore | None = None
     inc: int = 0
@@ -133,10 +146,20 @@ class SimNode:
 
 class Simulation:
     def __init__(self, seed: int, params: SimParams | None = None,
-                 mutant: str | None = None) -> None:
+                 mutant: str | None = None, disk: str = "mix") -> None:
+        if disk not in DISK_MODES:
+            raise ValueError(f"disk must be one of {DISK_MODES}")
         self.seed = seed
         self.rng = random.Random(seed)
-        self.p = params or SimParams.from_seed(self.rng, mutant)
+        if params is None:
+            params = SimParams.from_seed(self.rng, mutant)
+            if disk == "wal" or (disk == "mix" and seed % WAL_EVERY == WAL_EVERY - 1):
+                params.disk = "wal"
+                # crashes between the WAL write and its fsync: torn tails for recovery to cut
+                params.crash_ready_p = max(params.crash_ready_p, self.rng.choice((0.002, 0.01)))
+                params.sync_fail_rate = self.rng.choice((0.0, 0.0005, 0.002))
+                params.slow_sync_rate = self.rng.choice((0.0, 0.01, 0.05))
+        self.p = params
         self.oracle = Oracle()
         self.net = SimNetwork(self.rng, self.p.loss, self.p.dup, 0.05, self.p.delay_max)
         self.now = 0.0
@@ -147,8 +170,8 @@ class Simulation:
         self.history: list[Op] = []
         self.next_node = 1
         self.steps = 0
-        self.stats = {"crashes": 0, "elections": 0, "acked": 0, "reads": 0, "snapshots": 0,
-                      "transfers": 0, "conf_changes": 0, "partitions": 0}
+        self.stats = {"crashes": 0, "fail_stops": 0, "elections": 0, "acked": 0, "reads": 0,
+                      "snapshots": 0, "transfers": 0, "conf_changes": 0, "partitions": 0}
         voters = tuple(f"n{i}" for i in range(1, self.p.nodes + 1))
         self.next_node = self.p.nodes + 1
         hs, ents = bootstrap(voters)
@@ -177,8 +200,15 @@ class Simulation:
         )
 
     def _add_node(self, nid: str, start: bool = True) -> SimNode:
-        node = SimNode(nid, SimDisk(Snapshot(SnapshotMeta(), b"{}")),
-                       1.0 + self.rng.uniform(-DRIFT, DRIFT))
+        disk: SimDisk | WalDisk
+        if self.p.disk == "wal":
+            disk = WalDisk(self.rng.getrandbits(64), b"{}",
+                           trailing_entries=self.p.trailing_entries,
+                           sync_fail_rate=self.p.sync_fail_rate,
+                           slow_sync_rate=self.p.slow_sync_rate)
+        else:
+            disk = SimDisk(Snapshot(SnapshotMeta(), b"{}"))
+        node = SimNode(nid, disk, 1.0 + self.rng.uniform(-DRIFT, DRIFT))
         self.nodes[nid] = node
         if start:
             self._start(node)
@@ -197,11 +227,14 @@ class Simulation:
         self._at(self.now + self.rng.uniform(0, 1) / node.rate, _TICK, (node.id, node.inc))
         self._drain(node)
 
-    def _crash(self, node: SimNode, tear: bool = False) -> None:
-        self.stats["crashes"] += 1
-        self.trace.append((self.now, "crash", node.id))
+    def _crash(self, node: SimNode, tear: bool = False, fail_stop: bool = False) -> None:
+        self.stats["fail_stops" if fail_stop else "crashes"] += 1
+        self.trace.append((self.now, "fail_stop" if fail_stop else "crash", node.id))
         node.core = None
-        node.disk.crash(self.rng, tear)
+        if isinstance(node.disk, WalDisk):
+            node.disk.fail_stop() if fail_stop else node.disk.crash()
+        else:
+            node.disk.crash(self.rng, tear)
         node.inc += 1
         node.puts.clear()
         node.reads.clear()
@@ -243,27 +276,41 @@ class Simulation:
                 p += self.p.crash_vote_p
             if p and self.rng.random() < p:
                 point = self.rng.randrange(4)
+            if (self.p.crash_win_p and rd.soft_state is not None
+                    and rd.soft_state.role is Role.LEADER and rd.entries
+                    and self.rng.random() < self.p.crash_win_p):
+                point = 2
             if self.p.mutant == "ack_before_sync":
                 self._send_all(rd)
             if point == 0:
                 return self._crash(node)
-            node.disk.save(rd.hard_state, rd.entries, rd.snapshot)
+            try:
+                node.disk.save(rd.hard_state, rd.entries, rd.snapshot)
+            except FatalIOError:
+                return self._crash(node, fail_stop=True)
             if rd.entries:
                 self.oracle.on_persist(node.id, core, rd.entries)
             if point == 1:
                 return self._crash(node, tear=True)
             if rd.must_sync:
-                node.disk.sync()
+                try:
+                    node.disk.sync()
+                except FatalIOError:
+                    return self._crash(node, fail_stop=True)
             if point == 2:
                 return self._crash(node)
             if self.p.mutant != "ack_before_sync":
-                self._send_all(rd)
+                delay = node.disk.take_delay() if isinstance(node.disk, WalDisk) else 0.0
+                self._send_all(rd, delay)
             if point == 3:
                 return self._crash(node)
             self._apply(node, core, rd)
             core.advance(rd)
             if node.applied - core.snapshot.meta.index >= self.p.snapshot_every:
-                self._take_snapshot(node, core)
+                try:
+                    self._take_snapshot(node, core)
+                except FatalIOError:
+                    return self._crash(node, fail_stop=True)
 
     def _log_view(self, nid: str) -> tuple[int, int, int, Callable[[int], int | None]]:
         """(offset, last index, last term, term_at) of a node's log: in memory if it is up,
@@ -272,7 +319,9 @@ class Simulation:
         if n.core is not None:
             log = n.core.log
             return log.offset, log.last_index, log.last_term(), log.term
-        off, li, lt, terms = durable_tail(n.disk)
+        disk = n.disk
+        off, li, lt, terms = (disk.durable_tail() if isinstance(disk, WalDisk)
+                              else durable_tail(disk))
         return off, li, lt, terms.get
 
     def _check_commit_safe(self, nid: str, core: RaftCore) -> None:
@@ -297,10 +346,10 @@ class Simulation:
                     f"as up-to-date as {behind} voters'"
                 )
 
-    def _send_all(self, rd: Ready) -> None:
+    def _send_all(self, rd: Ready, delay: float = 0.0) -> None:
         for msg in rd.messages:
             wire = m.from_wire(msg.to_wire())  # every message crosses the strict codec
-            for t in self.net.deliveries(msg.frm, msg.to, self.now):
+            for t in self.net.deliveries(msg.frm, msg.to, self.now + delay):
                 self._at(t, _DELIVER, wire)
 
     def _apply(self, node: SimNode, core: RaftCore, rd: Ready) -> None:

@@ -3,8 +3,8 @@
 The shape is what a real write-ahead log offers the Raft driver: `save()` appends records
 (snapshot, entries, hard state: in that order, as the Ready contract requires), `sync()`
 makes everything saved so far durable, `save_snapshot()` stores an application snapshot
-durably, `load()` returns what a restarted node recovers. A real WAL implementing
-`Persistence` can replace `SimDisk` in the simulator.
+durably, `load()` returns what a restarted node recovers. `loom.sim.waldisk.WalDisk`
+implements it over the real `loom.storage.Storage` on a fault-injecting file system.
 
 `crash()` models power loss: synced records survive; of the unsynced ones a random prefix
 survives (the OS may have flushed some), and the last surviving entries record may be torn

@@ -68,6 +68,7 @@ def _conf_json(conf: ConfState) -> bytes:
         "voters": list(conf.voters),
         "learners": list(conf.learners),
         "voters_outgoing": list(conf.voters_outgoing),
+        "removed": list(conf.removed),
     }
     return json.dumps(doc, sort_keys=True).encode()
 
@@ -75,7 +76,7 @@ def _conf_json(conf: ConfState) -> bytes:
 def _conf_from_json(raw: bytes) -> ConfState:
     doc = json.loads(raw)
     parts = []
-    for k in ("voters", "learners", "voters_outgoing"):
+    for k in ("voters", "learners", "voters_outgoing", "removed"):  # each may be absent
         v = doc.get(k, [])
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
             raise ValueError(f"bad membership field {k!r}")

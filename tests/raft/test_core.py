@@ -116,3 +116,36 @@ def test_restart_replays_committed_entries() -> None:
     assert [e.index for e in applied] == [1, 2]
     assert core.conf.voters == ("n1", "n2")
     assert core.term == 5 and core.vote == "n2"
+
+
+def test_removed_ids_survive_snapshot_and_restart() -> None:
+    core = single()
+    elect(core)
+    for kind in (ConfChangeType.ADD_LEARNER, ConfChangeType.REMOVE):
+        assert isinstance(core.propose_conf_change(ConfChange(kind, "n2")), int)
+        drain(core)
+    assert core.conf.removed == ("n2",)
+    # the snapshot carries the removed ids; the log behind it is compacted away
+    meta = core.snapshot_taken(core.log.applied, b"state")
+    assert meta.conf.removed == ("n2",) and meta.conf.voters == ("n1",)
+    again = RaftCore(RaftConfig("n1", trailing_entries=0), random.Random(2),
+                     core.hard_state(), meta, (), b"state")
+    drain(again)
+    elect(again)
+    refused = again.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, "n2"))
+    assert isinstance(refused, Busy) and "never reused" in refused.reason
+    assert isinstance(again.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, "n3")), int)
+
+
+def test_apply_change_records_removals() -> None:
+    from loom.raft.confchange import apply_change, check_change
+    from loom.raft.types import ConfState
+
+    conf = ConfState(("n1", "n2", "n3"), ("n4",))
+    conf = apply_change(conf, ConfChange(ConfChangeType.REMOVE, "n4"))
+    conf = apply_change(conf, ConfChange(ConfChangeType.REMOVE, "n2"))
+    assert conf == ConfState(("n1", "n3"), (), (), ("n2", "n4"))
+    conf = apply_change(conf, ConfChange(ConfChangeType.ADD_LEARNER, "n5"))
+    assert conf.removed == ("n2", "n4")
+    assert check_change(conf, ConfChange(ConfChangeType.ADD_VOTER, "n2")) is not None
+    assert apply_change(conf, ConfChange(ConfChangeType.REMOVE, "n9")) == conf  # not a member

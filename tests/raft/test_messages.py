@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -85,3 +87,12 @@ def test_fuzz_never_crashes(d: dict[str, object]) -> None:
     except m.MalformedMessage:
         return
     assert m.from_wire(msg.to_wire()) == msg
+
+
+def test_install_snapshot_carries_removed_ids() -> None:
+    msg = m.InstallSnapshot("n4", "n1", 3, 100, 2, ("n1", "n2"), ("n4",), 0, b"x", 1, True,
+                            ("n3", "n7"))
+    assert m.from_wire(msg.to_wire()) == msg
+    old = msg.to_wire()
+    del old["removed"]  # a sender that predates the field
+    assert m.from_wire(old) == replace(msg, removed=())

@@ -175,3 +175,28 @@ async def test_async_adapter(data_dir: str) -> None:
     s, rec = reopen(data_dir)
     assert rec.snapshot is not None and rec.snapshot.index == 5
     s.close()
+
+
+def test_snapshot_keeps_removed_ids_across_restart(data_dir: str) -> None:
+    """Removed node ids travel in the snapshot's membership, so 'never reuse an id' holds
+    after the log that removed them is compacted away."""
+    s, _ = reopen(data_dir)
+    s.save(HardState(2, "n1", 40), entries(1, 40), True)
+    conf = ConfState(("n1", "n3", "n5"), ("n6",), (), ("n2", "n4"))
+    s.save_snapshot(SnapshotMeta(40, 2, conf), [b"state"])
+    s.close()
+    s, rec = reopen(data_dir)
+    assert rec.snapshot == SnapshotMeta(40, 2, conf)
+    reader = s.load_snapshot()
+    assert reader is not None and reader.meta.conf.removed == ("n2", "n4")
+    s.close()
+
+
+def test_snapshot_membership_without_removed_ids_decodes() -> None:
+    from loom.storage.snapshot import _conf_from_json
+
+    assert _conf_from_json(b'{"voters": ["a"], "learners": [], "voters_outgoing": []}') == (
+        ConfState(("a",))
+    )
+    with pytest.raises(ValueError, match="removed"):
+        _conf_from_json(b'{"voters": ["a"], "removed": [1]}')
