@@ -7,12 +7,14 @@ demands (loom/raft/ready.py):
     drain inbox -> core.step/tick/propose/read_index ...
     while core.has_ready():
         rd = core.ready()
+        a leader's AppendEntries/heartbeats go out now  (replicate while writing: see below)
+        apply rd.committed_entries                       (already durable on a majority)
         persist rd.snapshot, rd.entries, rd.hard_state  (one storage call, fsync if must_sync,
                                                           in a worker thread: group commit)
-        send rd.messages                                 (only now: they may depend on the sync)
-        install rd.snapshot, apply rd.committed_entries  (resolve waiting proposals by index)
+        send the other rd.messages                       (votes, acks: they depend on the sync)
         answer rd.read_states once applied >= index      (linearizable reads, no log write)
         core.advance(rd)
+    (a Ready with a snapshot is handled strictly in order: persist, install, apply.)
 
 Invariants:
 - A proposal is answered only when the entry at its index is applied here. If the entry applied
@@ -441,13 +443,20 @@ class RaftLog:
             early, late = self._split_messages(rd)
             if early:
                 self.transport.send(early)
-            await self._persist(rd)
-            if late:
-                self.transport.send(late)
             if rd.snapshot is not None:
+                # A snapshot replaces the log: durable first, then installed, strictly.
+                await self._persist(rd)
                 self._sm = self._restore(rd.snapshot.data)
                 self._last_snapshot = rd.snapshot.meta.index
-            conf_changed = self._apply(rd)
+                conf_changed = self._apply(rd)
+            else:
+                # Committed entries are already durable on a majority: apply them (and answer
+                # their callers) while this batch's new entries are still being written,
+                # instead of one fsync later.
+                conf_changed = self._apply(rd)
+                await self._persist(rd)
+            if late:
+                self.transport.send(late)
             for rs in rd.read_states:
                 batch = self._read_batches.pop(rs.ctx, None)
                 if batch:

@@ -1,0 +1,364 @@
+"""The peer plane: the peer listener (inbound, authenticated, one-way) and the outbound links.
+
+    PeerTransport.run (one nursery)
+    ├── accept loop            per listening socket; each connection in its own task
+    │   └── inbound task       handshake -> identity -> membership -> PEER_HELLO -> Raft frames
+    └── link  x(peers - 1)     peerlink.Link: dial, check identity, PEER_HELLO, batched writes
+
+Admission of an inbound connection (SECURITY-CATALOGUE A1, A2, A4, A7), in this order, and
+nothing of the connection is decoded before all of it passed:
+1. TLS 1.3 with a client certificate chaining to the cluster CA (the context enforces both),
+   under `handshake_timeout_s` in the connection's own task, never in the accept loop.
+2. The certificate names a NODE identity (`check_peer`): client and gateway certificates from
+   the same CA are refused.
+3. `is_member(node id)` is true now (a valid node certificate of a non-member or of a removed
+   member is refused). It is asked again for every frame, so removing a member also closes its
+   open connection.
+4. The first frame, at most PRE_HELLO_MAX_FRAME bytes, is PEER_HELLO naming the same node id and
+   our cluster.
+Every refusal is logged with its reason and counted. After admission, only PEER_HELLO
+(keepalive) and RAFT opcodes of the peer listener decode; any malformed frame closes the
+connection. A Raft message whose `frm` is not the certificate's node id, or whose `to` is not
+us, is dropped, logged and counted, and never reaches Raft (A4).
+
+The transport calls into Raft only through `on_message`; `send` never blocks; nothing raised in
+a connection escapes its task. One authenticated inbound connection per node id: a newer one
+replaces the older (a peer that redials after a half-open connection is not refused).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import ssl
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import trio
+
+from loom.node.config import parse_host_port
+from loom.node.peerlink import READ_CHUNK, Link, PeerLimits, PeerStats
+from loom.raft.messages import MalformedMessage, Message, from_wire
+from loom.security.identity import IdentityError, check_peer, identity_from_der
+from loom.wire import catalog
+from loom.wire.catalog import Listener
+from loom.wire.codec import (
+    PRE_HELLO_MAX_FRAME,
+    SUPPORTED_VERSIONS,
+    FrameDecoder,
+    FrameError,
+    decode_payload,
+    parse_request,
+)
+from loom.wire.errors import LoomError
+
+__all__ = ["PeerLimits", "PeerStats", "PeerTransport"]
+
+log = logging.getLogger("loom.peer")
+
+_FRAME_KEYS = frozenset({"v", "id", "op", "b"})
+
+
+class _Refused(Exception):
+    """Admission failed: log, count, close."""
+
+    def __init__(self, reason: str, node: str | None = None) -> None:
+        super().__init__(reason)
+        self.node = node
+
+
+class _Malformed(Exception):
+    """The stream can no longer be trusted: close the connection."""
+
+
+class PeerTransport:
+    def __init__(self, *, node_id: str, cluster: str, listen: str, peers: dict[str, str],
+                 client_addr: str, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
+                 trust_domain: str, is_member: Callable[[str], bool],
+                 on_message: Callable[[Message], None],
+                 limits: PeerLimits = PeerLimits()) -> None:  # noqa: B008 - frozen dataclass
+        self.node_id = node_id
+        self.cluster = cluster
+        self.listen = listen
+        self.client_addr = client_addr
+        self._server_ctx = server_ctx
+        self._client_ctx = client_ctx
+        self._td = trust_domain
+        self._is_member = is_member
+        self._on_message = on_message
+        self.limits = limits
+        self._port = 0
+        self._nursery: trio.Nursery | None = None
+        self._links: dict[str, Link] = {}
+        self._stats: dict[str, PeerStats] = {}
+        self._client_addrs: dict[str, str] = {}
+        self._inbound_scopes: dict[str, trio.CancelScope] = {}  # node id -> its current connection
+        self._inbound_slots = trio.Semaphore(limits.max_inbound_connections)
+        self._conn_ids = itertools.count(1)
+        self.refused = 0  # inbound connections refused, all reasons
+        self.refused_by_reason: Counter[str] = Counter()
+        self.unroutable = 0  # messages to a node we have no link to
+        self.malformed = 0  # inbound connections closed for a malformed frame
+        self.set_peers(peers)
+
+    # -- the API the Raft driver uses (all synchronous, trio thread) ---------------------------
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def send(self, msgs: Iterable[Message]) -> None:
+        """Queue each message on its `to` peer's link. Never blocks; full lanes drop and count."""
+        for m in msgs:
+            link = self._links.get(m.to)
+            if link is None:
+                self.unroutable += 1
+                continue
+            link.enqueue(m)
+
+    def set_peers(self, peers: dict[str, str]) -> None:
+        """Membership changed: links to new peers start, removed ones stop, moved ones redial."""
+        wanted = {p: a for p, a in peers.items() if p != self.node_id}
+        for pid in list(self._links):
+            if pid not in wanted:
+                self._links.pop(pid).stop()
+                log.info("peer link %s removed", pid)
+        for pid, addr in wanted.items():
+            link = self._links.get(pid)
+            if link is None:
+                link = Link(peer_id=pid, addr=addr, node_id=self.node_id, cluster=self.cluster,
+                            client_addr=self.client_addr, client_ctx=self._client_ctx,
+                            trust_domain=self._td, limits=self.limits, stats=self._stat(pid))
+                self._links[pid] = link
+                if self._nursery is not None:
+                    self._nursery.start_soon(link.run)
+            elif link.addr != addr:
+                link.retarget(addr)
+
+    def client_addr_of(self, node_id: str) -> str | None:
+        return self._client_addrs.get(node_id)
+
+    def reachable(self, node_id: str) -> bool:
+        """A frame (Raft message or keepalive) arrived from `node_id` within `reachable_s`.
+        Every link sends a keepalive at least every `keepalive_s`, so a live peer is reachable
+        even when Raft has nothing to say to us."""
+        st = self._stats.get(node_id)
+        if st is None or st.last_received is None:
+            return False
+        return trio.current_time() - st.last_received <= self.limits.reachable_s
+
+    def statistics(self) -> dict[str, Any]:
+        now = trio.current_time()
+        peers = {}
+        for pid, st in sorted(self._stats.items()):
+            d = st.as_dict(now)
+            link = self._links.get(pid)
+            d["member_link"] = link is not None
+            d["queued"] = list(link.queued()) if link is not None else [0, 0]
+            d["client_addr"] = self._client_addrs.get(pid)
+            peers[pid] = d
+        return {"port": self._port, "peers": peers, "refused": self.refused,
+                "refused_by_reason": dict(self.refused_by_reason),
+                "unroutable": self.unroutable, "malformed": self.malformed}
+
+    def _stat(self, node_id: str) -> PeerStats:
+        st = self._stats.get(node_id)
+        if st is None:
+            st = self._stats[node_id] = PeerStats()
+        return st
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        host, port = parse_host_port(self.listen, "peer listen address")
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        try:
+            self._port = listeners[0].socket.getsockname()[1]
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for lst in listeners:
+                    nursery.start_soon(self._accept_loop, lst, nursery)
+                for link in self._links.values():
+                    nursery.start_soon(link.run)
+                log.info("node %s: peer listener on %s:%d, %d peer link(s)", self.node_id, host,
+                         self._port, len(self._links))
+                task_status.started()
+        finally:
+            self._nursery = None
+            for lst in listeners:
+                lst.socket.close()
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                tcp = await listener.accept()
+            except OSError as e:  # EMFILE and friends: back off instead of spinning
+                log.warning("peer listener: accept failed: %s", e)
+                await trio.sleep(0.1)
+                continue
+            try:
+                self._inbound_slots.acquire_nowait()
+            except trio.WouldBlock:
+                await trio.aclose_forcefully(tcp)
+                self._refuse(None, "?", "too many inbound connections")
+                continue
+            nursery.start_soon(self._inbound_task, tcp)
+
+    # -- inbound connections --------------------------------------------------------------------
+    def _refuse(self, node: str | None, where: str, reason: str) -> None:
+        self.refused += 1
+        self.refused_by_reason[reason.split(":", maxsplit=1)[0]] += 1
+        if node is not None and node in self._stats:
+            self._stats[node].refused += 1
+        log.warning("peer listener: refused connection from %s%s: %s", where,
+                    f" ({node})" if node else "", reason)
+
+    async def _inbound_task(self, tcp: trio.SocketStream) -> None:
+        try:
+            host, port = tcp.socket.getpeername()[:2]
+            where = f"{host}:{port}#{next(self._conn_ids)}"
+        except OSError:
+            where = f"?#{next(self._conn_ids)}"
+        stream = trio.SSLStream(tcp, self._server_ctx, server_side=True)
+        try:
+            await self._inbound(stream, where)
+        except _Refused as e:
+            self._refuse(e.node, where, str(e))
+        except _Malformed as e:
+            self.malformed += 1
+            log.warning("peer connection %s: malformed frame, closing: %s", where, e)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError,
+                trio.TooSlowError) as e:
+            log.debug("peer connection %s closed: %s", where, e)
+        except Exception:
+            log.exception("peer connection %s: unexpected error; closing it", where)
+        finally:
+            self._inbound_slots.release()
+            with trio.move_on_after(1) as cs:
+                cs.shield = True
+                await trio.aclose_forcefully(stream)
+
+    async def _inbound(self, stream: trio.SSLStream[trio.SocketStream], where: str) -> None:
+        lim = self.limits
+        # 1-3: handshake, NODE identity, membership.
+        try:
+            with trio.fail_after(lim.handshake_timeout_s):
+                await stream.do_handshake()
+        except (trio.BrokenResourceError, ssl.SSLError, OSError) as e:
+            # Foreign CA, no certificate, TLS <= 1.2, plaintext: the TLS layer said no.
+            raise _Refused(f"tls handshake failed: {_cause(e)}") from None
+        except trio.TooSlowError:
+            raise _Refused("tls handshake failed: timed out") from None
+        try:
+            ident = identity_from_der(stream.getpeercert(binary_form=True), self._td)
+            check_peer(ident)
+        except IdentityError as e:
+            raise _Refused(f"not a node identity: {e}") from None
+        node = ident.name
+        if node == self.node_id:
+            raise _Refused("our own node id", node)
+        if not self._is_member(node):
+            raise _Refused("not a member", node)
+        # 4: PEER_HELLO, then Raft frames.
+        decoder = FrameDecoder(PRE_HELLO_MAX_FRAME)
+        scope: trio.CancelScope | None = None  # set once admitted; a newer connection cancels it
+        try:
+            with trio.CancelScope() as scope:
+                hello_done = False
+                while True:
+                    timeout = lim.idle_timeout_s if hello_done else lim.handshake_timeout_s
+                    with trio.move_on_after(timeout) as cs:
+                        data = await stream.receive_some(READ_CHUNK)
+                    if cs.cancelled_caught:
+                        if not hello_done:
+                            raise _Refused("no PEER_HELLO in time", node)
+                        log.info("peer connection %s (%s): idle, closing", where, node)
+                        return
+                    if not data:
+                        return  # clean EOF
+                    decoder.feed(data)
+                    while True:
+                        try:
+                            payload = decoder.next_payload()
+                        except FrameError as e:
+                            if not hello_done:
+                                raise _Refused(f"bad first frame: {e}", node) from None
+                            raise _Malformed(str(e)) from None
+                        if payload is None:
+                            break
+                        if not self._is_member(node):
+                            raise _Refused("no longer a member", node)
+                        if hello_done:
+                            try:
+                                self._frame(payload, node, hello_only=False)
+                            except _Malformed as e:
+                                raise _Malformed(f"from {node}: {e}") from None
+                            continue
+                        try:
+                            self._frame(payload, node, hello_only=True)
+                        except _Malformed as e:
+                            raise _Refused(f"bad PEER_HELLO: {e}", node) from None
+                        hello_done = True
+                        decoder.max_frame = lim.max_frame
+                        self._admit(node, scope, where)
+            log.info("peer connection %s (%s): replaced by a newer connection", where, node)
+        finally:
+            if scope is not None and self._inbound_scopes.get(node) is scope:
+                del self._inbound_scopes[node]
+                self._stat(node).inbound = False
+
+    def _admit(self, node: str, scope: trio.CancelScope, where: str) -> None:
+        old = self._inbound_scopes.get(node)
+        if old is not None:
+            old.cancel()
+        self._inbound_scopes[node] = scope
+        self._stat(node).inbound = True
+        log.info("peer connection %s admitted: node %s", where, node)
+
+    def _frame(self, payload: bytes, node: str, *, hello_only: bool) -> None:
+        """Decode and act on one frame from authenticated `node`. Raises _Malformed."""
+        try:
+            obj = decode_payload(payload)
+            if not isinstance(obj, dict) or set(obj) != _FRAME_KEYS:
+                raise _Malformed(f"a peer frame is a map with exactly {sorted(_FRAME_KEYS)}")
+            req = parse_request(obj)
+            if req.version not in SUPPORTED_VERSIONS:
+                raise _Malformed(f"unsupported protocol version {req.version}")
+            mt = catalog.lookup(req.opcode, Listener.PEER)
+            if hello_only and mt.name != "PEER_HELLO":
+                raise _Malformed("the first frame must be PEER_HELLO")
+            body = catalog.validate_body(mt, req.body)
+            msg = None if mt.name == "PEER_HELLO" else from_wire(body["msg"])
+        except (FrameError, LoomError, MalformedMessage) as e:
+            raise _Malformed(str(e)) from None
+        if msg is None:
+            if body["node"] != node:
+                raise _Malformed(f"PEER_HELLO names {body['node']!r}, certificate {node!r}")
+            if body["cluster"] != self.cluster:
+                raise _Malformed(f"PEER_HELLO is for cluster {body['cluster']!r}")
+            self._client_addrs[node] = body["client_addr"]
+            self._stat(node).last_received = trio.current_time()
+            return
+        if mt.name != msg.KIND:
+            raise _Malformed(f"opcode {mt.name} carries a {msg.KIND}")
+        # Contact is recorded only for frames that decoded and passed the checks above.
+        st = self._stat(node)
+        st.last_received = trio.current_time()
+        if msg.frm != node or msg.to != self.node_id:
+            # A4: an authenticated peer speaking for someone else (or misrouted): never stepped.
+            st.rejected += 1
+            log.warning("peer %s: dropped %s claiming frm=%r to=%r (certificate: %r, us: %r)",
+                        node, msg.KIND, msg.frm, msg.to, node, self.node_id)
+            return
+        st.received += 1
+        try:
+            self._on_message(msg)
+        except Exception:
+            log.exception("peer %s: on_message raised on %s", node, msg.KIND)
+
+
+def _cause(e: BaseException) -> str:
+    """The TLS layer's own words: trio wraps ssl errors in BrokenResourceError."""
+    inner = e.__cause__ or e.__context__
+    if not str(e) and inner is not None:
+        return str(inner) or type(inner).__name__
+    return str(e) or type(e).__name__

@@ -1,0 +1,299 @@
+"""The outbound half of the peer plane: one link task per peer, its queues and its limits.
+
+    PeerTransport.send --(sync, never blocks)--> Link lanes --> writer --> one TLS write
+                                                               EOF watcher (the peer never writes)
+
+Invariants:
+- Each node sends only on its outbound links and receives only on its inbound connections, so
+  a link is one-way: anything the remote side writes to us is a protocol violation.
+- Two bounded lanes per link, drained by one writer, priority lane first. Overflow policy:
+  drop the newest message and count it (Raft retransmits; a sender must never wait on a slow or
+  dead peer). Bulk messages (AppendEntries, InstallSnapshot: log entries and snapshot data) use
+  the bulk lane; every other kind is a small control message (heartbeats, votes, responses,
+  ReadIndex, TimeoutNow) and uses the priority lane, so bulk traffic cannot starve elections or
+  leases. The lanes are deques with explicit bounds rather than memory channels because one
+  writer must wait on both at once; `send` never awaits either way. While a peer is down its
+  lanes keep what was queued (bounded) and send it on reconnect: Raft ignores stale terms.
+- An idle link repeats its PEER_HELLO every `keepalive_s`, so the receiver's idle timeout and
+  its `reachable` view stay fresh between nodes that have no Raft traffic for each other.
+- Nothing is written before the TLS handshake succeeded AND the server's certificate names the
+  node we dialled (`check_peer(identity, expected=peer_id)`, SECURITY-CATALOGUE A5). The first
+  frame is PEER_HELLO; after that, everything queued when the writer wakes leaves in one TLS
+  write (bounded by `max_batch_bytes`).
+- A cancelled or timed-out send leaves an SSLStream broken (trio #198): the connection is closed
+  and redialled, never reused. Redials back off exponentially with jitter; the backoff starts
+  over only after a connection that lasted `backoff_max_s`.
+- Nothing raised inside a connection escapes the link task: it is logged, the connection is
+  closed, and the link redials.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from loom.node.config import ConfigError, parse_host_port
+from loom.raft.messages import AppendEntries, InstallSnapshot, Message
+from loom.security.identity import IdentityError, check_peer, identity_from_der
+from loom.wire import catalog
+from loom.wire.codec import PROTOCOL_VERSION, encode
+
+log = logging.getLogger("loom.peer")
+
+READ_CHUNK = 65536
+PEER_HELLO_OP = catalog.BY_NAME["PEER_HELLO"].opcode
+RAFT_OPCODES: dict[str, int] = {n: catalog.BY_NAME[n].opcode for n in catalog.RAFT_NAMES}
+BULK_TYPES: tuple[type[Message], ...] = (AppendEntries, InstallSnapshot)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLimits:
+    queue_len: int = 1024  # bulk lane per peer (AppendEntries, InstallSnapshot)
+    priority_queue_len: int = 256  # control lane per peer (heartbeats, votes, responses)
+    max_frame: int = 16 << 20  # largest frame accepted or sent (snapshot chunks)
+    max_batch_bytes: int = 4 << 20  # one TLS write carries at most about this much
+    handshake_timeout_s: float = 5.0  # TCP connect + TLS handshake (+ PEER_HELLO inbound)
+    write_timeout_s: float = 10.0  # a peer that stops reading for this long is dropped
+    backoff_min_s: float = 0.05
+    backoff_max_s: float = 2.0
+    keepalive_s: float = 1.0  # an idle link repeats its PEER_HELLO this often
+    idle_timeout_s: float = 10.0  # an inbound connection silent for this long is closed
+    reachable_s: float = 3.0  # `reachable`: a frame arrived from the peer within this window
+    max_inbound_connections: int = 64  # concurrent inbound connections, before authentication
+
+
+@dataclass(slots=True)
+class PeerStats:
+    connected: bool = False  # our outbound link is up (handshake and identity check passed)
+    inbound: bool = False  # an authenticated inbound connection from it is open
+    sent: int = 0  # Raft messages written on the outbound link
+    dropped: int = 0  # Raft messages dropped: lane full, link removed, too large, write failed
+    received: int = 0  # Raft messages delivered to on_message
+    rejected: int = 0  # inbound Raft messages dropped: forged `frm` or not addressed to us
+    refused: int = 0  # inbound connections refused with this node id (e.g. not a member)
+    aborted: int = 0  # outbound connections aborted: the server was not this node (A5)
+    connects: int = 0  # outbound connections established
+    last_sent: float | None = None  # trio time of the last successful outbound write
+    last_received: float | None = None  # trio time of the last inbound frame
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        def age(t: float | None) -> float | None:
+            return None if t is None else round(now - t, 3)
+
+        return {
+            "connected": self.connected, "inbound": self.inbound, "sent": self.sent,
+            "dropped": self.dropped, "received": self.received, "rejected": self.rejected,
+            "refused": self.refused, "aborted": self.aborted, "connects": self.connects,
+            "last_contact_age_s": age(self.last_received), "last_sent_age_s": age(self.last_sent),
+        }
+
+
+def hello_frame(frame_id: int, node_id: str, cluster: str, client_addr: str) -> bytes:
+    return encode({"v": PROTOCOL_VERSION, "id": frame_id, "op": PEER_HELLO_OP,
+                   "b": {"node": node_id, "client_addr": client_addr, "cluster": cluster}})
+
+
+def raft_frame(frame_id: int, msg: Message) -> bytes:
+    return encode({"v": PROTOCOL_VERSION, "id": frame_id, "op": RAFT_OPCODES[msg.KIND],
+                   "b": {"msg": msg.to_wire()}})
+
+
+class _LinkClosed(Exception):
+    """End this connection; the link redials."""
+
+
+class Link:
+    """The outbound link to one peer. Created synchronously; `run` is its task."""
+
+    def __init__(self, *, peer_id: str, addr: str, node_id: str, cluster: str, client_addr: str,
+                 client_ctx: ssl.SSLContext, trust_domain: str, limits: PeerLimits,
+                 stats: PeerStats) -> None:
+        self.peer_id = peer_id
+        self.addr = addr
+        self._hello = (node_id, cluster, client_addr)
+        self._ctx = client_ctx
+        self._td = trust_domain
+        self._lim = limits
+        self.stats = stats
+        self._prio: deque[Message] = deque()
+        self._bulk: deque[Message] = deque()
+        self._wakeup = trio.Event()
+        self._frame_id = 0
+        self._backoff = limits.backoff_min_s
+        self._rng = random.Random()
+        self.scope = trio.CancelScope()  # the whole link; cancelled when the peer is removed
+        self._attempt: trio.CancelScope | None = None  # one dial + connection + backoff sleep
+        self._connected_at: float | None = None  # when the current connection was admitted
+
+    # -- called synchronously from the transport (trio thread) ----------------------------------
+    def enqueue(self, msg: Message) -> bool:
+        """Queue one message; False (and counted) when its lane is full. Never blocks."""
+        if isinstance(msg, BULK_TYPES):
+            lane, bound = self._bulk, self._lim.queue_len
+        else:
+            lane, bound = self._prio, self._lim.priority_queue_len
+        if len(lane) >= bound:
+            self.stats.dropped += 1  # drop-newest: the queued ones are older and already due
+            return False
+        lane.append(msg)
+        self._wakeup.set()
+        return True
+
+    def queued(self) -> tuple[int, int]:
+        return len(self._prio), len(self._bulk)
+
+    def retarget(self, addr: str) -> None:
+        """The peer moved: abandon the current connection or backoff sleep and dial `addr`."""
+        self.addr = addr
+        self._backoff = self._lim.backoff_min_s
+        if self._attempt is not None:
+            self._attempt.cancel()
+
+    def stop(self) -> None:
+        self.scope.cancel()
+        self.stats.dropped += len(self._prio) + len(self._bulk)
+        self._prio.clear()
+        self._bulk.clear()
+
+    # -- the link task --------------------------------------------------------------------------
+    async def run(self) -> None:
+        with self.scope:
+            while True:
+                with trio.CancelScope() as attempt:
+                    self._attempt = attempt
+                    try:
+                        await self._connect_and_serve()
+                    except (OSError, ssl.SSLError, trio.BrokenResourceError,
+                            trio.ClosedResourceError, trio.TooSlowError, _LinkClosed,
+                            ConfigError) as e:
+                        log.debug("peer link %s (%s): %s", self.peer_id, self.addr, e)
+                    except IdentityError as e:
+                        self.stats.aborted += 1
+                        log.warning("peer link %s (%s): aborted, wrong server identity: %s",
+                                    self.peer_id, self.addr, e)
+                    except Exception:
+                        log.exception("peer link %s (%s): unexpected error", self.peer_id,
+                                      self.addr)
+                    finally:
+                        self.stats.connected = False
+                    # Back off from min again only after a connection that lasted: a peer that
+                    # accepts and then hangs up at once (it does not admit us) is not hammered.
+                    up = self._connected_at
+                    if up is not None and trio.current_time() - up >= self._lim.backoff_max_s:
+                        self._backoff = self._lim.backoff_min_s
+                    self._connected_at = None
+                    delay = self._backoff * self._rng.uniform(0.5, 1.0)
+                    self._backoff = min(self._backoff * 2, self._lim.backoff_max_s)
+                    await trio.sleep(delay)
+
+    async def _connect_and_serve(self) -> None:
+        self._connected_at = None
+        host, port = parse_host_port(self.addr, f"address of peer {self.peer_id}")
+        with trio.fail_after(self._lim.handshake_timeout_s):
+            tcp = await trio.open_tcp_stream(host, port)
+            # Peers are named by their URI SAN: no hostname check, no SNI; identity below.
+            stream = trio.SSLStream(tcp, self._ctx, server_hostname=None)
+            try:
+                await stream.do_handshake()
+            except BaseException:
+                await self._close(stream)
+                raise
+        try:
+            ident = identity_from_der(stream.getpeercert(binary_form=True), self._td)
+            check_peer(ident, expected=self.peer_id)  # A5: before a single byte is written
+            self._why = "closed"
+            self.stats.connected = True
+            self.stats.connects += 1
+            self._connected_at = trio.current_time()
+            log.info("peer link %s (%s) connected", self.peer_id, self.addr)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._guarded, self._watch_eof, stream, nursery.cancel_scope)
+                await self._guarded(self._writer, stream, nursery.cancel_scope)
+            # Both halves are done: the reason was recorded by whichever ended first.
+            raise _LinkClosed(self._why)
+        finally:
+            await self._close(stream)
+
+    _why = "closed"
+
+    async def _guarded(self, fn: Callable[[trio.SSLStream[trio.SocketStream]],
+                                          Awaitable[None]],
+                       stream: trio.SSLStream[trio.SocketStream], scope: trio.CancelScope) -> None:
+        """Run one half of a connection; whatever ends it ends the other half too. Exceptions
+        stop here so the connection's nursery only ever exits through its own cancellation."""
+        try:
+            await fn(stream)
+        except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError,
+                trio.TooSlowError, _LinkClosed) as e:
+            self._why = str(e) or type(e).__name__
+        except Exception as e:
+            self._why = f"unexpected error: {e!r}"
+            log.exception("peer link %s: unexpected error", self.peer_id)
+        finally:
+            scope.cancel()
+
+    async def _watch_eof(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+        data = await stream.receive_some(READ_CHUNK)
+        if data:
+            raise _LinkClosed("the peer wrote on a one-way link")
+        raise _LinkClosed("the peer closed the connection")
+
+    async def _writer(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+        node_id, cluster, client_addr = self._hello
+        pending = [hello_frame(self._next_id(), node_id, cluster, client_addr)]
+        while True:
+            if not pending and not self._prio and not self._bulk:
+                with trio.move_on_after(self._lim.keepalive_s):
+                    await self._wakeup.wait()
+                if not self._prio and not self._bulk:
+                    # Keepalive: the same PEER_HELLO again keeps the receiver's idle timer and
+                    # its view of our reachability fresh on links that carry no Raft traffic.
+                    pending.append(hello_frame(self._next_id(), node_id, cluster, client_addr))
+            self._wakeup = trio.Event()  # before draining: a later enqueue sets the new one
+            n = self._drain(pending)
+            data = b"".join(pending)
+            pending.clear()
+            try:
+                with trio.fail_after(self._lim.write_timeout_s):
+                    await stream.send_all(data)
+            except BaseException:
+                self.stats.dropped += n  # the batch's fate is unknown; the stream is now broken
+                raise
+            self.stats.sent += n
+            self.stats.last_sent = trio.current_time()
+
+    def _drain(self, out: list[bytes]) -> int:
+        """Move queued messages into `out` as frames (priority lane first), up to the batch
+        limit; returns how many Raft messages were taken."""
+        size, n = sum(map(len, out)), 0
+        for lane in (self._prio, self._bulk):
+            while lane and size < self._lim.max_batch_bytes:
+                msg = lane.popleft()
+                frame = raft_frame(self._next_id(), msg)
+                if len(frame) - 4 > self._lim.max_frame:
+                    # The receiver would close the connection on it: never send it.
+                    self.stats.dropped += 1
+                    log.warning("peer link %s: dropped a %s of %d bytes (limit %d)",
+                                self.peer_id, msg.KIND, len(frame), self._lim.max_frame)
+                    continue
+                out.append(frame)
+                size += len(frame)
+                n += 1
+        return n
+
+    def _next_id(self) -> int:
+        self._frame_id = self._frame_id % (2**62) + 1
+        return self._frame_id
+
+    @staticmethod
+    async def _close(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        with trio.move_on_after(1) as cs:
+            cs.shield = True
+            await trio.aclose_forcefully(stream)
