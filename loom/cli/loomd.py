@@ -96,10 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(_run, node)
     except KeyboardInterrupt:
         pass
+    except StorageError as e:  # a failed fsync: durability can no longer be promised
+        print(f"loomd: storage: {e}; stopping (restart recovers from the log)", file=sys.stderr)
+        return 1
     except OSError as e:  # a port in use, an address this host does not have
         print(f"loomd: cannot listen: {e.strerror or e}", file=sys.stderr)
         return 1
     except BaseExceptionGroup as eg:
+        storage_err, _ = eg.split(StorageError)
+        if storage_err is not None:
+            print(f"loomd: storage: {storage_err.exceptions[0]}; stopping (restart recovers "
+                  "from the log)", file=sys.stderr)
+            return 1
         oserr, _ = eg.split(OSError)
         if oserr is None:
             raise

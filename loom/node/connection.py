@@ -77,10 +77,10 @@ class Connection:
         lim = node.cfg.limits
         self._out_send, self._out_recv = trio.open_memory_channel[dict[str, Any]](
             lim.max_output_buffer_frames)
-        self._max_outstanding = lim.max_outstanding_per_connection
-        self._slots = trio.Semaphore(self._max_outstanding)
+        self._slots = trio.Semaphore(lim.max_outstanding_per_connection)
         self._subs: dict[int, tuple[str, Callable[[str, int, bytes], None]]] = {}
         self._lost: dict[int, list[int]] = {}
+        self._after_answer: dict[int, Callable[[], None]] = {}
         self.reader_scope = trio.CancelScope()
 
     # -- Session protocol for the dispatcher ----------------------------------------------------
@@ -108,14 +108,30 @@ class Connection:
             self._lost.pop(request_id, None)
 
         self._subs[request_id] = (topic, deliver)
-        self.node.dispatcher.topic_listeners.append(deliver)
+
+        def start() -> None:
+            # Runs right after the SUBSCRIBE answer is queued, so pushes follow the answer.
+            # Replay and registration happen without yielding: nothing published in between
+            # can be missed or duplicated. What the ring no longer holds is reported as lost.
+            if request_id not in self._subs:
+                return
+            if from_seq is not None:
+                msgs, first = self.node.state.topic_since(topic, from_seq, 1024)
+                if max(from_seq, 1) < first:
+                    self._lost[request_id] = [max(from_seq, 1), first - 1]
+                for seq, value in msgs:
+                    deliver(topic, seq, value)
+            self.node.dispatcher.topic_listeners.append(deliver)
+
+        self._after_answer[request_id] = start
         return request_id
 
     def unsubscribe(self, subscription: int) -> bool:
         entry = self._subs.pop(subscription, None)
         if entry is None:
             return False
-        self.node.dispatcher.topic_listeners.remove(entry[1])
+        if entry[1] in self.node.dispatcher.topic_listeners:
+            self.node.dispatcher.topic_listeners.remove(entry[1])
         return True
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -139,16 +155,29 @@ class Connection:
         with trio.fail_after(lim.handshake_timeout_s):
             await self.stream.do_handshake()
         self.identity = self._identify()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._writer)
-            try:
-                with self.reader_scope:
-                    await self._reader(nursery)
-            finally:
-                # No more requests: let in-flight handlers finish, then the writer drains.
-                for _ in range(self._max_outstanding):
-                    await self._slots.acquire()
-                self._out_send.close()
+        closing: _Closing | None = None
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self._writer)
+            async with trio.open_nursery() as requests:
+                try:
+                    with self.reader_scope:
+                        await self._reader(requests)
+                        # The client closed the connection: nobody will read an answer. Stop
+                        # every request still running, above all waiters (QUEUE_POLL,
+                        # LOCK_LOCK, ...), so nothing is taken or granted for a client that is
+                        # gone. A write already proposed still applies, as if its answer had
+                        # been lost on the way.
+                        requests.cancel_scope.cancel()
+                except _Closing as e:  # a protocol violation or limit: stop, answer, close
+                    closing = e
+                    requests.cancel_scope.cancel()
+                # Otherwise shutdown stopped the reader: in-flight requests finish here.
+            # Every answer is queued: the writer sends them, then ends (bounded in time).
+            self._out_send.close()
+            outer.cancel_scope.deadline = (trio.current_time()
+                                           + self.node.cfg.limits.write_stall_timeout_s)
+        if closing is not None:
+            raise closing
 
     def _identify(self) -> Identity:
         der = self.stream.getpeercert(binary_form=True)
@@ -230,6 +259,9 @@ class Connection:
                 self._out_send.send_nowait(resp)
             except trio.WouldBlock:
                 await self._out_send.send(resp)
+            after = self._after_answer.pop(req.request_id, None)
+            if after is not None:
+                after()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
         finally:

@@ -61,6 +61,7 @@ from loom.raft.types import EntryType, SnapshotMeta
 from loom.state.command import Command, Outcome
 from loom.state.machine import StateMachine
 from loom.storage.aio import AsyncStorage
+from loom.storage.errors import DiskFullError
 from loom.storage.storage import Recovered, Storage
 from loom.wire import errors as E
 
@@ -182,6 +183,7 @@ class RaftLog:
         self.batches = 0
         self.entries_persisted = 0
         self.dropped_messages = 0
+        self.disk_full = False
 
     # -- snapshots of the node's replicated state --------------------------------------------
     def _restore(self, data: bytes) -> StateMachine:
@@ -211,6 +213,9 @@ class RaftLog:
             raise E.Unavailable("the node is stopping") from None
 
     async def propose(self, cmd: Command) -> Outcome:
+        if self.disk_full:
+            raise E.LimitExceeded("the node's disk is full; writes are refused until space "
+                                  "returns", retry_after_ms=1000)
         w = _Waiter(cmd)
         self._submit("propose", w)
         return await w.wait(self.s.proposal_timeout_s, f"the write {cmd.op}")
@@ -496,12 +501,34 @@ class RaftLog:
         if rd.entries or rd.hard_state is not None:
             # Shielded: a cancelled caller must not leave a half-known sync behind.
             with trio.CancelScope(shield=True):
-                await self._storage.save(rd.hard_state, list(rd.entries), rd.must_sync)
+                await self._save_until_space(rd)
             if rd.hard_state is not None and rd.must_sync:
                 self._synced_term = rd.hard_state.term
             if rd.entries:
                 self.batches += 1
                 self.entries_persisted += len(rd.entries)
+
+    async def _save_until_space(self, rd: Ready) -> None:
+        """Disk full: the storage undid the partial write and stays consistent. Writes are
+        refused (LIMIT_EXCEEDED) and this same batch is retried until space returns; nothing
+        else reaches the core meanwhile, so the Ready/advance contract holds. A failed fsync
+        (FatalIOError) is not retried: it escapes and stops the node."""
+        delay = 0.1
+        while True:
+            try:
+                await self._storage.save(rd.hard_state, list(rd.entries), rd.must_sync)
+            except DiskFullError as e:
+                if not self.disk_full:
+                    log.error("%s: disk full, refusing writes until space returns: %s",
+                              self.id, e)
+                self.disk_full = True
+                await trio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                continue
+            if self.disk_full:
+                log.warning("%s: disk space is back; accepting writes again", self.id)
+                self.disk_full = False
+            return
 
     def _apply(self, rd: Ready) -> bool:
         """Apply committed entries; True if one of them changed the membership."""
