@@ -516,7 +516,12 @@ class RaftLog:
         delay = 0.1
         while True:
             try:
-                await self._storage.save(rd.hard_state, list(rd.entries), rd.must_sync)
+                if rd.must_sync or len(rd.entries) > 64:
+                    await self._storage.save(rd.hard_state, list(rd.entries), rd.must_sync)
+                else:
+                    # No fsync (a commit-index update, say): one small buffered write, cheaper
+                    # here than the hop to a worker thread and back.
+                    self._storage.storage.save(rd.hard_state, list(rd.entries), False)
             except DiskFullError as e:
                 if not self.disk_full:
                     log.error("%s: disk full, refusing writes until space returns: %s",
