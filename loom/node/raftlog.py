@@ -184,6 +184,10 @@ class RaftLog:
         self.entries_persisted = 0
         self.dropped_messages = 0
         self.disk_full = False
+        self._next_tick_at = 0.0
+        # Every committed entry this node has applied, no-op and membership entries included
+        # (the state machine's own index counts only its commands). Reads compare with this.
+        self._applied = recovered.snapshot.index if recovered.snapshot else 0
 
     # -- snapshots of the node's replicated state --------------------------------------------
     def _restore(self, data: bytes) -> StateMachine:
@@ -305,6 +309,7 @@ class RaftLog:
         async with trio.open_nursery() as nursery:
             self._running = True
             await self._catch_up_alone()
+            self._next_tick_at = trio.current_time() + self.s.tick_s
             nursery.start_soon(self._ticker)
             task_status.started()
             try:
@@ -325,23 +330,39 @@ class RaftLog:
                 await self._process_ready()
 
     async def _ticker(self) -> None:
+        """Wakes the driver once a tick; how many ticks elapsed is read from the clock."""
         while True:
             await trio.sleep(self.s.tick_s)
             try:
                 self._send.send_nowait(("tick", None))
             except trio.WouldBlock:
-                pass  # the driver is busy; a late tick is only a slightly longer timeout
+                pass  # the driver is busy; it catches up from the clock on its next turn
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 return
+
+    def _catch_up_ticks(self) -> None:
+        """Give the core every tick the monotonic clock says has elapsed, before anything else
+        of this turn. Time spent paused (SIGSTOP, a stalled VM, a long fsync) therefore counts:
+        a leader that was away longer than its lease steps down or stops trusting the lease
+        before it could answer a read (ticks are the core's only clock)."""
+        now = trio.current_time()
+        n = 0
+        while now >= self._next_tick_at and n < 100_000:
+            self.core.tick()
+            self._next_tick_at += self.s.tick_s
+            n += 1
+        if now >= self._next_tick_at:  # absurdly far behind: resynchronise
+            self._next_tick_at = now + self.s.tick_s
 
     async def _loop(self) -> None:
         async with self._recv:
             async for first in self._recv:
+                self._catch_up_ticks()
                 self._handle(first)
                 for _ in range(4096):  # everything queued now joins this turn (bounded)
                     try:
                         self._handle(self._recv.receive_nowait())
-                    except trio.WouldBlock:
+                    except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 self._flush_reads()
                 await self._process_ready()
@@ -354,7 +375,7 @@ class RaftLog:
     def _handle(self, evt: tuple[str, Any]) -> None:
         kind, payload = evt
         if kind == "tick":
-            self.core.tick()
+            pass  # _catch_up_ticks counts elapsed ticks from the clock
         elif kind == "msg":
             self.core.step(payload)
         elif kind == "propose":
@@ -453,6 +474,7 @@ class RaftLog:
                 await self._persist(rd)
                 self._sm = self._restore(rd.snapshot.data)
                 self._last_snapshot = rd.snapshot.meta.index
+                self._applied = max(self._applied, rd.snapshot.meta.index)
                 conf_changed = self._apply(rd)
             else:
                 # Committed entries are already durable on a majority: apply them (and answer
@@ -539,6 +561,7 @@ class RaftLog:
         """Apply committed entries; True if one of them changed the membership."""
         conf_changed = False
         for e in rd.committed_entries:
+            self._applied = max(self._applied, e.index)
             w = self._proposals.pop(e.index, None)
             if w is not None and w.term != e.term:
                 w.fail(E.Unavailable("leadership changed before the write committed; it was "
@@ -589,7 +612,7 @@ class RaftLog:
     def _serve_reads(self) -> None:
         if not self._reads_ready:
             return
-        applied = self._sm.applied_index
+        applied = self._applied
         still = []
         for index, batch in self._reads_ready:
             if index > applied:
@@ -610,6 +633,12 @@ class RaftLog:
         log.info("%s: %s (leader %s, term %d)", self.id, ss.role.value, ss.leader,
                  self.core.term)
         if was_leader and ss.role is not Role.LEADER:
+            # Writes proposed here may still commit under the next leader, or be overwritten:
+            # their outcome is unknown now, and saying so at once beats a silent timeout.
+            unknown = E.Timeout("leadership was lost before the write committed; it may or "
+                                "may not be applied")
+            for pw in self._proposals.values():
+                pw.fail(unknown)
             err = self.not_leader()
             for batch in self._read_batches.values():
                 for w in batch:

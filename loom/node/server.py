@@ -128,10 +128,11 @@ class Node:
         host, port = self.cfg.client_host_port
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            transport_scope = trio.CancelScope()
             await nursery.start(self.audit.run)
             if self.cfg.peers:
                 self.log.transport = self._make_transport()
-                await nursery.start(self.log.transport.run)
+                await nursery.start(self._run_transport, transport_scope)
                 self.log.transport.set_peers({n: a for n, a in self.cfg.peers.items()
                                               if n != self.cfg.node_id})
             await nursery.start(self.log.run)
@@ -162,7 +163,7 @@ class Node:
             self.log.stop()
             self.audit.close()
             signals_scope.cancel()
-            nursery.cancel_scope.deadline = trio.current_time() + 5  # the peer transport
+            transport_scope.cancel()  # after the hand-over: nothing more to tell the peers
         await trio.to_thread.run_sync(self.storage.close)
         # The log driver and drainer have returned: queued writes applied, audit flushed.
         log.info("node %s stopped", self.cfg.node_id)
@@ -219,6 +220,12 @@ class Node:
         finally:
             self._conns.discard(conn)
             self._conn_slots.release()
+
+    async def _run_transport(self, scope: trio.CancelScope, *,
+                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                             ) -> None:
+        with scope:
+            await self.log.transport.run(task_status=task_status)
 
     def _make_transport(self) -> Any:
         from loom.node.peer import PeerTransport

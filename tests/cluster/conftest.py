@@ -1,0 +1,668 @@
+"""Real multi-process clusters on loopback: N `loomd` processes, real TLS, real peer links.
+
+`Cluster` writes one config per node (a fast Raft profile, free 127.0.0.1 ports, its own data
+directory and log file), starts and signals the processes (SIGKILL, SIGTERM, SIGSTOP/SIGCONT),
+asks each node for CLUSTER_STATUS, and at teardown stops every process it started (SIGTERM, then
+SIGKILL as a last resort) and prints the tail of every node's log (shown when a test fails).
+
+With `proxied=True` every directed peer link src -> dst goes through its own `LinkProxy` (a TCP
+forwarder in the test process): each node's `peers` map names the proxy in front of the other
+nodes, so a test can cut one pair of nodes (both directions) and heal it again.
+
+`Client` speaks frames over TLS like `tests.conftest.RawConn`, follows NOT_LEADER to the named
+leader, and retries BUSY / UNAVAILABLE / NOT_LEADER / connection errors with bounded backoff.
+Every loop here is bounded both in attempts and in time.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from loom.node.config import AuditConfig, Limits, NodeConfig, RaftSettings, TLSConfig, to_toml
+from loom.wire import catalog
+from loom.wire.codec import FrameDecoder, decode_payload, encode
+from tests.conftest import PKI, make_config, tls_client_ctx
+
+LOOMD = [sys.executable, "-m", "loom.cli.loomd"]
+
+OK, BUSY, TIMEOUT, UNAVAILABLE, NOT_LEADER = 0, 7, 8, 9, 10
+LOST = -1  # synthetic: the connection broke after the request was sent (outcome unknown)
+INDETERMINATE = frozenset({TIMEOUT, LOST})
+
+# 20 ms ticks: elections time out after 200..400 ms, heartbeats every 40 ms.
+FAST_RAFT = RaftSettings(tick_ms=20, election_ticks_min=10, election_ticks_max=20,
+                         heartbeat_ticks=2, proposal_timeout_s=5.0, read_timeout_s=3.0)
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (all held open together, then released)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class ConnError(Exception):
+    """The connection failed or closed; `sent` tells whether the request left."""
+
+    def __init__(self, msg: str, *, sent: bool) -> None:
+        super().__init__(msg)
+        self.sent = sent
+
+
+class Conn:
+    """One TLS client connection speaking frames (HELLO done by `open`)."""
+
+    def __init__(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+        self.stream = stream
+        self.decoder = FrameDecoder(1 << 24)
+        self.next_id = 1
+
+    @classmethod
+    async def open(cls, pki: PKI, port: int, *, name: str = "admin", client_id: str = "",
+                   timeout: float = 5.0) -> Conn:
+        try:
+            with trio.fail_after(timeout):
+                tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        except (OSError, trio.TooSlowError) as e:
+            raise ConnError(f"connect to {port}: {e!r}", sent=False) from None
+        c = cls(trio.SSLStream(tcp, tls_client_ctx(pki, name), server_hostname="localhost"))
+        try:
+            hello: dict[str, Any] = {"client_name": "cluster-tests", "min_version": 1,
+                                     "max_version": 1}
+            if client_id:
+                hello["client_id"] = client_id
+            r = await c.request("HELLO", timeout=timeout, **hello)
+        except BaseException:
+            await c.aclose()
+            raise
+        if r["s"] != OK:
+            await c.aclose()
+            raise ConnError(f"HELLO refused: {r}", sent=False)
+        return c
+
+    def frame(self, op: str, seq: int = 0, **body: Any) -> tuple[int, bytes]:
+        rid = self.next_id
+        self.next_id += 1
+        f: dict[str, Any] = {"v": 1, "id": rid, "op": catalog.BY_NAME[op].opcode, "b": body}
+        if seq:
+            f["q"] = seq
+        return rid, encode(f)
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as e:
+            raise ConnError(f"send: {e!r}", sent=False) from None
+
+    async def recv_id(self, rid: int, timeout: float) -> dict[str, Any]:
+        """The reply to request `rid` (other frames are skipped)."""
+        try:
+            with trio.fail_after(timeout):
+                while True:
+                    p = self.decoder.next_payload()
+                    if p is not None:
+                        obj = decode_payload(p)
+                        if isinstance(obj, dict) and obj.get("id") == rid:
+                            return obj
+                        continue
+                    data = await self.stream.receive_some(65536)
+                    if not data:
+                        raise ConnError("closed by the server", sent=True)
+                    self.decoder.feed(data)
+        except trio.TooSlowError:
+            raise ConnError(f"no reply within {timeout:g} s", sent=True) from None
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+                ssl.SSLError) as e:
+            raise ConnError(f"receive: {e!r}", sent=True) from None
+
+    async def request(self, op: str, *, seq: int = 0, timeout: float = 10.0,
+                      **body: Any) -> dict[str, Any]:
+        rid, data = self.frame(op, seq, **body)
+        await self.send(data)
+        return await self.recv_id(rid, timeout)
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+@dataclass
+class LinkProxy:
+    """A TCP forwarder for the directed peer link src -> dst, which can be cut and healed."""
+
+    src: str
+    dst: str
+    target_port: int
+    port: int = 0
+    is_cut: bool = False
+    accepted: int = 0
+    refused: int = 0
+    _scopes: set[trio.CancelScope] = field(default_factory=set)
+    _open: set[trio.SocketStream] = field(default_factory=set)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        try:
+            async with listeners[0], trio.open_nursery() as nursery:
+                task_status.started()
+                await self._accept(listeners[0], nursery)
+        finally:
+            for stream in self._open:  # accepted but never piped (cancelled before it started)
+                stream.socket.close()
+
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            stream = await listener.accept()
+            if self.is_cut:
+                self.refused += 1
+                await trio.aclose_forcefully(stream)
+                continue
+            self.accepted += 1
+            self._open.add(stream)
+            nursery.start_soon(self._pipe, stream)
+
+    async def _pipe(self, downstream: trio.SocketStream) -> None:
+        with trio.CancelScope() as cs:
+            self._scopes.add(cs)
+            try:
+                try:
+                    upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+                except OSError:
+                    return
+                try:
+                    async with trio.open_nursery() as n:
+                        n.start_soon(_pump, downstream, upstream, n.cancel_scope)
+                        n.start_soon(_pump, upstream, downstream, n.cancel_scope)
+                finally:
+                    await trio.aclose_forcefully(upstream)
+            finally:
+                self._scopes.discard(cs)
+                self._open.discard(downstream)
+                await trio.aclose_forcefully(downstream)
+
+    def cut(self) -> None:
+        """Drop every open connection and refuse new ones."""
+        self.is_cut = True
+        for cs in list(self._scopes):
+            cs.cancel()
+
+    def heal(self) -> None:
+        self.is_cut = False
+
+
+async def _pump(a: trio.SocketStream, b: trio.SocketStream, done: trio.CancelScope) -> None:
+    try:
+        while True:
+            data = await a.receive_some(65536)
+            if not data:
+                break
+            await b.send_all(data)
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    done.cancel()
+
+
+@dataclass
+class NodeProc:
+    id: str
+    client_port: int
+    peer_port: int
+    dir: Path
+    proc: trio.Process | None = None
+    paused: bool = False
+    starts: int = 0
+
+    @property
+    def config(self) -> Path:
+        return self.dir / f"{self.id}.toml"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / f"{self.id}.log"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def client_addr(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class Cluster:
+    def __init__(self, pki: PKI, root: Path, nursery: trio.Nursery, ids: tuple[str, ...],
+                 raft: RaftSettings, proxied: bool, name: str = "cluster-tests") -> None:
+        self.pki = pki
+        self.root = root
+        self.nursery = nursery
+        self.ids = ids
+        self.raft = raft
+        self.proxied = proxied
+        self.name = name
+        ports = free_ports(2 * len(ids))
+        self.nodes = {nid: NodeProc(nid, ports[2 * i], ports[2 * i + 1], root / nid)
+                      for i, nid in enumerate(ids)}
+        self.proxies: dict[tuple[str, str], LinkProxy] = {}
+        self._proxy_scope = trio.CancelScope()
+        self.extra_procs: list[trio.Process] = []
+        self._clients: list[Client] = []
+        self._conns: list[Conn] = []
+
+    def client(self, name: str = "admin", client_id: str = "") -> Client:
+        """A Client closed at teardown (also when the test fails)."""
+        c = Client(self, name, client_id)
+        self._clients.append(c)
+        return c
+
+    async def connect(self, nid: str, *, name: str = "admin", client_id: str = "") -> Conn:
+        """A direct connection to `nid`, closed at teardown."""
+        c = await Conn.open(self.pki, self.nodes[nid].client_port, name=name,
+                            client_id=client_id)
+        self._conns.append(c)
+        return c
+
+    # -- configuration ------------------------------------------------------------------------
+    async def _start_proxies(self) -> None:
+        async def run_all(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                          ) -> None:
+            with self._proxy_scope:
+                async with trio.open_nursery() as n:
+                    for src in self.ids:
+                        for dst in self.ids:
+                            if src != dst:
+                                p = LinkProxy(src, dst, self.nodes[dst].peer_port)
+                                self.proxies[(src, dst)] = p
+                                await n.start(p.run)
+                    task_status.started()
+
+        await self.nursery.start(run_all)
+
+    def peers_of(self, nid: str) -> dict[str, str]:
+        out = {}
+        for other, n in self.nodes.items():
+            if other != nid and self.proxied:
+                out[other] = f"127.0.0.1:{self.proxies[(nid, other)].port}"
+            else:
+                out[other] = f"127.0.0.1:{n.peer_port}"
+        return out
+
+    def config_for(self, nid: str) -> NodeConfig:
+        n = self.nodes[nid]
+        cfg = make_config(self.pki, n.dir, node_id=nid, data_dir=n.data_dir,
+                          client_listen=n.client_addr,
+                          peer_listen=f"127.0.0.1:{n.peer_port}", peers=self.peers_of(nid),
+                          cluster_name=self.name, raft=self.raft,
+                          audit=AuditConfig(sink="off"),
+                          limits=Limits(shutdown_grace_s=3.0))
+        return replace(cfg, tls=TLSConfig(ca=self.pki.ca, cert=self.pki.dir / f"{nid}.pem",
+                                          key=self.pki.dir / f"{nid}.key"))
+
+    def write_configs(self) -> None:
+        for nid, n in self.nodes.items():
+            n.dir.mkdir(parents=True, exist_ok=True)
+            n.config.write_text(to_toml(self.config_for(nid)), encoding="utf-8")
+
+    # -- processes ----------------------------------------------------------------------------
+    async def spawn(self, config: Path, log: Path) -> trio.Process:
+        with open(log, "ab") as f:  # the child keeps its own descriptor
+            return await trio.lowlevel.open_process(
+                [*LOOMD, "--config", str(config)], stdin=subprocess.DEVNULL, stdout=f,
+                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    async def start(self, *ids: str, timeout: float = 30.0) -> None:
+        """Start these nodes (all by default) and wait until each accepts clients."""
+        if self.proxied and not self.proxies:
+            await self._start_proxies()
+        if not any(n.config.exists() for n in self.nodes.values()):
+            self.write_configs()
+        ids = ids or self.ids
+        for nid in ids:
+            n = self.nodes[nid]
+            assert not n.running, f"{nid} is already running"
+            n.proc = await self.spawn(n.config, n.log)
+            n.paused = False
+            n.starts += 1
+        with trio.fail_after(timeout):
+            async with trio.open_nursery() as ns:
+                for nid in ids:
+                    ns.start_soon(self.wait_serving, nid)
+
+    async def wait_serving(self, nid: str) -> None:
+        n = self.nodes[nid]
+        for _ in range(600):  # bounded by the caller's deadline as well
+            assert n.proc is not None
+            if n.proc.returncode is not None:
+                raise AssertionError(f"{nid} exited with {n.proc.returncode}:\n"
+                                     f"{n.log_text()[-3000:]}")
+            try:
+                c = await Conn.open(self.pki, n.client_port, timeout=2)
+            except ConnError:
+                await trio.sleep(0.05)
+                continue
+            await c.aclose()
+            return
+        raise AssertionError(f"{nid} never accepted a client connection")
+
+    async def kill(self, nid: str) -> None:
+        n = self.nodes[nid]
+        assert n.proc is not None
+        n.proc.kill()
+        with trio.fail_after(10):
+            await n.proc.wait()
+        n.paused = False
+
+    async def stop(self, nid: str, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""
+        n = self.nodes[nid]
+        assert n.proc is not None
+        if n.proc.returncode is None:
+            if n.paused:
+                n.proc.send_signal(signal.SIGCONT)
+                n.paused = False
+            n.proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(timeout):
+                await n.proc.wait()
+            if n.proc.returncode is None:
+                n.proc.kill()
+                with trio.move_on_after(10):
+                    await n.proc.wait()
+        return n.proc.returncode if n.proc.returncode is not None else -999
+
+    def pause(self, nid: str) -> None:
+        n = self.nodes[nid]
+        assert n.proc is not None
+        n.proc.send_signal(signal.SIGSTOP)
+        n.paused = True
+
+    def resume(self, nid: str) -> None:
+        n = self.nodes[nid]
+        assert n.proc is not None
+        n.proc.send_signal(signal.SIGCONT)
+        n.paused = False
+
+    def cut(self, a: str, b: str) -> None:
+        """Cut both directions between a and b (open connections dropped, new ones refused)."""
+        self.proxies[(a, b)].cut()
+        self.proxies[(b, a)].cut()
+
+    def isolate(self, nid: str) -> None:
+        for other in self.ids:
+            if other != nid:
+                self.cut(nid, other)
+
+    def heal(self) -> None:
+        for p in self.proxies.values():
+            p.heal()
+
+    def live(self) -> list[str]:
+        return [nid for nid, n in self.nodes.items() if n.running and not n.paused]
+
+    def id_of_addr(self, addr: str | None) -> str | None:
+        for nid, n in self.nodes.items():
+            if n.client_addr == addr:
+                return nid
+        return None
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            for cl in self._clients:
+                await cl.aclose()
+            for conn in self._conns:
+                await conn.aclose()
+            for p in self.extra_procs:
+                await _terminate(p)
+            async with trio.open_nursery() as ns:
+                for nid, n in self.nodes.items():
+                    if n.proc is not None and n.proc.returncode is None:
+                        ns.start_soon(self.stop, nid, 10.0)
+            self._proxy_scope.cancel()
+
+    def dump_logs(self, tail: int = 60) -> None:
+        for nid, n in self.nodes.items():
+            lines = n.log_text().splitlines()
+            print(f"===== {nid} log ({len(lines)} lines, last {tail}) =====")
+            for line in lines[-tail:]:
+                print(line)
+
+    # -- observation --------------------------------------------------------------------------
+    async def request(self, nid: str, op: str, timeout: float = 2.0, **body: Any
+                      ) -> dict[str, Any] | None:
+        """One request on a fresh connection to `nid`; None if it cannot be had in time."""
+        n = self.nodes[nid]
+        if not n.running or n.paused:
+            return None
+        try:
+            with trio.fail_after(timeout):
+                c = await Conn.open(self.pki, n.client_port, timeout=timeout)
+                try:
+                    return await c.request(op, timeout=timeout, **body)
+                finally:
+                    await c.aclose()
+        except (ConnError, trio.TooSlowError):
+            return None
+
+    async def status(self, nid: str) -> dict[str, Any] | None:
+        r = await self.request(nid, "CLUSTER_STATUS")
+        if r is None or r["s"] != OK:
+            return None
+        out: dict[str, Any] = r["r"]
+        return out
+
+    async def stats(self, nid: str) -> dict[str, Any] | None:
+        r = await self.request(nid, "NODE_STATS")
+        if r is None or r["s"] != OK:
+            return None
+        out: dict[str, Any] = r["r"]
+        return out
+
+    async def statuses(self, ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+
+        async def one(nid: str) -> None:
+            st = await self.status(nid)
+            if st is not None:
+                out[nid] = st
+
+        async with trio.open_nursery() as ns:
+            for nid in ids if ids is not None else self.live():
+                ns.start_soon(one, nid)
+        return out
+
+    async def wait_leader(self, among: list[str] | None = None, timeout: float = 20.0,
+                          not_in: tuple[str, ...] = ()) -> str:
+        """A node of `among` that says it leads and that another node of `among` follows."""
+        last: dict[str, dict[str, Any]] = {}
+        with trio.move_on_after(timeout):
+            for _ in range(1000):
+                ids = among if among is not None else self.live()
+                last = await self.statuses(ids)
+                for nid, st in last.items():
+                    if st["role"] != "leader" or nid in not_in:
+                        continue
+                    follows = [o for o, s in last.items()
+                               if o != nid and s["leader"] == nid and s["term"] == st["term"]]
+                    if follows or len(ids) == 1:
+                        return nid
+                await trio.sleep(0.05)
+        raise AssertionError(f"no leader within {timeout} s: {last}")
+
+    async def wait_converged(self, ids: list[str] | None = None, timeout: float = 30.0
+                             ) -> dict[str, dict[str, Any]]:
+        """All of `ids` agree on the leader and have applied the same index (the leader's
+        commit index)."""
+        ids = ids or list(self.ids)
+        last: dict[str, dict[str, Any]] = {}
+        with trio.move_on_after(timeout):
+            for _ in range(1000):
+                last = await self.statuses(ids)
+                if len(last) == len(ids):
+                    leaders = {s["leader"] for s in last.values()}
+                    applied = {s["applied_index"] for s in last.values()}
+                    commits = {s["commit_index"] for s in last.values()}
+                    if len(leaders) == 1 and None not in leaders and len(applied) == 1 \
+                            and applied == commits:
+                        return last
+                await trio.sleep(0.1)
+        raise AssertionError(f"not converged within {timeout} s: "
+                             f"{ {k: _brief(v) for k, v in last.items()} }")
+
+
+def _brief(st: dict[str, Any]) -> dict[str, Any]:
+    return {k: st[k] for k in ("role", "term", "leader", "commit_index", "applied_index")}
+
+
+async def _terminate(p: trio.Process) -> None:
+    if p.returncode is None:
+        p.send_signal(signal.SIGCONT)
+        p.terminate()
+        with trio.move_on_after(10):
+            await p.wait()
+        if p.returncode is None:
+            p.kill()
+            with trio.move_on_after(10):
+                await p.wait()
+
+
+class Client:
+    """Follows NOT_LEADER, retries BUSY / UNAVAILABLE / NOT_LEADER / connection errors with
+    bounded backoff. Writes answered TIMEOUT, or whose connection broke after they were sent,
+    come back as TIMEOUT / LOST (indeterminate) unless `retry_unknown` (reads, idempotent or
+    deduplicated writes)."""
+
+    def __init__(self, cluster: Cluster, name: str = "admin", client_id: str = "") -> None:
+        self.cluster = cluster
+        self.name = name
+        self.client_id = client_id
+        self.conn: Conn | None = None
+        self.node: str | None = None
+        self.retries = 0
+        self.redirects = 0
+        self.only: list[str] | None = None  # talk to these nodes only (one side of a partition)
+
+    async def _drop(self) -> None:
+        if self.conn is not None:
+            await self.conn.aclose()
+        self.conn, self.node = None, None
+
+    def _pick(self, hint: str | None) -> str | None:
+        live = [n for n in self.cluster.live() if self.only is None or n in self.only]
+        if hint in live:
+            return hint
+        return random.choice(live) if live else None
+
+    async def call(self, op: str, *, seq: int = 0, retry_unknown: bool = False,
+                   deadline_s: float = 30.0, max_attempts: int = 400, request_timeout: float = 8.0,
+                   **body: Any) -> dict[str, Any]:
+        hint = self.node
+        last: Any = None
+        delay = 0.02
+        with trio.move_on_after(deadline_s):
+            for _ in range(max_attempts):
+                target = self._pick(hint)
+                if target is None:
+                    await trio.sleep(0.1)
+                    continue
+                try:
+                    if self.conn is None or self.node != target:
+                        await self._drop()
+                        self.conn = await Conn.open(self.cluster.pki,
+                                                    self.cluster.nodes[target].client_port,
+                                                    name=self.name, client_id=self.client_id,
+                                                    timeout=3)
+                        self.node = target
+                    r = await self.conn.request(op, seq=seq, timeout=request_timeout, **body)
+                except ConnError as e:
+                    last = repr(e)
+                    await self._drop()
+                    if e.sent and not retry_unknown:
+                        return {"s": LOST, "e": {"code": "LOST", "msg": str(e)}}
+                    hint = None
+                    await self._backoff(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                last = r
+                s = r["s"]
+                if s == NOT_LEADER:
+                    self.redirects += 1
+                    hint = self.cluster.id_of_addr((r.get("e") or {}).get("leader_addr"))
+                    if hint is None or hint == target:
+                        await self._backoff(delay)
+                        delay = min(delay * 2, 0.5)
+                    continue
+                if s in (BUSY, UNAVAILABLE) or (s == TIMEOUT and retry_unknown):
+                    hint = target if s == BUSY else None
+                    await self._backoff(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                return r
+        raise AssertionError(f"{op} did not get an answer (deadline {deadline_s} s); last: {last}")
+
+    async def _backoff(self, delay: float) -> None:
+        self.retries += 1
+        await trio.sleep(delay * (0.5 + random.random()))
+
+    async def aclose(self) -> None:
+        await self._drop()
+
+
+ClusterFactory = Callable[..., Awaitable[Cluster]]
+
+
+@pytest.fixture
+async def cluster_factory(pki: PKI, tmp_path: Path, nursery: trio.Nursery
+                          ) -> AsyncIterator[ClusterFactory]:
+    """`c = await cluster_factory(n=3, proxied=False, start=True, **raft overrides)`."""
+    made: list[Cluster] = []
+
+    async def make(n: int = 3, *, proxied: bool = False, start: bool = True,
+                   **raft: Any) -> Cluster:
+        ids = tuple(f"n{i}" for i in range(1, n + 1))
+        c = Cluster(pki, tmp_path / f"cluster{len(made)}", nursery, ids,
+                    replace(FAST_RAFT, **raft), proxied)
+        made.append(c)
+        if start:
+            await c.start()
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            await c.aclose()
+            c.dump_logs()
+
+
+@pytest.fixture
+async def cluster(cluster_factory: ClusterFactory) -> Cluster:
+    return await cluster_factory()
