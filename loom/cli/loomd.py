@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", metavar="ID=HOST:PORT,...",
                    help="every founding member and its peer address, this node included")
     p.add_argument("--cluster-name")
+    p.add_argument("--join", action="store_true", default=None,
+                   help="start empty and wait to be added with 'loomctl members add' "
+                        "(instead of founding a cluster from --peers)")
     p.add_argument("--tls-ca")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
@@ -62,6 +65,7 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
     return {
         "node_id": a.node_id, "data_dir": a.data_dir, "client_listen": a.client_listen,
         "peer_listen": a.peer_listen, "peers": a.peers, "cluster_name": a.cluster_name,
+        "join": a.join,
         "tls.ca": a.tls_ca, "tls.cert": a.tls_cert, "tls.key": a.tls_key,
         "require_client_auth": a.require_client_auth,
         "allow_insecure_guest_bind": a.allow_insecure_guest_bind,
