@@ -74,6 +74,21 @@ class StorageSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StateSettings:
+    """Limits of the replicated state. They decide the results of applies, so every member of
+    a cluster must run with the same values."""
+
+    max_value_bytes: int = 1 << 20
+    max_entries: int = 10_000_000  # per structure
+    max_structures: int = 100_000
+    max_total_bytes: int = 8 << 30
+    max_sessions: int = 100_000
+    topic_ring: int = 1024  # recent messages kept per topic for resuming subscribers
+    # Maps used as caches: name glob -> maximum entries (least recently written evicted).
+    map_caches: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     node_id: str = "n1"
     data_dir: Path = Path("data/n1")
@@ -94,6 +109,7 @@ class NodeConfig:
     peers: dict[str, str] = field(default_factory=dict)  # member id -> peer address
     raft: RaftSettings = field(default_factory=RaftSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    state: StateSettings = field(default_factory=StateSettings)
 
     @property
     def client_host_port(self) -> tuple[str, int]:
@@ -150,6 +166,12 @@ def _coerce(key: str, want: Any, v: Any) -> Any:
         if not isinstance(v, dict):
             raise ConfigError(f"{key}: must be a table")
         return v
+    if t == "dict[str, int]":
+        if not isinstance(v, dict) or not all(
+                isinstance(a, str) and isinstance(b, int) and not isinstance(b, bool) and b > 0
+                for a, b in v.items()):
+            raise ConfigError(f"{key}: must be a table of \"name-glob\" = positive integer")
+        return dict(v)
     if t == "dict[str, str]":
         if isinstance(v, str):  # the --peers flag: "n1=host:port,n2=host:port"
             pairs = [x.partition("=") for x in v.split(",") if x.strip()]
@@ -172,7 +194,8 @@ def _build(cls: Any, data: dict[str, Any], prefix: str) -> Any:
             raise ConfigError(f"{key}: unknown key")
         ftype = known[k].type
         sub = {"TLSConfig": TLSConfig, "Limits": Limits, "AuditConfig": AuditConfig,
-               "RaftSettings": RaftSettings, "StorageSettings": StorageSettings}.get(str(ftype))
+               "RaftSettings": RaftSettings, "StorageSettings": StorageSettings,
+               "StateSettings": StateSettings}.get(str(ftype))
         if sub is not None:
             if not isinstance(v, dict):
                 raise ConfigError(f"{key}: must be a table")
@@ -208,6 +231,10 @@ def validate(cfg: NodeConfig) -> NodeConfig:
                           "election_ticks_max")
     if r.tick_ms < 1 or r.snapshot_every < 1 or r.trailing_entries < 0:
         raise ConfigError("raft.tick_ms: tick_ms and snapshot_every must be positive")
+    for f in fields(cfg.state):
+        v = getattr(cfg.state, f.name)
+        if isinstance(v, int) and v <= 0:
+            raise ConfigError(f"state.{f.name}: must be positive, got {v}")
     if cfg.peers:
         if cfg.node_id not in cfg.peers:
             raise ConfigError(f"peers: must include this node ({cfg.node_id})")
@@ -277,6 +304,8 @@ def to_toml(cfg: NodeConfig) -> str:
         return out
 
     d = dump(cfg)
+    if not d["state"].get("map_caches"):
+        d["state"].pop("map_caches", None)
     if not d.get("peers"):
         d.pop("peers", None)
     if not d.get("peer_listen"):

@@ -59,6 +59,7 @@ from loom.raft.confchange import bootstrap
 from loom.raft.messages import AppendEntries, Heartbeat
 from loom.raft.types import EntryType, SnapshotMeta
 from loom.state.command import Command, Outcome
+from loom.state.limits import StateLimits
 from loom.state.machine import StateMachine
 from loom.storage.aio import AsyncStorage
 from loom.storage.errors import DiskFullError
@@ -143,6 +144,7 @@ class RaftLog:
         member_addrs: dict[str, str],
         on_applied: Callable[[Applied], None] | None = None,
         on_leader: Callable[[], None] | None = None,
+        limits: StateLimits = StateLimits(),  # noqa: B008 - immutable
     ) -> None:
         self.s = settings
         self.id = settings.node_id
@@ -155,7 +157,8 @@ class RaftLog:
             reader = storage.load_snapshot()
             assert reader is not None, "recovered a snapshot that cannot be read"
             snap_data = b"".join(reader.chunks())
-        self._sm = self._restore(snap_data) if snap_data else StateMachine()
+        self._limits = limits
+        self._sm = self._restore(snap_data) if snap_data else StateMachine(limits)
         rcfg = RaftConfig(
             node_id=self.id, election_tick_min=settings.election_ticks_min,
             election_tick_max=settings.election_ticks_max,
@@ -193,7 +196,7 @@ class RaftLog:
     def _restore(self, data: bytes) -> StateMachine:
         doc = cbor2.loads(data)
         self.member_addrs.update(doc.get("members", {}))
-        return StateMachine.restore(doc["sm"])
+        return StateMachine.restore(doc["sm"], self._limits)
 
     def _snapshot_blob(self) -> bytes:
         return bytes(cbor2.dumps({"sm": self._sm.snapshot(), "members": self.member_addrs}))

@@ -37,6 +37,7 @@ from loom.node.raftlog import DriverSettings, RaftLog, prepare_storage
 from loom.security.acl import Policy, PolicyError
 from loom.security.tls import TLSConfigError, server_context
 from loom.state.command import Command
+from loom.state.limits import StateLimits
 from loom.storage.storage import Storage, StorageOptions
 
 log = logging.getLogger("loom.node")
@@ -69,7 +70,13 @@ class Node:
                 lease_reads=r.lease_reads, proposal_timeout_s=r.proposal_timeout_s,
                 read_timeout_s=r.read_timeout_s, inbox=cfg.limits.max_pending_proposals),
             self.storage, self._recovered, member_addrs=dict(cfg.peers),
-            on_applied=self._on_applied, on_leader=self._on_leader)
+            on_applied=self._on_applied, on_leader=self._on_leader,
+            limits=StateLimits(
+                max_value_bytes=cfg.state.max_value_bytes, max_entries=cfg.state.max_entries,
+                max_structures=cfg.state.max_structures,
+                max_total_bytes=cfg.state.max_total_bytes,
+                max_sessions=cfg.state.max_sessions, topic_ring=cfg.state.topic_ring,
+                map_caches=tuple(sorted(cfg.state.map_caches.items()))))
         self._nursery: trio.Nursery | None = None
         self._seeding = False
         self.dispatcher = Dispatcher(
