@@ -30,6 +30,7 @@ import trio
 
 from loom.node import sdnotify
 from loom.node.audit import AuditLog, make_sink
+from loom.node.clock import ProposalClock
 from loom.node.config import ConfigError, NodeConfig, load
 from loom.node.connection import Connection
 from loom.node.dispatcher import Dispatcher
@@ -79,10 +80,12 @@ class Node:
                 map_caches=tuple(sorted(cfg.state.map_caches.items()))))
         self._nursery: trio.Nursery | None = None
         self._seeding = False
+        self.clock = ProposalClock(lambda: self.log.state().core.now)
         self.dispatcher = Dispatcher(
             node_id=cfg.node_id, replicator=self.log, audit=self.audit,
             gateways=frozenset(cfg.gateway_identities), seed_policy=self.seed_policy,
-            audit_reads=cfg.audit.audit_reads, extra_stats=self._stats)
+            audit_reads=cfg.audit.audit_reads, extra_stats=self._stats,
+            clock_ms=self.clock.now_ms)
         self.stopping = False
         self.port = 0
         self._conn_ids = itertools.count(1)
@@ -123,6 +126,7 @@ class Node:
         self.dispatcher.on_applied(applied)
 
     def _on_leader(self) -> None:
+        self.clock.anchor()
         # Before serving, run() seeds the policy itself (and waits for it).
         if self._nursery is not None and self.port and not self._seeding:
             self._nursery.start_soon(self._seed_acl)
@@ -267,9 +271,8 @@ class Node:
             self._seeding = False
 
     async def _propose_acl(self, policy_doc: dict[str, Any]) -> None:
-        from loom.node.dispatcher import now_ms
-
-        out = await self.log.propose(Command("ACL_SET", {"policy": policy_doc}, now_ms()))
+        out = await self.log.propose(Command("ACL_SET", {"policy": policy_doc},
+                                             self.clock.now_ms()))
         out.raise_for_status()
 
     async def reload(self) -> None:
