@@ -135,6 +135,13 @@ class PeerTransport:
             elif link.addr != addr:
                 link.retarget(addr)
 
+    def set_contexts(self, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
+        """Reloaded certificates (SIGHUP): every new connection, in and out, uses them;
+        established ones keep theirs until they end."""
+        self._server_ctx, self._client_ctx = server_ctx, client_ctx
+        for link in self._links.values():
+            link.set_context(client_ctx)
+
     def client_addr_of(self, node_id: str) -> str | None:
         return self._client_addrs.get(node_id)
 

@@ -149,6 +149,10 @@ class Link:
     def queued(self) -> tuple[int, int]:
         return len(self._prio), len(self._bulk)
 
+    def set_context(self, ctx: ssl.SSLContext) -> None:
+        """The next dial uses `ctx` (certificates reloaded)."""
+        self._ctx = ctx
+
     def retarget(self, addr: str) -> None:
         """The peer moved: abandon the current connection or backoff sleep and dial `addr`."""
         self.addr = addr

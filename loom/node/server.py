@@ -36,7 +36,12 @@ from loom.node.connection import Connection
 from loom.node.dispatcher import Dispatcher
 from loom.node.raftlog import DriverSettings, RaftLog, prepare_storage
 from loom.security.acl import Policy, PolicyError
-from loom.security.tls import TLSConfigError, server_context
+from loom.security.tls import (
+    TLSConfigError,
+    peer_client_context,
+    peer_server_context,
+    server_context,
+)
 from loom.state.command import Command
 from loom.state.limits import StateLimits
 from loom.storage.storage import Storage, StorageOptions
@@ -240,7 +245,6 @@ class Node:
 
     def _make_transport(self) -> Any:
         from loom.node.peer import PeerTransport
-        from loom.security.tls import peer_client_context, peer_server_context
 
         t = self.cfg.tls
         try:
@@ -281,11 +285,16 @@ class Node:
         try:
             cfg = load(self.config_path) if self.config_path else self.cfg
             new_ctx = self._load_tls(cfg)
+            t = cfg.tls
+            peer_ctxs = (peer_server_context(t.ca, t.cert, t.key, crl=t.crl),
+                         peer_client_context(t.ca, t.cert, t.key, crl=t.crl))
             policy = Policy.from_config(cfg.acl)
         except (ConfigError, PolicyError, OSError, ssl.SSLError, TLSConfigError) as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
         self.ssl_context = new_ctx
+        if self.log.transport is not None:
+            self.log.transport.set_contexts(*peer_ctxs)
         doc = self.log.state().read(Command("ACL_GET", {}, 0)).value or {}
         if doc.get("policy") != policy.to_config():
             await self._propose_acl(policy.to_config())
