@@ -237,6 +237,16 @@ class Node:
             self._conns.discard(conn)
             self._conn_slots.release()
 
+    def _admits_peer(self, node: str) -> bool:
+        """Peers admitted on the peer listener: the current members. A node that joins an
+        existing cluster knows no configuration until the leader's first entries (or snapshot)
+        arrive, and those can only arrive through its listener; until then it admits the nodes
+        of its configured `peers` (node certificates of this cluster's CA, as always)."""
+        if self.log.is_member(node):
+            return True
+        conf = self.log.core.conf
+        return not conf.voters and not conf.learners and node in self.cfg.peers
+
     async def _run_transport(self, scope: trio.CancelScope, *,
                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                              ) -> None:
@@ -256,7 +266,7 @@ class Node:
             node_id=self.cfg.node_id, cluster=self.cfg.cluster_name, listen=self.cfg.peer_listen,
             peers={n: a for n, a in self.cfg.peers.items() if n != self.cfg.node_id},
             client_addr=self.log.s.client_addr, server_ctx=server_ctx, client_ctx=client_ctx,
-            trust_domain=self.cfg.trust_domain, is_member=self.log.is_member,
+            trust_domain=self.cfg.trust_domain, is_member=self._admits_peer,
             on_message=self.log.on_peer_message)
 
     # -- ACL seeding and reload -----------------------------------------------------------------

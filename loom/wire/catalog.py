@@ -314,7 +314,8 @@ _t(0x0E03, "MEMBER_ADD", C.CLUSTER, A,
 _t(0x0E04, "MEMBER_PROMOTE", C.CLUSTER, A, {"node": Field(Kind.NAME)},
    "Make a caught-up learner a voter.")
 _t(0x0E05, "MEMBER_REMOVE", C.CLUSTER, A, {"node": Field(Kind.NAME)},
-   "Remove a member; its certificate is denied until an operator adds the id again.")
+   "Remove a member; its id is never accepted again (its certificate is refused by every "
+   "peer listener).")
 _t(0x0E06, "LEADER_TRANSFER", C.CLUSTER, A, {"to": opt(Kind.NAME)},
    "Hand leadership to a voter (the most caught-up one when `to` is absent).")
 
