@@ -203,7 +203,15 @@ class Dispatcher:
             s = structure_of(cmd)
             assert s is not None, f"{mt.name} waited without a structure"
             ev = self.replicator.changed_event(s)
-            with trio.move_on_at(deadline):
+            # A holder's session expires only when some command is applied: wake up when the
+            # earliest session may be due and propose again (that apply expires it), instead
+            # of sleeping until our own deadline on an idle cluster.
+            wake_at = deadline
+            due = self.replicator.state().next_session_deadline()
+            if due is not None and not read:
+                in_s = max(0.05, (due - self.clock_ms()) / 1000 + 0.01)
+                wake_at = min(deadline, trio.current_time() + in_s)
+            with trio.move_on_at(wake_at):
                 await ev.wait()
             if trio.current_time() >= deadline:
                 body = {**body, "timeout_ms": 0}

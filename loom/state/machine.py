@@ -147,6 +147,13 @@ class StateMachine:
         """(category, name) of every structure whose waiters the last apply may unblock."""
         return list(self.core.changed)
 
+    def next_session_deadline(self) -> int | None:
+        """The earliest log time at which a session may expire (a hint: possibly stale-early).
+        Waiters blocked on a session's lock or permits re-run at that time, because an
+        expiry happens only when some command is applied."""
+        heap = self.sessions.heap
+        return heap[0][0] if heap else None
+
     def topic_since(
         self, name: str, from_seq: int, limit: int,
     ) -> tuple[list[tuple[int, bytes]], int]:
