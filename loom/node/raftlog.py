@@ -228,6 +228,10 @@ class RaftLog:
         return await w.wait(self.s.proposal_timeout_s, f"the write {cmd.op}")
 
     async def read(self, cmd: Command) -> Outcome:
+        if self.role is Role.LEADER and self.core.conf.voters == (self.id,):
+            # A cluster of one is its own majority: every acknowledged write is already
+            # applied here and no other node can lead, so the state machine answers directly.
+            return self._sm.read(cmd)
         w = _Waiter(cmd)
         self._submit("read", w)
         return await w.wait(self.s.read_timeout_s, f"the read {cmd.op}")
