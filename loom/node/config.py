@@ -59,7 +59,7 @@ class RaftSettings:
     election_ticks_min: int = 10  # election timeout drawn from [min, max) ticks
     election_ticks_max: int = 20
     heartbeat_ticks: int = 2
-    snapshot_every: int = 10_000  # applied entries between snapshots
+    snapshot_every: int = 10_000  # applied entries between snapshots (and log >= half the last)
     trailing_entries: int = 1_000  # kept behind a snapshot for slow followers
     max_uncommitted_bytes: int = 64 << 20  # proposals beyond this answer BUSY
     lease_reads: bool = False  # serve linearizable reads from a leader lease (bounded drift)

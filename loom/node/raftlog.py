@@ -171,6 +171,8 @@ class RaftLog:
                              recovered.entries, snap_data)
         self._last_snapshot = recovered.snapshot.index if recovered.snapshot else 0
         self._synced_term = recovered.hard_state.term
+        self._last_snapshot_bytes = 0  # size of the last snapshot we took (0: none yet)
+        self._log_bytes_since_snapshot = 0
         self._send, self._recv = trio.open_memory_channel[tuple[str, Any]](settings.inbox)
         self._proposals: dict[int, _Waiter] = {}
         self._read_batches: dict[bytes, list[_Waiter]] = {}
@@ -582,6 +584,7 @@ class RaftLog:
                 continue
             if e.type is not EntryType.NORMAL or e.index <= self._sm.applied_index:
                 continue
+            self._log_bytes_since_snapshot += len(e.data)
             cmd = Command.decode(e.data)
             if cmd.op == "MEMBER_ADDRESS":
                 self.member_addrs[cmd.body["node"]] = cmd.body["peer_addr"]
@@ -659,8 +662,15 @@ class RaftLog:
             self._on_leader()
 
     async def _maybe_snapshot(self) -> None:
+        """Snapshot once `snapshot_every` entries were applied since the last one AND the log
+        written since holds at least half the last snapshot's size. Serialising the state is
+        proportional to its size and runs on this task (it blocks the driver), so a large state
+        is snapshotted proportionally less often: its cost stays a bounded share of the
+        writes' (the same rule as Redis's AOF rewrite percentage)."""
         applied = self._sm.applied_index
         if applied - self._last_snapshot < self.s.snapshot_every:
+            return
+        if self._log_bytes_since_snapshot < self._last_snapshot_bytes // 2:
             return
         # The core's applied index includes no-op and membership entries beyond the state
         # machine's; snapshot at the core's applied index so no entry is skipped on restore.
@@ -670,6 +680,8 @@ class RaftLog:
         chunks = [blob[i:i + SNAPSHOT_CHUNK] for i in range(0, len(blob), SNAPSHOT_CHUNK)]
         await self._storage.save_snapshot(meta, chunks)
         self._last_snapshot = meta.index
+        self._last_snapshot_bytes = len(blob)
+        self._log_bytes_since_snapshot = 0
         log.info("%s: snapshot at index %d (%d bytes)", self.id, meta.index, len(blob))
 
     async def transfer_before_stop(self, timeout_s: float = 3.0) -> None:
