@@ -38,6 +38,7 @@ from typing import Any
 import trio
 
 from loom.node.config import parse_host_port
+from loom.node.listen import accept
 from loom.node.peerlink import READ_CHUNK, Link, PeerLimits, PeerStats
 from loom.raft.messages import MalformedMessage, Message, from_wire
 from loom.security.identity import IdentityError, check_peer, identity_from_der
@@ -196,12 +197,7 @@ class PeerTransport:
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
-            try:
-                tcp = await listener.accept()
-            except OSError as e:  # EMFILE and friends: back off instead of spinning
-                log.warning("peer listener: accept failed: %s", e)
-                await trio.sleep(0.1)
-                continue
+            tcp = await accept(listener, "peer listener")
             try:
                 self._inbound_slots.acquire_nowait()
             except trio.WouldBlock:

@@ -34,6 +34,7 @@ from loom.node.clock import ProposalClock
 from loom.node.config import ConfigError, NodeConfig, load
 from loom.node.connection import Connection
 from loom.node.dispatcher import Dispatcher
+from loom.node.listen import accept
 from loom.node.raftlog import DriverSettings, RaftLog, prepare_storage
 from loom.security.acl import Policy, PolicyError
 from loom.security.tls import (
@@ -205,12 +206,7 @@ class Node:
 
     async def _accept_loop(self, listener: trio.SocketListener, conns: trio.Nursery) -> None:
         while True:
-            try:
-                tcp = await listener.accept()
-            except OSError as e:  # EMFILE and friends: back off instead of spinning
-                log.warning("accept failed: %s", e)
-                await trio.sleep(0.1)
-                continue
+            tcp = await accept(listener, "client listener")
             if self._conn_slots.value == 0:
                 self.refused_connections += 1
                 await trio.aclose_forcefully(tcp)
