@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from loom.client import protocol as p
+from loom.client.common import ClientSettings
 from loom.client.errors import ConnectError, IndeterminateError, ProtocolError
 from loom.client.ops import Ops
 from loom.client.subscription import Subscription
@@ -24,7 +25,6 @@ from loom.client.tls import (
     closed_during_hello,
     describe_tls_error,
     is_permanent,
-    make_context,
 )
 from loom.wire.catalog import MessageType
 from loom.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, FrameError
@@ -180,7 +180,7 @@ class Connection:
         return slot.response
 
 
-class AsyncClient(Ops[Any]):
+class AsyncClient(ClientSettings, Ops[Any]):
     """Trio Loom client. Use `async with open_client(...) as c:`, or
     `c = await AsyncClient.connect(..., nursery=n)` with a nursery you own and `await c.aclose()`.
     """
@@ -195,20 +195,13 @@ class AsyncClient(Ops[Any]):
         max_writes_in_flight: int = 32, connect_timeout: float = 5.0,
         resend_unknown_writes: bool = True,
     ) -> None:
-        self.endpoints = p.parse_endpoints(
-            endpoints if isinstance(endpoints, str) else list(endpoints))
-        self.timeout = timeout
-        self.client_name = client_name
-        self.client_id = client_id or p.new_client_id()
-        self.headers = dict(headers or {})
-        self.retry = retry or p.RetryPolicy()
-        self.resend_unknown_writes = resend_unknown_writes
-        self._ctx = make_context(ca, cert, key, check_hostname=check_hostname)
-        self._sent_cert = cert is not None
-        self._server_hostname = server_hostname
+        self._init_settings(
+            endpoints, ca=ca, cert=cert, key=key, client_name=client_name, timeout=timeout,
+            headers=headers, retry=retry, server_hostname=server_hostname,
+            check_hostname=check_hostname, client_id=client_id,
+            resend_unknown_writes=resend_unknown_writes,
+            max_writes_in_flight=max_writes_in_flight, connect_timeout=connect_timeout)
         self._nursery = nursery
-        self.connect_timeout = connect_timeout
-        self._window = p.WriteWindow(max_writes_in_flight)
         self._window_changed = trio.Event()
         self._limit = trio.Semaphore(max_in_flight)
         self._lock = trio.Lock()

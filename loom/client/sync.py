@@ -15,13 +15,13 @@ from types import TracebackType
 from typing import Any
 
 from loom.client import protocol as p
+from loom.client.common import ClientSettings
 from loom.client.errors import ConnectError, IndeterminateError, ProtocolError
 from loom.client.ops import Ops
 from loom.client.tls import (
     closed_during_hello,
     describe_tls_error,
     is_permanent,
-    make_context,
 )
 from loom.wire.catalog import MessageType
 from loom.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, FrameError
@@ -111,7 +111,7 @@ def _remaining(deadline: float | None) -> float | None:
     return left
 
 
-class Client(Ops[Any]):
+class Client(ClientSettings, Ops[Any]):
     """Blocking Loom client. `Client.connect(...)` or `with Client(...) as c:`.
 
     `endpoints` are "host:port" strings (or one comma-separated string). The first call (or
@@ -128,19 +128,12 @@ class Client(Ops[Any]):
         client_id: str | None = None, resend_unknown_writes: bool = True,
         max_writes_in_flight: int = 32, connect_timeout: float = 5.0,
     ) -> None:
-        self.endpoints = p.parse_endpoints(
-            endpoints if isinstance(endpoints, str) else list(endpoints))
-        self.timeout = timeout
-        self.client_name = client_name
-        self.client_id = client_id or p.new_client_id()
-        self.headers = dict(headers or {})
-        self.retry = retry or p.RetryPolicy()
-        self.resend_unknown_writes = resend_unknown_writes
-        self._ctx = make_context(ca, cert, key, check_hostname=check_hostname)
-        self._sent_cert = cert is not None
-        self._server_hostname = server_hostname
-        self.connect_timeout = connect_timeout
-        self._window = p.WriteWindow(max_writes_in_flight)
+        self._init_settings(
+            endpoints, ca=ca, cert=cert, key=key, client_name=client_name, timeout=timeout,
+            headers=headers, retry=retry, server_hostname=server_hostname,
+            check_hostname=check_hostname, client_id=client_id,
+            resend_unknown_writes=resend_unknown_writes,
+            max_writes_in_flight=max_writes_in_flight, connect_timeout=connect_timeout)
         self._conn: _Conn | None = None
         self._preferred: Addr | None = None
         self._rotate = 0
