@@ -350,9 +350,9 @@ class RaftLog:
                 return
 
     def _catch_up_ticks(self) -> None:
-        """Give the core every tick the monotonic clock says has elapsed, before anything else
-        of this turn. Time spent paused (SIGSTOP, a stalled VM, a long fsync) therefore counts:
-        a leader that was away longer than its lease steps down or stops trusting the lease
+        """Give the core every tick the monotonic clock says has elapsed, before the turn's
+        reads. Time spent paused (SIGSTOP, a stalled VM, a long fsync) therefore counts: a
+        leader that was away longer than its lease steps down or stops trusting the lease
         before it could answer a read (ticks are the core's only clock)."""
         now = trio.current_time()
         n = 0
@@ -366,13 +366,17 @@ class RaftLog:
     async def _loop(self) -> None:
         async with self._recv:
             async for first in self._recv:
-                self._catch_up_ticks()
+                # Order within a turn: what peers and clients sent first (a stall must not make
+                # a healthy leader step down, or a follower campaign, before it reads the
+                # messages already waiting for it), then the ticks that elapsed, and the reads
+                # last, so a read is only ever checked against a lease the ticks have aged.
                 self._handle(first)
                 for _ in range(4096):  # everything queued now joins this turn (bounded)
                     try:
                         self._handle(self._recv.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                self._catch_up_ticks()
                 self._flush_reads()
                 await self._process_ready()
 
