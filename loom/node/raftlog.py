@@ -35,12 +35,12 @@ import logging
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import cbor2
 import trio
 
+from loom.node.config import RaftSettings
 from loom.node.replicator import Applied
 from loom.raft import (
     Busy as RaftBusy,
@@ -107,23 +107,6 @@ class _Waiter:
         return self.outcome
 
 
-@dataclass(frozen=True, slots=True)
-class DriverSettings:
-    node_id: str
-    client_addr: str
-    tick_s: float = 0.05
-    election_ticks_min: int = 10
-    election_ticks_max: int = 20
-    heartbeat_ticks: int = 2
-    snapshot_every: int = 10_000
-    trailing_entries: int = 1_000
-    max_uncommitted_bytes: int = 64 << 20
-    lease_reads: bool = False
-    proposal_timeout_s: float = 10.0
-    read_timeout_s: float = 5.0
-    inbox: int = 65_536  # events waiting for the driver; beyond this proposals answer BUSY
-
-
 def prepare_storage(storage: Storage, recovered: Recovered, founders: list[str] | None
                     ) -> Recovered:
     """First start of a founding member: persist the bootstrap configuration (one committed
@@ -140,14 +123,17 @@ def prepare_storage(storage: Storage, recovered: Recovered, founders: list[str] 
 
 class RaftLog:
     def __init__(
-        self, settings: DriverSettings, storage: Storage, recovered: Recovered, *,
+        self, settings: RaftSettings, storage: Storage, recovered: Recovered, *,
+        node_id: str, client_addr: str, inbox: int,
         member_addrs: dict[str, str],
         on_applied: Callable[[Applied], None] | None = None,
         on_leader: Callable[[], None] | None = None,
         limits: StateLimits = StateLimits(),  # noqa: B008 - immutable
     ) -> None:
         self.s = settings
-        self.id = settings.node_id
+        self.id = node_id
+        self.client_addr = client_addr
+        self.tick_s = settings.tick_ms / 1000
         self._storage = AsyncStorage(storage)
         self._on_applied = on_applied
         self._on_leader = on_leader
@@ -160,7 +146,7 @@ class RaftLog:
         self._limits = limits
         self._sm = self._restore(snap_data) if snap_data else StateMachine(limits)
         rcfg = RaftConfig(
-            node_id=self.id, election_tick_min=settings.election_ticks_min,
+            node_id=node_id, election_tick_min=settings.election_ticks_min,
             election_tick_max=settings.election_ticks_max,
             heartbeat_tick=settings.heartbeat_ticks, lease_reads=settings.lease_reads,
             max_uncommitted_bytes=settings.max_uncommitted_bytes,
@@ -173,7 +159,7 @@ class RaftLog:
         self._synced_term = recovered.hard_state.term
         self._last_snapshot_bytes = 0  # size of the last snapshot we took (0: none yet)
         self._log_bytes_since_snapshot = 0
-        self._send, self._recv = trio.open_memory_channel[tuple[str, Any]](settings.inbox)
+        self._send, self._recv = trio.open_memory_channel[tuple[str, Any]](inbox)
         self._proposals: dict[int, _Waiter] = {}
         self._read_batches: dict[bytes, list[_Waiter]] = {}
         self._reads_ready: list[tuple[int, list[_Waiter]]] = []  # (read index, waiters)
@@ -206,10 +192,6 @@ class RaftLog:
     # -- Replicator interface ------------------------------------------------------------------
     def state(self) -> StateMachine:
         return self._sm
-
-    @property
-    def applied_index(self) -> int:
-        return self._sm.applied_index
 
     def _submit(self, kind: str, payload: Any) -> None:
         if not self._running:
@@ -264,7 +246,7 @@ class RaftLog:
         if self.leader is None:
             return None
         if self.leader == self.id:
-            return self.s.client_addr
+            return self.client_addr
         if self.transport is not None:
             addr: str | None = self.transport.client_addr_of(self.leader)
             return addr
@@ -301,7 +283,7 @@ class RaftLog:
                 reach = bool(self.transport.reachable(nid))
             members.append({
                 "id": nid, "voter": nid in c.voters, "peer_addr": self.member_addrs.get(nid),
-                "client_addr": self.s.client_addr if nid == self.id else (
+                "client_addr": self.client_addr if nid == self.id else (
                     self.transport.client_addr_of(nid) if self.transport else None),
                 "reachable": reach, "match_index": pr.match if pr is not None else None,
             })
@@ -318,7 +300,7 @@ class RaftLog:
         async with trio.open_nursery() as nursery:
             self._running = True
             await self._catch_up_alone()
-            self._next_tick_at = trio.current_time() + self.s.tick_s
+            self._next_tick_at = trio.current_time() + self.tick_s
             nursery.start_soon(self._ticker)
             task_status.started()
             try:
@@ -341,7 +323,7 @@ class RaftLog:
     async def _ticker(self) -> None:
         """Wakes the driver once a tick; how many ticks elapsed is read from the clock."""
         while True:
-            await trio.sleep(self.s.tick_s)
+            await trio.sleep(self.tick_s)
             try:
                 self._send.send_nowait(("tick", None))
             except trio.WouldBlock:
@@ -358,10 +340,10 @@ class RaftLog:
         n = 0
         while now >= self._next_tick_at and n < 100_000:
             self.core.tick()
-            self._next_tick_at += self.s.tick_s
+            self._next_tick_at += self.tick_s
             n += 1
         if now >= self._next_tick_at:  # absurdly far behind: resynchronise
-            self._next_tick_at = now + self.s.tick_s
+            self._next_tick_at = now + self.tick_s
 
     async def _loop(self) -> None:
         async with self._recv:

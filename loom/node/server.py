@@ -35,7 +35,7 @@ from loom.node.config import ConfigError, NodeConfig, load
 from loom.node.connection import Connection
 from loom.node.dispatcher import Dispatcher
 from loom.node.listen import accept
-from loom.node.raftlog import DriverSettings, RaftLog, prepare_storage
+from loom.node.raftlog import RaftLog, prepare_storage
 from loom.security.acl import Policy, PolicyError
 from loom.security.tls import (
     TLSConfigError,
@@ -66,17 +66,11 @@ class Node:
         self.audit = AuditLog(cfg.node_id, sink, queue_size=cfg.audit.queue_size,
                               priority_queue_size=cfg.audit.priority_queue_size)
         self.storage = self._open_storage(cfg)
-        r = cfg.raft
         host, port = cfg.client_host_port
         self.log = RaftLog(
-            DriverSettings(
-                node_id=cfg.node_id, client_addr=f"{host}:{port}", tick_s=r.tick_ms / 1000,
-                election_ticks_min=r.election_ticks_min, election_ticks_max=r.election_ticks_max,
-                heartbeat_ticks=r.heartbeat_ticks, snapshot_every=r.snapshot_every,
-                trailing_entries=r.trailing_entries, max_uncommitted_bytes=r.max_uncommitted_bytes,
-                lease_reads=r.lease_reads, proposal_timeout_s=r.proposal_timeout_s,
-                read_timeout_s=r.read_timeout_s, inbox=cfg.limits.max_pending_proposals),
-            self.storage, self._recovered, member_addrs=dict(cfg.peers),
+            cfg.raft, self.storage, self._recovered, node_id=cfg.node_id,
+            client_addr=f"{host}:{port}", inbox=cfg.limits.max_pending_proposals,
+            member_addrs=dict(cfg.peers),
             on_applied=self._on_applied, on_leader=self._on_leader,
             limits=StateLimits(
                 max_value_bytes=cfg.state.max_value_bytes, max_entries=cfg.state.max_entries,
@@ -261,7 +255,7 @@ class Node:
         return PeerTransport(
             node_id=self.cfg.node_id, cluster=self.cfg.cluster_name, listen=self.cfg.peer_listen,
             peers={n: a for n, a in self.cfg.peers.items() if n != self.cfg.node_id},
-            client_addr=self.log.s.client_addr, server_ctx=server_ctx, client_ctx=client_ctx,
+            client_addr=self.log.client_addr, server_ctx=server_ctx, client_ctx=client_ctx,
             trust_domain=self.cfg.trust_domain, is_member=self._admits_peer,
             on_message=self.log.on_peer_message)
 
