@@ -221,6 +221,10 @@ def validate(cfg: NodeConfig) -> NodeConfig:
             raise ConfigError(f"limits.{f.name}: must be positive, got {v}")
     if not 4096 <= lim.max_frame_bytes <= 64 << 20:
         raise ConfigError("limits.max_frame_bytes: must be between 4096 and 67108864")
+    if lim.max_output_buffer_frames <= lim.max_outstanding_per_connection:
+        raise ConfigError("limits.max_output_buffer_frames: must exceed "
+                          "limits.max_outstanding_per_connection (every answer must fit, with "
+                          "room left for topic pushes)")
     if cfg.audit.sink not in ("stdout", "file", "off"):
         raise ConfigError("audit.sink: must be 'stdout', 'file' or 'off'")
     if cfg.audit.sink == "file" and cfg.audit.path is None:

@@ -1,13 +1,19 @@
-"""One client connection: TLS handshake, identity, HELLO, then pipelined requests.
+r"""One client connection: TLS handshake, identity, HELLO, then pipelined requests.
 
-    reader (this task) --spawn per request (bounded)--> dispatcher --> outbound channel --> writer
+    reader (this task) --> dispatcher.start --> answered at once (refusals, node-local types)
+                                            \-> dispatcher.submit --> log --> callback
+                                            \-> a task per waiting request (timeout_ms, admin)
+    every answer --> outbound channel --> writer (one TLS write per batch)
 
 Invariants:
 - The handshake runs inside this task under `handshake_timeout_s`, never in the accept loop, so
   a silent or slow client holds nothing but its own task (SECURITY-CATALOGUE G1).
 - Until HELLO succeeds only HELLO is accepted and only frames of PRE_HELLO_MAX_FRAME bytes.
-- At most `max_outstanding_per_connection` requests run at once; beyond that the reader stops
-  reading, which pushes back on the client through TCP.
+- Every request holds one of `max_outstanding_per_connection` slots from the moment it is read
+  until its answer has been written to the socket; with none free the reader stops reading,
+  which pushes back on the client through TCP. Answers therefore never exceed that many in the
+  outbound channel, and topic pushes may use only the room above it (they are dropped, and the
+  loss reported, beyond): an answer always fits, so the log's callbacks never wait.
 - Replies go through one bounded channel to one writer, which sends everything queued as one
   TLS write. A client that stops reading stalls the writer; after `write_stall_timeout_s` the
   connection is dropped (G3). A cancelled send breaks an SSLStream, so we never reuse it.
@@ -48,6 +54,7 @@ from loom.wire.errors import (
 )
 
 if TYPE_CHECKING:
+    from loom.node.dispatcher import Call
     from loom.node.server import Node
 
 log = logging.getLogger("loom.conn")
@@ -75,9 +82,11 @@ class Connection:
         self.client_id = ""
         self.version = 0
         lim = node.cfg.limits
-        self._out_send, self._out_recv = trio.open_memory_channel[dict[str, Any]](
+        # (frame, holds a slot): answers hold one until written, pushes do not.
+        self._out_send, self._out_recv = trio.open_memory_channel[tuple[dict[str, Any], bool]](
             lim.max_output_buffer_frames)
         self._slots = trio.Semaphore(lim.max_outstanding_per_connection)
+        self._push_room = lim.max_output_buffer_frames - lim.max_outstanding_per_connection
         self._subs: dict[int, tuple[str, Callable[[str, int, bytes], None]]] = {}
         self._lost: dict[int, list[int]] = {}
         self._after_answer: dict[int, Callable[[], None]] = {}
@@ -96,7 +105,9 @@ class Connection:
             if lost:
                 payload["lost"] = lost  # [first, last] sequence numbers this subscriber missed
             try:
-                self._out_send.send_nowait(push_frame(request_id, payload))
+                if self._out_send.statistics().current_buffer_used >= self._push_room:
+                    raise trio.WouldBlock  # the rest of the buffer is reserved for answers
+                self._out_send.send_nowait((push_frame(request_id, payload), False))
             except trio.WouldBlock:
                 if lost:
                     lost[1] = seq
@@ -172,6 +183,12 @@ class Connection:
                     closing = e
                     requests.cancel_scope.cancel()
                 # Otherwise shutdown stopped the reader: in-flight requests finish here.
+            if closing is None and not requests.cancel_scope.cancel_called:
+                # Shutdown: the requests handed to the log answer through callbacks. Wait
+                # until every slot is back, i.e. every answer was written (the node bounds
+                # this wait with its grace period).
+                for _ in range(self.node.cfg.limits.max_outstanding_per_connection):
+                    await self._slots.acquire()
             # Every answer is queued: the writer sends them, then ends (bounded in time).
             self._out_send.close()
             outer.cancel_scope.deadline = (trio.current_time()
@@ -213,7 +230,7 @@ class Connection:
                 except FrameError as e:
                     # The stream can no longer be framed: answer once, then close.
                     err = TooLarge(str(e)) if e.status.name == "TOO_LARGE" else BadRequest(str(e))
-                    await self._out_send.send(error_response(0, err))
+                    await self._answer(error_response(0, err))
                     raise _Closing(str(e)) from None
                 if payload is None:
                     break
@@ -221,6 +238,12 @@ class Connection:
 
     async def _handle_payload(self, payload: bytes, nursery: trio.Nursery,
                               decoder: FrameDecoder) -> None:
+        # Take a slot without yielding when one is free, so every request of a chunk is
+        # started before any of them runs: their answers then leave in one TLS write.
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._slots.acquire()
         rid = 0
         try:
             obj = decode_payload(payload)
@@ -228,46 +251,59 @@ class Connection:
                 rid = obj["id"]
             req = parse_request(obj)
         except FrameError as e:
-            await self._out_send.send(error_response(rid, BadRequest(str(e))))
+            self._reply(error_response(rid, BadRequest(str(e))))
             if not self.version:
                 raise _Closing("malformed frame before HELLO") from None
             return
         except LoomError as e:
-            await self._out_send.send(error_response(rid, e))
+            self._reply(error_response(rid, e))
             if not self.version:
                 raise _Closing("malformed request before HELLO") from None
             return
         if not self.version:
-            await self._hello(req, decoder)
+            answer, accepted = self._hello(req, decoder)
+            self._reply(answer)
+            if not accepted:
+                raise _Closing("HELLO refused")
             return
         if self.node.stopping:
-            await self._out_send.send(error_response(
-                req.request_id, Unavailable("the node is shutting down")))
+            self._reply(error_response(req.request_id, Unavailable("the node is shutting down")))
             return
-        # Take a slot without yielding when one is free, so every request of a chunk is
-        # started before any of them runs: their replies then leave in one TLS write.
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            await self._slots.acquire()
-        nursery.start_soon(self._serve_one, req)
-
-    async def _serve_one(self, req: Any) -> None:
-        try:
-            resp = await self.node.dispatcher.dispatch(self, req)
-            try:
-                self._out_send.send_nowait(resp)
-            except trio.WouldBlock:
-                await self._out_send.send(resp)
+        dispatcher = self.node.dispatcher
+        step = dispatcher.start(self, req)
+        if isinstance(step, dict):
+            self._reply(step)
             after = self._after_answer.pop(req.request_id, None)
             if after is not None:
                 after()
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
-        finally:
-            self._slots.release()
+        elif step.waits:
+            nursery.start_soon(self._serve_waiting, step)
+        else:
+            dispatcher.submit(step, self._reply)
 
-    async def _hello(self, req: Any, decoder: FrameDecoder) -> None:
+    async def _serve_waiting(self, call: Call) -> None:
+        try:
+            resp = await self.node.dispatcher.run(call)
+        except BaseException:  # cancelled: the connection is closing, no answer will follow
+            self._slots.release()
+            raise
+        self._reply(resp)
+
+    async def _answer(self, resp: dict[str, Any]) -> None:
+        """An answer from the reader itself, outside any request: it takes a slot too."""
+        await self._slots.acquire()
+        self._reply(resp)
+
+    def _reply(self, resp: dict[str, Any]) -> None:
+        """Queue the answer of a request holding a slot (the writer releases it once sent).
+        Never waits: answers never exceed the slots, and pushes leave them room."""
+        try:
+            self._out_send.send_nowait((resp, True))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._slots.release()  # the connection is gone; a late answer has no reader
+
+    def _hello(self, req: Any, decoder: FrameDecoder) -> tuple[dict[str, Any], bool]:
+        """The answer to the HELLO, and whether it was accepted."""
         try:
             mt = catalog.lookup(req.opcode, Listener.CLIENT)
             if mt.name != "HELLO":
@@ -281,41 +317,45 @@ class Connection:
             if req.headers:
                 raise Unauthenticated("identity headers are not accepted on HELLO")
         except LoomError as e:
-            await self._out_send.send(error_response(req.request_id, e))
-            raise _Closing(f"HELLO refused: {e}") from None
+            log.debug("%s %s: HELLO refused: %s", self.conn_id, self.peer, e)
+            return error_response(req.request_id, e), False
         self.version = max(common)
         self.client_id = body.get("client_id", "")
         decoder.max_frame = self.node.cfg.limits.max_frame_bytes
         policy = self.node.dispatcher.policy()
-        await self._out_send.send(ok_response(req.request_id, {
+        return ok_response(req.request_id, {
             "version": self.version, "node": self.node.cfg.node_id,
             "max_frame": decoder.max_frame, "principal": self.identity.principal,
             "roles": list(policy.roles_for(self.identity.principal)),
             "connection": self.conn_id,
-        }))
+        }), True
 
     async def _writer(self) -> None:
         stall = self.node.cfg.limits.write_stall_timeout_s
         async with self._out_recv:
             async for first in self._out_recv:
-                chunks = [encode(first)]
-                # Gather replies while request tasks keep producing them within the same
+                batch = [first]
+                # Gather answers while request tasks keep producing them within the same
                 # scheduling rounds (bounded), so one TLS write carries them all.
                 for _ in range(8):
                     await trio.lowlevel.checkpoint()
-                    before = len(chunks)
-                    while len(chunks) < 512:
+                    before = len(batch)
+                    while len(batch) < 512:
                         try:
-                            chunks.append(encode(self._out_recv.receive_nowait()))
+                            batch.append(self._out_recv.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    if len(chunks) == before or len(chunks) >= 512:
+                    if len(batch) == before or len(batch) >= 512:
                         break
+                data = b"".join([encode(frame) for frame, _ in batch])
                 try:
                     with trio.fail_after(stall):
-                        await self.stream.send_all(b"".join(chunks))
+                        await self.stream.send_all(data)
                 except trio.TooSlowError:
                     log.warning("%s %s: client is not reading its replies; dropping it",
                                 self.conn_id, self.peer)
                     self.reader_scope.cancel()
                     raise _Closing("write stalled") from None
+                for _, holds_slot in batch:
+                    if holds_slot:
+                        self._slots.release()

@@ -11,8 +11,9 @@ response map to send. The order of the checks is the security contract, and this
  4. the body is validated against the catalog schema (wrong types never reach key extraction);
  5. the ACL decides, on every key the request touches, every inner operation of a batch and
     every read a reply would reveal — before anything executes or is proposed;
- 6. execution: node-local types answer here, reads go to `Replicator.read`, writes to
-    `Replicator.propose`; waiting types wait for the structure to change, bounded by timeout_ms;
+ 6. execution: node-local types answer here; reads and writes go to the log. A request that
+    cannot wait is handed over with a callback (`Replicator.submit`) and costs no task; a
+    waiting type (timeout_ms) waits in its caller's task for its structure to change;
  7. exactly one audit record for every write/admin outcome and every denial.
 """
 
@@ -67,6 +68,21 @@ class Session(Protocol):
 
     def subscribe(self, topic: str, request_id: int, from_seq: int | None) -> int: ...
     def unsubscribe(self, subscription: int) -> bool: ...
+
+
+@dataclass(slots=True)
+class Call:
+    """One request between `start` (identified, validated, authorized) and its answer."""
+
+    sess: Session
+    req: Request
+    t0: float  # trio time the request reached the dispatcher (audit duration)
+    mt: MessageType | None = None
+    caller: Caller | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+    redact: bool = False  # allowed, but the reply would reveal data the caller may not read
+    redact_ops: tuple[int, ...] = ()  # BATCH_EXECUTE members whose results are withheld
+    waits: bool = False  # may wait (timeout_ms) or administers the cluster: needs `run`
 
 
 @dataclass
@@ -124,14 +140,27 @@ class Dispatcher:
                 listener(applied.cmd.body["name"], seq, applied.cmd.body["value"])
 
     # -- the request path ----------------------------------------------------------------------
+    #
+    #   start(sess, req)  steps 1-5, synchronous: an answer (refusal, error, node-local reply)
+    #                     or an authorized `Call`
+    #   submit(call, deliver)   a call that cannot wait: handed to the log with a callback,
+    #                     `deliver(answer)` runs once when it is applied (no task per request)
+    #   await run(call)   a call that may wait (timeout_ms) or administers the cluster
+    #
+    # Every path ends in `_finish` or `_fail`, which write the one audit record (step 7).
+
     async def dispatch(self, sess: Session, req: Request) -> dict[str, Any]:
-        t0 = trio.current_time()
+        """The whole request path for one request, for transports that want one await."""
+        step = self.start(sess, req)
+        if isinstance(step, dict):
+            return step
+        return await self.run(step)
+
+    def start(self, sess: Session, req: Request) -> dict[str, Any] | Call:
+        call = Call(sess, req, trio.current_time())
         self.stats.requests += 1
-        mt: MessageType | None = None
-        caller: Caller | None = None
-        body: dict[str, Any] = {}
         try:
-            mt = catalog.lookup(req.opcode, Listener.CLIENT)
+            mt = call.mt = catalog.lookup(req.opcode, Listener.CLIENT)
             self.stats.by_type[mt.name] = self.stats.by_type.get(mt.name, 0) + 1
             if req.version != sess.version:
                 raise UnsupportedVersion(
@@ -139,8 +168,9 @@ class Dispatcher:
             if mt.name == "HELLO":
                 raise BadRequest("HELLO was already done on this connection")
             policy = self.policy()
-            caller = resolve_principal(sess.identity, req.headers, self.gateways, policy)
-            body = catalog.validate_body(mt, req.body)
+            caller = call.caller = resolve_principal(sess.identity, req.headers, self.gateways,
+                                                     policy)
+            body = call.body = catalog.validate_body(mt, req.body)
             decision = policy.check_request(caller.roles, mt, body)
             if not decision.allowed:
                 self.stats.denied += 1
@@ -148,43 +178,89 @@ class Dispatcher:
                     f"{caller.principal} may not {mt.name}"
                     + (f" on {body['name']!r}" if "name" in body else ""),
                     reason=decision.reason)
-            result = await self._execute(mt, body, caller, sess, req)
-            if decision.redact:
-                result = None  # the reply would reveal data the caller may not read
-            elif decision.redact_ops and isinstance(result, list):
-                for i in decision.redact_ops:  # batch members whose reply is withheld
-                    result[i] = None
+            call.redact, call.redact_ops = decision.redact, decision.redact_ops
+            if mt.name in NODE_LOCAL:
+                return self._finish(call, self._node_local(mt, body, caller, sess, req))
+            if mt.name == "ACL_SET":
+                try:
+                    Policy.from_config(body["policy"])  # refuse a policy that would not load
+                except PolicyError as e:
+                    raise BadRequest(f"ACL_SET: invalid policy: {e}") from None
+            call.waits = mt.name in CLUSTER_ADMIN or (mt.waits and body.get("timeout_ms", 0) > 0)
+            return call
+        except Exception as exc:  # every error becomes an answer
+            return self._fail(call, exc)
+
+    def submit(self, call: Call, deliver: Callable[[dict[str, Any]], None]) -> None:
+        """Hand a call that cannot wait (`not call.waits`) to the log; `deliver` gets its answer,
+        exactly once, possibly before this returns (a read a cluster of one serves at once)."""
+        assert call.mt is not None and call.caller is not None and not call.waits
+
+        def on_done(out: Outcome | None, err: LoomError | None) -> None:
+            if err is not None:
+                deliver(self._fail(call, err))
+                return
+            assert out is not None
+            try:
+                value = out.raise_for_status()
+            except LoomError as e:
+                deliver(self._fail(call, e))
+                return
+            deliver(self._finish(call, value))
+
+        try:
+            self.replicator.submit(self._command(call), read=call.mt.access is Access.READ,
+                                   on_done=on_done)
         except LoomError as err:
+            deliver(self._fail(call, err))
+
+    async def run(self, call: Call) -> dict[str, Any]:
+        """Execute an authorized call in the caller's task, waiting as its type allows."""
+        mt, caller = call.mt, call.caller
+        assert mt is not None and caller is not None
+        try:
+            if mt.name in CLUSTER_ADMIN:
+                result = await self.replicator.admin(CLUSTER_ADMIN[mt.name], **call.body)
+            else:
+                cmd = self._command(call)
+                out = await self._run_waiting(mt, call.body, cmd.client_id, cmd.seq,
+                                              caller.principal, read=mt.access is Access.READ)
+                result = out.raise_for_status()
+        except Exception as exc:  # every error becomes an answer
+            return self._fail(call, exc)
+        return self._finish(call, result)
+
+    def _command(self, call: Call) -> Command:
+        assert call.mt is not None and call.caller is not None
+        principal = call.caller.principal
+        if call.mt.access is Access.READ:
+            return Command(call.mt.name, call.body, self.clock_ms(), "", 0, principal)
+        sess, seq = call.sess, call.req.seq
+        cid = f"{principal}/{sess.client_id}" if sess.client_id and seq else ""
+        return Command(call.mt.name, call.body, self.clock_ms(), cid, seq if cid else 0,
+                       principal)
+
+    def _finish(self, call: Call, result: Any) -> dict[str, Any]:
+        if call.redact:
+            result = None  # the reply would reveal data the caller may not read
+        elif call.redact_ops and isinstance(result, list):
+            for i in call.redact_ops:  # batch members whose reply is withheld
+                result[i] = None
+        self._audit(call, None)
+        return ok_response(call.req.request_id, result)
+
+    def _fail(self, call: Call, exc: Exception) -> dict[str, Any]:
+        if isinstance(exc, LoomError):
+            err = exc
             if not isinstance(err, Forbidden):
                 self.stats.errors += 1
-            self._audit(sess, req, mt, caller, body, err, t0)
-            return error_response(req.request_id, err)
-        except Exception as exc:  # a bug: answer INTERNAL, keep the connection and the node
-            log.exception("internal error handling request %d", req.request_id)
-            bug = Internal(f"internal error ({type(exc).__name__})")
-            self._audit(sess, req, mt, caller, body, bug, t0)
-            return error_response(req.request_id, bug)
-        self._audit(sess, req, mt, caller, body, None, t0)
-        return ok_response(req.request_id, result)
-
-    async def _execute(self, mt: MessageType, body: dict[str, Any], caller: Caller,
-                       sess: Session, req: Request) -> Any:
-        if mt.name in NODE_LOCAL:
-            return self._node_local(mt, body, caller, sess, req)
-        if mt.name in CLUSTER_ADMIN:
-            return await self.replicator.admin(CLUSTER_ADMIN[mt.name], **body)
-        if mt.name == "ACL_SET":
-            try:
-                Policy.from_config(body["policy"])  # refuse a policy that would not load
-            except PolicyError as e:
-                raise BadRequest(f"ACL_SET: invalid policy: {e}") from None
-        if mt.access is Access.READ:
-            out = await self._run_waiting(mt, body, "", 0, caller.principal, read=True)
-        else:
-            cid = f"{caller.principal}/{sess.client_id}" if sess.client_id and req.seq else ""
-            out = await self._run_waiting(mt, body, cid, req.seq if cid else 0,
-                                          caller.principal, read=False)
-        return out.raise_for_status()
+        else:  # a bug: answer INTERNAL, keep the connection and the node
+            log.error("internal error handling request %d", call.req.request_id,
+                      exc_info=exc)
+            self.stats.errors += 1
+            err = Internal(f"internal error ({type(exc).__name__})")
+        self._audit(call, err)
+        return error_response(call.req.request_id, err)
 
     async def _run_waiting(self, mt: MessageType, body: dict[str, Any], client_id: str,
                            seq: int, principal: str, *, read: bool) -> Outcome:
@@ -251,9 +327,9 @@ class Dispatcher:
         raise BadRequest(f"{name} is not handled here")  # pragma: no cover
 
     # -- audit (what a record holds and which lane it takes: security/audit.py) -----------------
-    def _audit(self, sess: Session, req: Request, mt: MessageType | None, caller: Caller | None,
-               body: dict[str, Any], err: LoomError | None, t0: float) -> None:
+    def _audit(self, call: Call, err: LoomError | None) -> None:
         result = "ok" if err is None else result_of(err.status)
+        mt, caller, sess, req = call.mt, call.caller, call.sess, call.req
         if not should_audit(mt, result, audit_reads=self.audit_reads):
             return
         rec = record_for(
@@ -261,8 +337,8 @@ class Dispatcher:
             principal=caller.principal if caller else sess.identity.principal,
             roles=caller.roles if caller else (),
             via_gateway=caller.via_gateway if caller else None,
-            mt=mt, body=body if mt is not None and body else None, result=result,
-            duration_ms=(trio.current_time() - t0) * 1000,
+            mt=mt, body=call.body if mt is not None and call.body else None, result=result,
+            duration_ms=(trio.current_time() - call.t0) * 1000,
             reason=err.message if err is not None else None,
             command=None if mt else f"UNKNOWN({req.opcode})",
         )

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +42,7 @@ import cbor2
 import trio
 
 from loom.node.config import RaftSettings
-from loom.node.replicator import Applied
+from loom.node.replicator import Applied, OnDone
 from loom.raft import (
     Busy as RaftBusy,
 )
@@ -74,37 +75,47 @@ SNAPSHOT_CHUNK = 1 << 20
 
 
 class _Waiter:
-    """One caller waiting for the driver (a proposal, a read, an admin request)."""
+    """One caller waiting for the driver (a proposal, a read, an admin request). Its callback
+    runs exactly once: whichever of resolve/fail comes first wins, the rest are no-ops."""
 
-    __slots__ = ("cmd", "done", "error", "outcome", "term")
+    __slots__ = ("cmd", "deadline", "on_done", "term", "what")
 
-    def __init__(self, cmd: Command | None = None) -> None:
+    def __init__(self, cmd: Command | None, on_done: OnDone, deadline: float, what: str) -> None:
         self.cmd = cmd
-        self.done = trio.Event()
-        self.outcome: Outcome | None = None
-        self.error: E.LoomError | None = None
+        self.on_done: OnDone | None = on_done
+        self.deadline = deadline  # trio time; the ticker fails it with TIMEOUT after this
+        self.what = what
         self.term = 0
 
     def resolve(self, outcome: Outcome) -> None:
-        if not self.done.is_set():
-            self.outcome = outcome
-            self.done.set()
+        cb = self.on_done
+        if cb is not None:
+            self.on_done = None
+            cb(outcome, None)
 
     def fail(self, err: E.LoomError) -> None:
-        if not self.done.is_set():
-            self.error = err
-            self.done.set()
+        cb = self.on_done
+        if cb is not None:
+            self.on_done = None
+            cb(None, err)
 
-    async def wait(self, timeout_s: float, what: str) -> Outcome:
-        with trio.move_on_after(timeout_s):
-            await self.done.wait()
-        if not self.done.is_set():
-            raise E.Timeout(f"{what} did not complete within {timeout_s:g} s; "
-                            "its outcome is unknown")
-        if self.error is not None:
-            raise self.error
-        assert self.outcome is not None
-        return self.outcome
+
+async def _completion(start: Callable[[OnDone], None]) -> Outcome:
+    """Await what `start` submits with a callback (the task-per-request form)."""
+    done = trio.Event()
+    box: list[tuple[Outcome | None, E.LoomError | None]] = []
+
+    def on_done(out: Outcome | None, err: E.LoomError | None) -> None:
+        box.append((out, err))
+        done.set()
+
+    start(on_done)
+    await done.wait()
+    out, err = box[0]
+    if err is not None:
+        raise err
+    assert out is not None
+    return out
 
 
 def prepare_storage(storage: Storage, recovered: Recovered, founders: list[str] | None
@@ -166,6 +177,10 @@ class RaftLog:
         self._read_seq = 0
         self._events: dict[StructureId, trio.Event] = {}
         self._pending_reads: list[_Waiter] = []
+        # Every waiter, in submission order, per timeout (so deadlines are non-decreasing and
+        # the ticker expires them from the front). Completed ones are skipped and popped.
+        self._write_deadlines: deque[_Waiter] = deque()
+        self._read_deadlines: deque[_Waiter] = deque()
         self.transport: Any = None  # PeerTransport, set by the node before run()
         self._running = False
         self.role = Role.FOLLOWER
@@ -203,22 +218,33 @@ class RaftLog:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise E.Unavailable("the node is stopping") from None
 
-    async def propose(self, cmd: Command) -> Outcome:
+    def submit(self, cmd: Command, *, read: bool, on_done: OnDone) -> None:
+        """Start a write (or a linearizable read) without waiting for it: `on_done` runs once,
+        in this trio run, when the entry is applied (the read served), refused, or its deadline
+        passes. Raises when it cannot even start (BUSY, UNAVAILABLE, LIMIT_EXCEEDED)."""
+        now = trio.current_time()
+        if read:
+            if self.role is Role.LEADER and self.core.conf.voters == (self.id,):
+                # A cluster of one is its own majority: every acknowledged write is already
+                # applied here and no other node can lead, so the state machine answers now.
+                on_done(self._sm.read(cmd), None)
+                return
+            w = _Waiter(cmd, on_done, now + self.s.read_timeout_s, f"the read {cmd.op}")
+            self._submit("read", w)
+            self._read_deadlines.append(w)
+            return
         if self.disk_full:
             raise E.LimitExceeded("the node's disk is full; writes are refused until space "
                                   "returns", retry_after_ms=1000)
-        w = _Waiter(cmd)
+        w = _Waiter(cmd, on_done, now + self.s.proposal_timeout_s, f"the write {cmd.op}")
         self._submit("propose", w)
-        return await w.wait(self.s.proposal_timeout_s, f"the write {cmd.op}")
+        self._write_deadlines.append(w)
+
+    async def propose(self, cmd: Command) -> Outcome:
+        return await _completion(lambda done: self.submit(cmd, read=False, on_done=done))
 
     async def read(self, cmd: Command) -> Outcome:
-        if self.role is Role.LEADER and self.core.conf.voters == (self.id,):
-            # A cluster of one is its own majority: every acknowledged write is already
-            # applied here and no other node can lead, so the state machine answers directly.
-            return self._sm.read(cmd)
-        w = _Waiter(cmd)
-        self._submit("read", w)
-        return await w.wait(self.s.read_timeout_s, f"the read {cmd.op}")
+        return await _completion(lambda done: self.submit(cmd, read=True, on_done=done))
 
     def changed_event(self, structure: StructureId) -> trio.Event:
         ev = self._events.get(structure)
@@ -228,9 +254,12 @@ class RaftLog:
 
     async def admin(self, what: str, **kw: Any) -> Any:
         """Membership changes and leadership transfer, run by the driver task."""
-        w = _Waiter()
-        self._submit("admin", (what, kw, w))
-        return (await w.wait(self.s.proposal_timeout_s, what)).value
+        def start(on_done: OnDone) -> None:
+            w = _Waiter(None, on_done, trio.current_time() + self.s.proposal_timeout_s, what)
+            self._submit("admin", (what, kw, w))
+            self._write_deadlines.append(w)
+
+        return (await _completion(start)).value
 
     def on_peer_message(self, msg: Message) -> None:
         try:
@@ -308,6 +337,10 @@ class RaftLog:
             finally:
                 self._running = False
                 nursery.cancel_scope.cancel()
+                stopping = E.Unavailable("the node stopped before this request completed")
+                for dq in (self._write_deadlines, self._read_deadlines):
+                    while dq:
+                        dq.popleft().fail(stopping)
 
     async def _catch_up_alone(self) -> None:
         """Apply what the log already holds; a cluster of one elects itself at once instead of
@@ -321,15 +354,28 @@ class RaftLog:
                 await self._process_ready()
 
     async def _ticker(self) -> None:
-        """Wakes the driver once a tick; how many ticks elapsed is read from the clock."""
+        """Wakes the driver once a tick (how many ticks elapsed is read from the clock) and
+        fails the waiters whose deadline passed. The ticker, not the driver, does the latter,
+        so callers hear TIMEOUT even while the driver waits on a slow or full disk."""
         while True:
             await trio.sleep(self.tick_s)
+            self._expire(trio.current_time())
             try:
                 self._send.send_nowait(("tick", None))
             except trio.WouldBlock:
                 pass  # the driver is busy; it catches up from the clock on its next turn
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 return
+
+    def _expire(self, now: float) -> None:
+        for dq in (self._write_deadlines, self._read_deadlines):
+            while dq and (dq[0].on_done is None or dq[0].deadline <= now):
+                w = dq.popleft()
+                if w.on_done is not None:
+                    timeout_s = self.s.read_timeout_s if dq is self._read_deadlines \
+                        else self.s.proposal_timeout_s
+                    w.fail(E.Timeout(f"{w.what} did not complete within {timeout_s:g} s; "
+                                     "its outcome is unknown"))
 
     def _catch_up_ticks(self) -> None:
         """Give the core every tick the monotonic clock says has elapsed, before the turn's
@@ -516,9 +562,7 @@ class RaftLog:
             chunks = [data[i:i + SNAPSHOT_CHUNK] for i in range(0, len(data), SNAPSHOT_CHUNK)]
             await self._storage.save_snapshot(rd.snapshot.meta, chunks or [b""])
         if rd.entries or rd.hard_state is not None:
-            # Shielded: a cancelled caller must not leave a half-known sync behind.
-            with trio.CancelScope(shield=True):
-                await self._save_until_space(rd)
+            await self._save_until_space(rd)
             if rd.hard_state is not None and rd.must_sync:
                 self._synced_term = rd.hard_state.term
             if rd.entries:
@@ -529,12 +573,16 @@ class RaftLog:
         """Disk full: the storage undid the partial write and stays consistent. Writes are
         refused (LIMIT_EXCEEDED) and this same batch is retried until space returns; nothing
         else reaches the core meanwhile, so the Ready/advance contract holds. A failed fsync
-        (FatalIOError) is not retried: it escapes and stops the node."""
+        (FatalIOError) is not retried: it escapes and stops the node. Each save is shielded (a
+        cancelled caller must not leave a half-known sync behind); the wait between attempts
+        is not, so a node whose disk is full can still be stopped."""
         delay = 0.1
         while True:
             try:
                 if rd.must_sync or len(rd.entries) > 64:
-                    await self._storage.save(rd.hard_state, list(rd.entries), rd.must_sync)
+                    with trio.CancelScope(shield=True):
+                        await self._storage.save(rd.hard_state, list(rd.entries),
+                                                 rd.must_sync)
                 else:
                     # No fsync (a commit-index update, say): one small buffered write, cheaper
                     # here than the hop to a worker thread and back.

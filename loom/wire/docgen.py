@@ -31,7 +31,9 @@ A frame is a 4-byte big-endian payload length followed by exactly one CBOR map.
 - The first request on a connection must be `HELLO`; until it succeeds frames are limited to
   {PRE_HELLO_MAX_FRAME} bytes, afterwards to the server's `max_frame` (default {DEFAULT_MAX_FRAME}).
 - Many requests may be in flight on one connection; responses carry the request id and may
-  arrive in any order.
+  arrive in any order. Requests in flight together are concurrent and run in no promised
+  order (a read sent before an earlier write was answered may not see it); to order two
+  requests, send the second after the first's answer arrived.
 - Decoding is strict: at most {MAX_DEPTH} levels of nesting, no indefinite-length items, no
   duplicate map keys, no CBOR tags, no bytes after the map, no unknown fields, exact types.
   A malformed payload is answered with `BAD_REQUEST` (request id 0 if unreadable); a bad length

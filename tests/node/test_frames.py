@@ -339,7 +339,7 @@ async def test_max_connections(start_node: NodeFactory, dial: Dial, pki: PKI) ->
 
 # -- G3: slow reader ---------------------------------------------------------------------------
 async def test_slow_reader_is_dropped(start_node: NodeFactory, dial: Dial) -> None:
-    node = await start_node(limits=Limits(write_stall_timeout_s=0.5, max_output_buffer_frames=4,
+    node = await start_node(limits=Limits(write_stall_timeout_s=0.5, max_output_buffer_frames=5,
                                           max_outstanding_per_connection=4))
     h = await dial(node, "admin")
     r = await h.request("MAP_PUT", name="big", key="k", value=b"x" * 200_000)
