@@ -12,7 +12,9 @@ Safety rules and where they live:
   * log matching: an append is accepted only if our entry at its previous index has its
     previous term (`_handle_append`);
   * commit rule: the leader commits only an entry of its own term replicated on a majority
-    of voters, its own copy counted only once persisted (`_maybe_commit`, `advance`);
+    of voters, its own copy counted only once persisted (`_maybe_commit`, `advance`). A new
+    commit index is not broadcast on its own: followers learn it from the next AppendEntries
+    or heartbeat (a liveness matter only; it halves the messages of an unbatched write);
   * ReadIndex: a read is answered at the commit index once a majority acknowledged a
     heartbeat round sent after the read arrived, and only after the leader committed an entry
     of its own term (`_leader_read`, `_on_heartbeat_response`);
@@ -520,7 +522,7 @@ class RaftCore:
             if pr.state is not PState.REPLICATE:
                 pr.become_replicate()
             if self._maybe_commit():
-                self._broadcast_append(send_empty=True)
+                self._broadcast_append(send_empty=False)  # new entries carry the commit
             elif old_paused or pr.next <= self.log.last_index:
                 self._send_append(msg.frm)
             if msg.frm == self.lead_transferee and pr.match == self.log.last_index:
@@ -725,7 +727,7 @@ class RaftCore:
         if self.role is Role.LEADER and self.id in self.progress:
             self.progress[self.id].maybe_update(log.persisted)
             if self._maybe_commit():
-                self._broadcast_append(send_empty=True)
+                self._broadcast_append(send_empty=False)
 
     def _apply_conf_change(self, e: Entry) -> None:
         try:
@@ -753,5 +755,5 @@ class RaftCore:
         if self.lead_transferee is not None and self.lead_transferee not in new.voters:
             self.lead_transferee = None
         if self._maybe_commit():
-            self._broadcast_append(send_empty=True)
+            self._broadcast_append(send_empty=False)
         self._confirm_rounds()

@@ -61,7 +61,7 @@ def test_wal_mode_injects_faults_and_recovers() -> None:
     """Over a few WAL seeds: power cuts tear WAL tails, fsyncs fail (the node fail-stops),
     and every node recovers through Storage.open with no invariant broken."""
     torn = fail_stops = recoveries = 0
-    for seed in range(16, 32):  # tears need a multi-sector write in flight: not every seed
+    for seed in range(16):  # tears need a multi-sector write in flight: not every seed
         sim = Simulation(seed, disk="wal")
         sim.run()
         disks = [n.disk for n in sim.nodes.values() if isinstance(n.disk, WalDisk)]
