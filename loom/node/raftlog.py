@@ -88,16 +88,20 @@ class _Waiter:
         self.term = 0
 
     def resolve(self, outcome: Outcome) -> None:
-        cb = self.on_done
-        if cb is not None:
-            self.on_done = None
-            cb(outcome, None)
+        self._call(outcome, None)
 
     def fail(self, err: E.LoomError) -> None:
+        self._call(None, err)
+
+    def _call(self, outcome: Outcome | None, err: E.LoomError | None) -> None:
         cb = self.on_done
-        if cb is not None:
-            self.on_done = None
-            cb(None, err)
+        if cb is None:
+            return
+        self.on_done = None
+        try:
+            cb(outcome, err)
+        except Exception:  # a caller's bug must never stop the driver that called it
+            log.exception("error in the completion of %s", self.what)
 
 
 async def _completion(start: Callable[[OnDone], None]) -> Outcome:

@@ -4,6 +4,7 @@ driver itself is stuck on a full disk."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from loom.node.config import RaftSettings
@@ -115,3 +116,23 @@ async def _stop_while_full(log: RaftLog, fs: FaultFS) -> None:
             await trio.sleep(0.01)
         nursery.cancel_scope.cancel()  # the node is torn down with the write still queued
     assert len(pending) == 1 and isinstance(pending[0][1], E.Unavailable), pending
+
+
+async def test_a_failing_callback_does_not_stop_the_driver(
+        caplog: pytest.LogCaptureFixture) -> None:
+    log = open_log(FaultFS(4), RaftSettings(tick_ms=10))
+
+    def broken(out: Outcome | None, err: E.LoomError | None) -> None:
+        raise RuntimeError("bug in a caller")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        log.submit(put("a"), read=False, on_done=broken)
+        after: Answers = []
+        log.submit(put("b"), read=False, on_done=recorder(after))
+        with trio.fail_after(5):
+            while not after:
+                await trio.sleep(0.01)
+        assert after[0][1] is None
+        assert "error in the completion of the write MAP_PUT" in caplog.text
+        log.stop()
