@@ -78,6 +78,7 @@ class Figures:
     write_p99: dict[int, float] = field(default_factory=dict)
     reads: dict[int, float] = field(default_factory=dict)  # clients -> linearizable reads/s
     read_p99: dict[int, float] = field(default_factory=dict)
+    lease_reads: dict[int, float] = field(default_factory=dict)  # Loom, raft.lease_reads on
     errors: int = 0
     failover_ms: float | None = None
     failover_note: str = ""
@@ -170,9 +171,10 @@ def free_ports(n: int) -> list[int]:
 class LoomCluster:
     """Three `loomd` processes with a dev PKI (mutual TLS for clients and peers)."""
 
-    def __init__(self, workdir: Path, tick_ms: int) -> None:
+    def __init__(self, workdir: Path, tick_ms: int, *, lease_reads: bool = False) -> None:
         self.tick_ms = tick_ms
-        self.dir = workdir / "loom"
+        self.lease_reads = lease_reads
+        self.dir = workdir / ("loom-lease" if lease_reads else "loom")
         self.certs = self.dir / "certs"
         ports = free_ports(6)
         self.client = {n: f"127.0.0.1:{ports[i]}" for i, n in enumerate(NODES)}
@@ -189,7 +191,7 @@ class LoomCluster:
             "tls": {"ca": str(self.certs / "ca.pem"), "cert": str(self.certs / f"{node}.pem"),
                     "key": str(self.certs / f"{node}.key")},
             "audit": {"sink": "file", "path": str(d / "audit.jsonl")},
-            "raft": {"tick_ms": self.tick_ms},
+            "raft": {"tick_ms": self.tick_ms, "lease_reads": self.lease_reads},
             "acl": EXAMPLE_ACL,
         }
 
@@ -343,7 +345,8 @@ def conns_and_window(clients: int, max_conns: int) -> tuple[int, int]:
     return conns, clients // conns
 
 
-async def loom_side(args: argparse.Namespace, cluster: LoomCluster, fig: Figures) -> None:
+async def loom_side(args: argparse.Namespace, cluster: LoomCluster, fig: Figures, *,
+                    reads_only: bool = False) -> None:
     ctx = client_context(cluster.certs / "ca.pem", cluster.certs / "admin.pem",
                          cluster.certs / "admin.key")
     leader, addr = await find_leader(cluster, ctx, LEADER_WAIT_S)
@@ -377,15 +380,36 @@ async def loom_side(args: argparse.Namespace, cluster: LoomCluster, fig: Figures
     await conn.aclose()
     if seed["s"] != OK:
         raise RuntimeError(f"seeding the read key failed: {seed}")
-    for c in args.clients:
+    for c in ([] if reads_only else args.clients):
         fig.writes[c], fig.write_p50[c], fig.write_p99[c], _ = await measured("MAP_PUT", put, c)
     for c in args.clients:
         fig.reads[c], _, fig.read_p99[c], _ = await measured("MAP_GET", get, c)
+    if reads_only:
+        return
     leader, _ = await find_leader(cluster, ctx, LEADER_WAIT_S)
     ms, note = await loom_failover(cluster, ctx, leader, args.probe_timeout_ms / 1000,
                                    args.probe_backoff_ms / 1000)
     fig.failover_ms, fig.failover_note = ms, f"killed {leader}; {note}"
     say(f"loom: failover {_fmt_ms(ms)} ({fig.failover_note})")
+
+
+def run_loom_lease(args: argparse.Namespace, workdir: Path, fig: Figures) -> None:
+    """Reads again on a fresh cluster with `raft.lease_reads = true` (informational)."""
+    lf = Figures()
+    cluster = LoomCluster(workdir, args.loom_tick_ms, lease_reads=True)
+    try:
+        with cluster.running():
+            say("loom: lease reads: a fresh cluster with raft.lease_reads = true")
+            trio.run(loom_side_reads, args, cluster, lf)
+    except Exception as e:  # report and go on
+        say(f"loom: lease reads not measured: {type(e).__name__}: {e}")
+    fig.lease_reads = lf.reads
+    fig.loadgen_cpu_s += lf.loadgen_cpu_s
+    fig.loadgen_wall_s += lf.loadgen_wall_s
+
+
+async def loom_side_reads(args: argparse.Namespace, cluster: LoomCluster, fig: Figures) -> None:
+    await loom_side(args, cluster, fig, reads_only=True)
 
 
 def run_loom(args: argparse.Namespace, workdir: Path) -> Figures:
@@ -482,6 +506,9 @@ def rows(args: argparse.Namespace, loom: Figures, etcd: Figures) -> list[tuple[B
         out.append((Bar(f"linearizable reads/s, {c} client{'s' if c > 1 else ''}",
                         loom.reads.get(c), etcd.reads.get(c), True, 1.0),
                     "at least etcd's", "{:.0f}"))
+    for c in sorted(loom.lease_reads):
+        out.append((Bar(f"lease reads/s, {c} client{'s' if c > 1 else ''} (lease_reads on)",
+                        loom.lease_reads.get(c), etcd.reads.get(c), True), "", "{:.0f}"))
     met = None if loom.failover_ms is None else loom.failover_ms < 1000
     out.append((Bar("failover ms (kill leader -> next ack)", loom.failover_ms,
                     etcd.failover_ms, False, met=met), "Loom < 1000 ms", "{:.0f}"))
@@ -571,6 +598,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loom-conns", type=int, default=8,
                    help="Loom connections for many clients (etcdload uses -conns 8)")
     p.add_argument("--loom-tick-ms", type=int, default=50, help="Loom's raft.tick_ms")
+    p.add_argument("--lease-reads", action="store_true",
+                   help="also measure Loom's reads with raft.lease_reads = true on a fresh "
+                        "cluster (informational: the default is ReadIndex, like etcd's)")
     p.add_argument("--probe-timeout-ms", type=float, default=100.0,
                    help="failover: bound of one write attempt")
     p.add_argument("--probe-backoff-ms", type=float, default=10.0,
@@ -608,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
                 etcd = run_etcd(args, workdir)
             if args.only in (None, "loom"):
                 loom = run_loom(args, workdir)
+                if args.lease_reads:
+                    run_loom_lease(args, workdir, loom)
         except KeyboardInterrupt:
             say("interrupted: every process started here has been stopped")
             return 130

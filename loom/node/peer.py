@@ -40,6 +40,7 @@ import trio
 from loom.node.config import parse_host_port
 from loom.node.listen import accept
 from loom.node.peerlink import READ_CHUNK, Link, PeerLimits, PeerStats
+from loom.node.ratelog import RateLimitedLog
 from loom.raft.messages import MalformedMessage, Message, from_wire
 from loom.security.identity import IdentityError, check_peer, identity_from_der
 from loom.wire import catalog
@@ -101,6 +102,10 @@ class PeerTransport:
         self.refused_by_reason: Counter[str] = Counter()
         self.unroutable = 0  # messages to a node we have no link to
         self.malformed = 0  # inbound connections closed for a malformed frame
+        # Refusals and malformed frames are caused by whoever reaches the port: bounded lines.
+        self._outsider_log = RateLimitedLog(log, burst=limits.log_burst,
+                                            window_s=limits.log_window_s,
+                                            clock=trio.current_time)
         self.set_peers(peers)
 
     # -- the API the Raft driver uses (all synchronous, trio thread) ---------------------------
@@ -167,7 +172,8 @@ class PeerTransport:
             peers[pid] = d
         return {"port": self._port, "peers": peers, "refused": self.refused,
                 "refused_by_reason": dict(self.refused_by_reason),
-                "unroutable": self.unroutable, "malformed": self.malformed}
+                "unroutable": self.unroutable, "malformed": self.malformed,
+                "log_lines_suppressed": self._outsider_log.suppressed}
 
     def _stat(self, node_id: str) -> PeerStats:
         st = self._stats.get(node_id)
@@ -212,8 +218,10 @@ class PeerTransport:
         self.refused_by_reason[reason.split(":", maxsplit=1)[0]] += 1
         if node is not None and node in self._stats:
             self._stats[node].refused += 1
-        log.warning("peer listener: refused connection from %s%s: %s", where,
-                    f" ({node})" if node else "", reason)
+        self._outsider_log.warning(
+            f"refused:{reason.split(':', maxsplit=1)[0]}",
+            "peer listener: refused connection from %s%s: %s", where,
+            f" ({node})" if node else "", reason)
 
     async def _inbound_task(self, tcp: trio.SocketStream) -> None:
         try:
@@ -228,7 +236,8 @@ class PeerTransport:
             self._refuse(e.node, where, str(e))
         except _Malformed as e:
             self.malformed += 1
-            log.warning("peer connection %s: malformed frame, closing: %s", where, e)
+            self._outsider_log.warning("malformed", "peer connection %s: malformed frame, "
+                                       "closing: %s", where, e)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError,
                 trio.TooSlowError) as e:
             log.debug("peer connection %s closed: %s", where, e)

@@ -67,6 +67,8 @@ class PeerLimits:
     idle_timeout_s: float = 10.0  # an inbound connection silent for this long is closed
     reachable_s: float = 3.0  # `reachable`: a frame arrived from the peer within this window
     max_inbound_connections: int = 64  # concurrent inbound connections, before authentication
+    log_burst: int = 20  # refusal / malformed-frame log lines per reason and window ...
+    log_window_s: float = 60.0  # ... the rest are counted, and reported by the next line
 
 
 @dataclass(slots=True)

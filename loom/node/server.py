@@ -132,7 +132,11 @@ class Node:
             self._nursery.start_soon(self._seed_acl)
 
     def _stats(self) -> dict[str, Any]:
-        return {"connections": len(self._conns), "refused_connections": self.refused_connections}
+        out: dict[str, Any] = {"connections": len(self._conns),
+                               "refused_connections": self.refused_connections}
+        if self.log.transport is not None:
+            out["peer"] = self.log.transport.statistics()
+        return out
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:

@@ -332,7 +332,7 @@ _t(0x0F05, "ACL_SET", C.ADMIN, A,
    {"policy": Field(Kind.ANY), "expected_version": opt(Kind.INT, min=0, max=INT64_MAX)},
    "Replace the ACL policy through the log (optionally only if at expected_version).")
 _t(0x0F06, "NODE_STATS", C.ADMIN, A, {},
-   "This node's counters: connections, requests, audit records written and dropped.")
+   "This node's counters: connections, requests, audit records, the log, the peer plane.")
 
 # -- RAFT (peer listener only; bodies are validated by loom.raft.messages.from_wire) -----------
 # tests/test_catalog.py checks this list against loom.raft.messages.RAFT_MESSAGE_NAMES.

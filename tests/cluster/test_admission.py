@@ -82,4 +82,12 @@ async def test_non_member_and_foreign_ca_node_cannot_join_or_disturb(
     rogue_log = (dr / "n1.log").read_text(encoding="utf-8")
     assert "leader (leader n1" not in rogue_log
     n_refused = sum(t.count("refused connection") for t in logs.values())
+    # Every refusal is counted in NODE_STATS, logged or not (log lines are rate-limited).
+    counted = not_member = 0
+    for nid in cluster.nodes:
+        st = await cluster.stats(nid)
+        assert st is not None and "peer" in st, st
+        counted += st["peer"]["refused"]
+        not_member += st["peer"]["refused_by_reason"].get("not a member", 0)
+    assert counted >= n_refused > 0 and not_member > 0, (counted, n_refused, not_member)
     print(f"intruders ran 4 s: term stayed {term}; {n_refused} refusals logged")

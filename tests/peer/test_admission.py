@@ -14,6 +14,8 @@ import cbor2
 import pytest
 import trio
 
+from loom.node.peerlink import PeerLimits
+from loom.node.ratelog import RateLimitedLog
 from loom.raft.messages import Heartbeat, RequestVote
 from loom.wire import catalog
 from loom.wire.codec import encode
@@ -216,3 +218,37 @@ async def test_a5_outbound_identity_mismatch_aborts(nursery: trio.Nursery, pki: 
     assert st["sent"] == 0 and st["connects"] == 0 and not st["connected"]
     assert n3.inbox.msgs == [] and n3.stat("n1") == {}
     assert any("expected node 'n2'" in r.getMessage() for r in caplog.records)
+
+
+# -- refusal logging is bounded: anyone who reaches the port can cause a refusal ----------------
+async def test_a_flood_of_refusals_writes_bounded_log_lines(
+        nursery: trio.Nursery, pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
+    p = await start_peer(nursery, pki, "n1", limits=PeerLimits(log_burst=3, log_window_s=60))
+    ctx = client_ctx(pki.ca, pki.dir / "admin.pem", pki.dir / "admin.key")  # a client cert
+    caplog.set_level(logging.WARNING, logger="loom.peer")
+    with trio.fail_after(30):
+        for _ in range(12):
+            await attempt(p, ctx)
+        await wait_until(lambda: p.t.statistics()["refused"] >= 12)
+    st = p.t.statistics()
+    lines = [r for r in caplog.records if "refused connection" in r.getMessage()]
+    assert len(lines) == 3, [r.getMessage() for r in lines]  # the rest are counted, not logged
+    assert st["refused"] == 12 and st["log_lines_suppressed"] == 9, st
+    assert p.inbox.msgs == []
+
+
+def test_suppressed_lines_are_reported_by_the_next_line_let_through(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    rl = RateLimitedLog(logging.getLogger("loom.test.ratelog"), burst=2, window_s=10,
+                        clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, logger="loom.test.ratelog")
+    for i in range(5):
+        rl.warning("k", "line %d", i)
+    rl.warning("other", "another key is not held back")
+    now[0] = 10.0  # a new window
+    rl.warning("k", "after the quiet spell")
+    assert [r.getMessage() for r in caplog.records] == [
+        "line 0", "line 1", "another key is not held back",
+        "after the quiet spell (3 similar lines suppressed)"]
+    assert rl.suppressed == 3
