@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -99,8 +100,17 @@ class AuditStatistics:
     queued_priority: int
 
 
+_last_stamp: tuple[int, str] = (-1, "")
+
+
 def _now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC with milliseconds; formatted once per millisecond (many records share one)."""
+    global _last_stamp
+    ms = time.time_ns() // 1_000_000
+    if ms != _last_stamp[0]:
+        when = datetime.fromtimestamp(ms / 1000, UTC)
+        _last_stamp = (ms, when.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    return _last_stamp[1]
 
 
 class AuditLog:
@@ -114,8 +124,10 @@ class AuditLog:
         self._data_send, self._data_recv = trio.open_memory_channel[dict[str, Any]](queue_size)
         self._prio_send, self._prio_recv = trio.open_memory_channel[dict[str, Any]](
             priority_queue_size)
-        # Capacity 1: a doorbell. A full doorbell already means "the drainer will look".
+        # Capacity 1: a doorbell. A full doorbell already means "the drainer will look";
+        # `_bell_rung` says so without trying (and failing) to ring it again.
         self._bell_send, self._bell_recv = trio.open_memory_channel[None](1)
+        self._bell_rung = False
         self._seq = 0
         self._dropped_ranges: list[list[int]] = []
         self._emitted = self._written = self._dropped = 0
@@ -143,8 +155,11 @@ class AuditLog:
                 r.append([seq, seq])
             return
         self._dropped_ranges = []  # reported in-band on the record just queued
+        if self._bell_rung:
+            return
         try:
             self._bell_send.send_nowait(None)
+            self._bell_rung = True
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             pass
 
@@ -190,6 +205,7 @@ class AuditLog:
                     break
                 try:
                     await self._bell_recv.receive()
+                    self._bell_rung = False  # records emitted from now on ring again
                 except trio.EndOfChannel:
                     self._closed = True
         await trio.to_thread.run_sync(self._sink.close)

@@ -52,8 +52,11 @@ def opt(kind: Kind, default: Any = None, **kw: Any) -> Field:
     return Field(kind, required=False, default=default, **kw)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def _has_control(s: str) -> bool:
-    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in s)
+    return _CONTROL.search(s) is not None
 
 
 def _check_key(v: Any, where: str) -> str:
