@@ -197,22 +197,20 @@ class Dispatcher:
         assert call.mt is not None and call.caller is not None and not call.waits
 
         def on_done(out: Outcome | None, err: LoomError | None) -> None:
-            if err is not None:
-                deliver(self._fail(call, err))
-                return
-            assert out is not None
             try:
-                value = out.raise_for_status()
-            except LoomError as e:
-                deliver(self._fail(call, e))
-                return
-            deliver(self._finish(call, value))
+                if err is not None:
+                    raise err
+                assert out is not None
+                answer = self._finish(call, out.raise_for_status())
+            except Exception as exc:  # every error becomes an answer
+                answer = self._fail(call, exc)
+            deliver(answer)
 
         try:
             self.replicator.submit(self._command(call), read=call.mt.access is Access.READ,
                                    on_done=on_done)
-        except LoomError as err:
-            deliver(self._fail(call, err))
+        except Exception as exc:  # refused before it started (BUSY, UNAVAILABLE, ...)
+            deliver(self._fail(call, exc))
 
     async def run(self, call: Call) -> dict[str, Any]:
         """Execute an authorized call in the caller's task, waiting as its type allows."""

@@ -11,8 +11,11 @@ import trio
 from loom.node.config import Limits
 from loom.wire import catalog
 from loom.wire.codec import encode
+from loom.wire.errors import Status
 from tests.conftest import PKI, NodeFactory, connect
 from tests.node.conftest import BAD_REQUEST, FORBIDDEN, OK, healthy
+
+BUSY = int(Status.BUSY)
 
 
 def req(rid: int, op: str, **body: Any) -> bytes:
@@ -67,3 +70,28 @@ async def test_more_requests_than_slots_each_answered_once(start_node: NodeFacto
     await healthy(conn)
     for c in (conn, admin):
         await c.aclose()
+
+
+async def test_a_burst_beyond_the_log_inbox_is_shed_with_busy(start_node: NodeFactory,
+                                                              pki: PKI) -> None:
+    node = await start_node(limits=Limits(max_pending_proposals=4))
+    conn = await connect(node, pki, "writer")
+    n = 200
+    await conn.send_raw(b"".join(
+        req(i, "MAP_PUT", name="shed", key=f"k{i}", value=b"v") for i in range(1, n + 1)))
+    answers: dict[int, dict[str, Any]] = {}
+    while len(answers) < n:
+        r = await conn.recv()
+        assert r is not None and r["id"] not in answers, r
+        answers[r["id"]] = r
+    busy = [i for i, r in answers.items() if r["s"] == BUSY]
+    ok = [i for i, r in answers.items() if r["s"] == OK]
+    assert len(busy) + len(ok) == n, {r["s"] for r in answers.values()}
+    assert busy and ok, (len(busy), len(ok))
+    assert all(answers[i]["e"]["retry_after_ms"] > 0 for i in busy)
+    # A shed write was never proposed; an acknowledged one is there.
+    for i in (busy[0], busy[-1], ok[0], ok[-1]):
+        got = await conn.request("MAP_GET", name="shed", key=f"k{i}")
+        assert got["r"] == (b"v" if i in ok else None), (i, got)
+    await healthy(conn)
+    await conn.aclose()
