@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import HealthCheck, settings
 
 from loom.cli.loomd import EXAMPLE_ACL
 from loom.node.config import AuditConfig, NodeConfig, TLSConfig
@@ -23,6 +24,13 @@ from loom.security import devpki
 from loom.security.tls import client_context
 from loom.wire import catalog
 from loom.wire.codec import FrameDecoder, decode_payload, encode
+
+# The suite shares 2 cores with whatever else runs: no property test may fail because the
+# machine was slow (per-example deadlines, slow input generation). What each test checks is
+# unchanged; a test that needs a different budget sets its own @settings.
+settings.register_profile("loom", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("loom")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
