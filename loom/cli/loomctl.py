@@ -389,8 +389,10 @@ def _admin_text(a: argparse.Namespace, r: Any, done: str) -> Any:
 
 def cmd_members_add(c: Ctx, a: argparse.Namespace) -> Any:
     r = c.call("MEMBER_ADD", node=a.node, peer_addr=_peer_addr(a.peer_addr),
-               learner=not a.voter)
-    return _admin_text(a, r, f"{a.node} added as a {'voter' if a.voter else 'learner'}")
+               learner=not a.voter, readmit=a.readmit)
+    how = "re-admitted as a learner" if a.readmit else \
+        f"added as a {'voter' if a.voter else 'learner'}"
+    return _admin_text(a, r, f"{a.node} {how}")
 
 
 def cmd_members_promote(c: Ctx, a: argparse.Namespace) -> Any:
@@ -718,7 +720,10 @@ def build_parser() -> _Parser:
     leaf(mb, "add", "add NODE (a learner unless --voter)", cmd_members_add, "node",
          peer_addr={"required": True, "metavar": "HOST:PORT",
                     "help": "the new node's peer (Raft) address"},
-         voter={"action": "store_true", "help": "add as a voter at once"})
+         voter={"action": "store_true", "help": "add as a voter at once"},
+         readmit={"action": "store_true",
+                  "help": "re-admit a removed NODE (refused otherwise); it comes back as a "
+                          "learner"})
     leaf(mb, "promote", "make the caught-up learner NODE a voter", cmd_members_promote, "node")
     leaf(mb, "remove", "remove NODE from the cluster", cmd_members_remove, "node")
     leaf(t.group("leader", "leadership commands (sent to the leader)"), "transfer",

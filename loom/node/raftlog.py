@@ -476,8 +476,12 @@ class RaftLog:
         if what == "add":
             kind = ConfChangeType.ADD_LEARNER if kw.get("learner", True) else \
                 ConfChangeType.ADD_VOTER
-            addr_cmd = Command("MEMBER_ADDRESS", {"node": node, "peer_addr": kw["peer_addr"]}, 0)
-            self._propose_internal(addr_cmd.encode())
+            if kw.get("readmit"):
+                if not kw.get("learner", True):
+                    w.fail(E.BadRequest("a re-admitted member comes back as a learner; promote "
+                                        "it once it has caught up"))
+                    return
+                kind = ConfChangeType.READMIT
         elif what == "promote":
             kind = ConfChangeType.ADD_VOTER
         else:
@@ -490,6 +494,9 @@ class RaftLog:
         else:
             w.term = self.core.term
             self._proposals[idx] = w
+            if what == "add":  # only once accepted: a refused add changes no address
+                addr = Command("MEMBER_ADDRESS", {"node": node, "peer_addr": kw["peer_addr"]}, 0)
+                self._propose_internal(addr.encode())
 
     def _propose_internal(self, data: bytes) -> None:
         self.core.propose(data)  # answered by nobody; applied by every replica
@@ -605,7 +612,8 @@ class RaftLog:
             return
 
     def _apply(self, rd: Ready) -> bool:
-        """Apply committed entries; True if one of them changed the membership."""
+        """Apply committed entries; True if one of them changed the membership or a member's
+        address (the peer links follow both)."""
         conf_changed = False
         for e in rd.committed_entries:
             self._applied = max(self._applied, e.index)
@@ -626,6 +634,7 @@ class RaftLog:
             cmd = Command.decode(e.data)
             if cmd.op == "MEMBER_ADDRESS":
                 self.member_addrs[cmd.body["node"]] = cmd.body["peer_addr"]
+                conf_changed = True  # links follow the addresses too
                 continue
             outcome = self._sm.apply(cmd, e.index)
             if not outcome.wait:

@@ -1,12 +1,13 @@
 """Membership changes with the single-server rule.
 
 One change at a time: add a learner (non-voting, catches up first), promote a learner to voter
-(or add a voter directly), remove a node. A change takes effect on every node when the entry
-carrying it is applied; the leader refuses a new change while an earlier one is unapplied
-(`pending_conf_index`), and a new leader refuses changes until everything in its log at
-election time is applied, which closes the known single-server-change hole after a leader
-change. Any two consecutive configurations therefore differ by one voter and their majorities
-overlap. Joint consensus (`ConfState.voters_outgoing`) is not used by this core.
+(or add a voter directly), remove a node, re-admit a removed node (as a learner). A change
+takes effect on every node when the entry carrying it is applied; the leader refuses a new
+change while an earlier one is unapplied (`pending_conf_index`), and a new leader refuses
+changes until everything in its log at election time is applied, which closes the known
+single-server-change hole after a leader change. Any two consecutive configurations therefore
+differ by one voter and their majorities overlap. Joint consensus (`ConfState.voters_outgoing`)
+is not used by this core.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ class ConfChangeType(Enum):
     ADD_LEARNER = "add_learner"
     ADD_VOTER = "add_voter"  # also promotes an existing learner
     REMOVE = "remove"
+    # A removed id stays refused (peer admission, adds) until an operator re-admits it
+    # explicitly: as a learner, so it catches up (and learns the current term) before it may
+    # vote again.
+    READMIT = "readmit"
 
 
 class ConfChangeError(ValueError):
@@ -52,6 +57,12 @@ def apply_change(conf: ConfState, cc: ConfChange) -> ConfState:
     """The configuration after `cc`. Inapplicable changes leave `conf` unchanged, so every
     replica (which applies the same entries) reaches the same result."""
     voters, learners = list(conf.voters), list(conf.learners)
+    if cc.type is ConfChangeType.READMIT:
+        if cc.node not in conf.removed or cc.node in voters or cc.node in learners:
+            return conf
+        learners.append(cc.node)
+        return ConfState(voters=tuple(sorted(voters)), learners=tuple(sorted(learners)),
+                         removed=tuple(n for n in conf.removed if n != cc.node))
     if cc.type is ConfChangeType.ADD_LEARNER:
         if cc.node in voters or cc.node in learners:
             return conf
@@ -81,9 +92,13 @@ def check_change(
     conf: ConfState, cc: ConfChange, removed: frozenset[str] = frozenset()
 ) -> str | None:
     """Why the leader should refuse `cc` now, or None if it is acceptable. Ids in `removed`
-    or in `conf.removed` are never added again."""
-    if cc.type is not ConfChangeType.REMOVE and (cc.node in removed or cc.node in conf.removed):
-        return "node ids are never reused"
+    or in `conf.removed` are only ever added back by READMIT, and READMIT takes only those."""
+    was_removed = cc.node in removed or cc.node in conf.removed
+    if cc.type is ConfChangeType.READMIT:
+        if not was_removed:
+            return f"{cc.node} was not removed; add it instead"
+    elif cc.type is not ConfChangeType.REMOVE and was_removed:
+        return f"{cc.node} was removed; only an explicit re-admission adds it again"
     if cc.type is ConfChangeType.REMOVE and cc.node in conf.voters and len(conf.voters) == 1:
         return "cannot remove the last voter"
     if apply_change(conf, cc) == conf:

@@ -40,8 +40,9 @@ class HardState:
 @dataclass(frozen=True, slots=True)
 class ConfState:
     """Cluster membership. `voters_outgoing` is non-empty only during a joint configuration.
-    `removed` lists (sorted) every id ever removed from the cluster: ids are never reused, and
-    carrying them here keeps that rule across snapshots and restarts."""
+    `removed` lists (sorted) every id removed from the cluster and not re-admitted since: such
+    an id is refused until an operator re-admits it explicitly (READMIT), and carrying the list
+    here keeps that rule across snapshots and restarts."""
 
     voters: tuple[str, ...] = ()
     learners: tuple[str, ...] = ()

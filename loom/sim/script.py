@@ -132,7 +132,8 @@ class Script:
         elif cmd == "conf":
             kind = {"add-learner": ConfChangeType.ADD_LEARNER,
                     "add-voter": ConfChangeType.ADD_VOTER,
-                    "remove": ConfChangeType.REMOVE}[rest[1]]
+                    "remove": ConfChangeType.REMOVE,
+                    "readmit": ConfChangeType.READMIT}[rest[1]]
             self.out.append(f"{self.cores[rest[0]].propose_conf_change(ConfChange(kind, rest[2]))}")
             self._drain(rest[0])
         elif cmd == "partition":

@@ -309,8 +309,9 @@ _t(0x0E01, "CLUSTER_STATUS", C.CLUSTER, R, {},
 _t(0x0E02, "MEMBER_LIST", C.CLUSTER, R, {}, "Members with their peer and client addresses.")
 _t(0x0E03, "MEMBER_ADD", C.CLUSTER, A,
    {"node": Field(Kind.NAME), "peer_addr": Field(Kind.STR, min=3, max=300),
-    "learner": opt(Kind.BOOL, default=True)},
-   "Add a member (as a learner by default: it catches up before it may be promoted).")
+    "learner": opt(Kind.BOOL, default=True), "readmit": opt(Kind.BOOL, default=False)},
+   "Add a member (as a learner by default: it catches up before it may be promoted). A "
+   "removed id is refused unless readmit is true (it comes back as a learner).")
 _t(0x0E04, "MEMBER_PROMOTE", C.CLUSTER, A, {"node": Field(Kind.NAME)},
    "Make a caught-up learner a voter.")
 _t(0x0E05, "MEMBER_REMOVE", C.CLUSTER, A, {"node": Field(Kind.NAME)},

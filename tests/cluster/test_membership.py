@@ -23,7 +23,7 @@ from tests.cluster.conftest import OK, Client, Cluster, ClusterFactory, NodeProc
 
 pytestmark = pytest.mark.slow
 
-FORBIDDEN, CONFLICT = 3, 5
+BAD_REQUEST, FORBIDDEN, CONFLICT = 1, 3, 5
 
 
 def issue_node_cert(cluster: Cluster, out: Path, name: str) -> None:
@@ -133,7 +133,8 @@ async def remove_follower_and_check(cluster: Cluster, c: Client, gone: str, lead
     gone_status = await cluster.status(gone)  # it answers for itself: it leads nobody
     assert gone_status is None or gone_status["role"] != "leader", gone_status
 
-    # Ids are never reused: adding the removed id again is refused, as learner or voter.
+    # A removed id stays refused: adding it again is refused, as learner or voter, unless an
+    # operator re-admits it explicitly (see test_remove_follower_...).
     for learner in (True, False):
         r = await c.call("MEMBER_ADD", node=gone, peer_addr=peer_addr(cluster, gone),
                          learner=learner)
@@ -186,7 +187,7 @@ async def test_grow_promote_transfer_then_remove_a_follower(cluster: Cluster) ->
                                     leader="n4")
 
 
-async def test_remove_follower_cannot_disturb_and_its_id_is_never_reused(
+async def test_removed_follower_cannot_disturb_and_stays_refused_until_readmitted(
         cluster: Cluster) -> None:
     c = cluster.client()
     leader = await cluster.wait_leader()
@@ -203,6 +204,30 @@ async def test_remove_follower_cannot_disturb_and_its_id_is_never_reused(
     assert r["s"] == OK, r
     assert await cluster.wait_leader(among=[leader, to], not_in=(leader,)) == to
     await put(c, "under-new-leader", b"x")
+
+    # An operator re-admits the removed node (still running, with its old data): only as a
+    # learner, only by saying so, and only a node that was removed.
+    r = await c.call("MEMBER_ADD", node=gone, peer_addr=peer_addr(cluster, gone), learner=False,
+                     readmit=True)
+    assert r["s"] == BAD_REQUEST, r
+    r = await c.call("MEMBER_ADD", node=leader, peer_addr=peer_addr(cluster, leader),
+                     readmit=True)
+    assert r["s"] == CONFLICT and "was not removed" in r["e"]["msg"], r
+    r = await c.call("MEMBER_ADD", node=gone, peer_addr=peer_addr(cluster, gone), readmit=True)
+    assert r["s"] == OK, r
+    await wait_members(cluster, to, sorted([leader, to]), [gone])
+    await put(c, "after-readmit", b"y")
+    await wait_caught_up(cluster, gone, to, timeout=20)
+    r = await c.call("MEMBER_PROMOTE", node=gone, retry_unknown=True)
+    assert r["s"] == OK, r
+    for nid in cluster.ids:
+        await wait_members(cluster, nid, sorted(cluster.ids), [])
+    await cluster.wait_converged()
+    r = await c.call("LEADER_TRANSFER", to=gone, retry_unknown=True)  # it can even lead
+    assert r["s"] == OK, r
+    assert await cluster.wait_leader(not_in=(leader, to)) == gone
+    got = await cluster.request(gone, "MAP_GET", timeout=10, name="m", key="after-readmit")
+    assert got is not None and got["s"] == OK and got["r"] == b"y", got
 
 
 async def test_promote_of_lagging_learner_conflicts_and_non_admin_is_forbidden(

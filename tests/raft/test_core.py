@@ -133,7 +133,7 @@ def test_removed_ids_survive_snapshot_and_restart() -> None:
     drain(again)
     elect(again)
     refused = again.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, "n2"))
-    assert isinstance(refused, Busy) and "never reused" in refused.reason
+    assert isinstance(refused, Busy) and "explicit re-admission" in refused.reason
     assert isinstance(again.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, "n3")), int)
 
 
@@ -149,3 +149,41 @@ def test_apply_change_records_removals() -> None:
     assert conf.removed == ("n2", "n4")
     assert check_change(conf, ConfChange(ConfChangeType.ADD_VOTER, "n2")) is not None
     assert apply_change(conf, ConfChange(ConfChangeType.REMOVE, "n9")) == conf  # not a member
+
+
+def test_a_removed_id_comes_back_only_by_explicit_readmission_as_a_learner() -> None:
+    from loom.raft.confchange import apply_change, check_change
+    from loom.raft.types import ConfState
+
+    conf = ConfState(("n1", "n2", "n3"), (), (), ("n4",))
+    readmit = ConfChange(ConfChangeType.READMIT, "n4")
+    assert ConfChange.decode(readmit.encode()) == readmit
+    for kind in (ConfChangeType.ADD_LEARNER, ConfChangeType.ADD_VOTER):
+        assert "re-admission" in (check_change(conf, ConfChange(kind, "n4")) or "")
+    assert "not removed" in (check_change(conf, ConfChange(ConfChangeType.READMIT, "n3")) or "")
+    assert check_change(conf, readmit) is None
+    back = apply_change(conf, readmit)
+    assert back == ConfState(("n1", "n2", "n3"), ("n4",), (), ())  # a learner, off the list
+    assert apply_change(back, readmit) == back  # applied twice: no change on any replica
+    assert check_change(back, ConfChange(ConfChangeType.ADD_VOTER, "n4")) is None  # promotable
+    gone_again = apply_change(back, ConfChange(ConfChangeType.REMOVE, "n4"))
+    assert gone_again.removed == ("n4",)
+
+
+def test_readmission_through_the_core_then_promotion() -> None:
+    # n3 is removed, re-admitted as a learner, catches up, and is promoted.
+    from loom.sim.script import Script
+
+    out = Script().run("\n".join([
+        "add-nodes 3", "campaign n1", "stabilize",
+        "conf n1 remove n3", "stabilize",
+        "conf n1 add-learner n3",
+        "conf n1 readmit n3", "stabilize",
+        "propose n1 x", "stabilize",
+        "conf n1 add-voter n3", "stabilize",
+        "status",
+    ]))
+    assert "n3 was removed; only an explicit re-admission adds it again" in out, out
+    assert "n3 applies 7/2 NORMAL b'x'" in out, out  # the re-admitted learner caught up
+    assert ("n1: leader term=2 leader=n1 commit=8 applied=8 last=8 voters=n1,n2,n3 learners=\n"
+            in out), out

@@ -178,8 +178,8 @@ async def test_async_adapter(data_dir: str) -> None:
 
 
 def test_snapshot_keeps_removed_ids_across_restart(data_dir: str) -> None:
-    """Removed node ids travel in the snapshot's membership, so 'never reuse an id' holds
-    after the log that removed them is compacted away."""
+    """Removed node ids travel in the snapshot's membership, so 'a removed id stays refused'
+    holds after the log that removed them is compacted away."""
     s, _ = reopen(data_dir)
     s.save(HardState(2, "n1", 40), entries(1, 40), True)
     conf = ConfState(("n1", "n3", "n5"), ("n6",), (), ("n2", "n4"))
