@@ -29,6 +29,8 @@ from loom.client.errors import (
 )
 from loom.client.protocol import RetryPolicy, format_endpoint, parse_endpoint, parse_endpoints
 from loom.client.sync import Client
+from loom.wire import catalog
+from loom.wire.catalog import Access
 from loom.wire.errors import LoomError, NotFound
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
@@ -78,6 +80,10 @@ class Ctx:
         return Client(endpoints, **opts)
 
     def call(self, op: str, **body: Any) -> Any:
+        if getattr(self.args, "stale", False):
+            if catalog.BY_NAME[op].access is not Access.READ:
+                raise UsageError(f"--stale applies to reads only, not {op}")
+            return self.client().call(op, stale=True, **body)
         return self.client().call(op, **body)
 
     def close(self) -> None:
@@ -500,6 +506,9 @@ def _globals(p: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("--map", metavar="NAME", help="map of get/put/del (default 'default')", **d)
     g.add_argument("--header", action="append", metavar="NAME=VALUE",
                    help="request header (gateways: X-Auth-User, X-Auth-Roles)", **d)
+    g.add_argument("--stale", action="store_true",
+                   help="reads: let the endpoint asked answer from its own replica, leader or "
+                        "not (faster; may miss the latest writes)", **d)
 
 
 class _Tree:

@@ -344,15 +344,16 @@ class AsyncClient(ClientSettings, Ops[Any]):
 
     # -- requests -------------------------------------------------------------------------------
     async def call(self, op: str | int, /, *, headers: Mapping[str, str] | None = None,
-                   **body: Any) -> Any:
-        """Send one request; answer its result or raise the matching error.
+                   stale: bool = False, **body: Any) -> Any:
+        """Send one request; answer its result or raise the matching error. `stale=True`
+        (reads only) lets whichever node is asked answer from its own replica.
 
         The client's `timeout` bounds the call (retries included); a tighter deadline is the
         caller's own `trio.fail_after` / `move_on_after` around the call."""
-        return await self.call_body(op, body, headers=headers)
+        return await self.call_body(op, body, headers=headers, stale=stale)
 
     async def call_body(self, op: str | int, body: Mapping[str, Any], *,
-                        headers: Mapping[str, str] | None = None) -> Any:
+                        headers: Mapping[str, str] | None = None, stale: bool = False) -> Any:
         mt, clean = p.prepare(op, body)
         attempt = _Attempt()
         hdrs = {**self.headers, **(headers or {})}
@@ -361,7 +362,7 @@ class AsyncClient(ClientSettings, Ops[Any]):
             with trio.fail_after(self.timeout):
                 if mt.is_write:
                     seq = await self._issue_seq()
-                return await self._with_retries(mt, clean, seq, hdrs, attempt)
+                return await self._with_retries(mt, clean, seq, hdrs, attempt, stale)
         except trio.TooSlowError:
             raise p.timeout_error(mt, attempt.queued or attempt.unknown, self.timeout) from None
         finally:
@@ -385,7 +386,8 @@ class AsyncClient(ClientSettings, Ops[Any]):
         self._window_changed = trio.Event()
 
     async def _with_retries(self, mt: MessageType, body: dict[str, Any], seq: int,
-                            headers: dict[str, str], attempt: _Attempt) -> Any:
+                            headers: dict[str, str], attempt: _Attempt,
+                            stale: bool = False) -> Any:
         last: BaseException | None = None
         for n in range(max(1, self.retry.attempts)):
             if n:
@@ -401,7 +403,8 @@ class AsyncClient(ClientSettings, Ops[Any]):
                 last = e
                 continue
             rid = conn.next_id()
-            frame = p.request_frame(rid, mt.opcode, body, seq=seq, headers=headers)
+            frame = p.request_frame(rid, mt.opcode, body, seq=seq, headers=headers,
+                                    stale=stale)
             try:
                 async with self._limit:
                     r = await conn.roundtrip(rid, frame, attempt)

@@ -145,11 +145,13 @@ def hello_body(client_name: str, client_id: str) -> dict[str, Any]:
 
 def request_frame(
     request_id: int, opcode: int, body: Mapping[str, Any], *, seq: int = 0,
-    headers: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None, stale: bool = False,
 ) -> bytes:
     req: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": request_id, "op": opcode, "b": dict(body)}
     if seq:
         req["q"] = seq
+    if stale:
+        req["c"] = "stale"  # a read any node answers from its own replica
     if headers:
         req["h"] = dict(headers)
     return encode(req)

@@ -255,27 +255,29 @@ class Client(ClientSettings, Ops[Any]):
 
     # -- requests -------------------------------------------------------------------------------
     def call(self, op: str | int, /, *, timeout: float | None = None,
-             headers: Mapping[str, str] | None = None, **body: Any) -> Any:
+             headers: Mapping[str, str] | None = None, stale: bool = False,
+             **body: Any) -> Any:
         """Send one request; answer its result or raise the matching error. `timeout` (seconds,
-        default the client's) bounds the call, retries included."""
-        return self.call_body(op, body, timeout=timeout, headers=headers)
+        default the client's) bounds the call, retries included. `stale=True` (reads only) lets
+        whichever node is asked answer from its own replica."""
+        return self.call_body(op, body, timeout=timeout, headers=headers, stale=stale)
 
     def call_body(self, op: str | int, body: Mapping[str, Any], *,
                   timeout: float | None = None,
-                  headers: Mapping[str, str] | None = None) -> Any:
+                  headers: Mapping[str, str] | None = None, stale: bool = False) -> Any:
         mt, clean = p.prepare(op, body)
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         hdrs = {**self.headers, **(headers or {})}
         seq = self._window.issue() if mt.is_write else 0
         try:
-            return self._with_retries(mt, clean, seq, deadline, limit, hdrs)
+            return self._with_retries(mt, clean, seq, deadline, limit, hdrs, stale)
         finally:
             if seq:
                 self._window.finish(seq)
 
     def _with_retries(self, mt: MessageType, body: dict[str, Any], seq: int, deadline: float,
-                      limit: float, headers: dict[str, str]) -> Any:
+                      limit: float, headers: dict[str, str], stale: bool = False) -> Any:
         state = _Attempt()
         last: BaseException | None = None
         for n in range(max(1, self.retry.attempts)):
@@ -286,7 +288,7 @@ class Client(ClientSettings, Ops[Any]):
                 time.sleep(pause)
             state.sent = False
             try:
-                return self._attempt(mt, body, seq, deadline, headers, state)
+                return self._attempt(mt, body, seq, deadline, headers, state, stale)
             except ConnectError as e:
                 if e.permanent:
                     raise
@@ -309,10 +311,10 @@ class Client(ClientSettings, Ops[Any]):
         raise last
 
     def _attempt(self, mt: MessageType, body: dict[str, Any], seq: int, deadline: float,
-                 headers: dict[str, str], state: _Attempt) -> Any:
+                 headers: dict[str, str], state: _Attempt, stale: bool = False) -> Any:
         conn = self._connection(deadline)
         rid = conn.next_id()
-        frame = p.request_frame(rid, mt.opcode, body, seq=seq, headers=headers)
+        frame = p.request_frame(rid, mt.opcode, body, seq=seq, headers=headers, stale=stale)
         try:
             state.sent = True
             conn.send(frame, deadline)

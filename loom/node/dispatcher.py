@@ -83,6 +83,7 @@ class Call:
     redact: bool = False  # allowed, but the reply would reveal data the caller may not read
     redact_ops: tuple[int, ...] = ()  # BATCH_EXECUTE members whose results are withheld
     waits: bool = False  # may wait (timeout_ms) or administers the cluster: needs `run`
+    stale: bool = False  # a read answered from this node's replica (no leader round trip)
 
 
 @dataclass
@@ -179,6 +180,9 @@ class Dispatcher:
                     + (f" on {body['name']!r}" if "name" in body else ""),
                     reason=decision.reason)
             call.redact, call.redact_ops = decision.redact, decision.redact_ops
+            if req.stale and mt.access is not Access.READ:
+                raise BadRequest(f"only reads can be stale; {mt.name} is a {mt.access.value}")
+            call.stale = req.stale
             if mt.name in NODE_LOCAL:
                 return self._finish(call, self._node_local(mt, body, caller, sess, req))
             if mt.name == "ACL_SET":
@@ -208,7 +212,7 @@ class Dispatcher:
 
         try:
             self.replicator.submit(self._command(call), read=call.mt.access is Access.READ,
-                                   on_done=on_done)
+                                   stale=call.stale, on_done=on_done)
         except Exception as exc:  # refused before it started (BUSY, UNAVAILABLE, ...)
             deliver(self._fail(call, exc))
 
@@ -222,7 +226,8 @@ class Dispatcher:
             else:
                 cmd = self._command(call)
                 out = await self._run_waiting(mt, call.body, cmd.client_id, cmd.seq,
-                                              caller.principal, read=mt.access is Access.READ)
+                                              caller.principal, read=mt.access is Access.READ,
+                                              stale=call.stale)
                 result = out.raise_for_status()
         except Exception as exc:  # every error becomes an answer
             return self._fail(call, exc)
@@ -261,7 +266,8 @@ class Dispatcher:
         return error_response(call.req.request_id, err)
 
     async def _run_waiting(self, mt: MessageType, body: dict[str, Any], client_id: str,
-                           seq: int, principal: str, *, read: bool) -> Outcome:
+                           seq: int, principal: str, *, read: bool,
+                           stale: bool = False) -> Outcome:
         """Run once; a waiting type that cannot proceed waits for its structure to change and
         runs again, until timeout_ms. The last attempt runs with timeout_ms=0 so the answer is
         the type's own "nothing came" value, decided by the state machine like any other."""
@@ -269,7 +275,7 @@ class Dispatcher:
         while True:
             cmd = Command(mt.name, body, self.clock_ms(), client_id, seq, principal)
             if read:
-                out = await self.replicator.read(cmd)
+                out = await self.replicator.read(cmd, stale=stale)
             else:
                 out = await self.replicator.propose(cmd)
             if not out.wait:

@@ -222,13 +222,15 @@ class RaftLog:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise E.Unavailable("the node is stopping") from None
 
-    def submit(self, cmd: Command, *, read: bool, on_done: OnDone) -> None:
+    def submit(self, cmd: Command, *, read: bool, on_done: OnDone,
+               stale: bool = False) -> None:
         """Start a write (or a linearizable read) without waiting for it: `on_done` runs once,
         in this trio run, when the entry is applied (the read served), refused, or its deadline
-        passes. Raises when it cannot even start (BUSY, UNAVAILABLE, LIMIT_EXCEEDED)."""
+        passes. Raises when it cannot even start (BUSY, UNAVAILABLE, LIMIT_EXCEEDED). A stale
+        read is answered at once from this node's replica, whatever its role."""
         now = trio.current_time()
         if read:
-            if self.role is Role.LEADER and self.core.conf.voters == (self.id,):
+            if stale or (self.role is Role.LEADER and self.core.conf.voters == (self.id,)):
                 # A cluster of one is its own majority: every acknowledged write is already
                 # applied here and no other node can lead, so the state machine answers now.
                 on_done(self._sm.read(cmd), None)
@@ -247,8 +249,9 @@ class RaftLog:
     async def propose(self, cmd: Command) -> Outcome:
         return await _completion(lambda done: self.submit(cmd, read=False, on_done=done))
 
-    async def read(self, cmd: Command) -> Outcome:
-        return await _completion(lambda done: self.submit(cmd, read=True, on_done=done))
+    async def read(self, cmd: Command, *, stale: bool = False) -> Outcome:
+        return await _completion(
+            lambda done: self.submit(cmd, read=True, on_done=done, stale=stale))
 
     def changed_event(self, structure: StructureId) -> trio.Event:
         ev = self._events.get(structure)

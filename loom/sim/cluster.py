@@ -171,7 +171,8 @@ class Simulation:
         self.next_node = 1
         self.steps = 0
         self.stats = {"crashes": 0, "fail_stops": 0, "elections": 0, "acked": 0, "reads": 0,
-                      "snapshots": 0, "transfers": 0, "conf_changes": 0, "partitions": 0}
+                      "snapshots": 0, "transfers": 0, "conf_changes": 0, "partitions": 0,
+                      "wipes": 0, "readmits": 0}
         voters = tuple(f"n{i}" for i in range(1, self.p.nodes + 1))
         self.next_node = self.p.nodes + 1
         hs, ents = bootstrap(voters)
@@ -199,16 +200,16 @@ class Simulation:
             snapshot_window=2, trailing_entries=self.p.trailing_entries, mutant=self.p.mutant,
         )
 
-    def _add_node(self, nid: str, start: bool = True) -> SimNode:
-        disk: SimDisk | WalDisk
+    def _new_disk(self) -> SimDisk | WalDisk:
         if self.p.disk == "wal":
-            disk = WalDisk(self.rng.getrandbits(64), b"{}",
+            return WalDisk(self.rng.getrandbits(64), b"{}",
                            trailing_entries=self.p.trailing_entries,
                            sync_fail_rate=self.p.sync_fail_rate,
                            slow_sync_rate=self.p.slow_sync_rate)
-        else:
-            disk = SimDisk(Snapshot(SnapshotMeta(), b"{}"))
-        node = SimNode(nid, disk, 1.0 + self.rng.uniform(-DRIFT, DRIFT))
+        return SimDisk(Snapshot(SnapshotMeta(), b"{}"))
+
+    def _add_node(self, nid: str, start: bool = True) -> SimNode:
+        node = SimNode(nid, self._new_disk(), 1.0 + self.rng.uniform(-DRIFT, DRIFT))
         self.nodes[nid] = node
         if start:
             self._start(node)
@@ -226,6 +227,17 @@ class Simulation:
         node.ready_reads = []
         self._at(self.now + self.rng.uniform(0, 1) / node.rate, _TICK, (node.id, node.inc))
         self._drain(node)
+
+    def _wipe(self, node: SimNode) -> None:
+        """Replace the node's disk with an empty one and restart it (same id)."""
+        self.stats["wipes"] += 1
+        self.trace.append((self.now, "wipe", node.id))
+        node.disk = self._new_disk()
+        node.core = None
+        node.inc += 1
+        node.puts.clear()
+        node.reads.clear()
+        self._start(node)
 
     def _crash(self, node: SimNode, tear: bool = False, fail_stop: bool = False) -> None:
         self.stats["fail_stops" if fail_stop else "crashes"] += 1
@@ -379,6 +391,8 @@ class Simulation:
                 cc = ConfChange.decode(e.data)
                 if cc.type is ConfChangeType.REMOVE and cc.node in self.nodes:
                     self.nodes[cc.node].removed = True
+                elif cc.type is ConfChangeType.READMIT and cc.node in self.nodes:
+                    self.nodes[cc.node].removed = False
         for rs in rd.read_states:
             op = node.reads.get(rs.ctx)
             if op is not None:
@@ -517,8 +531,16 @@ class Simulation:
         assert core is not None
         conf = core.conf
         cc: ConfChange | None = None
+        back = [n for n in conf.removed if n in self.nodes]
         if conf.learners:
             cc = ConfChange(ConfChangeType.ADD_VOTER, conf.learners[0])
+        elif back and len(conf.voters) < 5 and self.rng.random() < 0.5:
+            # An operator re-admits a removed node: with its old disk, or wiped (a new
+            # machine under the old name), which must not let it vote twice in a term.
+            nid = self.rng.choice(back)
+            if self.rng.random() < 0.5:
+                self._wipe(self.nodes[nid])
+            cc = ConfChange(ConfChangeType.READMIT, nid)
         elif len(conf.voters) < 5 and len(self.nodes) < 9:
             nid = f"n{self.next_node}"  # ids are never reused
             self.next_node += 1
@@ -532,6 +554,8 @@ class Simulation:
             self.trace.append((self.now, "conf_change", (cc, res)))
             if isinstance(res, int):
                 self.stats["conf_changes"] += 1
+                if cc.type is ConfChangeType.READMIT:
+                    self.stats["readmits"] += 1
             self._drain(node)
 
     # ------------------------------------------------------------------ main loop

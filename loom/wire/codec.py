@@ -123,7 +123,10 @@ class Request:
     body: Any
     headers: dict[str, str]
     seq: int = 0
+    stale: bool = False  # "c": "stale": a read served by any node from its own replica
 
+
+CONSISTENCY = ("linearizable", "stale")  # values of a request's "c" field
 
 def parse_request(obj: Any) -> Request:
     """Shape-check a decoded request map. Raises BadRequest (with the request id if readable)."""
@@ -132,7 +135,7 @@ def parse_request(obj: Any) -> Request:
     rid = obj.get("id")
     if not isinstance(rid, int) or isinstance(rid, bool) or not 0 < rid < 2**63:
         raise BadRequest("request id 'id' must be a positive 64-bit integer")
-    unknown = set(obj) - {"v", "id", "op", "b", "h", "q"}
+    unknown = set(obj) - {"v", "id", "op", "b", "h", "q", "c"}
     if unknown:
         raise BadRequest(f"unknown request field(s): {sorted(map(str, unknown))}",
                          request_id=rid)
@@ -154,7 +157,10 @@ def parse_request(obj: Any) -> Request:
     seq = obj.get("q", 0)
     if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**63:
         raise BadRequest("sequence number 'q' must be a non-negative integer", request_id=rid)
-    return Request(v, rid, op, body, headers, seq)
+    consistency = obj.get("c", "linearizable")
+    if consistency not in CONSISTENCY:
+        raise BadRequest(f"consistency 'c' must be one of {list(CONSISTENCY)}", request_id=rid)
+    return Request(v, rid, op, body, headers, seq, consistency == "stale")
 
 
 def ok_response(request_id: int, result: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ A frame is a 4-byte big-endian payload length followed by exactly one CBOR map.
 
 | frame | map |
 | --- | --- |
-| request | `{{"v": version, "id": request id, "op": opcode, "b": body, "h": hdrs?, "q": seq?}}` |
+| request | `{{"v": version, "id": request id, "op": opcode, "b": body, "h"?, "q"?, "c"?}}` |
 | response, OK | `{{"id": request id, "s": 0, "r": result}}` |
 | response, error | `{{"id": request id, "s": status, "e": {{"code": NAME, "msg": text, ...}}}}` |
 | push (topics) | `{{"id": subscription request id, "s": 0, "p": payload}}` |
@@ -41,6 +41,10 @@ A frame is a 4-byte big-endian payload length followed by exactly one CBOR map.
 - `h` carries `X-Auth-User` / `X-Auth-Roles`, honoured only from a configured gateway identity.
 - `q` is a per-client sequence number for writes: with HELLO's `client_id` it makes a retried
   write apply exactly once.
+- `c` is a read's consistency: `"linearizable"` (the default) is answered by the leader and
+  reflects every write acknowledged before the read was sent; `"stale"` is answered by any
+  node, leader, follower or learner, from its own replica at once, and may miss recent
+  writes. `c` on anything but a read is refused with `BAD_REQUEST`.
 
 ## Status codes
 

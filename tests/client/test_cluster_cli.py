@@ -162,11 +162,14 @@ def test_membership_commands_go_to_the_leader(pki: Pki, serve: Serve, capsys: Ca
     g = ["--endpoints", follower.addr, "--ca", str(pki.ca_file)]
     cases: list[tuple[list[str], int, dict[str, Any], str]] = [
         (["members", "add", "n4", "--peer-addr", "127.0.0.1:7004"], 0x0E03,
-         {"node": "n4", "peer_addr": "127.0.0.1:7004", "learner": True},
+         {"node": "n4", "peer_addr": "127.0.0.1:7004", "learner": True, "readmit": False},
          "n4 added as a learner (log index 42)"),
         (["members", "add", "n5", "--peer-addr", "h5:7005", "--voter"], 0x0E03,
-         {"node": "n5", "peer_addr": "h5:7005", "learner": False},
+         {"node": "n5", "peer_addr": "h5:7005", "learner": False, "readmit": False},
          "n5 added as a voter (log index 42)"),
+        (["members", "add", "n3", "--peer-addr", "h3:7003", "--readmit"], 0x0E03,
+         {"node": "n3", "peer_addr": "h3:7003", "learner": True, "readmit": True},
+         "n3 re-admitted as a learner (log index 42)"),
         (["members", "promote", "n4"], 0x0E04, {"node": "n4"}, "n4 promoted to voter (log "
                                                                "index 42)"),
         (["members", "remove", "n4"], 0x0E05, {"node": "n4"}, "n4 removed (log index 42)"),

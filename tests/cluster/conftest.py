@@ -100,12 +100,15 @@ class Conn:
             raise ConnError(f"HELLO refused: {r}", sent=False)
         return c
 
-    def frame(self, op: str, seq: int = 0, **body: Any) -> tuple[int, bytes]:
+    def frame(self, op: str, seq: int = 0, stale: bool = False, **body: Any
+              ) -> tuple[int, bytes]:
         rid = self.next_id
         self.next_id += 1
         f: dict[str, Any] = {"v": 1, "id": rid, "op": catalog.BY_NAME[op].opcode, "b": body}
         if seq:
             f["q"] = seq
+        if stale:
+            f["c"] = "stale"
         return rid, encode(f)
 
     async def send(self, data: bytes) -> None:
@@ -136,8 +139,8 @@ class Conn:
             raise ConnError(f"receive: {e!r}", sent=True) from None
 
     async def request(self, op: str, *, seq: int = 0, timeout: float = 10.0,
-                      **body: Any) -> dict[str, Any]:
-        rid, data = self.frame(op, seq, **body)
+                      stale: bool = False, **body: Any) -> dict[str, Any]:
+        rid, data = self.frame(op, seq, stale, **body)
         await self.send(data)
         return await self.recv_id(rid, timeout)
 

@@ -32,6 +32,9 @@ async def test_isolated_leader_refuses_majority_carries_on_then_converges(
         assert g["s"] in REFUSED, f"the isolated leader served a read: {g}"
         print(f"isolated {old} answered the write {r['e']['code']} and the read "
               f"{g['e']['code']}")
+        # Asked for a stale read, it answers from its own replica at once, partition or not.
+        s = await direct.request("MAP_GET", name="m", key="a0", stale=True, timeout=5)
+        assert s["s"] == OK and s["r"] == b"before", s
 
     async def majority_side() -> None:
         c.only = majority  # a client on the majority's side of the partition
@@ -56,6 +59,11 @@ async def test_isolated_leader_refuses_majority_carries_on_then_converges(
     sts = await cluster.wait_converged(timeout=30)
     print(f"converged {trio.current_time() - t_heal:.3f} s after healing")
     assert sts[old]["role"] == "follower" and sts[old]["leader"] in majority, sts[old]
+    # Healed, the old leader is a follower: it answers a stale read from its replica (caught
+    # up here: the cluster converged), and a linearizable one through the leader's ReadIndex.
+    for stale in (True, False):
+        s = await direct.request("MAP_GET", name="m", key="b0", stale=stale, timeout=5)
+        assert s["s"] == OK and s["r"] == b"during", (stale, s)
     for i in range(10):
         r = await c.call("MAP_GET", name="m", key=f"a{i}", retry_unknown=True)
         assert r["s"] == OK and r["r"] == b"before", r

@@ -73,6 +73,11 @@ def test_loomctl_put_get_denied_and_audited(pki: PKI, loomd: tuple[str, Path]) -
     assert r.returncode == 1 and r.stderr.startswith("loomctl: NOT_FOUND")
     assert len(r.stderr.strip().splitlines()) == 1
 
+    r = ctl(pki, ep, "admin", "--stale", "get", "greeting")  # any node's own replica
+    assert (r.returncode, r.stdout.strip()) == (0, "hello"), r.stderr
+    r = ctl(pki, ep, "admin", "--stale", "put", "greeting", "x")
+    assert r.returncode == 2 and "--stale applies to reads only" in r.stderr, r.stderr
+
     r = ctl(pki, ep, "reader", "put", "greeting", "bye")  # reader may read, not write
     assert r.returncode == 1 and "FORBIDDEN" in r.stderr
     assert ctl(pki, ep, "reader", "get", "greeting").stdout.strip() == "hello"

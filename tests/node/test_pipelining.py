@@ -95,3 +95,27 @@ async def test_a_burst_beyond_the_log_inbox_is_shed_with_busy(start_node: NodeFa
         assert got["r"] == (b"v" if i in ok else None), (i, got)
     await healthy(conn)
     await conn.aclose()
+
+
+async def test_read_consistency_field(start_node: NodeFactory, pki: PKI) -> None:
+    node = await start_node()
+    conn = await connect(node, pki, "admin")
+    assert (await conn.request("MAP_PUT", name="c", key="k", value=b"v"))["s"] == OK
+
+    async def raw(c: object, **body: Any) -> dict[str, Any]:
+        await conn.send_raw(encode({"v": 1, "id": 7, "op": catalog.BY_NAME["MAP_GET"].opcode,
+                                    "b": {"name": "c", "key": "k"}, "c": c, **body}))
+        r = await conn.recv()
+        assert r is not None and r["id"] == 7, r
+        return r
+
+    assert (await raw("stale"))["r"] == b"v"
+    assert (await raw("linearizable"))["r"] == b"v"
+    for bad in ("eventual", 1, None):
+        assert (await raw(bad))["s"] == BAD_REQUEST
+    await conn.send_raw(encode({"v": 1, "id": 8, "op": catalog.BY_NAME["MAP_PUT"].opcode,
+                                "b": {"name": "c", "key": "k", "value": b"w"}, "c": "stale"}))
+    r = await conn.recv()
+    assert r is not None and r["s"] == BAD_REQUEST and "only reads" in r["e"]["msg"], r
+    assert (await conn.request("MAP_GET", name="c", key="k"))["r"] == b"v"  # not written
+    await conn.aclose()
