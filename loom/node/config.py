@@ -65,6 +65,7 @@ class RaftSettings:
     lease_reads: bool = False  # serve linearizable reads from a leader lease (bounded drift)
     proposal_timeout_s: float = 10.0  # a write not applied by then answers TIMEOUT (unknown)
     read_timeout_s: float = 5.0
+    snapshot_in_child: bool = True  # serialise snapshots in a forked child (where fork exists)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ from typing import Any
 import cbor2
 import trio
 
+from loom.node import snapshotter
 from loom.node.config import RaftSettings
 from loom.node.replicator import Applied, OnDone
 from loom.raft import (
@@ -174,6 +175,10 @@ class RaftLog:
         self._synced_term = recovered.hard_state.term
         self._last_snapshot_bytes = 0  # size of the last snapshot we took (0: none yet)
         self._log_bytes_since_snapshot = 0
+        self._snapshot_child: int | None = None  # index being serialised in a child process
+        self._built: tuple[int, bytes | None] | None = None  # its result, back in the inbox
+        self.snapshots_taken = 0
+        self._nursery: trio.Nursery | None = None
         self._send, self._recv = trio.open_memory_channel[tuple[str, Any]](inbox)
         self._proposals: dict[int, _Waiter] = {}
         self._read_batches: dict[bytes, list[_Waiter]] = {}
@@ -305,6 +310,8 @@ class RaftLog:
             "entries_per_batch": round(self.entries_persisted / self.batches, 2)
             if self.batches else 0.0,
             "dropped_peer_messages": self.dropped_messages,
+            "snapshots_taken": self.snapshots_taken,
+            "snapshot_building_at": self._snapshot_child,
         }
 
     def cluster_status(self) -> dict[str, Any]:
@@ -334,6 +341,7 @@ class RaftLog:
     # -- the driver task -----------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             self._running = True
             await self._catch_up_alone()
             self._next_tick_at = trio.current_time() + self.tick_s
@@ -432,6 +440,8 @@ class RaftLog:
             self._pending_reads.append(payload)
         elif kind == "admin":
             self._admin(*payload)
+        elif kind == "snapshot":
+            self._built = payload  # stored by _maybe_snapshot at the end of this turn
 
     def _propose(self, w: _Waiter) -> None:
         assert w.cmd is not None
@@ -713,10 +723,25 @@ class RaftLog:
 
     async def _maybe_snapshot(self) -> None:
         """Snapshot once `snapshot_every` entries were applied since the last one AND the log
-        written since holds at least half the last snapshot's size. Serialising the state is
-        proportional to its size and runs on this task (it blocks the driver), so a large state
-        is snapshotted proportionally less often: its cost stays a bounded share of the
-        writes' (the same rule as Redis's AOF rewrite percentage)."""
+        written since holds at least half the last snapshot's size, so a large state is
+        snapshotted proportionally less often (the rule of Redis's AOF rewrite percentage).
+
+        The state is serialised in a forked child (`snapshotter.py`) while this task goes on
+        replicating; when its bytes are back (the "snapshot" inbox event) they are handed to
+        the core and stored here. Without fork, or with `raft.snapshot_in_child = false`, the
+        state is serialised on this task, which stops the driver for as long as that takes."""
+        if self._built is not None:
+            index, blob = self._built
+            self._built = None
+            self._snapshot_child = None
+            if blob is not None:
+                await self._store_snapshot(index, blob)
+            else:
+                log.warning("%s: building the snapshot at index %d failed; trying again later",
+                            self.id, index)
+            return
+        if self._snapshot_child is not None:
+            return  # one at a time
         applied = self._sm.applied_index
         if applied - self._last_snapshot < self.s.snapshot_every:
             return
@@ -725,13 +750,32 @@ class RaftLog:
         # The core's applied index includes no-op and membership entries beyond the state
         # machine's; snapshot at the core's applied index so no entry is skipped on restore.
         index = self.core.log.applied
-        blob = self._snapshot_blob()
+        self._log_bytes_since_snapshot = 0
+        if self.s.snapshot_in_child and snapshotter.CAN_FORK and self._nursery is not None:
+            child = snapshotter.start(self._snapshot_blob)  # the state as of `index`, now
+            self._snapshot_child = index
+            self._nursery.start_soon(self._collect_snapshot, child, index)
+            return
+        await self._store_snapshot(index, self._snapshot_blob())
+
+    async def _collect_snapshot(self, child: snapshotter.Child, index: int) -> None:
+        blob = await child.result()
+        try:
+            await self._send.send(("snapshot", (index, blob)))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # stopping: the next start snapshots again
+
+    async def _store_snapshot(self, index: int, blob: bytes) -> None:
+        if index <= self.core.snapshot.meta.index or self.core.log.term(index) is None:
+            # A newer snapshot (installed from the leader, say) replaced the log meanwhile.
+            log.info("%s: snapshot at index %d is already superseded; dropped", self.id, index)
+            return
         meta: SnapshotMeta = self.core.snapshot_taken(index, blob)
         chunks = [blob[i:i + SNAPSHOT_CHUNK] for i in range(0, len(blob), SNAPSHOT_CHUNK)]
         await self._storage.save_snapshot(meta, chunks)
         self._last_snapshot = meta.index
         self._last_snapshot_bytes = len(blob)
-        self._log_bytes_since_snapshot = 0
+        self.snapshots_taken += 1
         log.info("%s: snapshot at index %d (%d bytes)", self.id, meta.index, len(blob))
 
     async def transfer_before_stop(self, timeout_s: float = 3.0) -> None:
