@@ -73,6 +73,10 @@ _EARLY = (AppendEntries, Heartbeat)  # leader replication traffic: see _split_me
 
 StructureId = tuple[str, str]
 SNAPSHOT_CHUNK = 1 << 20
+# Below this estimated state size a snapshot is serialised on the driver task: it takes tens of
+# milliseconds (far inside an election timeout), less than forking, copy-on-write faults and
+# the pipe would cost. Above it, in a forked child (snapshotter.py).
+FORK_ABOVE_BYTES = 16 << 20
 
 
 class _Waiter:
@@ -178,6 +182,7 @@ class RaftLog:
         self._snapshot_child: int | None = None  # index being serialised in a child process
         self._built: tuple[int, bytes | None] | None = None  # its result, back in the inbox
         self.snapshots_taken = 0
+        self.snapshots_forked = 0  # of which serialised in a child
         self._nursery: trio.Nursery | None = None
         self._send, self._recv = trio.open_memory_channel[tuple[str, Any]](inbox)
         self._proposals: dict[int, _Waiter] = {}
@@ -311,6 +316,7 @@ class RaftLog:
             if self.batches else 0.0,
             "dropped_peer_messages": self.dropped_messages,
             "snapshots_taken": self.snapshots_taken,
+            "snapshots_forked": self.snapshots_forked,
             "snapshot_building_at": self._snapshot_child,
         }
 
@@ -726,10 +732,11 @@ class RaftLog:
         written since holds at least half the last snapshot's size, so a large state is
         snapshotted proportionally less often (the rule of Redis's AOF rewrite percentage).
 
-        The state is serialised in a forked child (`snapshotter.py`) while this task goes on
-        replicating; when its bytes are back (the "snapshot" inbox event) they are handed to
-        the core and stored here. Without fork, or with `raft.snapshot_in_child = false`, the
-        state is serialised on this task, which stops the driver for as long as that takes."""
+        A state of FORK_ABOVE_BYTES or more is serialised in a forked child (`snapshotter.py`)
+        while this task goes on replicating; when its bytes are back (the "snapshot" inbox
+        event) they are handed to the core and stored here. A smaller state, or any state
+        without fork or with `raft.snapshot_in_child = false`, is serialised on this task,
+        which stops the driver for as long as that takes."""
         if self._built is not None:
             index, blob = self._built
             self._built = None
@@ -751,10 +758,13 @@ class RaftLog:
         # machine's; snapshot at the core's applied index so no entry is skipped on restore.
         index = self.core.log.applied
         self._log_bytes_since_snapshot = 0
-        if self.s.snapshot_in_child and snapshotter.CAN_FORK and self._nursery is not None:
+        nursery = self._nursery
+        if (self.s.snapshot_in_child and snapshotter.CAN_FORK and nursery is not None
+                and self._sm.core.total_bytes >= FORK_ABOVE_BYTES):
             child = snapshotter.start(self._snapshot_blob)  # the state as of `index`, now
             self._snapshot_child = index
-            self._nursery.start_soon(self._collect_snapshot, child, index)
+            self.snapshots_forked += 1
+            nursery.start_soon(self._collect_snapshot, child, index)
             return
         await self._store_snapshot(index, self._snapshot_blob())
 

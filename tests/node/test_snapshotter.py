@@ -9,7 +9,7 @@ import os
 import pytest
 import trio
 
-from loom.node import snapshotter
+from loom.node import raftlog, snapshotter
 from loom.node.config import RaftSettings
 from loom.state.command import Command
 from loom.storage.faultfs import FaultFS
@@ -43,8 +43,11 @@ async def test_cancelling_the_wait_kills_the_child() -> None:
         os.waitpid(child.pid, os.WNOHANG)  # already reaped: it no longer exists
 
 
-async def test_the_driver_stores_a_snapshot_built_in_a_child_and_a_restart_recovers_it(
-) -> None:
+@pytest.mark.parametrize("fork_above", [0, 1 << 40], ids=["forked", "on-the-driver"])
+async def test_the_driver_stores_a_snapshot_and_a_restart_recovers_it(
+        fork_above: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A state this small is normally serialised on the driver; 0 makes every state fork.
+    monkeypatch.setattr(raftlog, "FORK_ABOVE_BYTES", fork_above)
     fs = FaultFS(5)
     log = open_log(fs, RaftSettings(tick_ms=10, snapshot_every=20))
     async with trio.open_nursery() as nursery:
@@ -58,6 +61,9 @@ async def test_the_driver_stores_a_snapshot_built_in_a_child_and_a_restart_recov
                 await trio.sleep(0.01)
         snap_index = log.core.snapshot.meta.index
         assert snap_index >= 20
+        st = log.statistics()
+        assert st["snapshot_building_at"] is None  # nothing left running
+        assert (st["snapshots_forked"] > 0) == (fork_above == 0), st
         log.stop()
     log._storage.storage.close()
     again = open_log(fs, RaftSettings(tick_ms=10, snapshot_every=20))
