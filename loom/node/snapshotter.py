@@ -69,9 +69,12 @@ def start(serialise: Callable[[], bytes]) -> Child:
         try:
             gc.disable()
             os.close(read_fd)
-            signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
+            try:  # only possible from the main thread, where trio runs in loomd
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_DFL)
+            except ValueError:
+                pass
             view = memoryview(serialise())
             while view:
                 view = view[os.write(write_fd, view):]
