@@ -56,8 +56,9 @@ async def test_the_driver_stores_a_snapshot_and_a_restart_recovers_it(
         for i, ans in enumerate(answers):
             log.submit(put(f"k{i}", b"v%d" % i), read=False, on_done=recorder(ans))
             await trio.sleep(0)
-        with trio.fail_after(10):
-            while log.snapshots_taken < 1 or not all(answers):
+        with trio.fail_after(10):  # every write answered, a snapshot stored, none building
+            while (log.snapshots_taken < 1 or not all(answers)
+                   or log.statistics()["snapshot_building_at"] is not None):
                 await trio.sleep(0.01)
         snap_index = log.core.snapshot.meta.index
         assert snap_index >= 20
