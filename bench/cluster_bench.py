@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -400,16 +401,12 @@ def run_loom_lease(args: argparse.Namespace, workdir: Path, fig: Figures) -> Non
     try:
         with cluster.running():
             say("loom: lease reads: a fresh cluster with raft.lease_reads = true")
-            trio.run(loom_side_reads, args, cluster, lf)
+            trio.run(functools.partial(loom_side, reads_only=True), args, cluster, lf)
     except Exception as e:  # report and go on
         say(f"loom: lease reads not measured: {type(e).__name__}: {e}")
     fig.lease_reads = lf.reads
     fig.loadgen_cpu_s += lf.loadgen_cpu_s
     fig.loadgen_wall_s += lf.loadgen_wall_s
-
-
-async def loom_side_reads(args: argparse.Namespace, cluster: LoomCluster, fig: Figures) -> None:
-    await loom_side(args, cluster, fig, reads_only=True)
 
 
 def run_loom(args: argparse.Namespace, workdir: Path) -> Figures:

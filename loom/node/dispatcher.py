@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import trio
@@ -224,10 +224,8 @@ class Dispatcher:
             if mt.name in CLUSTER_ADMIN:
                 result = await self.replicator.admin(CLUSTER_ADMIN[mt.name], **call.body)
             else:
-                cmd = self._command(call)
-                out = await self._run_waiting(mt, call.body, cmd.client_id, cmd.seq,
-                                              caller.principal, read=mt.access is Access.READ,
-                                              stale=call.stale)
+                out = await self._run_waiting(self._command(call),
+                                              read=mt.access is Access.READ, stale=call.stale)
                 result = out.raise_for_status()
         except Exception as exc:  # every error becomes an answer
             return self._fail(call, exc)
@@ -265,15 +263,13 @@ class Dispatcher:
         self._audit(call, err)
         return error_response(call.req.request_id, err)
 
-    async def _run_waiting(self, mt: MessageType, body: dict[str, Any], client_id: str,
-                           seq: int, principal: str, *, read: bool,
-                           stale: bool = False) -> Outcome:
+    async def _run_waiting(self, cmd: Command, *, read: bool, stale: bool) -> Outcome:
         """Run once; a waiting type that cannot proceed waits for its structure to change and
-        runs again, until timeout_ms. The last attempt runs with timeout_ms=0 so the answer is
-        the type's own "nothing came" value, decided by the state machine like any other."""
-        deadline = trio.current_time() + body.get("timeout_ms", 0) / 1000
+        runs again (stamped anew), until timeout_ms. The last attempt runs with timeout_ms=0
+        so the answer is the type's own "nothing came" value, decided by the state machine
+        like any other."""
+        deadline = trio.current_time() + cmd.body.get("timeout_ms", 0) / 1000
         while True:
-            cmd = Command(mt.name, body, self.clock_ms(), client_id, seq, principal)
             if read:
                 out = await self.replicator.read(cmd, stale=stale)
             else:
@@ -281,7 +277,7 @@ class Dispatcher:
             if not out.wait:
                 return out
             s = structure_of(cmd)
-            assert s is not None, f"{mt.name} waited without a structure"
+            assert s is not None, f"{cmd.op} waited without a structure"
             ev = self.replicator.changed_event(s)
             # A holder's session expires only when some command is applied: wake up when the
             # earliest session may be due and propose again (that apply expires it), instead
@@ -293,8 +289,10 @@ class Dispatcher:
                 wake_at = min(deadline, trio.current_time() + in_s)
             with trio.move_on_at(wake_at):
                 await ev.wait()
+            body = cmd.body
             if trio.current_time() >= deadline:
                 body = {**body, "timeout_ms": 0}
+            cmd = replace(cmd, body=body, time_ms=self.clock_ms())
 
     def _node_local(self, mt: MessageType, body: dict[str, Any], caller: Caller,
                     sess: Session, req: Request) -> Any:

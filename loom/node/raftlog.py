@@ -389,12 +389,11 @@ class RaftLog:
                 return
 
     def _expire(self, now: float) -> None:
-        for dq in (self._write_deadlines, self._read_deadlines):
+        for dq, timeout_s in ((self._write_deadlines, self.s.proposal_timeout_s),
+                              (self._read_deadlines, self.s.read_timeout_s)):
             while dq and (dq[0].on_done is None or dq[0].deadline <= now):
                 w = dq.popleft()
                 if w.on_done is not None:
-                    timeout_s = self.s.read_timeout_s if dq is self._read_deadlines \
-                        else self.s.proposal_timeout_s
                     w.fail(E.Timeout(f"{w.what} did not complete within {timeout_s:g} s; "
                                      "its outcome is unknown"))
 

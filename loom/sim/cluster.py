@@ -232,24 +232,26 @@ class Simulation:
         """Replace the node's disk with an empty one and restart it (same id)."""
         self.stats["wipes"] += 1
         self.trace.append((self.now, "wipe", node.id))
+        self._halt(node)
         node.disk = self._new_disk()
+        self._start(node)
+
+    @staticmethod
+    def _halt(node: SimNode) -> None:
+        """The process is gone: its core, its pending requests, its scheduled events."""
         node.core = None
         node.inc += 1
         node.puts.clear()
         node.reads.clear()
-        self._start(node)
 
     def _crash(self, node: SimNode, tear: bool = False, fail_stop: bool = False) -> None:
         self.stats["fail_stops" if fail_stop else "crashes"] += 1
         self.trace.append((self.now, "fail_stop" if fail_stop else "crash", node.id))
-        node.core = None
+        self._halt(node)
         if isinstance(node.disk, WalDisk):
             node.disk.fail_stop() if fail_stop else node.disk.crash()
         else:
             node.disk.crash(self.rng, tear)
-        node.inc += 1
-        node.puts.clear()
-        node.reads.clear()
         delay = self.rng.choice((self.rng.uniform(0.2, 3), self.rng.uniform(3, 30)))
         self._at(self.now + delay, _RESTART, node.id)
 

@@ -25,3 +25,10 @@ def serve(pki: Pki) -> Iterator[Callable[..., FakeServer]]:
     yield start
     for s in servers:
         s.close()
+
+
+@pytest.fixture
+def clean_loom_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No LOOM_* variable of the caller's environment reaches loomctl."""
+    for var in ("LOOM_ENDPOINTS", "LOOM_CA", "LOOM_CERT", "LOOM_KEY"):
+        monkeypatch.delenv(var, raising=False)

@@ -25,11 +25,7 @@ from tests.client.fakeserver import FakeServer, Frame, Pki, err, ok
 Serve = Callable[..., FakeServer]
 Cap = pytest.CaptureFixture[str]
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("LOOM_ENDPOINTS", "LOOM_CA", "LOOM_CERT", "LOOM_KEY"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("clean_loom_env")  # loomctl reads LOOM_* variables
 
 
 def member(node: str, port: int, reachable: bool | None = None, voter: bool = True,

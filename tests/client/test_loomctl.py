@@ -15,11 +15,7 @@ from tests.client.fakeserver import FakeServer, Pki
 Serve = Callable[..., FakeServer]
 Cap = pytest.CaptureFixture[str]
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("LOOM_ENDPOINTS", "LOOM_CA", "LOOM_CERT", "LOOM_KEY"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("clean_loom_env")  # loomctl reads LOOM_* variables
 
 
 def run(capsys: Cap, *argv: str) -> tuple[int, str, str]:
