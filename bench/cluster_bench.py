@@ -53,6 +53,7 @@ from bench.loadgen import run_load
 from loom.cli.loomd import EXAMPLE_ACL
 from loom.security.devpki import create_dev_pki
 from loom.security.tls import client_context
+from loom.security.tlsstream import TLSStream
 from loom.wire import catalog
 from loom.wire.codec import FrameDecoder, decode_payload, encode
 
@@ -93,7 +94,7 @@ class Figures:
 class LoomConn:
     """One long-lived mutual-TLS connection speaking Loom frames, one request at a time."""
 
-    def __init__(self, addr: str, stream: trio.SSLStream[trio.SocketStream]) -> None:
+    def __init__(self, addr: str, stream: TLSStream) -> None:
         self.addr = addr
         self.stream = stream
         self.dec = FrameDecoder(1 << 24)
@@ -104,7 +105,7 @@ class LoomConn:
         host, _, port = addr.rpartition(":")
         with trio.fail_after(limit_s):
             tcp = await trio.open_tcp_stream(host, int(port))
-            stream = trio.SSLStream(tcp, ctx, server_hostname="localhost")
+            stream = TLSStream(tcp, ctx, server_hostname="localhost")
             try:
                 await stream.do_handshake()
                 conn = cls(addr, stream)

@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from loom.security.tlsstream import TLSStream
 from loom.wire import catalog
 from loom.wire.codec import FrameDecoder, decode_payload, encode
 
@@ -53,7 +54,8 @@ async def _client(port: int, ctx: ssl.SSLContext, op: str, body: Body, window: i
                   deadline: float, budget: list[int], out: Result, rate_per_s: float,
                   cid: int) -> None:
     tcp = await trio.open_tcp_stream("127.0.0.1", port)
-    stream = trio.SSLStream(tcp, ctx, server_hostname="localhost")
+    stream = TLSStream(tcp, ctx, server_hostname="localhost")
+    await stream.do_handshake()
     dec = FrameDecoder(1 << 24)
     opcode = catalog.BY_NAME[op].opcode
 

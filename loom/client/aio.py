@@ -4,7 +4,7 @@ Each connection has two tasks in the client's nursery: a reader that matches ans
 callers by request id (answers may come back in any order) and routes topic pushes, and a
 writer that is the only task ever sending on the stream. Callers hand frames to the writer
 through a bounded channel, so a caller's cancelled deadline never interrupts a TLS send
-halfway (a cancelled send breaks an SSLStream for good; FIELD-NOTES).
+halfway (a cancelled send breaks a TLS stream for good; FIELD-NOTES).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from loom.client.tls import (
     describe_tls_error,
     is_permanent,
 )
+from loom.security.tlsstream import TLSStream
 from loom.wire.catalog import MessageType
 from loom.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, FrameError
 from loom.wire.errors import Busy, LoomError, NotLeader, Timeout, Unavailable
@@ -58,7 +59,7 @@ class _Attempt:
 
 
 class Connection:
-    def __init__(self, stream: trio.SSLStream[trio.SocketStream], addr: Addr,
+    def __init__(self, stream: TLSStream, addr: Addr,
                  hello: p.HelloInfo, decoder: FrameDecoder) -> None:
         self.stream = stream
         self.addr = addr
@@ -279,7 +280,7 @@ class AsyncClient(ClientSettings, Ops[Any]):
             tcp = await trio.open_tcp_stream(host, port)
         except OSError as e:
             raise ConnectError(f"{where}: {e.strerror or e}") from None
-        stream = trio.SSLStream(tcp, self._ctx, server_hostname=self._server_hostname or host)
+        stream = TLSStream(tcp, self._ctx, server_hostname=self._server_hostname or host)
         ok = False
         try:
             conn = await self._handshake(stream, addr)
@@ -289,8 +290,7 @@ class AsyncClient(ClientSettings, Ops[Any]):
             if not ok:
                 await trio.aclose_forcefully(stream)
 
-    async def _handshake(self, stream: trio.SSLStream[trio.SocketStream],
-                         addr: Addr) -> Connection:
+    async def _handshake(self, stream: TLSStream, addr: Addr) -> Connection:
         where = p.format_endpoint(addr)
         decoder = FrameDecoder(DEFAULT_MAX_FRAME)
         frame = p.request_frame(1, p.HELLO.opcode, p.hello_body(self.client_name, self.client_id))

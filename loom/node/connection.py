@@ -16,13 +16,14 @@ Invariants:
   loss reported, beyond): an answer always fits, so the log's callbacks never wait.
 - Replies go through one bounded channel to one writer, which sends everything queued as one
   TLS write. A client that stops reading stalls the writer; after `write_stall_timeout_s` the
-  connection is dropped (G3). A cancelled send breaks an SSLStream, so we never reuse it.
+  connection is dropped (G3). A cancelled send breaks a TLS stream, so we never reuse it.
 - Nothing raised here escapes to the listener: an error ends this connection only.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from loom.security.identity import Identity, IdentityError, guest_identity, identity_from_der
+from loom.security.tlsstream import TLSStream
 from loom.wire import catalog
 from loom.wire.catalog import Listener
 from loom.wire.codec import (
@@ -72,7 +74,7 @@ _ENDINGS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OS
 
 
 class Connection:
-    def __init__(self, node: Node, stream: trio.SSLStream[trio.SocketStream], conn_id: str,
+    def __init__(self, node: Node, stream: TLSStream, conn_id: str,
                  peer: str) -> None:
         self.node = node
         self.stream = stream
@@ -215,26 +217,29 @@ class Connection:
         lim = self.node.cfg.limits
         decoder = FrameDecoder(PRE_HELLO_MAX_FRAME)
         hello_deadline = trio.current_time() + lim.hello_timeout_s
-        while True:
-            timeout = lim.idle_timeout_s if self.version else hello_deadline - trio.current_time()
-            with trio.move_on_after(max(timeout, 0)) as cs:
-                data = await self.stream.receive_some(READ_CHUNK)
-            if cs.cancelled_caught:
-                raise _Closing("idle timeout" if self.version else "no HELLO in time")
-            if not data:
-                return  # clean EOF
-            decoder.feed(data)
+        idle = trio.CancelScope()  # one scope, its deadline pushed on by every read
+        with idle:
             while True:
-                try:
-                    payload = decoder.next_payload()
-                except FrameError as e:
-                    # The stream can no longer be framed: answer once, then close.
-                    err = TooLarge(str(e)) if e.status.name == "TOO_LARGE" else BadRequest(str(e))
-                    await self._answer(error_response(0, err))
-                    raise _Closing(str(e)) from None
-                if payload is None:
-                    break
-                await self._handle_payload(payload, nursery, decoder)
+                idle.deadline = (trio.current_time() + lim.idle_timeout_s if self.version
+                                 else hello_deadline)
+                data = await self.stream.receive_some(READ_CHUNK)
+                idle.deadline = math.inf  # waiting for a free slot below is not idleness
+                if not data:
+                    return  # clean EOF
+                decoder.feed(data)
+                while True:
+                    try:
+                        payload = decoder.next_payload()
+                    except FrameError as e:
+                        # The stream can no longer be framed: answer once, then close.
+                        err = (TooLarge(str(e)) if e.status.name == "TOO_LARGE"
+                               else BadRequest(str(e)))
+                        await self._answer(error_response(0, err))
+                        raise _Closing(str(e)) from None
+                    if payload is None:
+                        break
+                    await self._handle_payload(payload, nursery, decoder)
+        raise _Closing("idle timeout" if self.version else "no HELLO in time")
 
     async def _handle_payload(self, payload: bytes, nursery: trio.Nursery,
                               decoder: FrameDecoder) -> None:
@@ -335,22 +340,19 @@ class Connection:
         async with self._out_recv:
             async for first in self._out_recv:
                 batch = [first]
-                # Gather answers while request tasks keep producing them within the same
-                # scheduling rounds (bounded), so one TLS write carries them all.
-                for _ in range(8):
-                    await trio.lowlevel.checkpoint()
-                    before = len(batch)
-                    while len(batch) < 512:
-                        try:
-                            batch.append(self._out_recv.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    if len(batch) == before or len(batch) >= 512:
+                # Answers arrive in bursts (one per driver turn, or per chunk the reader
+                # answered itself), queued before this task runs: one TLS write carries all
+                # that are queued (bounded).
+                while len(batch) < 512:
+                    try:
+                        batch.append(self._out_recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 data = b"".join([encode(frame) for frame, _ in batch])
                 try:
-                    with trio.fail_after(stall):
-                        await self.stream.send_all(data)
+                    if not self.stream.send_nowait(data):  # the socket is full: wait, bounded
+                        with trio.fail_after(stall):
+                            await self.stream.flush()
                 except trio.TooSlowError:
                     log.warning("%s %s: client is not reading its replies; dropping it",
                                 self.conn_id, self.peer)

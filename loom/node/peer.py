@@ -43,6 +43,7 @@ from loom.node.peerlink import READ_CHUNK, Link, PeerLimits, PeerStats
 from loom.node.ratelog import RateLimitedLog
 from loom.raft.messages import MalformedMessage, Message, from_wire
 from loom.security.identity import IdentityError, check_peer, identity_from_der
+from loom.security.tlsstream import TLSStream
 from loom.wire import catalog
 from loom.wire.catalog import Listener
 from loom.wire.codec import (
@@ -114,13 +115,19 @@ class PeerTransport:
         return self._port
 
     def send(self, msgs: Iterable[Message]) -> None:
-        """Queue each message on its `to` peer's link. Never blocks; full lanes drop and count."""
+        """Queue each message on its `to` peer's link, then write each link's share at once
+        where its writer is idle. Never blocks; full lanes drop and count."""
+        touched: list[Link] = []
         for m in msgs:
             link = self._links.get(m.to)
             if link is None:
                 self.unroutable += 1
                 continue
             link.enqueue(m)
+            if link not in touched:
+                touched.append(link)
+        for link in touched:
+            link.flush()
 
     def set_peers(self, peers: dict[str, str]) -> None:
         """Membership changed: links to new peers start, removed ones stop, moved ones redial."""
@@ -229,7 +236,7 @@ class PeerTransport:
             where = f"{host}:{port}#{next(self._conn_ids)}"
         except OSError:
             where = f"?#{next(self._conn_ids)}"
-        stream = trio.SSLStream(tcp, self._server_ctx, server_side=True)
+        stream = TLSStream(tcp, self._server_ctx, server_side=True)
         try:
             await self._inbound(stream, where)
         except _Refused as e:
@@ -249,7 +256,7 @@ class PeerTransport:
                 cs.shield = True
                 await trio.aclose_forcefully(stream)
 
-    async def _inbound(self, stream: trio.SSLStream[trio.SocketStream], where: str) -> None:
+    async def _inbound(self, stream: TLSStream, where: str) -> None:
         lim = self.limits
         # 1-3: handshake, NODE identity, membership.
         try:
@@ -276,42 +283,44 @@ class PeerTransport:
         try:
             with trio.CancelScope() as scope:
                 hello_done = False
-                while True:
-                    timeout = lim.idle_timeout_s if hello_done else lim.handshake_timeout_s
-                    with trio.move_on_after(timeout) as cs:
-                        data = await stream.receive_some(READ_CHUNK)
-                    if cs.cancelled_caught:
-                        if not hello_done:
-                            raise _Refused("no PEER_HELLO in time", node)
-                        log.info("peer connection %s (%s): idle, closing", where, node)
-                        return
-                    if not data:
-                        return  # clean EOF
-                    decoder.feed(data)
+                idle = trio.CancelScope()  # one scope, its deadline pushed on by every read
+                with idle:
                     while True:
-                        try:
-                            payload = decoder.next_payload()
-                        except FrameError as e:
-                            if not hello_done:
-                                raise _Refused(f"bad first frame: {e}", node) from None
-                            raise _Malformed(str(e)) from None
-                        if payload is None:
-                            break
-                        if not self._is_member(node):
-                            raise _Refused("no longer a member", node)
-                        if hello_done:
+                        timeout = lim.idle_timeout_s if hello_done else lim.handshake_timeout_s
+                        idle.deadline = trio.current_time() + timeout
+                        data = await stream.receive_some(READ_CHUNK)
+                        if not data:
+                            return  # clean EOF
+                        decoder.feed(data)
+                        while True:
                             try:
-                                self._frame(payload, node, hello_only=False)
+                                payload = decoder.next_payload()
+                            except FrameError as e:
+                                if not hello_done:
+                                    raise _Refused(f"bad first frame: {e}", node) from None
+                                raise _Malformed(str(e)) from None
+                            if payload is None:
+                                break
+                            if not self._is_member(node):
+                                raise _Refused("no longer a member", node)
+                            if hello_done:
+                                try:
+                                    self._frame(payload, node, hello_only=False)
+                                except _Malformed as e:
+                                    raise _Malformed(f"from {node}: {e}") from None
+                                continue
+                            try:
+                                self._frame(payload, node, hello_only=True)
                             except _Malformed as e:
-                                raise _Malformed(f"from {node}: {e}") from None
-                            continue
-                        try:
-                            self._frame(payload, node, hello_only=True)
-                        except _Malformed as e:
-                            raise _Refused(f"bad PEER_HELLO: {e}", node) from None
-                        hello_done = True
-                        decoder.max_frame = lim.max_frame
-                        self._admit(node, scope, where)
+                                raise _Refused(f"bad PEER_HELLO: {e}", node) from None
+                            hello_done = True
+                            decoder.max_frame = lim.max_frame
+                            self._admit(node, scope, where)
+                # Only the idle deadline ends the loop without returning or raising.
+                if not hello_done:
+                    raise _Refused("no PEER_HELLO in time", node)
+                log.info("peer connection %s (%s): idle, closing", where, node)
+                return
             log.info("peer connection %s (%s): replaced by a newer connection", where, node)
         finally:
             if scope is not None and self._inbound_scopes.get(node) is scope:

@@ -20,7 +20,7 @@ Invariants:
   node we dialled (`check_peer(identity, expected=peer_id)`, SECURITY-CATALOGUE A5). The first
   frame is PEER_HELLO; after that, everything queued when the writer wakes leaves in one TLS
   write (bounded by `max_batch_bytes`).
-- A cancelled or timed-out send leaves an SSLStream broken (trio #198): the connection is closed
+- A cancelled or timed-out send leaves a TLS stream broken (trio #198): the connection is closed
   and redialled, never reused. Redials back off exponentially with jitter; the backoff starts
   over only after a connection that lasted `backoff_max_s`.
 - Nothing raised inside a connection escapes the link task: it is logged, the connection is
@@ -42,6 +42,7 @@ import trio
 from loom.node.config import ConfigError, parse_host_port
 from loom.raft.messages import AppendEntries, InstallSnapshot, Message
 from loom.security.identity import IdentityError, check_peer, identity_from_der
+from loom.security.tlsstream import TLSStream
 from loom.wire import catalog
 from loom.wire.codec import PROTOCOL_VERSION, encode
 
@@ -133,6 +134,11 @@ class Link:
         self.scope = trio.CancelScope()  # the whole link; cancelled when the peer is removed
         self._attempt: trio.CancelScope | None = None  # one dial + connection + backoff sleep
         self._connected_at: float | None = None  # when the current connection was admitted
+        # Set while the writer is parked on `_wakeup` with nothing queued or unsent: `flush`
+        # may then write on the writer's behalf, from the driver, without waking it.
+        self._parked: TLSStream | None = None
+        self._unflushed = 0  # messages `flush` left to the writer to finish writing
+        self._failed: BaseException | None = None  # a direct write failed: the writer ends
 
     # -- called synchronously from the transport (trio thread) ----------------------------------
     def enqueue(self, msg: Message) -> bool:
@@ -145,8 +151,34 @@ class Link:
             self.stats.dropped += 1  # drop-newest: the queued ones are older and already due
             return False
         lane.append(msg)
-        self._wakeup.set()
+        if self._parked is None:
+            self._wakeup.set()  # the writer is busy or not connected: it takes it from here
         return True
+
+    def flush(self) -> None:
+        """Write what was queued now, in one TLS write, if the writer is parked (the common
+        case: the driver's sends for one Ready leave together, and no task wakes up). A write
+        the socket cannot take at once is finished by the writer, under its write timeout."""
+        stream = self._parked
+        if stream is None or not (self._prio or self._bulk):
+            return
+        frames: list[bytes] = []
+        n = self._drain(frames)
+        try:
+            done = stream.send_nowait(b"".join(frames))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            self.stats.dropped += n
+            self._failed = e
+            self._parked = None
+            self._wakeup.set()
+            return
+        if done:
+            self.stats.sent += n
+            self.stats.last_sent = trio.current_time()
+        else:
+            self._unflushed += n
+            self._parked = None
+            self._wakeup.set()
 
     def queued(self) -> tuple[int, int]:
         return len(self._prio), len(self._bulk)
@@ -205,7 +237,7 @@ class Link:
         with trio.fail_after(self._lim.handshake_timeout_s):
             tcp = await trio.open_tcp_stream(host, port)
             # Peers are named by their URI SAN: no hostname check, no SNI; identity below.
-            stream = trio.SSLStream(tcp, self._ctx, server_hostname=None)
+            stream = TLSStream(tcp, self._ctx, server_hostname=None)
             try:
                 await stream.do_handshake()
             except BaseException:
@@ -229,9 +261,8 @@ class Link:
 
     _why = "closed"
 
-    async def _guarded(self, fn: Callable[[trio.SSLStream[trio.SocketStream]],
-                                          Awaitable[None]],
-                       stream: trio.SSLStream[trio.SocketStream], scope: trio.CancelScope) -> None:
+    async def _guarded(self, fn: Callable[[TLSStream], Awaitable[None]], stream: TLSStream,
+                       scope: trio.CancelScope) -> None:
         """Run one half of a connection; whatever ends it ends the other half too. Exceptions
         stop here so the connection's nursery only ever exits through its own cancellation."""
         try:
@@ -245,35 +276,51 @@ class Link:
         finally:
             scope.cancel()
 
-    async def _watch_eof(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+    async def _watch_eof(self, stream: TLSStream) -> None:
         data = await stream.receive_some(READ_CHUNK)
         if data:
             raise _LinkClosed("the peer wrote on a one-way link")
         raise _LinkClosed("the peer closed the connection")
 
-    async def _writer(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+    async def _writer(self, stream: TLSStream) -> None:
         node_id, cluster, client_addr = self._hello
         pending = [hello_frame(self._next_id(), node_id, cluster, client_addr)]
-        while True:
-            if not pending and not self._prio and not self._bulk:
-                with trio.move_on_after(self._lim.keepalive_s):
-                    await self._wakeup.wait()
-                if not self._prio and not self._bulk:
-                    # Keepalive: the same PEER_HELLO again keeps the receiver's idle timer and
-                    # its view of our reachability fresh on links that carry no Raft traffic.
-                    pending.append(hello_frame(self._next_id(), node_id, cluster, client_addr))
-            self._wakeup = trio.Event()  # before draining: a later enqueue sets the new one
-            n = self._drain(pending)
-            data = b"".join(pending)
-            pending.clear()
-            try:
-                with trio.fail_after(self._lim.write_timeout_s):
-                    await stream.send_all(data)
-            except BaseException:
-                self.stats.dropped += n  # the batch's fate is unknown; the stream is now broken
-                raise
-            self.stats.sent += n
-            self.stats.last_sent = trio.current_time()
+        keepalive = self._lim.keepalive_s
+        try:
+            while True:
+                if not pending and not self._prio and not self._bulk and not self._unflushed:
+                    self._parked = stream
+                    try:
+                        with trio.move_on_after(keepalive):
+                            await self._wakeup.wait()
+                    finally:
+                        self._parked = None
+                    if self._failed is not None:
+                        raise self._failed
+                    last = self.stats.last_sent
+                    if (not self._prio and not self._bulk and not self._unflushed
+                            and (last is None or trio.current_time() - last >= keepalive)):
+                        # Keepalive: the same PEER_HELLO again keeps the receiver's idle timer
+                        # and its view of our reachability fresh on links without Raft traffic.
+                        pending.append(hello_frame(self._next_id(), node_id, cluster,
+                                                   client_addr))
+                self._wakeup = trio.Event()  # before draining: a later enqueue sets the new one
+                n = self._drain(pending) + self._unflushed
+                self._unflushed = 0
+                data = b"".join(pending)
+                pending.clear()
+                try:
+                    with trio.fail_after(self._lim.write_timeout_s):
+                        await stream.send_all(data)  # after what a direct write left unsent
+                except BaseException:
+                    self.stats.dropped += n  # the batch's fate is unknown; the stream is broken
+                    raise
+                self.stats.sent += n
+                self.stats.last_sent = trio.current_time()
+        finally:
+            self._failed = None
+            self.stats.dropped += self._unflushed
+            self._unflushed = 0
 
     def _drain(self, out: list[bytes]) -> int:
         """Move queued messages into `out` as frames (priority lane first), up to the batch
@@ -299,7 +346,7 @@ class Link:
         return self._frame_id
 
     @staticmethod
-    async def _close(stream: trio.SSLStream[trio.SocketStream]) -> None:
+    async def _close(stream: TLSStream) -> None:
         with trio.move_on_after(1) as cs:
             cs.shield = True
             await trio.aclose_forcefully(stream)

@@ -43,6 +43,7 @@ from loom.security.tls import (
     peer_server_context,
     server_context,
 )
+from loom.security.tlsstream import TLSStream
 from loom.state.command import Command
 from loom.state.limits import StateLimits
 from loom.storage.storage import Storage, StorageOptions
@@ -222,7 +223,7 @@ class Node:
             tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         except OSError:
             pass
-        stream = trio.SSLStream(tcp, self.ssl_context, server_side=True)
+        stream = TLSStream(tcp, self.ssl_context, server_side=True)
         conn = Connection(self, stream, f"c{next(self._conn_ids)}", peer)
         self._conns.add(conn)
         try:
