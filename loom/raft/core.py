@@ -27,6 +27,7 @@ Safety rules and where they live:
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Sequence
 
 from loom.raft import messages as m
@@ -87,7 +88,10 @@ class RaftCore:
         self._need_bcast = False
         # ReadIndex / lease state (leader only)
         self._hb_seq = 0
-        self._hb_sent: dict[int, int] = {}  # round -> tick it was sent (recent rounds only)
+        # Ticks at which the recent heartbeat rounds were sent: round `_hb_base + i` at
+        # `_hb_sent[i]`, so the last is round `_hb_seq`. Oldest first; pruned from the left.
+        self._hb_sent: deque[int] = deque()
+        self._hb_base = 1
         self._acked_seq: dict[str, int] = {}
         self._lease_start: int | None = None
         self._reads: list[_PendingRead] = []
@@ -611,10 +615,14 @@ class RaftCore:
     # ------------------------------------------------------------------ reads
     def _heartbeat_round(self) -> None:
         self._hb_seq += 1
-        self._hb_sent[self._hb_seq] = self.ticks
+        sent = self._hb_sent
+        if not sent:
+            self._hb_base = self._hb_seq
+        sent.append(self.ticks)
         horizon = self.ticks - self.cfg.election_tick_min
-        for s in [s for s, t in self._hb_sent.items() if t < horizon]:
-            del self._hb_sent[s]
+        while sent[0] < horizon:  # stops at the round just appended at the latest
+            sent.popleft()
+            self._hb_base += 1
         for p in self._peers():
             pr = self.progress[p]
             self._send(m.Heartbeat(p, self.id, self.term, min(pr.match, self.log.committed),
@@ -631,8 +639,9 @@ class RaftCore:
 
     def _confirm_rounds(self) -> None:
         seq = self._confirmed_seq()
-        if seq in self._hb_sent:
-            start = self._hb_sent[seq]
+        i = seq - self._hb_base
+        if 0 <= i < len(self._hb_sent):
+            start = self._hb_sent[i]
             if self._lease_start is None or start > self._lease_start:
                 self._lease_start = start
         done = [r for r in self._reads if r.seq <= seq]
