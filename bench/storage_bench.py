@@ -19,7 +19,7 @@ import trio
 from loom.raft.types import Entry, HardState, SnapshotMeta
 from loom.storage import Storage, StorageOptions
 from loom.storage.admin import create_keyring
-from loom.storage.aio import AsyncStorage
+from loom.storage.aio import AsyncStorage, WorkerThread
 
 ENTRY = 256
 
@@ -140,6 +140,20 @@ def recovery_snapshot(directory: str, mb: int, keyring: str | None) -> tuple[flo
     return write, opened, read
 
 
+async def thread_hops(n: int) -> tuple[float, float]:
+    """CPU per empty call handed to a worker thread: trio.to_thread against WorkerThread."""
+    limiter = trio.CapacityLimiter(1)
+    worker = WorkerThread("bench-hop")
+    out = []
+    for hop in (lambda: trio.to_thread.run_sync(int, limiter=limiter),
+                lambda: worker.run_sync(int)):
+        c0 = time.process_time()
+        for _ in range(n):
+            await hop()
+        out.append((time.process_time() - c0) / n * 1e6)
+    return out[0], out[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -159,6 +173,9 @@ def main() -> None:
             create_keyring(keyring)
         raw = raw_fsync_rate(base, min(args.seconds, 3.0))
         print(f"raw fdatasync rate (256 B append + fdatasync): {raw:,.0f}/s  (the physical limit)")
+        via_trio, via_worker = trio.run(thread_hops, 3000)
+        print(f"CPU per worker-thread hop (empty call): trio.to_thread {via_trio:.0f} µs, "
+              f"WorkerThread {via_worker:.0f} µs")
         for c in args.clients:
             d = os.path.join(base, f"gc{c}")
             r = trio.run(group_commit, d, c, args.seconds, keyring)

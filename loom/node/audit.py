@@ -9,13 +9,15 @@ emit time, so the log itself proves completeness: each seq is either present or 
 `dropped` range on a later record (and `statistics().dropped` equals the records missing).
 
 Denials, spoofing attempts and admin commands use the priority lane, which data traffic cannot
-fill. Sink writes are blocking file I/O and run in a worker thread, in batches.
+fill. Sink writes are blocking file I/O and run in a worker thread, in batches: the drainer
+lingers `LINGER_S` after the first record so that a trickle of records still shares writes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 import sys
 import time
@@ -30,6 +32,7 @@ import trio
 log = logging.getLogger("loom.audit")
 
 MAX_BATCH = 512  # records per sink write
+LINGER_S = 0.005  # the drainer waits this long after a first record before writing
 
 
 class Sink(Protocol):
@@ -100,6 +103,7 @@ class AuditStatistics:
     queued_priority: int
 
 
+_by_seq = operator.itemgetter("seq")
 _last_stamp: tuple[int, str] = (-1, "")
 
 
@@ -116,9 +120,10 @@ def _now_rfc3339() -> str:
 class AuditLog:
     def __init__(
         self, node_id: str, sink: Sink, *, queue_size: int, priority_queue_size: int,
-        clock: Callable[[], str] = _now_rfc3339,
+        clock: Callable[[], str] = _now_rfc3339, linger_s: float = LINGER_S,
     ) -> None:
         self.node_id = node_id
+        self._linger_s = linger_s
         self._sink = sink
         self._clock = clock
         self._data_send, self._data_recv = trio.open_memory_channel[dict[str, Any]](queue_size)
@@ -178,6 +183,7 @@ class AuditLog:
                     batch.append(chan.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+        batch.sort(key=_by_seq)  # two sorted runs: one merge, and the file stays in seq order
         return batch
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
@@ -205,9 +211,14 @@ class AuditLog:
                     break
                 try:
                     await self._bell_recv.receive()
-                    self._bell_rung = False  # records emitted from now on ring again
                 except trio.EndOfChannel:
                     self._closed = True
+                    continue
+                if self._linger_s > 0:
+                    # Let the records of the next few milliseconds join this write: a worker
+                    # thread hop per record would cost the node more than the write itself.
+                    await trio.sleep(self._linger_s)
+                self._bell_rung = False  # records emitted from now on ring again
         await trio.to_thread.run_sync(self._sink.close)
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ import os
 import stat
 
 import pytest
+import trio
 
 from loom.raft.types import ConfState, HardState, SnapshotMeta
 from loom.storage import (
@@ -200,3 +201,63 @@ def test_snapshot_membership_without_removed_ids_decodes() -> None:
     )
     with pytest.raises(ValueError, match="removed"):
         _conf_from_json(b'{"voters": ["a"], "removed": [1]}')
+
+
+async def test_worker_thread_runs_calls_in_order_and_returns_results_and_errors() -> None:
+    from loom.storage.aio import WorkerThread
+
+    w = WorkerThread("test-worker")
+    seen: list[int] = []
+
+    def work(i: int) -> int:
+        seen.append(i)
+        return i * 2
+
+    async with trio.open_nursery() as n:
+        for i in range(20):
+            n.start_soon(w.run_sync, work, i)
+    assert sorted(seen) == list(range(20)) and w.calls == 20
+    assert await w.run_sync(work, 21) == 42
+    with pytest.raises(ZeroDivisionError):
+        await w.run_sync(lambda: 1 // 0)
+    assert await w.run_sync(work, 5) == 10  # an exception does not stop the thread
+
+
+async def test_worker_thread_call_is_not_abandoned_when_cancelled() -> None:
+    import threading
+
+    from loom.storage.aio import WorkerThread
+
+    w = WorkerThread("test-worker")
+    release = threading.Event()
+    done: list[bool] = []
+
+    def slow() -> None:
+        release.wait(10)
+        done.append(True)
+
+    with trio.move_on_after(0.05) as cs:
+        async with trio.open_nursery() as n:
+            n.start_soon(trio.to_thread.run_sync, lambda: (__import__("time").sleep(0.2),
+                                                           release.set()))
+            await w.run_sync(slow)
+            assert done == [True]  # cancelled at 0.05 s, it still waited for the call
+            await trio.sleep(1)  # the cancellation is seen at the next checkpoint
+    assert cs.cancelled_caught and done == [True]
+
+
+async def test_worker_thread_exits_when_idle_and_restarts(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    import threading
+
+    from loom.storage import aio
+
+    monkeypatch.setattr(aio, "IDLE_EXIT_S", 0.05)
+    w = aio.WorkerThread("test-idle-worker")
+    assert await w.run_sync(threading.current_thread) is not threading.current_thread()
+    for _ in range(200):
+        if not any(t.name == "test-idle-worker" for t in threading.enumerate()):
+            break
+        await trio.sleep(0.01)
+    assert not any(t.name == "test-idle-worker" for t in threading.enumerate())
+    assert await w.run_sync(int, "7") == 7  # started again on demand
