@@ -236,7 +236,13 @@ class PeerTransport:
             where = f"{host}:{port}#{next(self._conn_ids)}"
         except OSError:
             where = f"?#{next(self._conn_ids)}"
-        stream = TLSStream(tcp, self._server_ctx, server_side=True)
+        try:
+            stream = TLSStream(tcp, self._server_ctx, server_side=True)
+        except trio.BrokenResourceError as e:  # reset before we got to it
+            log.debug("peer connection %s closed before the handshake: %s", where, e)
+            self._inbound_slots.release()
+            await trio.aclose_forcefully(tcp)
+            return
         try:
             await self._inbound(stream, where)
         except _Refused as e:

@@ -38,7 +38,8 @@ _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class TLSStream(trio.abc.Stream):
-    """A TLS connection on a TCP socket taken over from a `trio.SocketStream`."""
+    """A TLS connection on a TCP socket taken over from a `trio.SocketStream` (which is left
+    empty). Raises `trio.BrokenResourceError` if the socket already failed."""
 
     __slots__ = ("_fd", "_receiving", "_sending", "_sock", "_state", "_unsent")
 
@@ -47,10 +48,17 @@ class TLSStream(trio.abc.Stream):
         # Take the file descriptor from trio's stream (TCP_NODELAY and the connection stay).
         raw = socket.socket(fileno=tcp.socket.detach())
         try:
+            # A socket reset before we got to it: refuse it here. `wrap_socket` would find out
+            # itself, but on some of those paths (3.11) raises without closing the socket it
+            # already made.
+            raw.getpeername()
             raw.setblocking(False)
             self._sock = context.wrap_socket(
                 raw, server_side=server_side, server_hostname=server_hostname,
                 do_handshake_on_connect=False, suppress_ragged_eofs=False)
+        except OSError as e:  # includes ssl.SSLError "Closed before TLS handshake with data"
+            raw.close()
+            raise trio.BrokenResourceError(f"the connection is gone: {e}") from e
         except BaseException:
             raw.close()
             raise

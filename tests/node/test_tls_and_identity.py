@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
+import struct
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,6 +72,23 @@ async def test_plaintext_on_client_port_gets_no_frame(node: Node, dial: Dial) ->
     # Nothing but (at most) a TLS alert record (content type 21): never a reply frame.
     assert received == b"" or received[0] == 0x15, received[:32]
     await _still_serves(dial, node)
+
+
+async def test_connections_reset_at_once_leave_the_listener_serving(node: Node,
+                                                                    dial: Dial) -> None:
+    # Each connection is reset (SO_LINGER 0) right after connect, mid-ClientHello or before it:
+    # the node must drop each one alone and keep its slots.
+    for i in range(30):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await trio.to_thread.run_sync(s.connect, ("127.0.0.1", node.port))
+        if i % 2:
+            s.send(b"\x16\x03\x01\x02\x00")  # the start of a TLS record, then nothing
+        s.close()
+    await _still_serves(dial, node)
+    with trio.fail_after(10):  # every reset connection gave its slot back (one is still open)
+        while node._conn_slots.value < node.cfg.limits.max_connections - 1:
+            await trio.sleep(0.01)
 
 
 async def test_tls12_client_refused(node: Node, pki: PKI, dial: Dial) -> None:

@@ -7,7 +7,9 @@ stepped. The safe outcome is always the same: refused and counted, nothing deliv
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
+import struct
 from pathlib import Path
 
 import cbor2
@@ -95,6 +97,22 @@ async def test_plaintext_and_tls12_refused(nursery: trio.Nursery, pki: PKI) -> N
         finally:
             await raw.aclose()
         await refused_with(p, "tls handshake failed", 1)
+
+
+async def test_connections_reset_at_once_leave_the_peer_listener_serving(
+        nursery: trio.Nursery, pki: PKI) -> None:
+    p = await start_peer(nursery, pki, "n1")
+    q = await start_peer(nursery, pki, "n2", peers={"n1": p.addr})
+    for i in range(30):  # reset (SO_LINGER 0) right after connect, half of them mid-record
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await trio.to_thread.run_sync(s.connect, ("127.0.0.1", p.t.port))
+        if i % 2:
+            s.send(b"\x16\x03\x01\x02\x00")
+        s.close()
+    with trio.fail_after(15):  # a real peer is still admitted
+        await wait_until(lambda: p.stat("n2")["inbound"])
+    assert q.stat("n1")["connected"]
 
 
 # -- A2: a client or gateway certificate from the cluster CA ------------------------------------
