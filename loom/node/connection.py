@@ -84,10 +84,14 @@ class Connection:
         self.client_id = ""
         self.version = 0
         lim = node.cfg.limits
-        # (frame, holds a slot): answers hold one until written, pushes do not.
-        self._out_send, self._out_recv = trio.open_memory_channel[tuple[dict[str, Any], bool]](
-            lim.max_output_buffer_frames)
+        # (frame, holds a slot): answers hold one until written, pushes do not. A frame of
+        # None holds the slot of an answer written directly whose bytes the stream still keeps.
+        self._out_send, self._out_recv = trio.open_memory_channel[
+            tuple[dict[str, Any] | None, bool]](lim.max_output_buffer_frames)
         self._slots = trio.Semaphore(lim.max_outstanding_per_connection)
+        self._max_slots = lim.max_outstanding_per_connection
+        self._writer_idle = False  # the writer waits on an empty channel
+        self._reader_idle = False  # the reader waits for bytes: no request is being read
         self._push_room = lim.max_output_buffer_frames - lim.max_outstanding_per_connection
         self._subs: dict[int, tuple[str, Callable[[str, int, bytes], None]]] = {}
         self._lost: dict[int, list[int]] = {}
@@ -222,7 +226,11 @@ class Connection:
             while True:
                 idle.deadline = (trio.current_time() + lim.idle_timeout_s if self.version
                                  else hello_deadline)
-                data = await self.stream.receive_some(READ_CHUNK)
+                self._reader_idle = True
+                try:
+                    data = await self.stream.receive_some(READ_CHUNK)
+                finally:
+                    self._reader_idle = False
                 idle.deadline = math.inf  # waiting for a free slot below is not idleness
                 if not data:
                     return  # clean EOF
@@ -300,10 +308,27 @@ class Connection:
         self._reply(resp)
 
     def _reply(self, resp: dict[str, Any]) -> None:
-        """Queue the answer of a request holding a slot (the writer releases it once sent).
-        Never waits: answers never exceed the slots, and pushes leave them room."""
+        """Send or queue the answer of a request holding a slot; the slot is released once the
+        answer is written. Never waits: answers never exceed the slots, and pushes leave them
+        room."""
+        if (self._reader_idle and self._writer_idle and self._slots.value == self._max_slots - 1
+                and not self._out_send.statistics().current_buffer_used):
+            # The only request in flight, none being read, nothing queued before it: write the
+            # answer now rather than wake the writer for it (a closed-loop client's every
+            # request). Answers to pipelined requests, or given while the reader works through
+            # a chunk, take the writer, which sends a whole burst in one write.
+            try:
+                done = self.stream.send_nowait(encode(resp))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                done = True  # the connection is gone; its reader and writer will see it too
+            if done:
+                self._slots.release()
+                return
+            resp_or_rest: dict[str, Any] | None = None  # the stream keeps the rest: flush it
+        else:
+            resp_or_rest = resp
         try:
-            self._out_send.send_nowait((resp, True))
+            self._out_send.send_nowait((resp_or_rest, True))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self._slots.release()  # the connection is gone; a late answer has no reader
 
@@ -338,7 +363,14 @@ class Connection:
     async def _writer(self) -> None:
         stall = self.node.cfg.limits.write_stall_timeout_s
         async with self._out_recv:
-            async for first in self._out_recv:
+            while True:
+                self._writer_idle = True
+                try:
+                    first = await self._out_recv.receive()
+                except trio.EndOfChannel:
+                    break
+                finally:
+                    self._writer_idle = False
                 batch = [first]
                 # Answers arrive in bursts (one per driver turn, or per chunk the reader
                 # answered itself), queued before this task runs: one TLS write carries all
@@ -348,7 +380,7 @@ class Connection:
                         batch.append(self._out_recv.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                data = b"".join([encode(frame) for frame, _ in batch])
+                data = b"".join([encode(frame) for frame, _ in batch if frame is not None])
                 try:
                     if not self.stream.send_nowait(data):  # the socket is full: wait, bounded
                         with trio.fail_after(stall):

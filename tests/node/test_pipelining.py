@@ -119,3 +119,23 @@ async def test_read_consistency_field(start_node: NodeFactory, pki: PKI) -> None
     assert r is not None and r["s"] == BAD_REQUEST and "only reads" in r["e"]["msg"], r
     assert (await conn.request("MAP_GET", name="c", key="k"))["r"] == b"v"  # not written
     await conn.aclose()
+
+
+async def test_answers_written_directly_to_a_client_that_stops_reading_arrive_whole(
+        start_node: NodeFactory, pki: PKI) -> None:
+    # One request in flight at a time, so each answer is written without the connection's
+    # writer; the client reads nothing until the socket buffers are long full (20 MiB), so
+    # later answers are left half-written and must be finished, in order, by the writer.
+    node = await start_node()
+    conn = await connect(node, pki, "admin")
+    big = bytes(range(256)) * 4000  # 1,024,000 bytes
+    assert (await conn.request("MAP_PUT", name="m", key="big", value=big))["s"] == OK
+    for rid in range(1000, 1020):
+        await conn.send_raw(req(rid, "MAP_GET", name="m", key="big"))
+        await trio.sleep(0.05)  # answered (or stuck in a full socket) before the next one
+    with trio.fail_after(30):
+        for rid in range(1000, 1020):
+            r = await conn.recv()
+            assert r is not None and r["id"] == rid and r["s"] == OK and r["r"] == big
+    await healthy(conn)
+    await conn.aclose()
