@@ -280,11 +280,7 @@ class AsyncClient(ClientSettings, Ops[Any]):
             tcp = await trio.open_tcp_stream(host, port)
         except OSError as e:
             raise ConnectError(f"{where}: {e.strerror or e}") from None
-        try:
-            stream = TLSStream(tcp, self._ctx, server_hostname=self._server_hostname or host)
-        except trio.BrokenResourceError as e:
-            await trio.aclose_forcefully(tcp)
-            raise ConnectError(f"{where}: {e}") from None
+        stream = TLSStream(tcp, self._ctx, server_hostname=self._server_hostname or host)
         ok = False
         try:
             conn = await self._handshake(stream, addr)

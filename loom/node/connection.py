@@ -193,7 +193,7 @@ class Connection:
                 # Shutdown: the requests handed to the log answer through callbacks. Wait
                 # until every slot is back, i.e. every answer was written (the node bounds
                 # this wait with its grace period).
-                for _ in range(self.node.cfg.limits.max_outstanding_per_connection):
+                for _ in range(self._max_slots):
                     await self._slots.acquire()
             # Every answer is queued: the writer sends them, then ends (bounded in time).
             self._out_send.close()

@@ -150,13 +150,6 @@ class Dispatcher:
     #
     # Every path ends in `_finish` or `_fail`, which write the one audit record (step 7).
 
-    async def dispatch(self, sess: Session, req: Request) -> dict[str, Any]:
-        """The whole request path for one request, for transports that want one await."""
-        step = self.start(sess, req)
-        if isinstance(step, dict):
-            return step
-        return await self.run(step)
-
     def start(self, sess: Session, req: Request) -> dict[str, Any] | Call:
         call = Call(sess, req, trio.current_time())
         self.stats.requests += 1

@@ -222,11 +222,12 @@ class PeerTransport:
     # -- inbound connections --------------------------------------------------------------------
     def _refuse(self, node: str | None, where: str, reason: str) -> None:
         self.refused += 1
-        self.refused_by_reason[reason.split(":", maxsplit=1)[0]] += 1
+        kind = reason.split(":", maxsplit=1)[0]
+        self.refused_by_reason[kind] += 1
         if node is not None and node in self._stats:
             self._stats[node].refused += 1
         self._outsider_log.warning(
-            f"refused:{reason.split(':', maxsplit=1)[0]}",
+            f"refused:{kind}",
             "peer listener: refused connection from %s%s: %s", where,
             f" ({node})" if node else "", reason)
 
@@ -236,13 +237,7 @@ class PeerTransport:
             where = f"{host}:{port}#{next(self._conn_ids)}"
         except OSError:
             where = f"?#{next(self._conn_ids)}"
-        try:
-            stream = TLSStream(tcp, self._server_ctx, server_side=True)
-        except trio.BrokenResourceError as e:  # reset before we got to it
-            log.debug("peer connection %s closed before the handshake: %s", where, e)
-            self._inbound_slots.release()
-            await trio.aclose_forcefully(tcp)
-            return
+        stream = TLSStream(tcp, self._server_ctx, server_side=True)
         try:
             await self._inbound(stream, where)
         except _Refused as e:

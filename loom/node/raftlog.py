@@ -109,6 +109,11 @@ class _Waiter:
             log.exception("error in the completion of %s", self.what)
 
 
+def _chunks(data: bytes) -> list[bytes]:
+    """A snapshot as storage takes it: chunks of SNAPSHOT_CHUNK bytes (one empty one if none)."""
+    return [data[i:i + SNAPSHOT_CHUNK] for i in range(0, len(data), SNAPSHOT_CHUNK)] or [b""]
+
+
 async def _completion(start: Callable[[OnDone], None]) -> Outcome:
     """Await what `start` submits with a callback (the task-per-request form)."""
     done = trio.Event()
@@ -587,9 +592,7 @@ class RaftLog:
 
     async def _persist(self, rd: Ready) -> None:
         if rd.snapshot is not None:
-            data = rd.snapshot.data
-            chunks = [data[i:i + SNAPSHOT_CHUNK] for i in range(0, len(data), SNAPSHOT_CHUNK)]
-            await self._storage.save_snapshot(rd.snapshot.meta, chunks or [b""])
+            await self._storage.save_snapshot(rd.snapshot.meta, _chunks(rd.snapshot.data))
         if rd.entries or rd.hard_state is not None:
             await self._save_until_space(rd)
             if rd.hard_state is not None and rd.must_sync:
@@ -780,8 +783,7 @@ class RaftLog:
             log.info("%s: snapshot at index %d is already superseded; dropped", self.id, index)
             return
         meta: SnapshotMeta = self.core.snapshot_taken(index, blob)
-        chunks = [blob[i:i + SNAPSHOT_CHUNK] for i in range(0, len(blob), SNAPSHOT_CHUNK)]
-        await self._storage.save_snapshot(meta, chunks)
+        await self._storage.save_snapshot(meta, _chunks(blob))
         self._last_snapshot = meta.index
         self._last_snapshot_bytes = len(blob)
         self.snapshots_taken += 1

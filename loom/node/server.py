@@ -223,13 +223,7 @@ class Node:
             tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         except OSError:
             pass
-        try:
-            stream = TLSStream(tcp, self.ssl_context, server_side=True)
-        except trio.BrokenResourceError as e:  # reset before we got to it
-            log.debug("connection from %s closed before the handshake: %s", peer, e)
-            await trio.aclose_forcefully(tcp)
-            self._conn_slots.release()
-            return
+        stream = TLSStream(tcp, self.ssl_context, server_side=True)
         conn = Connection(self, stream, f"c{next(self._conn_ids)}", peer)
         self._conns.add(conn)
         try:

@@ -8,6 +8,8 @@ the CPU of a small mutual-TLS round trip by about 40% (bench/tls_bench.py), whic
 a one-client request costs.
 
 Contract (the same as `trio.SSLStream`'s, so callers treat both alike):
+- Creating one never fails on account of the connection: a socket already reset fails the
+  handshake instead.
 - `do_handshake()` must be awaited first; a failed handshake raises `trio.BrokenResourceError`
   whose `__cause__` is the `ssl.SSLError` (or `OSError`) that OpenSSL reported.
 - `receive_some` returns b"" only after the peer's close_notify; a TCP EOF without one, a reset,
@@ -29,6 +31,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections import deque
+from typing import Literal
 
 import trio
 
@@ -39,34 +42,38 @@ _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 class TLSStream(trio.abc.Stream):
     """A TLS connection on a TCP socket taken over from a `trio.SocketStream` (which is left
-    empty). Raises `trio.BrokenResourceError` if the socket already failed."""
+    empty)."""
 
-    __slots__ = ("_fd", "_receiving", "_sending", "_sock", "_state", "_unsent")
+    __slots__ = ("_cause", "_fd", "_receiving", "_sending", "_sock", "_state", "_unsent")
 
     def __init__(self, tcp: trio.SocketStream, context: ssl.SSLContext, *,
                  server_side: bool = False, server_hostname: str | None = None) -> None:
+        self._sock: ssl.SSLSocket | None = None
+        self._fd = -1
+        self._state = "new"  # new -> open -> (broken) -> closed
+        self._cause: BaseException | None = None  # why it broke, if it did
+        self._sending = False
+        self._receiving = False
+        self._unsent: deque[memoryview] = deque()  # written in order; see _write_ready
         # Take the file descriptor from trio's stream (TCP_NODELAY and the connection stay).
         raw = socket.socket(fileno=tcp.socket.detach())
         try:
-            # A socket reset before we got to it: refuse it here. `wrap_socket` would find out
-            # itself, but on some of those paths (3.11) raises without closing the socket it
-            # already made.
+            # A socket reset before we got to it is refused here, by the handshake that
+            # follows. `wrap_socket` would find out itself, but (3.11) raises SSLError "Closed
+            # before TLS handshake with data", or raises without closing the socket it made.
             raw.getpeername()
             raw.setblocking(False)
             self._sock = context.wrap_socket(
                 raw, server_side=server_side, server_hostname=server_hostname,
                 do_handshake_on_connect=False, suppress_ragged_eofs=False)
-        except OSError as e:  # includes ssl.SSLError "Closed before TLS handshake with data"
+        except OSError as e:
             raw.close()
-            raise trio.BrokenResourceError(f"the connection is gone: {e}") from e
+            self._state, self._cause = "broken", e
+            return
         except BaseException:
             raw.close()
             raise
         self._fd = self._sock.fileno()
-        self._state = "new"  # new -> open -> (broken) -> closed
-        self._sending = False
-        self._receiving = False
-        self._unsent: deque[memoryview] = deque()  # written in order; see _write_ready
 
     # -- the TLS session -----------------------------------------------------------------------
 
@@ -75,30 +82,31 @@ class TLSStream(trio.abc.Stream):
         if self._state == "open":
             await trio.lowlevel.checkpoint()
             return
-        self._check_usable()
+        sock = self._check_usable()
         try:
             while True:
                 try:
-                    self._sock.do_handshake()
+                    sock.do_handshake()
                     break
                 except ssl.SSLWantReadError:
                     await trio.lowlevel.wait_readable(self._fd)
                 except ssl.SSLWantWriteError:
                     await trio.lowlevel.wait_writable(self._fd)
         except (ssl.SSLError, OSError) as e:
-            self._state = "broken"
+            self._state, self._cause = "broken", e
             raise trio.BrokenResourceError(str(e)) from e
         self._state = "open"
         await trio.lowlevel.checkpoint()
 
-    def getpeercert(self, binary_form: bool = False) -> bytes | None:
-        """The peer's certificate in DER (only `binary_form=True` is meaningful for callers
-        that map identities themselves); None before the handshake or when none was sent."""
+    def getpeercert(self, binary_form: Literal[True] = True) -> bytes | None:
+        """The peer's certificate in DER (callers map identities themselves); None before the
+        handshake or when none was sent."""
+        if self._sock is None:
+            return None
         try:
-            cert = self._sock.getpeercert(binary_form=True)
+            return self._sock.getpeercert(binary_form=True)
         except (ValueError, OSError):
             return None
-        return cert if binary_form else None
 
     # -- trio.abc.Stream -----------------------------------------------------------------------
 
@@ -108,14 +116,14 @@ class TLSStream(trio.abc.Stream):
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
-            self._check_open()
+            sock = self._check_open()
             n = 65536 if max_bytes is None else max_bytes
             if n < 1:
                 raise ValueError("max_bytes must be >= 1")
             waited = False
             while True:
                 try:
-                    data = self._sock.recv(n)
+                    data = sock.recv(n)
                     break
                 except ssl.SSLWantReadError:
                     await trio.lowlevel.wait_readable(self._fd)
@@ -134,22 +142,22 @@ class TLSStream(trio.abc.Stream):
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
+        sock = self._check_open()
         if data:
             self._unsent.append(memoryview(data))
-        await self._flush(checkpoint=True)
+        await self._flush(sock, checkpoint=True)
 
     def send_nowait(self, data: bytes | bytearray | memoryview) -> bool:
         """Write `data` now if the socket takes it without waiting: True when all of it was
         written. Otherwise (the socket is full, or a send is in progress) the rest is kept,
         in order, and False says that `flush()` (or the send in progress) must deliver it.
         Never waits; raises like `send_all` when the stream is broken or closed."""
-        self._check_open()
+        sock = self._check_open()
         if data:
             self._unsent.append(memoryview(data))
-        if self._sending:
+        if self._sending:  # the send in progress takes it
             return False
-        self._write_ready()
+        self._write_ready(sock)
         return not self._unsent
 
     async def flush(self) -> None:
@@ -158,15 +166,14 @@ class TLSStream(trio.abc.Stream):
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
-        await self._flush(checkpoint=False)
+        await self._flush(self._check_open(), checkpoint=False)
 
     @property
     def unsent(self) -> int:
         """Bytes kept by `send_nowait` and not yet written."""
         return sum(map(len, self._unsent))
 
-    def _write_ready(self) -> bool:
+    def _write_ready(self, sock: ssl.SSLSocket) -> bool:
         """Write queued bytes until done or the socket is full; True when it is full.
 
         OpenSSL writes a whole buffer or nothing (no partial-write mode): after a want-write it
@@ -174,7 +181,7 @@ class TLSStream(trio.abc.Stream):
         q = self._unsent
         while q:
             try:
-                k = self._sock.send(q[0])
+                k = sock.send(q[0])
             except _WANT:
                 return True
             except (ssl.SSLError, OSError) as e:
@@ -186,10 +193,10 @@ class TLSStream(trio.abc.Stream):
                 q[0] = q[0][k:]
         return False
 
-    async def _flush(self, *, checkpoint: bool) -> None:
+    async def _flush(self, sock: ssl.SSLSocket, *, checkpoint: bool) -> None:
         self._sending = True
         try:
-            while self._write_ready():
+            while self._write_ready(sock):
                 checkpoint = False
                 try:
                     await trio.lowlevel.wait_writable(self._fd)
@@ -213,33 +220,40 @@ class TLSStream(trio.abc.Stream):
         if self._state == "closed":
             await trio.lowlevel.checkpoint()
             return
-        if self._state == "open" and not self._sending:
+        sock = self._sock
+        if sock is not None and self._state == "open" and not self._sending:
             # One SSL_shutdown sends our close_notify; we do not wait for the peer's (a peer
             # that is not reading would hold us). Failing to send it is harmless here.
             try:
-                self._sock.unwrap()
+                sock.unwrap()
             except (ssl.SSLError, OSError, ValueError):
                 pass
         self._state = "closed"
-        trio.lowlevel.notify_closing(self._fd)  # wakes a blocked sender/receiver: Closed...
-        self._sock.close()
+        if sock is not None:
+            trio.lowlevel.notify_closing(self._fd)  # wakes a blocked sender/receiver: Closed
+            sock.close()
         await trio.lowlevel.checkpoint()
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _check_usable(self) -> None:
+    def _check_usable(self) -> ssl.SSLSocket:
         if self._state == "closed":
             raise trio.ClosedResourceError("this TLS stream was closed")
-        if self._state == "broken":
-            raise trio.BrokenResourceError("this TLS stream is broken")
+        if self._state == "broken" or self._sock is None:
+            cause = self._cause
+            raise trio.BrokenResourceError(
+                f"this TLS stream is broken: {cause}" if cause else "this TLS stream is broken"
+            ) from cause
+        return self._sock
 
-    def _check_open(self) -> None:
-        self._check_usable()
+    def _check_open(self) -> ssl.SSLSocket:
+        sock = self._check_usable()
         if self._state != "open":
             raise trio.BrokenResourceError("the TLS handshake has not completed")
+        return sock
 
     def _broken_by(self, e: BaseException) -> None:
         if self._state == "closed":
             raise trio.ClosedResourceError("this TLS stream was closed") from None
-        self._state = "broken"
+        self._state, self._cause = "broken", e
         raise trio.BrokenResourceError(str(e)) from e
