@@ -104,6 +104,9 @@ class AuditStatistics:
 
 
 _by_seq = operator.itemgetter("seq")
+# ensure_ascii escapes every control and non-ASCII character: one record, one line. One encoder
+# for all records (json.dumps with options builds a new one per call).
+_encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str).encode
 _last_stamp: tuple[int, str] = (-1, "")
 
 
@@ -187,9 +190,7 @@ class AuditLog:
         return batch
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
-        # ensure_ascii escapes every control and non-ASCII character: one record, one line.
-        lines = [json.dumps(r, ensure_ascii=True, separators=(",", ":"), default=str)
-                 for r in batch]
+        lines = [_encode(r) for r in batch]
         try:
             await trio.to_thread.run_sync(self._sink.write_lines, lines, abandon_on_cancel=True)
         except OSError as e:

@@ -63,7 +63,7 @@ def result_of(status: Status) -> str:
     return status.name.lower()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is built per write, and frozen init costs 4x
 class AuditRecord:
     client_id: str
     principal: str

@@ -119,7 +119,7 @@ def resolve_principal(
     policy: Policy,
 ) -> Caller:
     """The principal and roles a request runs as. `gateways`: allowed gateway principals."""
-    h = _parse_headers(headers)
+    h = _parse_headers(headers) if headers else {}
     asserted = bool(h)
     if not is_gateway(identity, gateways):
         if asserted:

@@ -18,7 +18,7 @@ where that check lives. Rules (SECURITY-CATALOGUE B3, lesson 1):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from cryptography import x509
@@ -59,12 +59,13 @@ class Identity:
     name: str
     uri: str | None  # the URI SAN it came from; None for CN-derived and guest identities
     trust_domain: str
+    # Derived from the fields above once, not per request (every request reads it).
+    principal: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def principal(self) -> str:
-        if self.role is Role.GUEST:
-            return GUEST_PRINCIPAL
-        return spiffe_uri(self.trust_domain, self.role, self.name)
+    def __post_init__(self) -> None:
+        principal = GUEST_PRINCIPAL if self.role is Role.GUEST else spiffe_uri(
+            self.trust_domain, self.role, self.name)
+        object.__setattr__(self, "principal", principal)
 
     @property
     def is_guest(self) -> bool:
