@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint soak bench clean
+.PHONY: run test lint soak bench cluster-bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/node_bench.py
+
+# 3-node Loom against 3-node etcd in one run: a table and a chart under bench/out/ (installs the
+# chart library here, and etcd from Debian's packages when it can)
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+cluster-bench: $(BENCH_STAMP)
+	$(BIN)/python bench/cluster_bench.py --lease-reads
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache run

@@ -577,7 +577,7 @@ def report(args: argparse.Namespace, loom: Figures, etcd: Figures, wall: float) 
         say(f"chart: {png}")
     else:
         say("chart: not written (matplotlib missing or nothing to compare); "
-            ".venv/bin/pip install matplotlib")
+            "`make cluster-bench` installs it")
     say(f"raw figures: {args.out / 'cluster_bench.json'}")
 
 

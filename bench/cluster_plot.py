@@ -62,11 +62,11 @@ def plot(bars: list[Bar], path: Path, title: str) -> Path | None:
     ax.set_yticklabels([f"{b.label} ({'higher' if b.higher_is_better else 'lower'} is better)"
                         f"\nLoom {b.fmt.format(b.loom)}  etcd {b.fmt.format(b.etcd)}"
                         for b in shown], fontsize=8)
-    ax.set_xlabel("Loom advantage over etcd (x; > 1 = Loom better; | = target; "
-                  "orange diamond = goal)")
+    ax.set_xlabel("Loom advantage over etcd (x; > 1 = Loom better)\n"
+                  "| = target; orange diamond = goal")
     ax.set_xlim(0, max([*vals, *(b.goal or 0 for b in shown), 1.0]) * 1.15)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

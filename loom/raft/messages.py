@@ -58,6 +58,9 @@ def _ids(v: object) -> tuple[str, ...]:
     return tuple(_id(x) for x in v)
 
 
+_ENTRY_TYPES: dict[object, EntryType] = {int(t): t for t in EntryType}
+
+
 def _entries(v: object) -> tuple[Entry, ...]:
     if type(v) is not list or len(v) > MAX_ENTRIES_PER_MESSAGE:
         raise MalformedMessage("expected a bounded list of entries")
@@ -65,16 +68,18 @@ def _entries(v: object) -> tuple[Entry, ...]:
     for e in v:
         if type(e) is not list or len(e) != 4:
             raise MalformedMessage("an entry is [term, index, type, data]")
-        kind = _uint(e[2])
-        if kind not in EntryType._value2member_map_:
+        term, index, kind, data = e
+        # type() first: True == 1 as a dict key, and a bool is not an entry type on the wire
+        et = _ENTRY_TYPES.get(kind) if type(kind) is int else None
+        if et is None:
             raise MalformedMessage("unknown entry type")
-        out.append(Entry(_uint(e[0]), _uint(e[1]), EntryType(kind), _bytes(e[3])))
+        out.append(Entry(_uint(term), _uint(index), et, _bytes(data)))
     return tuple(out)
 
 
 def _wire_value(v: object) -> object:
-    if isinstance(v, tuple):
-        return [[e.term, e.index, int(e.type), e.data] if isinstance(e, Entry) else e for e in v]
+    if type(v) is tuple:
+        return [[e.term, e.index, int(e.type), e.data] if type(e) is Entry else e for e in v]
     return v
 
 
@@ -114,8 +119,8 @@ class Message:
 
     def to_wire(self) -> dict[str, object]:
         d: dict[str, object] = {"kind": self.KIND}
-        for f in fields(self):
-            d[f.name] = _wire_value(getattr(self, f.name))
+        for name in _BY_KIND[self.KIND][1]:  # the field names, in order
+            d[name] = _wire_value(getattr(self, name))
         return d
 
 
