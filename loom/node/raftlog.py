@@ -188,6 +188,7 @@ class RaftLog:
         self._built: tuple[int, bytes | None] | None = None  # its result, back in the inbox
         self.snapshots_taken = 0
         self.snapshots_forked = 0  # of which serialised in a child
+        self.transfers_started = 0  # leadership transfers this node began as leader
         self._nursery: trio.Nursery | None = None
         self._send, self._recv = trio.open_memory_channel[tuple[str, Any]](inbox)
         self._proposals: dict[int, _Waiter] = {}
@@ -323,6 +324,7 @@ class RaftLog:
             "snapshots_taken": self.snapshots_taken,
             "snapshots_forked": self.snapshots_forked,
             "snapshot_building_at": self._snapshot_child,
+            "transfers_started": self.transfers_started,
         }
 
     def cluster_status(self) -> dict[str, Any]:
@@ -493,6 +495,7 @@ class RaftLog:
             elif isinstance(r, RaftBusy):
                 w.fail(E.Conflict(f"cannot transfer leadership: {r.reason}"))
             else:
+                self.transfers_started += 1
                 w.resolve(Outcome.ok({"to": to}))
             return
         node = kw["node"]
