@@ -33,15 +33,16 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/node_bench.py
 
-# 3-node Loom against 3-node etcd in one run: a table and a chart under bench/out/ (installs the
-# chart library here, and etcd from Debian's packages when it can)
+# 3-node Loom against 3-node etcd in one run, three times alternating (medians): a table and a
+# chart under bench/out/ (installs the chart library here, and etcd from Debian's packages when
+# it can); about 5 minutes
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
 cluster-bench: $(BENCH_STAMP)
-	$(BIN)/python bench/cluster_bench.py --lease-reads
+	$(BIN)/python bench/cluster_bench.py --lease-reads --repeat 3
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache run

@@ -1,7 +1,7 @@
 """Cluster benchmark: a 3-node Loom cluster against a 3-member etcd cluster, in one run.
 
     .venv/bin/python bench/cluster_bench.py [--seconds 10] [--total 50000] [--clients 1,64]
-                                            [--only loom|etcd] [--loom-conns 8]
+                                            [--only loom|etcd] [--loom-conns 8] [--repeat 1]
 
 Both clusters run on this machine, on 127.0.0.1, with mutual TLS (client and peer) and fsync on,
 one after the other (never at the same time). Same workload shape for both: 256-byte values;
@@ -18,6 +18,11 @@ with the cluster: its own CPU time is reported. etcd's load generator is a separ
 (its CPU time is reported too). Prints a table with Loom/etcd per figure and saves a chart
 (bench/out/cluster_bench.png) and the raw figures (bench/out/cluster_bench.json). Targets are
 reported, never asserted. Every process started here is stopped by PID, also on Ctrl-C.
+
+A shared machine moves a figure by 15-30% from one run to the next. `--repeat N` measures both
+sides N times, alternating (etcd, Loom, etcd, Loom, ...: each pair close in time, on fresh
+clusters), reports the median of each figure in the table and chart, and lists the Loom/etcd
+ratio of every pair under the table.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,6 +93,30 @@ class Figures:
     loadgen_cpu_s: float = 0.0  # the load generator's own CPU time over the load phases
     loadgen_wall_s: float = 0.0
     skipped: str = ""  # why this side did not run (or stopped early)
+
+
+def median_figures(runs: list[Figures]) -> Figures:
+    """Each figure's median over the runs that measured it; counters and CPU are summed."""
+    out = Figures()
+
+    def med(xs: list[float]) -> float | None:
+        return statistics.median(xs) if xs else None
+
+    for name in ("writes", "write_p50", "write_p99", "reads", "read_p99", "lease_reads"):
+        per_run: list[dict[int, float]] = [getattr(f, name) for f in runs]
+        merged = getattr(out, name)
+        for c in sorted({c for d in per_run for c in d}):
+            m = med([d[c] for d in per_run if c in d])
+            if m is not None:
+                merged[c] = m
+    out.failover_ms = med([f.failover_ms for f in runs if f.failover_ms is not None])
+    out.errors = sum(f.errors for f in runs)
+    out.loadgen_cpu_s = sum(f.loadgen_cpu_s for f in runs)
+    out.loadgen_wall_s = sum(f.loadgen_wall_s for f in runs)
+    out.failover_note = "; ".join(f"run {i + 1}: {f.failover_note}"
+                                  for i, f in enumerate(runs) if f.failover_note)
+    out.skipped = "; ".join(f"run {i + 1}: {f.skipped}" for i, f in enumerate(runs) if f.skipped)
+    return out
 
 
 # -- a minimal Loom wire client for status and failover probes -------------------------------
@@ -525,7 +555,9 @@ def verdict(bar: Bar) -> str:
     return ("met" if adv >= bar.target else "NOT met") + goal
 
 
-def report(args: argparse.Namespace, loom: Figures, etcd: Figures, wall: float) -> None:
+def report(args: argparse.Namespace, loom: Figures, etcd: Figures, wall: float,
+           pairs: list[tuple[Figures, Figures]] | None = None) -> None:
+    """`loom`/`etcd` hold the figures shown (medians when repeated); `pairs` every run."""
     table = rows(args, loom, etcd)
 
     def cell(v: float | None, f: str) -> str:
@@ -541,6 +573,16 @@ def report(args: argparse.Namespace, loom: Figures, etcd: Figures, wall: float) 
         say(f"{b.label:{w}} | {cell(b.loom, f):>9} | {cell(b.etcd, f):>9} | "
             f"{cell(ratio, '{:.2f}'):>9} | {target}{' -> ' + res if target and res else ''}")
     say("")
+    if pairs and len(pairs) > 1:
+        say(f"medians of {len(pairs)} runs; Loom/etcd in each run (etcd, then Loom):")
+        per_run = [rows(args, lf, ef) for lf, ef in pairs]
+        for i, (b, _, _) in enumerate(table):
+            ratios = []
+            for r in per_run:
+                lv, ev = r[i][0].loom, r[i][0].etcd
+                ratios.append(lv / ev if lv and ev else None)
+            say(f"  {b.label:{w}}  " + "  ".join(cell(x, "{:.2f}") for x in ratios))
+        say("")
     for name, fig in (("loom", loom), ("etcd", etcd)):
         if fig.skipped:
             say(f"{name}: not (fully) measured: {fig.skipped}")
@@ -570,7 +612,8 @@ def report(args: argparse.Namespace, loom: Figures, etcd: Figures, wall: float) 
     png = plot(bars, args.out / "cluster_bench.png",
                f"Loom vs etcd, 3 nodes each, mTLS + fsync, {_cores()} shared cores")
     data = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "loom": asdict(loom), "etcd": asdict(etcd), "wall_s": wall}
+            "loom": asdict(loom), "etcd": asdict(etcd), "wall_s": wall,
+            "runs": [{"loom": asdict(lf), "etcd": asdict(ef)} for lf, ef in pairs or []]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cluster_bench.json").write_text(json.dumps(data, indent=1, default=str))
     if png is not None:
@@ -606,6 +649,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peers-dir", type=Path, default=etcd_peer.PEERS_DIR,
                    help="where etcd_cluster.sh, make_certs.sh and etcdload/ are")
     p.add_argument("--out", type=Path, default=OUT_DIR, help="where the chart and JSON go")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="measure both sides this many times, alternating; report medians "
+                        "(1-10)")
     args = p.parse_args(argv)
     try:
         args.clients = sorted({int(x) for x in args.clients.split(",") if x.strip()})
@@ -615,6 +661,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--clients: between 1 and 1024")
     if args.seconds <= 0 or args.total <= 0 or args.loom_conns < 1:
         p.error("--seconds, --total and --loom-conns must be positive")
+    if not 1 <= args.repeat <= 10:
+        p.error("--repeat: between 1 and 10")
     args.seconds = min(args.seconds, 120.0)
     args.loadavg = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return args
@@ -628,20 +676,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     t0 = time.perf_counter()
-    etcd, loom = Figures(skipped="not run (--only loom)"), Figures(skipped="not run (--only etcd)")
+    pairs: list[tuple[Figures, Figures]] = []
     with tempfile.TemporaryDirectory(prefix="loom-cluster-bench-") as d:
-        workdir = Path(d)
         try:
-            if args.only in (None, "etcd"):
-                etcd = run_etcd(args, workdir)
-            if args.only in (None, "loom"):
-                loom = run_loom(args, workdir)
-                if args.lease_reads:
-                    run_loom_lease(args, workdir, loom)
+            for i in range(args.repeat):
+                if args.repeat > 1:
+                    say(f"-- run {i + 1} of {args.repeat}")
+                workdir = Path(d) / f"run{i + 1}"
+                workdir.mkdir()
+                etcd = Figures(skipped="not run (--only loom)")
+                loom = Figures(skipped="not run (--only etcd)")
+                if args.only in (None, "etcd"):
+                    etcd = run_etcd(args, workdir)
+                if args.only in (None, "loom"):
+                    loom = run_loom(args, workdir)
+                    if args.lease_reads:
+                        run_loom_lease(args, workdir, loom)
+                pairs.append((loom, etcd))
         except KeyboardInterrupt:
             say("interrupted: every process started here has been stopped")
             return 130
-    report(args, loom, etcd, time.perf_counter() - t0)
+    if len(pairs) == 1:
+        loom, etcd = pairs[0]
+    else:
+        loom = median_figures([lf for lf, _ in pairs])
+        etcd = median_figures([ef for _, ef in pairs])
+    report(args, loom, etcd, time.perf_counter() - t0, pairs)
     return 0
 
 
