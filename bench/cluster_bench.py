@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -557,8 +557,18 @@ def verdict(bar: Bar) -> str:
 
 def report(args: argparse.Namespace, loom: Figures, etcd: Figures, wall: float,
            pairs: list[tuple[Figures, Figures]] | None = None) -> None:
-    """`loom`/`etcd` hold the figures shown (medians when repeated); `pairs` every run."""
+    """`loom`/`etcd` hold the figures shown (medians when repeated); `pairs` every run. When
+    repeated, a figure's Loom/etcd (and its verdict) is the median of the runs' ratios."""
     table = rows(args, loom, etcd)
+    per_run_ratios: list[list[float | None]] = [[] for _ in table]
+    if pairs and len(pairs) > 1:
+        for run in (rows(args, lf, ef) for lf, ef in pairs):
+            for i, (b, _, _) in enumerate(run):
+                per_run_ratios[i].append(b.ratio)
+        table = [(replace(b, paired_ratio=statistics.median(rs) if rs else None), t, f)
+                 for (b, t, f), rs in zip(
+                     table, ([x for x in r if x is not None] for r in per_run_ratios),
+                     strict=True)]
 
     def cell(v: float | None, f: str) -> str:
         return f.format(v) if v is not None else "-"
@@ -568,19 +578,14 @@ def report(args: argparse.Namespace, loom: Figures, etcd: Figures, wall: float,
     say(f"{'figure':{w}} | {'Loom':>9} | {'etcd':>9} | {'Loom/etcd':>9} | target -> result")
     say("-" * (w + 60))
     for b, target, f in table:
-        ratio = b.loom / b.etcd if b.loom and b.etcd else None
         res = verdict(b)
         say(f"{b.label:{w}} | {cell(b.loom, f):>9} | {cell(b.etcd, f):>9} | "
-            f"{cell(ratio, '{:.2f}'):>9} | {target}{' -> ' + res if target and res else ''}")
+            f"{cell(b.ratio, '{:.2f}'):>9} | {target}{' -> ' + res if target and res else ''}")
     say("")
     if pairs and len(pairs) > 1:
-        say(f"medians of {len(pairs)} runs; Loom/etcd in each run (etcd, then Loom):")
-        per_run = [rows(args, lf, ef) for lf, ef in pairs]
-        for i, (b, _, _) in enumerate(table):
-            ratios = []
-            for r in per_run:
-                lv, ev = r[i][0].loom, r[i][0].etcd
-                ratios.append(lv / ev if lv and ev else None)
+        say(f"Loom and etcd columns: medians of {len(pairs)} runs; Loom/etcd: the median of "
+            "the runs' own ratios, which were (etcd, then Loom, each run):")
+        for (b, _, _), ratios in zip(table, per_run_ratios, strict=True):
             say(f"  {b.label:{w}}  " + "  ".join(cell(x, "{:.2f}") for x in ratios))
         say("")
     for name, fig in (("loom", loom), ("etcd", etcd)):

@@ -23,12 +23,24 @@ class Bar:
     goal: float | None = None  # a stretch goal, also as an advantage (e.g. 3.0)
     met: bool | None = None  # an absolute target's verdict (e.g. failover under 1 s)
     fmt: str = "{:.0f}"  # how the raw values are printed
+    # Loom/etcd when it is not loom/etcd above: over repeated runs, the median of each run's
+    # ratio (a pair measured close in time), not the ratio of two medians from different runs
+    paired_ratio: float | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.paired_ratio is not None:
+            return self.paired_ratio
+        if not self.loom or not self.etcd:
+            return None
+        return self.loom / self.etcd
 
     @property
     def advantage(self) -> float | None:
-        if not self.loom or not self.etcd:
+        r = self.ratio
+        if not r:
             return None
-        return self.loom / self.etcd if self.higher_is_better else self.etcd / self.loom
+        return r if self.higher_is_better else 1 / r
 
 
 def plot(bars: list[Bar], path: Path, title: str) -> Path | None:
