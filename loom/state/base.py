@@ -96,9 +96,9 @@ class Core:
     def touch(self, cat: str, name: str) -> None:
         self.changed[(cat, name)] = None
 
-    def check_entries(self, what: str, n: int) -> None:
+    def check_entries(self, kind: str, name: str, n: int) -> None:
         if n > self.limits.max_entries:
-            raise LimitExceeded(f"{what} is full (max_entries {self.limits.max_entries})")
+            raise LimitExceeded(f"{kind} {name} is full (max_entries {self.limits.max_entries})")
 
 
 S = TypeVar("S", bound=Struct)

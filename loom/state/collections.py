@@ -49,7 +49,7 @@ class SetFamily(Family[SetS]):
         cost = len(m) + MEMBER_OVERHEAD + (STRUCT_BYTES if is_new else 0)
         self.core.check_grow(cost)
         s = self.get_or_create(name)
-        self.core.check_entries(f"set {name}", len(s.members) + 1)
+        self.core.check_entries("set", name, len(s.members) + 1)
         self.core.charge(s, cost)
         s.members[m] = None
         s.index.add(m)
@@ -155,7 +155,7 @@ class ListFamily(Family[ListS]):
         cost = _cost(v) + (STRUCT_BYTES if is_new else 0)
         self.core.check_grow(cost)
         lst = self.get_or_create(name)
-        self.core.check_entries(f"list {name}", len(lst.items) + 1)
+        self.core.check_entries("list", name, len(lst.items) + 1)
         self.core.charge(lst, cost)
         if left:
             lst.items.appendleft(v)

@@ -173,7 +173,7 @@ class StateMachine:
                 core.rollback()  # a waiting outcome: nothing may have changed
                 return value
             if counted:
-                self._count(op, body)
+                self._count(op, body, journal=False)  # nothing can undo it past this point
             core.undo.clear()
             return Outcome.ok(value)
         except LoomError as e:
@@ -196,18 +196,21 @@ class StateMachine:
                     raise TooLarge(f"value of {k!r} ({len(v)} bytes) exceeds max_value_bytes "
                                    f"{limit}")
 
-    def _count(self, op: str, body: dict[str, Any]) -> None:
+    def _count(self, op: str, body: dict[str, Any], *, journal: bool = True) -> None:
         mt = BY_NAME.get(op)
         name = body.get("name")
         if mt is None or not isinstance(name, str):
             return
-        fam = self.families.get(mt.category.value)
+        cat = mt.category.value
+        fam = self.families.get(cat)
         s = None if fam is None else fam.get(name)
         if s is None:
             return
         ops = s.ops
         ops[op] = ops.get(op, 0) + 1
-        self.core.touch(mt.category.value, name)
+        self.core.touch(cat, name)
+        if not journal:
+            return
 
         def undo() -> None:
             ops[op] -= 1

@@ -141,7 +141,7 @@ class MapFamily(Family[MapS]):
             limit = m.max_size
             while limit is not None and len(m.data) >= limit and m.lru:
                 self.delete(name, m, next(iter(m.lru)))  # evict least recently written
-            self.core.check_entries(f"map {name}", len(m.data) + 1)
+            self.core.check_entries("map", name, len(m.data) + 1)
         delta = _cost(key, value, exp is not None)
         if old is not None:
             delta -= _cost(key, old, old_exp is not None)

@@ -63,7 +63,7 @@ class QueueFamily(Family[QueueS]):
         q = self._queue(name)
         if q.capacity is not None and len(q.items) >= q.capacity:
             raise LimitExceeded(f"queue {name} is full (capacity {q.capacity})")
-        self.core.check_entries(f"queue {name}", len(q.items) + 1)
+        self.core.check_entries("queue", name, len(q.items) + 1)
         self.core.charge(q, len(value) + ITEM_OVERHEAD)
         q.items.append(value)
         self.core.touch(self.CATEGORY, name)
