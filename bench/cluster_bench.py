@@ -95,21 +95,23 @@ class Figures:
     skipped: str = ""  # why this side did not run (or stopped early)
 
 
+def med(xs: list[float | None]) -> float | None:
+    """The median of what was measured (None where nothing was)."""
+    known = [x for x in xs if x is not None]
+    return statistics.median(known) if known else None
+
+
 def median_figures(runs: list[Figures]) -> Figures:
     """Each figure's median over the runs that measured it; counters and CPU are summed."""
     out = Figures()
-
-    def med(xs: list[float]) -> float | None:
-        return statistics.median(xs) if xs else None
-
     for name in ("writes", "write_p50", "write_p99", "reads", "read_p99", "lease_reads"):
         per_run: list[dict[int, float]] = [getattr(f, name) for f in runs]
         merged = getattr(out, name)
         for c in sorted({c for d in per_run for c in d}):
-            m = med([d[c] for d in per_run if c in d])
+            m = med([d.get(c) for d in per_run])
             if m is not None:
                 merged[c] = m
-    out.failover_ms = med([f.failover_ms for f in runs if f.failover_ms is not None])
+    out.failover_ms = med([f.failover_ms for f in runs])
     out.errors = sum(f.errors for f in runs)
     out.loadgen_cpu_s = sum(f.loadgen_cpu_s for f in runs)
     out.loadgen_wall_s = sum(f.loadgen_wall_s for f in runs)
@@ -560,15 +562,12 @@ def report(args: argparse.Namespace, loom: Figures, etcd: Figures, wall: float,
     """`loom`/`etcd` hold the figures shown (medians when repeated); `pairs` every run. When
     repeated, a figure's Loom/etcd (and its verdict) is the median of the runs' ratios."""
     table = rows(args, loom, etcd)
-    per_run_ratios: list[list[float | None]] = [[] for _ in table]
-    if pairs and len(pairs) > 1:
-        for run in (rows(args, lf, ef) for lf, ef in pairs):
-            for i, (b, _, _) in enumerate(run):
-                per_run_ratios[i].append(b.ratio)
-        table = [(replace(b, paired_ratio=statistics.median(rs) if rs else None), t, f)
-                 for (b, t, f), rs in zip(
-                     table, ([x for x in r if x is not None] for r in per_run_ratios),
-                     strict=True)]
+    repeated = pairs is not None and len(pairs) > 1
+    runs = [rows(args, lf, ef) for lf, ef in pairs] if pairs and repeated else []
+    per_run_ratios = [[run[i][0].ratio for run in runs] for i in range(len(table))]
+    if repeated:
+        table = [(replace(b, paired_ratio=med(rs)), t, f)
+                 for (b, t, f), rs in zip(table, per_run_ratios, strict=True)]
 
     def cell(v: float | None, f: str) -> str:
         return f.format(v) if v is not None else "-"
@@ -582,7 +581,7 @@ def report(args: argparse.Namespace, loom: Figures, etcd: Figures, wall: float,
         say(f"{b.label:{w}} | {cell(b.loom, f):>9} | {cell(b.etcd, f):>9} | "
             f"{cell(b.ratio, '{:.2f}'):>9} | {target}{' -> ' + res if target and res else ''}")
     say("")
-    if pairs and len(pairs) > 1:
+    if pairs and repeated:
         say(f"Loom and etcd columns: medians of {len(pairs)} runs; Loom/etcd: the median of "
             "the runs' own ratios, which were (etcd, then Loom, each run):")
         for (b, _, _), ratios in zip(table, per_run_ratios, strict=True):
