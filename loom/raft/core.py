@@ -613,7 +613,17 @@ class RaftCore:
                                          off + len(chunk) == total, conf.removed))
 
     # ------------------------------------------------------------------ reads
-    def _heartbeat_round(self) -> None:
+    def _heartbeat_round(self, *, for_read: bool = False) -> None:
+        """Start round `_hb_seq + 1`: a numbered heartbeat whose acknowledgement by a quorum
+        confirms this leadership as of now (ReadIndex) and renews the lease.
+
+        A periodic round goes to every peer. A read's round goes only to the quorum - 1 voters
+        that acknowledged the newest rounds: a majority is all a round needs, and on a busy
+        leader each extra heartbeat is a send, a receive and a step. Safety never depends on
+        who was asked: a round counts only when a quorum has acknowledged it or a later one.
+        A chosen voter that has gone quiet delays a read until the next periodic round, which
+        everyone gets and which confirms every read numbered at or below it; its answers also
+        put the voters that do answer first in line for the next read's round."""
         self._hb_seq += 1
         sent = self._hb_sent
         if not sent:
@@ -623,11 +633,19 @@ class RaftCore:
         while sent[0] < horizon:  # stops at the round just appended at the latest
             sent.popleft()
             self._hb_base += 1
-        for p in self._peers():
+        for p in self._read_round_peers() if for_read else self._peers():
             pr = self.progress[p]
             self._send(m.Heartbeat(p, self.id, self.term, min(pr.match, self.log.committed),
                                    self._hb_seq))
         self._confirm_rounds()
+
+    def _read_round_peers(self) -> list[str]:
+        """The quorum - 1 other voters with the newest acknowledged round (ties by id, so the
+        choice is deterministic)."""
+        acked = self._acked_seq
+        voters = sorted((v for v in self.conf.voters if v != self.id and v in self.progress),
+                        key=lambda v: (-acked.get(v, 0), v))
+        return voters[: self._quorum() - 1]
 
     def _confirmed_seq(self) -> int:
         acks = sorted(
@@ -665,7 +683,7 @@ class RaftCore:
             self._answer_read(ctx, frm, index)
             return
         self._reads.append(_PendingRead(self._hb_seq + 1, ctx, index, frm))
-        self._heartbeat_round()
+        self._heartbeat_round(for_read=True)
 
     def _answer_read(self, ctx: bytes, frm: str, index: int) -> None:
         if frm == self.id:
