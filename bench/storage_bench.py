@@ -144,9 +144,11 @@ async def thread_hops(n: int) -> tuple[float, float]:
     """CPU per empty call handed to a worker thread: trio.to_thread against WorkerThread."""
     limiter = trio.CapacityLimiter(1)
     worker = WorkerThread("bench-hop")
+    async def to_thread() -> int:
+        return await trio.to_thread.run_sync(int, limiter=limiter)
+
     out = []
-    for hop in (lambda: trio.to_thread.run_sync(int, limiter=limiter),
-                lambda: worker.run_sync(int)):
+    for hop in (to_thread, lambda: worker.run_sync(int)):
         c0 = time.process_time()
         for _ in range(n):
             await hop()
