@@ -168,11 +168,12 @@ class Simulation:
         self.trace: deque[tuple[float, str, object]] = deque(maxlen=TRACE_LEN)
         self.nodes: dict[str, SimNode] = {}
         self.history: list[Op] = []
+        self.in_flight: dict[str, PendingOp] = {}  # called, neither answered nor timed out
         self.next_node = 1
         self.steps = 0
         self.stats = {"crashes": 0, "fail_stops": 0, "elections": 0, "acked": 0, "reads": 0,
                       "snapshots": 0, "transfers": 0, "conf_changes": 0, "partitions": 0,
-                      "wipes": 0, "readmits": 0}
+                      "wipes": 0, "readmits": 0, "puts": 0}
         voters = tuple(f"n{i}" for i in range(1, self.p.nodes + 1))
         self.next_node = self.p.nodes + 1
         hs, ents = bootstrap(voters)
@@ -454,6 +455,9 @@ class Simulation:
             self._at(self.now + self.rng.uniform(0.5, 2), _CLIENT, c)
             return
         self.trace.append((self.now, "call", (target, op_id, kind, key)))
+        self.in_flight[op_id] = op
+        if kind == "put":
+            self.stats["puts"] += 1
         self._at(self.now + 30, _TIMEOUT, op)
         self._drain(node)
 
@@ -461,6 +465,7 @@ class Simulation:
         if op.done:
             return
         op.done = True
+        del self.in_flight[op.op_id]
         self.leader_guess[op.client] = op.node
         if op.kind == "put":
             self.stats["acked"] += 1
@@ -475,6 +480,7 @@ class Simulation:
         if op.done:
             return
         op.done = True
+        del self.in_flight[op.op_id]
         if op.kind == "put":
             self.history.append(Op(op.key, "put", op.value, op.call, math.inf))
         self.leader_guess[op.client] = None
@@ -628,6 +634,10 @@ class Simulation:
                         self._at(t + self.rng.uniform(5, 30), _HEAL, None)
             if t >= self.p.duration and self.net.blocked:
                 self.net.heal()
+        # What is still in flight at the end is indeterminate, as if it had timed out: a put
+        # that reached the log before its node crashed may be observed by a read that returned.
+        for op in list(self.in_flight.values()):
+            self._timeout(op)
         self.check_history()
 
     def _resume(self, node: SimNode) -> None:
