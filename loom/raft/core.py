@@ -93,6 +93,10 @@ class RaftCore:
         self._hb_sent: deque[int] = deque()
         self._hb_base = 1
         self._acked_seq: dict[str, int] = {}
+        # When each voter's newest acknowledgement arrived, as a running count: of two voters
+        # that acknowledged the same round, the smaller count answered first.
+        self._acked_order: dict[str, int] = {}
+        self._acks = 0
         self._lease_start: int | None = None
         self._reads: list[_PendingRead] = []
         self._reads_before_commit: list[tuple[bytes, str]] = []
@@ -149,6 +153,7 @@ class RaftCore:
         self._lease_start = None
         self._hb_sent.clear()
         self._acked_seq = {}
+        self._acked_order = {}
         self._reads = []
         self._reads_before_commit = []
         self._uncommitted_bytes = 0
@@ -537,6 +542,8 @@ class RaftCore:
     def _on_heartbeat_response(self, msg: m.HeartbeatResponse, pr: Progress) -> None:
         if msg.frm in self.conf.voters and msg.seq > self._acked_seq.get(msg.frm, 0):
             self._acked_seq[msg.frm] = msg.seq
+            self._acks += 1
+            self._acked_order[msg.frm] = self._acks
             self._confirm_rounds()
         if pr.state is PState.SNAPSHOT:
             if pr.snap_index != self.snapshot.meta.index:
@@ -622,8 +629,8 @@ class RaftCore:
         leader each extra heartbeat is a send, a receive and a step. Safety never depends on
         who was asked: a round counts only when a quorum has acknowledged it or a later one.
         A chosen voter that has gone quiet delays a read until the next periodic round, which
-        everyone gets and which confirms every read numbered at or below it; its answers also
-        put the voters that do answer first in line for the next read's round."""
+        everyone gets and which confirms every read numbered at or below it; the voters that
+        answer that round first are asked for the next read's round."""
         self._hb_seq += 1
         sent = self._hb_sent
         if not sent:
@@ -640,11 +647,11 @@ class RaftCore:
         self._confirm_rounds()
 
     def _read_round_peers(self) -> list[str]:
-        """The quorum - 1 other voters with the newest acknowledged round (ties by id, so the
-        choice is deterministic)."""
-        acked = self._acked_seq
+        """The quorum - 1 other voters that acknowledged the newest round, first come first
+        (then by id: the choice is deterministic)."""
+        acked, order = self._acked_seq, self._acked_order
         voters = sorted((v for v in self.conf.voters if v != self.id and v in self.progress),
-                        key=lambda v: (-acked.get(v, 0), v))
+                        key=lambda v: (-acked.get(v, 0), order.get(v, 0), v))
         return voters[: self._quorum() - 1]
 
     def _confirmed_seq(self) -> int:
@@ -776,6 +783,7 @@ class RaftCore:
             if p not in members:
                 del self.progress[p]
                 self._acked_seq.pop(p, None)
+                self._acked_order.pop(p, None)
         for p in sorted(members - set(self.progress)):
             self.progress[p] = Progress(self.log.last_index + 1, self.cfg.max_inflight)
             self._send_append(p)

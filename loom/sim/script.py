@@ -15,7 +15,8 @@ output to the expected text checked in next to the script. Commands:
   partition A,B / C,D          cut every link between the two groups
   heal                         restore all links
   crash NODE                   drop NODE's unsynced state and in-flight messages, restart it
-  deliver                      deliver every queued message once (one round), print them
+  deliver [FROM]               deliver every queued message once (one round), print them;
+                               with FROM, only what FROM sent (the rest stays queued)
   stabilize                    deliver rounds until no message is left (bounded)
   status                       one line per node: role, term, leader, commit, applied, last
 """
@@ -149,7 +150,7 @@ class Script:
             self.queue = [q for q in self.queue if rest[0] not in (q.to, q.frm)]
             self._start(rest[0])
         elif cmd == "deliver":
-            self._round(verbose=True)
+            self._round(verbose=True, only_from=rest[0] if rest else None)
         elif cmd == "stabilize":
             for _ in range(MAX_ROUNDS):
                 if not self._round(verbose=False):
@@ -165,8 +166,11 @@ class Script:
         else:
             raise ValueError(f"unknown command {cmd!r}")
 
-    def _round(self, verbose: bool) -> bool:
+    def _round(self, verbose: bool, only_from: str | None = None) -> bool:
         batch, self.queue = self.queue, []
+        if only_from is not None:
+            self.queue = [q for q in batch if q.frm != only_from]  # stay queued, in order
+            batch = [q for q in batch if q.frm == only_from]
         for msg in batch:
             dropped = (msg.frm, msg.to) in self.blocked or msg.to not in self.cores
             if verbose:
