@@ -393,7 +393,8 @@ class RaftCore:
             or (self.vote is None and self.leader is None)
             or (pre and msg.term > self.term)
         )
-        if can_vote and self.log.is_up_to_date(msg.last_index, msg.last_term):
+        if (can_vote and self.log.is_up_to_date(msg.last_index, msg.last_term)
+                and self._voter_in_own_log()):
             if pre:
                 self._send(m.PreVoteResponse(msg.frm, self.id, msg.term, False))
             else:
@@ -403,6 +404,27 @@ class RaftCore:
         else:
             kind = m.PreVoteResponse if pre else m.VoteResponse
             self._send(kind(msg.frm, self.id, self.term, True))
+
+    def _voter_in_own_log(self) -> bool:
+        """Whether the newest configuration this node's log holds (applied or not) counts it
+        as a voter. Only then does it vote.
+
+        A removed node, or one wiped and readmitted under its old name, may have helped commit
+        entries it no longer has; a stale member that missed the removal still counts it as a
+        voter. Its vote could then complete a majority of the old configuration for a
+        candidate missing those entries. It votes again only once its log holds a
+        configuration that makes it a voter, which comes after everything committed before it.
+        The newest configuration, not the applied one: a learner promoted just before its
+        leader died holds the promotion without knowing it committed, and the others may need
+        its vote."""
+        conf, log = self.conf, self.log
+        for e in log.slice(log.applied + 1, log.last_index + 1):
+            if e.type is EntryType.CONF_CHANGE:
+                try:
+                    conf = apply_change(conf, ConfChange.decode(e.data))
+                except ValueError:
+                    continue  # ignored when applied, as here
+        return self.id in conf.voters
 
     def _step_candidate(self, msg: m.Message) -> None:
         if isinstance(msg, m.AppendEntries | m.Heartbeat | m.InstallSnapshot):

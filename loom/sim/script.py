@@ -15,6 +15,7 @@ output to the expected text checked in next to the script. Commands:
   partition A,B / C,D          cut every link between the two groups
   heal                         restore all links
   crash NODE                   drop NODE's unsynced state and in-flight messages, restart it
+  wipe NODE                    NODE loses its whole disk and in-flight messages, restarts empty
   deliver [FROM]               deliver every queued message once (one round), print them;
                                with FROM, only what FROM sent (the rest stays queued)
   stabilize                    deliver rounds until no message is left (bounded)
@@ -147,6 +148,10 @@ class Script:
             self.blocked.clear()
         elif cmd == "crash":
             self.disks[rest[0]].crash(random.Random(0), tear=False)
+            self.queue = [q for q in self.queue if rest[0] not in (q.to, q.frm)]
+            self._start(rest[0])
+        elif cmd == "wipe":
+            self.disks[rest[0]] = SimDisk(Snapshot(SnapshotMeta(), b""))
             self.queue = [q for q in self.queue if rest[0] not in (q.to, q.frm)]
             self._start(rest[0])
         elif cmd == "deliver":
