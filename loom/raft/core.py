@@ -647,7 +647,7 @@ class RaftCore:
         confirms this leadership as of now (ReadIndex) and renews the lease.
 
         A periodic round goes to every peer. A read's round goes only to the quorum - 1 voters
-        that acknowledged the newest rounds: a majority is all a round needs, and on a busy
+        that answered the newest round first: a majority is all a round needs, and on a busy
         leader each extra heartbeat is a send, a receive and a step. Safety never depends on
         who was asked: a round counts only when a quorum has acknowledged it or a later one.
         A chosen voter that has gone quiet delays a read until the next periodic round, which
