@@ -420,10 +420,7 @@ class RaftCore:
         conf, log = self.conf, self.log
         for e in log.slice(log.applied + 1, log.last_index + 1):
             if e.type is EntryType.CONF_CHANGE:
-                try:
-                    conf = apply_change(conf, ConfChange.decode(e.data))
-                except ValueError:
-                    continue  # ignored when applied, as here
+                conf = _conf_after(conf, e)
         return self.id in conf.voters
 
     def _step_candidate(self, msg: m.Message) -> None:
@@ -786,11 +783,7 @@ class RaftCore:
                 self._broadcast_append(send_empty=False)
 
     def _apply_conf_change(self, e: Entry) -> None:
-        try:
-            cc = ConfChange.decode(e.data)
-        except ValueError:
-            return  # replicated garbage is ignored identically on every replica
-        new = apply_change(self.conf, cc)
+        new = _conf_after(self.conf, e)
         if new == self.conf:
             return
         self.conf = new
@@ -814,3 +807,13 @@ class RaftCore:
         if self._maybe_commit():
             self._broadcast_append(send_empty=False)
         self._confirm_rounds()
+
+
+def _conf_after(conf: ConfState, e: Entry) -> ConfState:
+    """The configuration after conf-change entry `e`. Replicated garbage changes nothing,
+    identically on every replica."""
+    try:
+        cc = ConfChange.decode(e.data)
+    except ValueError:
+        return conf
+    return apply_change(conf, cc)

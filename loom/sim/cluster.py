@@ -121,7 +121,6 @@ class PendingOp:
     call: float
     node: str
     floor: int = 0  # for reads: highest commit index anywhere when it was requested
-    done: bool = False
 
 
 @dataclass
@@ -462,10 +461,8 @@ class Simulation:
         self._drain(node)
 
     def _complete(self, op: PendingOp, result: str | None) -> None:
-        if op.done:
-            return
-        op.done = True
-        del self.in_flight[op.op_id]
+        if self.in_flight.pop(op.op_id, None) is None:
+            return  # answered or timed out already
         self.leader_guess[op.client] = op.node
         if op.kind == "put":
             self.stats["acked"] += 1
@@ -477,10 +474,8 @@ class Simulation:
         self._at(self.now + self.rng.uniform(0.2, 3), _CLIENT, op.client)
 
     def _timeout(self, op: PendingOp) -> None:
-        if op.done:
+        if self.in_flight.pop(op.op_id, None) is None:
             return
-        op.done = True
-        del self.in_flight[op.op_id]
         if op.kind == "put":
             self.history.append(Op(op.key, "put", op.value, op.call, math.inf))
         self.leader_guess[op.client] = None

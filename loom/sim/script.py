@@ -146,12 +146,11 @@ class Script:
                     self.blocked |= {(a, b), (b, a)}
         elif cmd == "heal":
             self.blocked.clear()
-        elif cmd == "crash":
-            self.disks[rest[0]].crash(random.Random(0), tear=False)
-            self.queue = [q for q in self.queue if rest[0] not in (q.to, q.frm)]
-            self._start(rest[0])
-        elif cmd == "wipe":
-            self.disks[rest[0]] = SimDisk(Snapshot(SnapshotMeta(), b""))
+        elif cmd in ("crash", "wipe"):
+            if cmd == "crash":
+                self.disks[rest[0]].crash(random.Random(0), tear=False)
+            else:
+                self.disks[rest[0]] = SimDisk(Snapshot(SnapshotMeta(), b""))
             self.queue = [q for q in self.queue if rest[0] not in (q.to, q.frm)]
             self._start(rest[0])
         elif cmd == "deliver":
