@@ -1,0 +1,289 @@
+"""A pooled keep-alive HTTPS client on trio: for a gateway forwarding to loomd and for fetching
+JWKS or discovery documents. h11 frames; the project's TLSStream carries (mutual TLS when the
+given context holds a client certificate, e.g. `loom.security.tls.client_context`).
+
+Deadlines are the caller's: wrap a call in `trio.move_on_after` / `fail_after`; connecting, the
+handshake, waiting for a pooled connection and the exchange all obey it. A cancelled exchange
+closes its connection (it cannot be known to be framed any more).
+
+Retry rule: a request is sent again once, on a new connection, only when it is idempotent (by
+method, or `idempotent=True` for a POST carrying an idempotency key) AND it failed on a
+connection taken from the pool before a single byte of answer came back. That is the
+signature of a keep-alive connection the server closed while it sat idle; any other failure is
+the caller's to see, since the request may have been executed.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import h11
+import trio
+
+from loom.http.limits import ClientLimits
+from loom.http.message import Headers
+from loom.security.tlsstream import TLSStream
+
+__all__ = ["ClientResponse", "ClientStatistics", "HTTPClient", "PoolFull", "ResponseTooLarge"]
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+_SET_BY_US = frozenset({b"host", b"content-length", b"transfer-encoding"})
+
+
+class ResponseTooLarge(Exception):
+    """The response body (or its announced Content-Length) is over `max_response_bytes`."""
+
+
+class PoolFull(Exception):
+    """`max_origins` origins are all in use: no pool can be made for another one."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientResponse:
+    status: int
+    reason: bytes
+    headers: tuple[tuple[bytes, bytes], ...]  # lower-cased names, in order, repeats kept
+    body: bytes
+    http_version: str = "1.1"
+
+    def header_values(self, name: str | bytes) -> list[bytes]:
+        key = (name.encode("ascii") if isinstance(name, str) else name).lower()
+        return [v for k, v in self.headers if k == key]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStatistics:
+    connections_open: int  # in use + idle
+    connections_idle: int
+    connections_made: int  # handshakes completed since the start
+    requests: int  # exchanges that returned a response
+    retries: int  # idempotent requests sent again after a dead pooled connection
+
+
+class _Conn:
+    __slots__ = ("h", "idle_since", "stream")
+
+    def __init__(self, stream: TLSStream, limits: ClientLimits) -> None:
+        self.stream = stream
+        self.h = h11.Connection(h11.CLIENT, max_incomplete_event_size=limits.max_header_bytes)
+        self.idle_since = 0.0
+
+
+class _Origin:
+    __slots__ = ("idle", "open", "slots", "users")
+
+    def __init__(self, limit: int) -> None:
+        # In-use connections are bounded by the semaphore; idle ones were in use before, so
+        # open (in use + idle) never exceeds the limit either.
+        self.slots = trio.Semaphore(limit)
+        self.idle: list[_Conn] = []  # most recently used last: reused first (warmest)
+        self.open = 0
+        self.users = 0  # requests using or waiting for this origin: never evicted while > 0
+
+
+class _DeadPooled(Exception):
+    """A pooled connection failed before any byte of answer: the request may be retried."""
+
+
+class HTTPClient:
+    """`server_hostname` overrides the name checked against the server certificate (and sent
+    as SNI); by default it is the URL's host."""
+
+    def __init__(self, ssl_context: ssl.SSLContext, *, limits: ClientLimits | None = None,
+                 server_hostname: str | None = None) -> None:
+        self.ssl_context = ssl_context
+        self.limits = limits or ClientLimits()
+        self._server_hostname = server_hostname
+        self._origins: dict[tuple[str, int], _Origin] = {}
+        self._made = 0
+        self._requests = 0
+        self._retries = 0
+        self._closed = False
+
+    async def __aenter__(self) -> HTTPClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def statistics(self) -> ClientStatistics:
+        return ClientStatistics(
+            connections_open=sum(o.open for o in self._origins.values()),
+            connections_idle=sum(len(o.idle) for o in self._origins.values()),
+            connections_made=self._made, requests=self._requests, retries=self._retries)
+
+    async def aclose(self) -> None:
+        """Close every idle connection; requests still running close theirs when done."""
+        self._closed = True
+        for origin in self._origins.values():
+            await self._close_idle(origin)
+
+    async def request(self, method: str, url: str, *, headers: Headers = (),
+                      body: bytes = b"", idempotent: bool | None = None) -> ClientResponse:
+        """Send one request and read the whole response (at most `max_response_bytes`).
+        Raises trio.BrokenResourceError / OSError when the server cannot be reached or the
+        connection breaks, h11.RemoteProtocolError on a malformed answer, ResponseTooLarge."""
+        if self._closed:
+            raise trio.ClosedResourceError("this client was closed")
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"only https:// URLs with a host are supported: {url!r}")
+        host, port = parts.hostname, parts.port or 443
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        authority = f"[{host}]" if ":" in host else host
+        if parts.port:
+            authority += f":{port}"
+        method = method.upper()
+        all_headers = [(b"host", authority.encode("idna" if not authority.isascii() else "ascii"))]
+        all_headers += [(_lower(k), _raw(v)) for k, v in headers if _lower(k) not in _SET_BY_US]
+        if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            all_headers.append((b"content-length", b"%d" % len(body)))
+        req = h11.Request(method=method, target=target, headers=all_headers)
+        retry_ok = method in IDEMPOTENT if idempotent is None else idempotent
+        origin = await self._origin((host, port))
+        origin.users += 1
+        try:
+            async with origin.slots:
+                for attempt in (1, 2):
+                    conn, reused = await self._checkout(origin, host, port)
+                    try:
+                        response = await self._exchange(conn, req, body, reused)
+                    except _DeadPooled as dead:
+                        await self._discard(origin, conn)
+                        if retry_ok and attempt == 1:
+                            self._retries += 1
+                            continue
+                        raise dead.__cause__ or trio.BrokenResourceError() from None
+                    except BaseException:
+                        await self._discard(origin, conn)
+                        raise
+                    self._requests += 1
+                    await self._checkin(origin, conn)
+                    return response
+                raise AssertionError("unreachable: the second attempt returns or raises")
+        finally:
+            origin.users -= 1
+
+    # -- the pool ----------------------------------------------------------------------------
+
+    async def _origin(self, key: tuple[str, int]) -> _Origin:
+        origin = self._origins.get(key)
+        if origin is not None:
+            return origin
+        if len(self._origins) >= self.limits.max_origins:
+            for k, o in list(self._origins.items()):
+                if o.users == 0:  # idle-only (nobody uses or waits for it): evicted
+                    del self._origins[k]
+                    await self._close_idle(o)
+            if len(self._origins) >= self.limits.max_origins:
+                raise PoolFull(f"{len(self._origins)} origins in use (max_origins)")
+        origin = self._origins[key] = _Origin(self.limits.max_connections_per_origin)
+        return origin
+
+    async def _checkout(self, origin: _Origin, host: str, port: int) -> tuple[_Conn, bool]:
+        now = trio.current_time()
+        while origin.idle:
+            conn = origin.idle.pop()
+            if now - conn.idle_since < self.limits.idle_timeout_s:
+                return conn, True
+            await self._discard(origin, conn)
+        origin.open += 1  # counted before the wait, so the limit holds while connecting
+        try:
+            tcp = await trio.open_tcp_stream(host, port)
+            stream = TLSStream(tcp, self.ssl_context,
+                               server_hostname=self._server_hostname or host)
+            try:
+                await stream.do_handshake()
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+                raise
+        except BaseException:
+            origin.open -= 1
+            raise
+        self._made += 1
+        return _Conn(stream, self.limits), False
+
+    async def _checkin(self, origin: _Origin, conn: _Conn) -> None:
+        h = conn.h
+        if self._closed or h.our_state is not h11.DONE or h.their_state is not h11.DONE:
+            await self._discard(origin, conn)
+            return
+        h.start_next_cycle()
+        conn.idle_since = trio.current_time()
+        origin.idle.append(conn)
+
+    async def _discard(self, origin: _Origin, conn: _Conn) -> None:
+        origin.open -= 1
+        with trio.CancelScope(shield=True):
+            await conn.stream.aclose()
+
+    async def _close_idle(self, origin: _Origin) -> None:
+        while origin.idle:
+            await self._discard(origin, origin.idle.pop(0))
+
+    # -- one exchange --------------------------------------------------------------------------
+
+    async def _exchange(self, conn: _Conn, req: h11.Request, body: bytes,
+                        reused: bool) -> ClientResponse:
+        h, stream = conn.h, conn.stream
+        out = h.send(req) or b""
+        if body:
+            out += h.send(h11.Data(data=body)) or b""
+        out += h.send(h11.EndOfMessage()) or b""
+        answered = False  # a byte of answer arrived: from here on, no retry
+        try:
+            await stream.send_all(out)
+            head: h11.Response | None = None
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                event = h.next_event()
+                if event is h11.NEED_DATA:
+                    data = await stream.receive_some(self.limits.receive_bytes)
+                    if not data and not answered:
+                        raise trio.BrokenResourceError("connection closed before an answer")
+                    answered = True
+                    h.receive_data(data)
+                elif isinstance(event, h11.InformationalResponse):
+                    continue
+                elif isinstance(event, h11.Response):
+                    head = event
+                    if _announced(event) > self.limits.max_response_bytes:
+                        raise ResponseTooLarge(f"Content-Length over "
+                                               f"{self.limits.max_response_bytes} bytes")
+                elif isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > self.limits.max_response_bytes:
+                        raise ResponseTooLarge(f"response body over "
+                                               f"{self.limits.max_response_bytes} bytes")
+                    chunks.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                else:  # ConnectionClosed mid-answer
+                    raise trio.BrokenResourceError("connection closed during the answer")
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            if reused and not answered:
+                raise _DeadPooled() from e
+            raise
+        assert head is not None  # h11 yields Response before Data and EndOfMessage
+        return ClientResponse(head.status_code, bytes(head.reason), tuple(head.headers),
+                              b"".join(chunks), head.http_version.decode("ascii"))
+
+
+def _announced(head: h11.Response) -> int:
+    for k, v in head.headers:
+        if k == b"content-length":
+            return int(v)
+    return 0
+
+
+def _raw(value: str | bytes) -> bytes:
+    return value.encode("latin-1") if isinstance(value, str) else value
+
+
+def _lower(name: str | bytes) -> bytes:
+    return (name.encode("latin-1") if isinstance(name, str) else name).lower()
+

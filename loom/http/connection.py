@@ -1,0 +1,322 @@
+"""HTTP/1.1 on one established stream: h11 parses and frames, this module enforces the limits,
+calls the handler and writes its answer. The listener shell (`server.py`) owns accepting, TLS
+and shutdown; this module knows nothing of sockets or certificates beyond the values it is given.
+
+One request at a time (HTTP/1.1 has no multiplexing). We receive only when h11 needs data, so
+pipelined requests wait in the kernel's socket buffer: a connection holds at most one request
+and one receive buffer in memory, whatever the client sends.
+
+Every refusal answers with problem+json and `Connection: close`, then closes: after a malformed
+or refused request the byte stream cannot be trusted to be framed where we think it is (request
+smuggling lives in exactly that gap), so the connection is never reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import h11
+import trio
+
+from loom.http.limits import ServerLimits
+from loom.http.message import Request, Response, StreamingResponse
+from loom.http.problem import Problem
+
+__all__ = ["Handler", "ServerConnection", "ServerState"]
+
+log = logging.getLogger("loom.http")
+
+Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
+
+# RFC 9110 section 5.5: CR, LF and NUL in a field value must be refused; the other controls are
+# not field-vchars either. HTAB is allowed. h11 0.16 lets them all through, so we check.
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Obsolete line folding (RFC 9112 section 5.2): a header line that starts with SP or HTAB.
+# h11 unfolds it silently; a server may instead refuse it with 400, and we do: a folded
+# X-Auth-User is how a lookalike header slips past a gateway that does not unfold.
+_OBS_FOLD = re.compile(rb"\n[ \t]")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+# After a refusal, what the client is still sending is read and dropped for this long (and at
+# most LINGER_BYTES), so that closing with unread data does not reset the connection before the
+# client has read our answer.
+LINGER_S = 1.0
+LINGER_BYTES = 1 << 20
+_BODYLESS = frozenset({b"content-length", b"transfer-encoding"})
+
+
+class ServerState:
+    """What all connections of one server share: counters and the draining flag."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.requests_served = 0
+        self.handler_errors = 0
+        self.refused: Counter[str] = Counter()
+
+
+class _Refusal(Exception):
+    def __init__(self, reason: str, problem: Problem) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.problem = problem
+
+
+class _Gone(Exception):
+    """The client closed the connection (or broke it) mid-request: nothing to answer."""
+
+
+class ServerConnection:
+    def __init__(self, stream: trio.abc.Stream, handler: Handler, limits: ServerLimits,
+                 state: ServerState, *, remote: str, peer_certificate: bytes | None) -> None:
+        self._stream = stream
+        self._handler = handler
+        self._limits = limits
+        self._state = state
+        self._remote = remote
+        self._cert = peer_certificate
+        self._h = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        # Set while waiting for the next request to begin: shutdown cancels it, so idle
+        # keep-alive connections close at once while busy ones finish their request.
+        self.idle_scope: trio.CancelScope | None = None
+
+    async def run(self) -> None:
+        """Serve requests until the client closes, a limit or error closes the connection, or
+        the server drains. Broken and closed streams end it quietly."""
+        try:
+            while await self._one_cycle():
+                self._h.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, _Gone):
+            pass
+
+    async def _one_cycle(self) -> bool:
+        """One request and its answer; True when the connection may carry another."""
+        h = self._h
+        head = bytearray(h.trailing_data[0])  # a pipelined request may already be buffered
+        if not head:
+            if self._state.draining:
+                return False
+            with trio.move_on_after(self._limits.idle_timeout_s) as idle:
+                self.idle_scope = idle
+                data = bytes(await self._stream.receive_some(self._limits.receive_bytes))
+            self.idle_scope = None
+            if idle.cancelled_caught:
+                if not self._state.draining:
+                    self._state.refused["idle_timeout"] += 1
+                return False
+            if not data:
+                return False
+            head += data
+            h.receive_data(data)
+        try:
+            with trio.fail_after(self._limits.request_timeout_s):
+                request = await self._read_request(head)
+        except trio.TooSlowError:
+            await self._refuse(_Refusal("request_timeout", Problem(
+                408, detail="the request did not arrive in time")))
+            return False
+        except _Refusal as r:
+            await self._refuse(r)
+            return False
+        answer = await self._call(request)
+        self._state.requests_served += 1  # before writing: a client that got it sees it counted
+        if not await self._send_answer(request, answer):
+            return False
+        return h.our_state is h11.DONE and h.their_state is h11.DONE \
+            and not self._state.draining
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _read_request(self, head: bytearray) -> Request:
+        h = self._h
+        while True:
+            event = self._next_event()
+            if event is h11.NEED_DATA:
+                data = await self._receive()
+                head += data
+                continue
+            if isinstance(event, h11.Request):
+                break
+            raise _Gone  # ConnectionClosed before a request began
+        req = event
+        self._check_head(req, head)
+        if h.they_are_waiting_for_100_continue:
+            await self._send(h.send(h11.InformationalResponse(status_code=100, headers=[])))
+        body = bytearray()
+        while True:
+            event = self._next_event()
+            if event is h11.NEED_DATA:
+                await self._receive()
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > self._limits.max_body_bytes:
+                    raise _too_large(self._limits)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise _Gone
+        target = bytes(req.target).decode("latin-1")
+        path, _, query = target.partition("?")
+        return Request(
+            method=req.method.decode("ascii"), target=target, path=path, query=query,
+            headers=tuple(req.headers), body=bytes(body), remote=self._remote,
+            peer_certificate=self._cert, http_version=req.http_version.decode("ascii"))
+
+    def _check_head(self, event: h11.Request, head: bytearray) -> None:
+        """Limits and strictness h11 does not apply itself (pure: refuses by raising)."""
+        if len(event.headers) > self._limits.max_header_count:
+            raise _Refusal("too_many_headers", Problem(
+                431, detail=f"more than {self._limits.max_header_count} header fields"))
+        end = _HEAD_END.search(head)
+        size = end.end() if end else len(head)
+        # h11 applies max_incomplete_event_size only to a head still incomplete in its buffer;
+        # a larger head that arrived whole in one receive is caught here.
+        if size > self._limits.max_header_bytes:
+            raise _Refusal("header_too_large", Problem(
+                431, detail=f"request head over {self._limits.max_header_bytes} bytes"))
+        if _OBS_FOLD.search(head, 0, size):
+            raise _Refusal("bad_request", Problem(
+                400, detail="obsolete line folding is not accepted"))
+        for name, value in event.headers:
+            if _CTL.search(value):
+                raise _Refusal("bad_request", Problem(
+                    400, detail=f"control character in header {name.decode('ascii')!r}"))
+            if name == b"content-length" and int(value) > self._limits.max_body_bytes:
+                raise _too_large(self._limits)
+
+    def _next_event(self) -> Any:
+        try:
+            return self._h.next_event()
+        except h11.RemoteProtocolError as e:
+            if e.error_status_hint == 431:
+                raise _Refusal("header_too_large", Problem(
+                    431, detail=f"request head over {self._limits.max_header_bytes} bytes"),
+                ) from None
+            raise _Refusal("bad_request", Problem(400, detail=str(e))) from None
+
+    async def _receive(self) -> bytes:
+        data = bytes(await self._stream.receive_some(self._limits.receive_bytes))
+        self._h.receive_data(data)  # b"" tells h11 the peer closed; it then raises or says so
+        return data
+
+    # -- answering ---------------------------------------------------------------------------
+
+    async def _call(self, request: Request) -> Response | StreamingResponse:
+        try:
+            answer = await self._handler(request)
+            if not isinstance(answer, Response | StreamingResponse):
+                raise TypeError(f"handler returned {type(answer).__name__}, not a Response")
+            return answer
+        except Exception:
+            self._state.handler_errors += 1
+            log.exception("handler failed on %s %s from %s", request.method, request.path,
+                          self._remote)
+            return Problem(500, detail="the server failed to handle this request").response()
+
+    async def _send_answer(self, request: Request, answer: Response | StreamingResponse) -> bool:
+        """Write the answer; False when the connection must close (a broken stream raises)."""
+        head_only = request.method == "HEAD"
+        if isinstance(answer, Response):
+            headers = [(k, v) for k, v in answer.headers if _lower(k) not in _BODYLESS]
+            headers.append((b"content-length", str(len(answer.body)).encode("ascii")))
+            head = self._head(answer.status, headers)
+            if head is None:
+                return await self._send_answer(request, _internal_error())
+            out = self._h.send(head) or b""
+            if answer.body and not head_only:
+                out += self._h.send(h11.Data(data=answer.body)) or b""
+            out += self._h.send(h11.EndOfMessage()) or b""
+            await self._send(out)
+            return True
+        head = self._head(answer.status, list(answer.headers))
+        if head is None:
+            return await self._send_answer(request, _internal_error())
+        await self._send(self._h.send(head) or b"")
+        if not head_only:
+            try:
+                async with _closing(answer.chunks) as chunks:
+                    async for chunk in chunks:
+                        if chunk:
+                            await self._send(self._h.send(h11.Data(data=chunk)) or b"")
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+                raise
+            except Exception:
+                self._state.handler_errors += 1
+                log.exception("streaming response failed on %s %s from %s", request.method,
+                              request.path, self._remote)
+                return False
+        await self._send(self._h.send(h11.EndOfMessage()) or b"")
+        return True
+
+    def _head(self, status: int, headers: list[Any]) -> h11.Response | None:
+        if self._state.draining:
+            headers.append((b"connection", b"close"))
+        try:  # h11 validates here, before the connection's state changes
+            return h11.Response(status_code=status, headers=headers)
+        except h11.LocalProtocolError as e:
+            self._state.handler_errors += 1
+            log.error("handler answered an invalid response head (%s): %s", status, e)
+            return None
+
+    async def _send(self, data: bytes) -> None:
+        with trio.fail_after(self._limits.write_timeout_s):
+            await self._stream.send_all(data)
+
+    async def _refuse(self, refusal: _Refusal) -> None:
+        """Answer a refused request (if h11 still lets us), then drain what the client is
+        still sending for a moment; the caller closes the connection."""
+        self._state.refused[refusal.reason] += 1
+        h = self._h
+        if h.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        problem = refusal.problem
+        try:
+            out = h.send(h11.Response(status_code=problem.status, headers=[
+                ("content-type", "application/problem+json"), ("connection", "close"),
+                ("content-length", str(len(problem.body())))]))
+            out = (out or b"") + (h.send(h11.Data(data=problem.body())) or b"")
+            out += h.send(h11.EndOfMessage()) or b""
+            await self._send(out)
+        except (h11.LocalProtocolError, trio.TooSlowError, trio.BrokenResourceError,
+                trio.ClosedResourceError):
+            return
+        with trio.move_on_after(LINGER_S):
+            drained = 0
+            while drained < LINGER_BYTES:
+                try:
+                    data = await self._stream.receive_some(self._limits.receive_bytes)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                if not data:
+                    return
+                drained += len(data)
+
+
+def _too_large(limits: ServerLimits) -> _Refusal:
+    return _Refusal("body_too_large", Problem(
+        413, detail=f"request body over {limits.max_body_bytes} bytes"))
+
+
+def _internal_error() -> Response:
+    return Problem(500, detail="the server failed to handle this request").response()
+
+
+@asynccontextmanager
+async def _closing(chunks: AsyncIterable[bytes]) -> AsyncIterator[AsyncIterator[bytes]]:
+    """Iterate `chunks` and close it (an async generator's `finally` runs) however we stop."""
+    it = aiter(chunks)
+    try:
+        yield it
+    finally:
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            with trio.CancelScope(shield=True):
+                await aclose()
+
+
+def _lower(name: str | bytes) -> bytes:
+    return (name.encode("latin-1") if isinstance(name, str) else name).lower()
