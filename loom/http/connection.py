@@ -18,6 +18,7 @@ import re
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -256,7 +257,7 @@ class ServerConnection:
         if self._state.draining:
             headers.append((b"connection", b"close"))
         try:  # h11 validates here, before the connection's state changes
-            return h11.Response(status_code=status, headers=headers)
+            return h11.Response(status_code=status, headers=headers, reason=_reason(status))
         except h11.LocalProtocolError as e:
             self._state.handler_errors += 1
             log.error("handler answered an invalid response head (%s): %s", status, e)
@@ -275,7 +276,8 @@ class ServerConnection:
             return
         problem = refusal.problem
         try:
-            out = h.send(h11.Response(status_code=problem.status, headers=[
+            out = h.send(h11.Response(status_code=problem.status, reason=_reason(problem.status),
+                                      headers=[
                 ("content-type", "application/problem+json"), ("connection", "close"),
                 ("content-length", str(len(problem.body())))]))
             out = (out or b"") + (h.send(h11.Data(data=problem.body())) or b"")
@@ -316,6 +318,13 @@ async def _closing(chunks: AsyncIterable[bytes]) -> AsyncIterator[AsyncIterator[
         if aclose is not None:
             with trio.CancelScope(shield=True):
                 await aclose()
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
 
 
 def _lower(name: str | bytes) -> bytes:

@@ -1,0 +1,116 @@
+"""The pooled HTTPS client against the real server: pooling, the per-origin bound, mutual TLS,
+the retry rule, response limits and the caller's deadlines."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from loom.http import ClientLimits, PoolFull, Request, Response, ResponseTooLarge
+from loom.security.identity import identity_from_der
+from tests.conftest import PKI
+from tests.http.conftest import client, running
+
+
+async def whoami(request: Request) -> Response:
+    if request.path == "/big":
+        return Response(200, body=b"x" * 5000)
+    if request.path == "/slow":
+        await trio.sleep(10)
+    if request.peer_certificate is None:
+        return Response(200, body=b"guest")
+    identity = identity_from_der(request.peer_certificate, "loom.dev")
+    return Response(200, body=identity.principal.encode())
+
+
+async def test_pooling_and_the_per_origin_bound(pki: PKI) -> None:
+    async with running(pki, whoami) as srv, client(
+            pki, limits=ClientLimits(max_connections_per_origin=2)) as c:
+        for _ in range(5):
+            assert (await c.request("GET", srv.base)).status == 200
+        assert c.statistics().connections_made == 1
+
+        peak = 0
+
+        async def one() -> None:
+            nonlocal peak
+            r = await c.request("GET", srv.base)
+            assert r.status == 200
+            peak = max(peak, srv.server.statistics().connections_open)
+
+        async with trio.open_nursery() as n:
+            for _ in range(16):
+                n.start_soon(one)
+        stats = c.statistics()
+        assert stats.connections_made <= 2 and stats.connections_open <= 2
+        assert peak <= 2 and stats.requests == 21
+
+
+async def test_the_client_certificate_reaches_the_handler(pki: PKI) -> None:
+    async with running(pki, whoami, require_client_auth=True) as srv:
+        async with client(pki, "writer") as c:
+            assert (await c.request("GET", srv.base)).body == b"spiffe://loom.dev/client/writer"
+        async with client(pki, "edge") as c:
+            assert (await c.request("GET", srv.base)).body == b"spiffe://loom.dev/gateway/edge"
+        async with client(pki, None) as c:  # the server requires one: no guest
+            with pytest.raises(trio.BrokenResourceError):
+                await c.request("GET", srv.base)
+
+
+async def test_retry_only_idempotent_requests_on_a_dead_pooled_connection(pki: PKI) -> None:
+    # The server drops idle connections after 0.2 s; the client would keep them for 30 s.
+    async with running(pki, whoami, idle_timeout_s=0.2) as srv, client(pki) as c:
+        async def after_idle(method: str, **kw: object) -> Response:
+            await c.request("GET", srv.base)  # leaves one pooled connection
+            await trio.sleep(0.4)  # ...that the server has closed meanwhile
+            return await c.request(method, srv.base, **kw)  # type: ignore[arg-type,return-value]
+
+        assert (await after_idle("GET")).status == 200
+        assert c.statistics().retries == 1
+        with pytest.raises(trio.BrokenResourceError):
+            await after_idle("POST", body=b"once")
+        assert c.statistics().retries == 1
+        assert (await after_idle("POST", body=b"k", idempotent=True)).status == 200
+        assert c.statistics().retries == 2
+
+
+async def test_response_limit_and_deadlines_close_the_connection(pki: PKI) -> None:
+    async with running(pki, whoami, shutdown_grace_s=0.1) as srv, client(
+            pki, limits=ClientLimits(max_response_bytes=1000)) as c:
+        with pytest.raises(ResponseTooLarge):
+            await c.request("GET", f"{srv.base}/big")
+        assert c.statistics().connections_open == 0
+        with trio.move_on_after(0.2) as scope:
+            await c.request("GET", f"{srv.base}/slow")
+        assert scope.cancelled_caught
+        assert c.statistics().connections_open == 0
+        assert (await c.request("GET", srv.base)).status == 200
+
+
+async def test_origins_are_bounded(pki: PKI) -> None:
+    async with running(pki, whoami, shutdown_grace_s=0.1) as srv, client(
+            pki, limits=ClientLimits(max_origins=1)) as c:
+        # 127.0.0.1 and localhost are two origins (the node certificate names both).
+        assert (await c.request("GET", srv.base)).status == 200
+        assert (await c.request("GET", f"https://localhost:{srv.port}/")).status == 200
+        assert c.statistics().connections_open == 1  # the first origin's pool was evicted
+
+        async def hold() -> None:  # keeps the localhost origin in use
+            with trio.move_on_after(0.5):
+                await c.request("GET", f"https://localhost:{srv.port}/slow")
+
+        async with trio.open_nursery() as n:
+            n.start_soon(hold)
+            await trio.sleep(0.1)
+            with pytest.raises(PoolFull):
+                await c.request("GET", srv.base)
+
+
+async def test_refuses_what_it_cannot_do(pki: PKI) -> None:
+    async with client(pki) as c:
+        with pytest.raises(ValueError, match="https"):
+            await c.request("GET", "http://127.0.0.1:1/")
+    with pytest.raises(trio.ClosedResourceError):
+        await c.request("GET", "https://127.0.0.1:1/")
+    with pytest.raises(ValueError, match="max_origins"):
+        ClientLimits(max_origins=0)
