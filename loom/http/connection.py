@@ -14,6 +14,7 @@ smuggling lives in exactly that gap), so the connection is never reused.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -26,7 +27,7 @@ import trio
 
 from loom.http.limits import ServerLimits
 from loom.http.message import Request, Response, StreamingResponse
-from loom.http.problem import Problem
+from loom.http.problem import PROBLEM_CONTENT_TYPE, Problem
 
 __all__ = ["Handler", "ServerConnection", "ServerState"]
 
@@ -81,9 +82,15 @@ class ServerConnection:
         self._remote = remote
         self._cert = peer_certificate
         self._h = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
-        # Set while waiting for the next request to begin: shutdown cancels it, so idle
-        # keep-alive connections close at once while busy ones finish their request.
-        self.idle_scope: trio.CancelScope | None = None
+        # One cancel scope per request cycle; its deadline follows the phase (one scope instead
+        # of one per timeout: this path runs once per request).
+        self._scope = trio.CancelScope()
+        self._phase = "idle"  # idle -> request -> handler -> write
+
+    def cancel_if_idle(self) -> None:
+        """Shutdown: close now if waiting for a next request; a request in progress goes on."""
+        if self._phase == "idle":
+            self._scope.cancel()
 
     async def run(self) -> None:
         """Serve requests until the client closes, a limit or error closes the connection, or
@@ -96,39 +103,44 @@ class ServerConnection:
 
     async def _one_cycle(self) -> bool:
         """One request and its answer; True when the connection may carry another."""
-        h = self._h
+        h, limits, state = self._h, self._limits, self._state
         head = bytearray(h.trailing_data[0])  # a pipelined request may already be buffered
-        if not head:
-            if self._state.draining:
-                return False
-            with trio.move_on_after(self._limits.idle_timeout_s) as idle:
-                self.idle_scope = idle
-                data = bytes(await self._stream.receive_some(self._limits.receive_bytes))
-            self.idle_scope = None
-            if idle.cancelled_caught:
-                if not self._state.draining:
-                    self._state.refused["idle_timeout"] += 1
-                return False
-            if not data:
-                return False
-            head += data
-            h.receive_data(data)
-        try:
-            with trio.fail_after(self._limits.request_timeout_s):
+        refusal = None
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            if not head:
+                if state.draining:
+                    return False
+                self._phase = "idle"
+                scope.deadline = trio.current_time() + limits.idle_timeout_s
+                data = bytes(await self._stream.receive_some(limits.receive_bytes))
+                if not data:
+                    return False
+                head += data
+                h.receive_data(data)
+            self._phase = "request"
+            scope.deadline = trio.current_time() + limits.request_timeout_s
+            try:
                 request = await self._read_request(head)
-        except trio.TooSlowError:
-            await self._refuse(_Refusal("request_timeout", Problem(
-                408, detail="the request did not arrive in time")))
-            return False
-        except _Refusal as r:
-            await self._refuse(r)
-            return False
-        answer = await self._call(request)
-        self._state.requests_served += 1  # before writing: a client that got it sees it counted
-        if not await self._send_answer(request, answer):
-            return False
-        return h.our_state is h11.DONE and h.their_state is h11.DONE \
-            and not self._state.draining
+            except _Refusal as r:
+                refusal = r
+            else:
+                self._phase = "handler"  # the handler bounds its own waits
+                scope.deadline = math.inf
+                answer = await self._call(request)
+                state.requests_served += 1  # before writing: a client that got it sees it
+                self._phase = "write"
+                return await self._send_answer(request, answer) and h.our_state is h11.DONE \
+                    and h.their_state is h11.DONE and not state.draining
+        # A refusal, or a deadline passed (or shutdown closed an idle connection).
+        if refusal is None and self._phase == "request":
+            refusal = _Refusal("request_timeout", Problem(
+                408, detail="the request did not arrive in time"))
+        if refusal is not None:
+            await self._refuse(refusal)
+        elif self._phase == "idle" and not state.draining:
+            state.refused["idle_timeout"] += 1
+        return False
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -145,8 +157,9 @@ class ServerConnection:
             raise _Gone  # ConnectionClosed before a request began
         req = event
         self._check_head(req, head)
-        if h.they_are_waiting_for_100_continue:
-            await self._send(h.send(h11.InformationalResponse(status_code=100, headers=[])))
+        if h.they_are_waiting_for_100_continue:  # within the request's deadline
+            await self._stream.send_all(
+                h.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
         body = bytearray()
         while True:
             event = self._next_event()
@@ -243,7 +256,7 @@ class ServerConnection:
                     async for chunk in chunks:
                         if chunk:
                             await self._send(self._h.send(h11.Data(data=chunk)) or b"")
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise
             except Exception:
                 self._state.handler_errors += 1
@@ -264,8 +277,11 @@ class ServerConnection:
             return None
 
     async def _send(self, data: bytes) -> None:
-        with trio.fail_after(self._limits.write_timeout_s):
-            await self._stream.send_all(data)
+        """Write within `write_timeout_s` (the cycle's scope: a stalled reader ends the cycle);
+        then no deadline again, so a stream may wait for its next chunk as long as it likes."""
+        self._scope.deadline = trio.current_time() + self._limits.write_timeout_s
+        await self._stream.send_all(data)
+        self._scope.deadline = math.inf
 
     async def _refuse(self, refusal: _Refusal) -> None:
         """Answer a refused request (if h11 still lets us), then drain what the client is
@@ -275,14 +291,16 @@ class ServerConnection:
         if h.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         problem = refusal.problem
+        body = problem.body()
+        headers = [("content-type", PROBLEM_CONTENT_TYPE), ("connection", "close"),
+                   ("content-length", str(len(body)))]
         try:
-            out = h.send(h11.Response(status_code=problem.status, reason=_reason(problem.status),
-                                      headers=[
-                ("content-type", "application/problem+json"), ("connection", "close"),
-                ("content-length", str(len(problem.body())))]))
-            out = (out or b"") + (h.send(h11.Data(data=problem.body())) or b"")
+            out = h.send(h11.Response(status_code=problem.status, headers=headers,
+                                      reason=_reason(problem.status))) or b""
+            out += h.send(h11.Data(data=body)) or b""
             out += h.send(h11.EndOfMessage()) or b""
-            await self._send(out)
+            with trio.fail_after(self._limits.write_timeout_s):
+                await self._stream.send_all(out)
         except (h11.LocalProtocolError, trio.TooSlowError, trio.BrokenResourceError,
                 trio.ClosedResourceError):
             return

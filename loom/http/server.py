@@ -95,8 +95,7 @@ class HTTPServer:
                     await listener.aclose()
                 self._state.draining = True
                 for c in list(self._conns):
-                    if c.idle_scope is not None:
-                        c.idle_scope.cancel()
+                    c.cancel_if_idle()
                 conns.cancel_scope.deadline = trio.current_time() + self.limits.shutdown_grace_s
         finally:
             for listener in listeners:  # also when cancelled from outside
