@@ -43,11 +43,8 @@ _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # X-Auth-User is how a lookalike header slips past a gateway that does not unfold.
 _OBS_FOLD = re.compile(rb"\n[ \t]")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
-# After a refusal, what the client is still sending is read and dropped for this long (and at
-# most LINGER_BYTES), so that closing with unread data does not reset the connection before the
-# client has read our answer.
-LINGER_S = 1.0
-LINGER_BYTES = 1 << 20
+LINGER_BYTES = 1 << 20  # see ServerLimits.linger_s
+_FRAMING = {b"content-length": 1, b"transfer-encoding": 2}
 _BODYLESS = frozenset({b"content-length", b"transfer-encoding"})
 
 
@@ -195,12 +192,21 @@ class ServerConnection:
         if _OBS_FOLD.search(head, 0, size):
             raise _Refusal("bad_request", Problem(
                 400, detail="obsolete line folding is not accepted"))
+        framing = 0
         for name, value in event.headers:
+            if name in _FRAMING:
+                framing |= _FRAMING[name]
             if _CTL.search(value):
                 raise _Refusal("bad_request", Problem(
                     400, detail=f"control character in header {name.decode('ascii')!r}"))
             if name == b"content-length" and int(value) > self._limits.max_body_bytes:
                 raise _too_large(self._limits)
+        if framing == 3:
+            # h11 lets chunked win and ignores Content-Length; RFC 9112 section 6.1 calls the
+            # pair a smuggling attempt that ought to be an error, and a proxy behind us might
+            # frame it the other way.
+            raise _Refusal("bad_request", Problem(
+                400, detail="both Content-Length and Transfer-Encoding"))
 
     def _next_event(self) -> Any:
         try:
@@ -304,7 +310,7 @@ class ServerConnection:
         except (h11.LocalProtocolError, trio.TooSlowError, trio.BrokenResourceError,
                 trio.ClosedResourceError):
             return
-        with trio.move_on_after(LINGER_S):
+        with trio.move_on_after(self._limits.linger_s):
             drained = 0
             while drained < LINGER_BYTES:
                 try:

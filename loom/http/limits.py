@@ -38,6 +38,10 @@ class ServerLimits:
     # Bytes a handler's response may take to be written (a client that stops reading is
     # dropped after this many seconds of no progress: "write_timeout").
     write_timeout_s: float = 30.0
+    # After a refusal, what the client is still sending is read and dropped for this long (at
+    # most 1 MiB), so that closing with unread data does not reset the connection before the
+    # client has read the answer.
+    linger_s: float = 1.0
     # Graceful shutdown: in-flight requests get this long to finish, then are cancelled.
     shutdown_grace_s: float = 10.0
 

@@ -49,6 +49,7 @@ class Running:
 async def running(pki: PKI, handler: Handler = echo, *, require_client_auth: bool = False,
                   **limits: float) -> AsyncIterator[Running]:
     """A server for the body of the `async with`; shut down gracefully at its end."""
+    limits.setdefault("linger_s", 0.05)  # the tests' clients read to EOF instead of closing
     server = HTTPServer(handler, server_ctx(pki, require_client_auth=require_client_auth),
                         limits=ServerLimits(**limits))  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import trio
@@ -45,6 +46,22 @@ async def test_curl_with_a_client_certificate(pki: PKI) -> None:
         assert code == b"431" and json.loads(body)["status"] == 431
         stats = srv.server.statistics()
         assert stats.requests_served == 3 and stats.refused == {"header_too_large": 1}
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed on this machine")
+async def test_curl_reads_413_while_still_sending(pki: PKI, tmp_path: Path) -> None:
+    # Without "Expect: 100-continue" curl sends the body at once; it reads the early answer.
+    big = tmp_path / "body"
+    big.write_bytes(b"b" * (512 * 1024))
+    async with running(pki, echo, max_body_bytes=1000, linger_s=2) as srv:
+        cert, key = pki.pair("admin")
+        out = await trio.run_process(
+            ["curl", "-sS", "--max-time", "10", "--cacert", str(pki.ca), "--cert", str(cert),
+             "--key", str(key), "-H", "Expect:", "--data-binary", f"@{big}",
+             "-w", "\n%{http_code}", f"{srv.base}/up"], capture_stdout=True)
+        body, _, code = out.stdout.rpartition(b"\n")
+        assert code == b"413" and json.loads(body)["status"] == 413
+        assert srv.server.statistics().refused == {"body_too_large": 1}
 
 
 def test_problem_values() -> None:

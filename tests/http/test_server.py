@@ -110,6 +110,9 @@ async def test_guest_has_no_certificate_and_a_bad_one_never_passes_as_absent(pki
      "bad_request"),  # obs-fold
     (b"GET / HTTP/1.1\r\nHost: x\r\nX-Auth-User: al\x01ice\r\n\r\n", 400, "bad_request"),
     (b"GET / HTTP/1.1\r\nHost: x\r\nX Auth: a\r\n\r\n", 400, "bad_request"),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"0\r\n\r\n", 400, "bad_request"),  # smuggling: two framings
+    (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400, "bad_request"),
 ])
 async def test_refused_requests_get_problem_json_and_the_connection_closes(
         pki: PKI, request_bytes: bytes, status: int, reason: str) -> None:
@@ -324,3 +327,26 @@ async def test_graceful_shutdown(pki: PKI) -> None:
     assert 0.25 < trio.current_time() - t0 < 3
     assert await read_to_eof(busy) == b""
     await busy.aclose()
+
+
+@pytest.mark.parametrize("linger_s", [0.5, 0.0001])
+async def test_linger_lets_a_client_that_sends_everything_first_read_its_413(
+        pki: PKI, linger_s: float) -> None:
+    # A client that writes its whole body before reading (as many do) must still get the 413:
+    # closing with its bytes unread would reset the connection under the answer.
+    async with running(pki, max_body_bytes=1000, linger_s=linger_s) as srv:
+        stream = await raw_tls(pki, srv.port)
+        try:
+            with trio.fail_after(5):
+                await stream.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 600000"
+                                      b"\r\n\r\n")
+                await trio.sleep(0.1)  # the server answers and (without linger) closes
+                await stream.send_all(b"b" * 600_000)
+            raw = await read_to_eof(stream)
+            assert raw.startswith(b"HTTP/1.1 413 ")
+        except trio.BrokenResourceError:
+            assert linger_s < 0.1  # reset: what lingering is there to prevent
+        else:
+            assert linger_s > 0.1
+        finally:
+            await stream.aclose()
