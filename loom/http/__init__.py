@@ -10,6 +10,7 @@ from loom.http.client import (
     HTTPClient,
     PoolFull,
     ResponseTooLarge,
+    StreamedResponse,
 )
 from loom.http.connection import Handler
 from loom.http.limits import ClientLimits, ServerLimits
@@ -32,5 +33,6 @@ __all__ = [
     "ResponseTooLarge",
     "ServerLimits",
     "ServerStatistics",
+    "StreamedResponse",
     "StreamingResponse",
 ]

@@ -16,6 +16,8 @@ the caller's to see, since the request may have been executed.
 from __future__ import annotations
 
 import ssl
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -26,7 +28,10 @@ from loom.http.limits import ClientLimits
 from loom.http.message import Headers
 from loom.security.tlsstream import TLSStream
 
-__all__ = ["ClientResponse", "ClientStatistics", "HTTPClient", "PoolFull", "ResponseTooLarge"]
+__all__ = [
+    "ClientResponse", "ClientStatistics", "HTTPClient", "PoolFull", "ResponseTooLarge",
+    "StreamedResponse",
+]
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 _SET_BY_US = frozenset({b"host", b"content-length", b"transfer-encoding"})
@@ -125,46 +130,77 @@ class HTTPClient:
         """Send one request and read the whole response (at most `max_response_bytes`).
         Raises trio.BrokenResourceError / OSError when the server cannot be reached or the
         connection breaks, h11.RemoteProtocolError on a malformed answer, ResponseTooLarge."""
+        # `stream` without its context manager and generator: this is the per-request path.
         if self._closed:
             raise trio.ClosedResourceError("this client was closed")
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ValueError(f"only https:// URLs with a host are supported: {url!r}")
-        host, port = parts.hostname, parts.port or 443
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        authority = f"[{host}]" if ":" in host else host
-        if parts.port:
-            authority += f":{port}"
-        method = method.upper()
-        all_headers = [(b"host", authority.encode("idna" if not authority.isascii() else "ascii"))]
-        all_headers += [(_lower(k), _raw(v)) for k, v in headers if _lower(k) not in _SET_BY_US]
-        if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
-            all_headers.append((b"content-length", b"%d" % len(body)))
-        req = h11.Request(method=method, target=target, headers=all_headers)
-        retry_ok = method in IDEMPOTENT if idempotent is None else idempotent
+        host, port, req = _prepare(method, url, headers, body)
+        retry_ok = req.method.decode() in IDEMPOTENT if idempotent is None else idempotent
         origin = await self._origin((host, port))
         origin.users += 1
         try:
             async with origin.slots:
-                for attempt in (1, 2):
-                    conn, reused = await self._checkout(origin, host, port)
-                    try:
-                        response = await self._exchange(conn, req, body, reused)
-                    except _DeadPooled as dead:
-                        await self._discard(origin, conn)
-                        if retry_ok and attempt == 1:
-                            self._retries += 1
-                            continue
-                        raise dead.__cause__ or trio.BrokenResourceError() from None
-                    except BaseException:
-                        await self._discard(origin, conn)
-                        raise
-                    self._requests += 1
-                    await self._checkin(origin, conn)
-                    return response
-                raise AssertionError("unreachable: the second attempt returns or raises")
+                conn, head = await self._begin(origin, host, port, req, body, retry_ok)
+                r = StreamedResponse(head, conn, self.limits.receive_bytes)
+                try:
+                    data = await r.read(self.limits.max_response_bytes)
+                except BaseException:
+                    await self._discard(origin, conn)
+                    raise
+                await self._checkin(origin, conn)
         finally:
             origin.users -= 1
+        return ClientResponse(r.status, r.reason, r.headers, data, r.http_version)
+
+    @asynccontextmanager
+    async def stream(self, method: str, url: str, *, headers: Headers = (), body: bytes = b"",
+                     idempotent: bool | None = None) -> AsyncIterator[StreamedResponse]:
+        """Send one request; the response's head is available in the block and its body is
+        read as it arrives (server-sent events, long-poll, forwarding without buffering).
+        The connection returns to the pool only if the body was read to its end in the block;
+        otherwise it is closed. No total size limit applies here: the reader decides."""
+        if self._closed:
+            raise trio.ClosedResourceError("this client was closed")
+        host, port, req = _prepare(method, url, headers, body)
+        retry_ok = req.method.decode() in IDEMPOTENT if idempotent is None else idempotent
+        origin = await self._origin((host, port))
+        origin.users += 1
+        try:
+            async with origin.slots:
+                conn, head = await self._begin(origin, host, port, req, body, retry_ok)
+                response = StreamedResponse(head, conn, self.limits.receive_bytes)
+                try:
+                    yield response
+                except BaseException:
+                    await self._discard(origin, conn)
+                    raise
+                if response.complete:
+                    await self._checkin(origin, conn)
+                else:
+                    await self._discard(origin, conn)
+        finally:
+            origin.users -= 1
+
+    async def _begin(self, origin: _Origin, host: str, port: int, req: h11.Request,
+                     body: bytes, retry_ok: bool) -> tuple[_Conn, h11.Response]:
+        """Send the request and read the answer's head, on a pooled or new connection; the
+        retry rule (module docstring) lives here."""
+        for attempt in (1, 2):
+            conn, reused = await self._checkout(origin, host, port)
+            try:
+                head = await _send_and_read_head(conn, req, body, self.limits.receive_bytes,
+                                                 reused)
+            except _DeadPooled as dead:
+                await self._discard(origin, conn)
+                if retry_ok and attempt == 1:
+                    self._retries += 1
+                    continue
+                raise dead.__cause__ or trio.BrokenResourceError() from None
+            except BaseException:
+                await self._discard(origin, conn)
+                raise
+            self._requests += 1
+            return conn, head
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     # -- the pool ----------------------------------------------------------------------------
 
@@ -224,53 +260,102 @@ class HTTPClient:
         while origin.idle:
             await self._discard(origin, origin.idle.pop(0))
 
-    # -- one exchange --------------------------------------------------------------------------
+class StreamedResponse:
+    """The head of a response, and its body as it arrives (`HTTPClient.stream`)."""
 
-    async def _exchange(self, conn: _Conn, req: h11.Request, body: bytes,
-                        reused: bool) -> ClientResponse:
-        h, stream = conn.h, conn.stream
-        out = h.send(req) or b""
-        if body:
-            out += h.send(h11.Data(data=body)) or b""
-        out += h.send(h11.EndOfMessage()) or b""
-        answered = False  # a byte of answer arrived: from here on, no retry
-        try:
-            await stream.send_all(out)
-            head: h11.Response | None = None
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                event = h.next_event()
-                if event is h11.NEED_DATA:
-                    data = await stream.receive_some(self.limits.receive_bytes)
-                    if not data and not answered:
-                        raise trio.BrokenResourceError("connection closed before an answer")
-                    answered = True
-                    h.receive_data(data)
-                elif isinstance(event, h11.InformationalResponse):
-                    continue
-                elif isinstance(event, h11.Response):
-                    head = event
-                    if _announced(event) > self.limits.max_response_bytes:
-                        raise ResponseTooLarge(f"Content-Length over "
-                                               f"{self.limits.max_response_bytes} bytes")
-                elif isinstance(event, h11.Data):
-                    size += len(event.data)
-                    if size > self.limits.max_response_bytes:
-                        raise ResponseTooLarge(f"response body over "
-                                               f"{self.limits.max_response_bytes} bytes")
-                    chunks.append(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                else:  # ConnectionClosed mid-answer
-                    raise trio.BrokenResourceError("connection closed during the answer")
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-            if reused and not answered:
-                raise _DeadPooled() from e
-            raise
-        assert head is not None  # h11 yields Response before Data and EndOfMessage
-        return ClientResponse(head.status_code, bytes(head.reason), tuple(head.headers),
-                              b"".join(chunks), head.http_version.decode("ascii"))
+    def __init__(self, head: h11.Response, conn: _Conn, receive_bytes: int) -> None:
+        self.status: int = head.status_code
+        self.reason = bytes(head.reason)
+        self.headers: tuple[tuple[bytes, bytes], ...] = tuple(head.headers)
+        self.http_version = head.http_version.decode("ascii")
+        self.complete = False  # the body was read to its end
+        self._conn = conn
+        self._receive_bytes = receive_bytes
+        self._announced = _announced(head)
+
+    def header_values(self, name: str | bytes) -> list[bytes]:
+        key = (name.encode("ascii") if isinstance(name, str) else name).lower()
+        return [v for k, v in self.headers if k == key]
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The body's pieces as they arrive (never empty ones)."""
+        while (chunk := await self._next_chunk()) is not None:
+            yield chunk
+
+    async def read(self, max_bytes: int) -> bytes:
+        """The whole body; ResponseTooLarge (and the connection closed) beyond `max_bytes`."""
+        if self._announced > max_bytes:
+            raise ResponseTooLarge(f"Content-Length over {max_bytes} bytes")
+        parts: list[bytes] = []
+        size = 0
+        while (chunk := await self._next_chunk()) is not None:
+            parts.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                raise ResponseTooLarge(f"response body over {max_bytes} bytes")
+        return b"".join(parts)
+
+    async def _next_chunk(self) -> bytes | None:
+        """The next piece of body; None at its end."""
+        h, stream = self._conn.h, self._conn.stream
+        while not self.complete:
+            event = h.next_event()
+            if event is h11.NEED_DATA:
+                h.receive_data(bytes(await stream.receive_some(self._receive_bytes)))
+            elif isinstance(event, h11.Data):
+                if event.data:
+                    return bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self.complete = True
+            else:  # ConnectionClosed before the end
+                raise trio.BrokenResourceError("connection closed during the answer")
+        return None
+
+
+async def _send_and_read_head(conn: _Conn, req: h11.Request, body: bytes, receive_bytes: int,
+                              reused: bool) -> h11.Response:
+    h, stream = conn.h, conn.stream
+    out = h.send(req) or b""
+    if body:
+        out += h.send(h11.Data(data=body)) or b""
+    out += h.send(h11.EndOfMessage()) or b""
+    answered = False  # a byte of answer arrived: from here on, no retry
+    try:
+        await stream.send_all(out)
+        while True:
+            event = h.next_event()
+            if event is h11.NEED_DATA:
+                data = bytes(await stream.receive_some(receive_bytes))
+                if not data and not answered:
+                    raise trio.BrokenResourceError("connection closed before an answer")
+                answered = True
+                h.receive_data(data)
+            elif isinstance(event, h11.Response):
+                return event
+            elif not isinstance(event, h11.InformationalResponse):  # ConnectionClosed
+                raise trio.BrokenResourceError("connection closed before an answer")
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+        if reused and not answered:
+            raise _DeadPooled() from e
+        raise
+
+
+def _prepare(method: str, url: str, headers: Headers,
+             body: bytes) -> tuple[str, int, h11.Request]:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"only https:// URLs with a host are supported: {url!r}")
+    host, port = parts.hostname, parts.port or 443
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    authority = f"[{host}]" if ":" in host else host
+    if parts.port:
+        authority += f":{port}"
+    method = method.upper()
+    all_headers = [(b"host", authority.encode("idna" if not authority.isascii() else "ascii"))]
+    all_headers += [(_lower(k), _raw(v)) for k, v in headers if _lower(k) not in _SET_BY_US]
+    if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+        all_headers.append((b"content-length", b"%d" % len(body)))
+    return host, port, h11.Request(method=method, target=target, headers=all_headers)
 
 
 def _announced(head: h11.Response) -> int:

@@ -3,10 +3,20 @@ the retry rule, response limits and the caller's deadlines."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
 import pytest
 import trio
 
-from loom.http import ClientLimits, PoolFull, Request, Response, ResponseTooLarge
+from loom.http import (
+    ClientLimits,
+    PoolFull,
+    Request,
+    Response,
+    ResponseTooLarge,
+    StreamingResponse,
+)
 from loom.security.identity import identity_from_der
 from tests.conftest import PKI
 from tests.http.conftest import client, running
@@ -114,3 +124,30 @@ async def test_refuses_what_it_cannot_do(pki: PKI) -> None:
         await c.request("GET", "https://127.0.0.1:1/")
     with pytest.raises(ValueError, match="max_origins"):
         ClientLimits(max_origins=0)
+
+
+async def test_streamed_responses(pki: PKI) -> None:
+    go = trio.Event()
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b"data: one\n\n"
+        await go.wait()
+        yield b"data: two\n\n"
+
+    async def handler(request: Request) -> StreamingResponse:
+        return StreamingResponse(200, [("content-type", "text/event-stream")], events())
+
+    async with running(pki, handler, shutdown_grace_s=0.1) as srv, client(pki) as c:
+        async with c.stream("GET", f"{srv.base}/events") as r:
+            assert r.status == 200
+            assert r.header_values("content-type") == [b"text/event-stream"]
+            async with aclosing(r.chunks()) as chunks:
+                assert await chunks.__anext__() == b"data: one\n\n"  # before "two" exists
+                go.set()
+                assert [x async for x in chunks] == [b"data: two\n\n"]
+        assert c.statistics().connections_idle == 1  # read to the end: pooled again
+        go = trio.Event()
+        async with c.stream("GET", f"{srv.base}/events") as r, aclosing(r.chunks()) as chunks:
+            await chunks.__anext__()
+        stats = c.statistics()  # left before the end: the (reused) connection was closed
+        assert stats.connections_idle == 0 and stats.connections_open == 0
