@@ -137,6 +137,8 @@ class ServerConnection:
             await self._refuse(refusal)
         elif self._phase == "idle" and not state.draining:
             state.refused["idle_timeout"] += 1
+        elif self._phase == "write":
+            state.refused["write_timeout"] += 1
         return False
 
     # -- reading -----------------------------------------------------------------------------
@@ -259,9 +261,11 @@ class ServerConnection:
         if not head_only:
             try:
                 async with _closing(answer.chunks) as chunks:
+                    self._scope.deadline = math.inf
                     async for chunk in chunks:
                         if chunk:
                             await self._send(self._h.send(h11.Data(data=chunk)) or b"")
+                            self._scope.deadline = math.inf
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise
             except Exception:
@@ -283,11 +287,10 @@ class ServerConnection:
             return None
 
     async def _send(self, data: bytes) -> None:
-        """Write within `write_timeout_s` (the cycle's scope: a stalled reader ends the cycle);
-        then no deadline again, so a stream may wait for its next chunk as long as it likes."""
+        """Write within `write_timeout_s` (the cycle's scope: a stalled reader ends the cycle;
+        a stream lifts the deadline again before it waits for its next chunk)."""
         self._scope.deadline = trio.current_time() + self._limits.write_timeout_s
         await self._stream.send_all(data)
-        self._scope.deadline = math.inf
 
     async def _refuse(self, refusal: _Refusal) -> None:
         """Answer a refused request (if h11 still lets us), then drain what the client is

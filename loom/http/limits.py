@@ -35,8 +35,10 @@ class ServerLimits:
     # multiplexing): pipelined requests wait in the kernel's socket buffer, and the server holds
     # at most one request plus one receive buffer (`receive_bytes`) per connection in memory.
     receive_bytes: int = 64 * 1024
-    # Bytes a handler's response may take to be written (a client that stops reading is
-    # dropped after this many seconds of no progress: "write_timeout").
+    # Each write of an answer (the whole of a Response, each chunk of a StreamingResponse)
+    # must be taken by the client within this time, or the connection is closed
+    # ("write_timeout"): a client that stops reading cannot hold a connection and its buffers.
+    # A stream waiting for its next chunk is not writing: no deadline then.
     write_timeout_s: float = 30.0
     # After a refusal, what the client is still sending is read and dropped for this long (at
     # most 1 MiB), so that closing with unread data does not reset the connection before the

@@ -40,7 +40,8 @@ class ServerStatistics:
     requests_served: int  # requests a handler answered (500s for handler errors included)
     handler_errors: int  # handler exceptions and invalid answers (each answered 500 if it could)
     # Refusals by reason: max_connections, handshake_timeout, handshake_failed, idle_timeout,
-    # request_timeout, bad_request, header_too_large, too_many_headers, body_too_large.
+    # request_timeout, write_timeout, bad_request, header_too_large, too_many_headers,
+    # body_too_large.
     refused: Mapping[str, int]
 
 

@@ -350,3 +350,31 @@ async def test_linger_lets_a_client_that_sends_everything_first_read_its_413(
             assert linger_s > 0.1
         finally:
             await stream.aclose()
+
+
+async def test_a_client_that_stops_reading_is_dropped_but_a_quiet_stream_is_not(
+        pki: PKI) -> None:
+    async def quiet() -> AsyncIterator[bytes]:
+        yield b"data: first\n\n"
+        await trio.sleep(0.6)  # longer than the write timeout, without writing
+        yield b"data: second\n\n"
+
+    async def handler(request: Request) -> Response | StreamingResponse:
+        if request.path == "/big":
+            return Response(200, body=b"x" * (32 << 20))
+        return StreamingResponse(200, [], quiet())
+
+    async with running(pki, handler, write_timeout_s=0.3) as srv:
+        stream = await raw_tls(pki, srv.port)
+        await stream.send_all(b"GET /quiet HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = await read_to_eof(stream)
+        assert b"data: second" in raw and raw.endswith(b"0\r\n\r\n")
+        await stream.aclose()
+        stream = await raw_tls(pki, srv.port)
+        await stream.send_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")  # never read
+        with trio.fail_after(5):
+            while srv.server.statistics().refused.get("write_timeout", 0) < 1:
+                await trio.sleep(0.02)
+        raw = await read_to_eof(stream)  # what was buffered, then the server's close
+        assert raw.startswith(b"HTTP/1.1 200 ") and len(raw) < 32 << 20
+        await stream.aclose()
