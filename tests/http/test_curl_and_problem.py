@@ -81,3 +81,20 @@ def test_problem_values() -> None:
         Problem(200)
     with pytest.raises(ValueError, match="shadow"):
         Problem(400, extra={"status": 200})
+
+
+def test_the_http_layer_knows_neither_node_nor_gateway() -> None:
+    """loom/http imports only itself and the TLS stream (besides the stdlib, h11 and trio)."""
+    import ast
+
+    import loom.http
+
+    here = Path(loom.http.__file__).parent
+    allowed = ("loom.http", "loom.security.tlsstream")
+    for path in sorted(here.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                if name.startswith("loom"):
+                    assert name.startswith(allowed), f"{path.name} imports {name}"
