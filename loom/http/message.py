@@ -51,10 +51,10 @@ class Request:
         return values[0] if values else None
 
     def query_params(self) -> list[tuple[str, str]]:
-        """The query string's pairs in order (repeats kept), percent-decoded as UTF-8; a pair
-        that is not valid raises ValueError."""
-        return parse_qsl(self.query, keep_blank_values=True, strict_parsing=bool(self.query),
-                         encoding="utf-8", errors="strict", max_num_fields=1000)
+        """The query string's pairs in order (repeats kept; `flag` alone is ("flag", "")),
+        percent-decoded as UTF-8. Invalid UTF-8 or more than 1000 fields raise ValueError."""
+        return parse_qsl(self.query, keep_blank_values=True, encoding="utf-8",
+                         errors="strict", max_num_fields=1000)
 
 
 @dataclass(frozen=True, slots=True)

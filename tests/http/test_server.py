@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 import trio
@@ -56,6 +57,9 @@ async def test_keep_alive_and_request_fields(pki: PKI) -> None:
     req = seen[0]
     assert (req.method, req.path, req.query) == ("POST", "/a/b%20c", "x=1&x=2&y=")
     assert req.query_params() == [("x", "1"), ("x", "2"), ("y", "")]
+    assert replace(req, query="flag&k=%C3%A9").query_params() == [("flag", ""), ("k", "é")]
+    with pytest.raises(ValueError):
+        replace(req, query="k=%FF").query_params()
     assert req.header_values("X-REP") == [b"one", b"two"]
     with pytest.raises(ValueError, match="repeated"):
         req.header("x-rep")
