@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
@@ -45,6 +47,7 @@ _OBS_FOLD = re.compile(rb"\n[ \t]")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 LINGER_BYTES = 1 << 20  # see ServerLimits.linger_s
 _FRAMING = {b"content-length": 1, b"transfer-encoding": 2}
+_NO_BODY = frozenset({204, 304})
 _BODYLESS = frozenset({b"content-length", b"transfer-encoding"})
 
 
@@ -97,6 +100,9 @@ class ServerConnection:
                 self._h.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, _Gone):
             pass
+        except h11.LocalProtocolError:  # an answer h11 would not frame: this connection ends
+            self._state.handler_errors += 1
+            log.exception("answer to %s could not be framed", self._remote)
 
     async def _one_cycle(self) -> bool:
         """One request and its answer; True when the connection may carry another."""
@@ -244,7 +250,10 @@ class ServerConnection:
         head_only = request.method == "HEAD"
         if isinstance(answer, Response):
             headers = [(k, v) for k, v in answer.headers if _lower(k) not in _BODYLESS]
-            headers.append((b"content-length", str(len(answer.body)).encode("ascii")))
+            if answer.status in _NO_BODY:  # no body and no Content-Length (RFC 9110 8.6)
+                head_only = True
+            else:
+                headers.append((b"content-length", str(len(answer.body)).encode("ascii")))
             head = self._head(answer.status, headers)
             if head is None:
                 return await self._send_answer(request, _internal_error())
@@ -277,6 +286,7 @@ class ServerConnection:
         return True
 
     def _head(self, status: int, headers: list[Any]) -> h11.Response | None:
+        headers.append((b"date", _date()))
         if self._state.draining:
             headers.append((b"connection", b"close"))
         try:  # h11 validates here, before the connection's state changes
@@ -301,8 +311,9 @@ class ServerConnection:
             return
         problem = refusal.problem
         body = problem.body()
-        headers = [("content-type", PROBLEM_CONTENT_TYPE), ("connection", "close"),
-                   ("content-length", str(len(body)))]
+        headers = [(b"content-type", PROBLEM_CONTENT_TYPE.encode("ascii")),
+                   (b"connection", b"close"), (b"content-length", b"%d" % len(body)),
+                   (b"date", _date())]
         try:
             out = h.send(h11.Response(status_code=problem.status, headers=headers,
                                       reason=_reason(problem.status))) or b""
@@ -345,6 +356,18 @@ async def _closing(chunks: AsyncIterable[bytes]) -> AsyncIterator[AsyncIterator[
         if aclose is not None:
             with trio.CancelScope(shield=True):
                 await aclose()
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _date() -> bytes:
+    """The Date header's value (RFC 9110 section 6.6.1), formatted once per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode("ascii"))
+    return _date_cache[1]
 
 
 def _reason(status: int) -> bytes:

@@ -132,6 +132,8 @@ class HTTPServer:
             self._conns.add(conn)
             try:
                 await conn.run()
+            except Exception:  # a fault in one connection must not end the listener
+                log.exception("%s: connection from %s failed", self.name, remote)
             finally:
                 self._conns.discard(conn)
         finally:

@@ -205,6 +205,10 @@ async def test_handler_errors_are_500_logged_and_the_connection_lives(
             raise RuntimeError("kaboom")
         if request.path == "/bad-head":
             return Response(200, [("x-bad", "a\r\nb")])
+        if request.path == "/bad-status":
+            return Response(99)
+        if request.path == "/none":
+            return Response(204, [("content-length", "3")], b"abc")
         return Response(200, body=b"ok")
 
     async with running(pki, handler) as srv, client(pki) as c:
@@ -214,9 +218,13 @@ async def test_handler_errors_are_500_logged_and_the_connection_lives(
             assert r.header_values("content-type") == [b"application/problem+json"]
             assert b"kaboom" not in r.body  # no traceback or message leaks to the client
             assert (await c.request("GET", f"{srv.base}/bad-head")).status == 500
-            assert (await c.request("GET", f"{srv.base}/ok")).body == b"ok"
+            assert (await c.request("GET", f"{srv.base}/bad-status")).status == 500
+            r = await c.request("GET", f"{srv.base}/none")  # 204: no body, no length
+            assert (r.status, r.body, r.header_values("content-length")) == (204, b"", [])
+            r = await c.request("GET", f"{srv.base}/ok")
+            assert r.body == b"ok" and r.header_values("date")[0].endswith(b" GMT")
         assert c.statistics().connections_made == 1
-        assert srv.server.statistics().handler_errors == 2
+        assert srv.server.statistics().handler_errors == 3
     assert "kaboom" in caplog.text
 
 
