@@ -38,7 +38,8 @@ _SET_BY_US = frozenset({b"host", b"content-length", b"transfer-encoding"})
 
 
 class ResponseTooLarge(Exception):
-    """The response body (or its announced Content-Length) is over `max_response_bytes`."""
+    """The response body (or its announced Content-Length) is over `max_response_bytes`, or
+    its head over `max_header_bytes`."""
 
 
 class PoolFull(Exception):
@@ -198,6 +199,10 @@ class HTTPClient:
             except BaseException:
                 await self._discard(origin, conn)
                 raise
+            # h11 checks max_incomplete_event_size only while a head is incomplete.
+            if sum(len(k) + len(v) + 4 for k, v in head.headers) > self.limits.max_header_bytes:
+                await self._discard(origin, conn)
+                raise ResponseTooLarge(f"response head over {self.limits.max_header_bytes} bytes")
             self._requests += 1
             return conn, head
         raise AssertionError("unreachable: the second attempt returns or raises")

@@ -25,6 +25,8 @@ from tests.http.conftest import client, running
 async def whoami(request: Request) -> Response:
     if request.path == "/big":
         return Response(200, body=b"x" * 5000)
+    if request.path == "/big-head":
+        return Response(200, [("x-big", "h" * 3000)])
     if request.path == "/slow":
         await trio.sleep(10)
     if request.peer_certificate is None:
@@ -86,9 +88,12 @@ async def test_retry_only_idempotent_requests_on_a_dead_pooled_connection(pki: P
 
 async def test_response_limit_and_deadlines_close_the_connection(pki: PKI) -> None:
     async with running(pki, whoami, shutdown_grace_s=0.1) as srv, client(
-            pki, limits=ClientLimits(max_response_bytes=1000)) as c:
+            pki, limits=ClientLimits(max_response_bytes=1000, max_header_bytes=2000)) as c:
         with pytest.raises(ResponseTooLarge):
             await c.request("GET", f"{srv.base}/big")
+        assert c.statistics().connections_open == 0
+        with pytest.raises(ResponseTooLarge, match="head"):
+            await c.request("GET", f"{srv.base}/big-head")
         assert c.statistics().connections_open == 0
         with trio.move_on_after(0.2) as scope:
             await c.request("GET", f"{srv.base}/slow")
