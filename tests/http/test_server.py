@@ -390,3 +390,22 @@ async def test_a_client_that_stops_reading_is_dropped_but_a_quiet_stream_is_not(
         raw = await read_to_eof(stream)  # what was buffered, then the server's close
         assert raw.startswith(b"HTTP/1.1 200 ") and len(raw) < 32 << 20
         await stream.aclose()
+
+
+async def test_http_1_0_and_a_reloaded_context(pki: PKI) -> None:
+    from tests.http.conftest import server_ctx
+
+    async with running(pki) as srv:
+        # HTTP/1.0 without keep-alive: answered, then closed by the server.
+        raw = await exchange_raw(pki, srv.port, b"GET /old HTTP/1.0\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 200 ") and raw.endswith(b"GET /old 0")
+        # A replaced context applies to the next connection (a certificate reload).
+        first = await raw_tls(pki, srv.port)
+        ctx = server_ctx(pki)
+        ctx.load_cert_chain(*map(str, pki.pair("n2")))
+        srv.server.ssl_context = ctx
+        second = await raw_tls(pki, srv.port)
+        assert first.getpeercert() == der(pki.dir, "n1")
+        assert second.getpeercert() == der(pki.dir, "n2")
+        await first.aclose()
+        await second.aclose()
