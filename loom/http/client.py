@@ -224,12 +224,13 @@ class HTTPClient:
         return origin
 
     async def _checkout(self, origin: _Origin, host: str, port: int) -> tuple[_Conn, bool]:
-        now = trio.current_time()
-        while origin.idle:
-            conn = origin.idle.pop()
-            if now - conn.idle_since < self.limits.idle_timeout_s:
-                return conn, True
-            await self._discard(origin, conn)
+        # The idle list is ordered by last use: expired connections are at its front (closed
+        # here, so that a warm one reused at the back does not keep stale ones open forever).
+        stale = trio.current_time() - self.limits.idle_timeout_s
+        while origin.idle and origin.idle[0].idle_since <= stale:
+            await self._discard(origin, origin.idle.pop(0))
+        if origin.idle:
+            return origin.idle.pop(), True
         origin.open += 1  # counted before the wait, so the limit holds while connecting
         try:
             tcp = await trio.open_tcp_stream(host, port)

@@ -156,3 +156,16 @@ async def test_streamed_responses(pki: PKI) -> None:
             await chunks.__anext__()
         stats = c.statistics()  # left before the end: the (reused) connection was closed
         assert stats.connections_idle == 0 and stats.connections_open == 0
+
+
+async def test_expired_idle_connections_are_closed_not_reused(pki: PKI) -> None:
+    async with running(pki, whoami) as srv, client(
+            pki, limits=ClientLimits(idle_timeout_s=0.2)) as c:
+        async with trio.open_nursery() as n:  # two connections in the pool
+            for _ in range(2):
+                n.start_soon(c.request, "GET", f"{srv.base}/slow-not")
+        assert c.statistics().connections_idle == 2
+        await trio.sleep(0.3)
+        assert (await c.request("GET", srv.base)).status == 200
+        stats = c.statistics()
+        assert (stats.connections_made, stats.connections_open, stats.retries) == (3, 1, 0)
