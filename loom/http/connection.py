@@ -38,7 +38,7 @@ log = logging.getLogger("loom.http")
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
 
 # RFC 9110 section 5.5: CR, LF and NUL in a field value must be refused; the other controls are
-# not field-vchars either. HTAB is allowed. h11 0.16 lets them all through, so we check.
+# not field-vchars either. HTAB is allowed. h11 0.16 refuses NUL but lets the others through.
 _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Obsolete line folding (RFC 9112 section 5.2): a header line that starts with SP or HTAB.
 # h11 unfolds it silently; a server may instead refuse it with 400, and we do: a folded
@@ -46,9 +46,11 @@ _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _OBS_FOLD = re.compile(rb"\n[ \t]")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 LINGER_BYTES = 1 << 20  # see ServerLimits.linger_s
-_FRAMING = {b"content-length": 1, b"transfer-encoding": 2}
+_FRAMING = {b"content-length": 1, b"transfer-encoding": 2}  # the server frames answers itself
 _NO_BODY = frozenset({204, 304})
-_BODYLESS = frozenset({b"content-length", b"transfer-encoding"})
+# An async generator's cleanup when a stream ends runs shielded from cancellation, for at
+# most this long (a cleanup that hangs must not hold a connection or a shutdown).
+CLOSE_STREAM_S = 1.0
 
 
 class ServerState:
@@ -249,7 +251,7 @@ class ServerConnection:
         """Write the answer; False when the connection must close (a broken stream raises)."""
         head_only = request.method == "HEAD"
         if isinstance(answer, Response):
-            headers = [(k, v) for k, v in answer.headers if _lower(k) not in _BODYLESS]
+            headers = [(k, v) for k, v in answer.headers if _lower(k) not in _FRAMING]
             if answer.status in _NO_BODY:  # no body and no Content-Length (RFC 9110 8.6)
                 head_only = True
             else:
@@ -354,7 +356,7 @@ async def _closing(chunks: AsyncIterable[bytes]) -> AsyncIterator[AsyncIterator[
     finally:
         aclose = getattr(it, "aclose", None)
         if aclose is not None:
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_STREAM_S):
                 await aclose()
 
 
