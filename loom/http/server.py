@@ -13,7 +13,6 @@ at once, requests in flight get `ServerLimits.shutdown_grace_s` to finish (their
 
 from __future__ import annotations
 
-import itertools
 import logging
 import ssl
 from collections.abc import Mapping, Sequence
@@ -60,7 +59,6 @@ class HTTPServer:
         self._slots = self.limits.max_connections
         self._handshaking = 0
         self._conns: set[ServerConnection] = set()
-        self._ids = itertools.count(1)
 
     def statistics(self) -> ServerStatistics:
         s = self._state
