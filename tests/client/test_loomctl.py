@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from loom.cli.loomctl import EXIT_CONNECT, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from tests.client.fakeserver import FakeServer, Pki
+from loom.wire.errors import Status
+from tests.client.fakeserver import FakeServer, Frame, Pki, err, ok
 
 Serve = Callable[..., FakeServer]
 Cap = pytest.CaptureFixture[str]
@@ -159,7 +161,7 @@ def test_lock_acquire_opens_a_session(pki: Pki, serve: Serve, capsys: Cap) -> No
     code, out, _ = run(capsys, "--endpoints", s.addr, "--ca", str(pki.ca_file), "-o", "json",
                        "lock", "acquire", "x", "--session-ttl", "60000")
     assert code == EXIT_OK
-    assert json.loads(out)["result"] == {"session_id": 42, "result": 1001}
+    assert json.loads(out)["result"] == {"session_id": 42, "fencing_token": 1001}
     assert [r["op"] for r in s.requests] == [0x0004, 0x0701]
     assert s.requests[0]["b"] == {"ttl_ms": 60000}
 
@@ -175,3 +177,165 @@ def test_certs_dev(tmp_path: Path, capsys: Cap) -> None:
     assert code == EXIT_USAGE
     assert "--force" in errs
     assert run(capsys, "certs", "dev", "--out", str(out), "--force")[0] == EXIT_OK
+
+
+def _recorder(results: dict[int, object]) -> tuple[list[Frame], Callable[..., list[Frame]]]:
+    seen: list[Frame] = []
+
+    def record(server: FakeServer, req: Frame) -> list[Frame]:
+        seen.append(req)
+        return [ok(req, results.get(req["op"]))]
+
+    return seen, record
+
+
+def test_lock_and_semaphore_not_acquired_exit_1(pki: Pki, serve: Serve, capsys: Cap) -> None:
+    # SESSION_OPEN answers 42; LOCK_TRY_LOCK null (held); SEMAPHORE_ACQUIRE false (timed out).
+    seen, record = _recorder({0x0004: 42, 0x0702: None, 0x0802: False})
+    s = serve(record)
+    g = ["--endpoints", s.addr, "--ca", str(pki.ca_file)]
+    code, out, errs = run(capsys, *g, "lock", "try", "x")
+    assert (code, out) == (EXIT_FAILED, "acquired: false\n"), errs
+    one_error_line(errs, "NOT_ACQUIRED")
+    assert [r["op"] for r in seen] == [0x0004, 0x0702, 0x0006]  # its session is closed
+    code, out, errs = run(capsys, *g, "-o", "json", "semaphore", "acquire", "s", "--wait", "50")
+    assert code == EXIT_FAILED and json.loads(out) == {"result": {"acquired": False}}
+    assert seen[-2]["b"] == {"name": "s", "session_id": 42, "permits": 1, "timeout_ms": 50}
+    one_error_line(errs, "NOT_ACQUIRED")
+
+
+def test_map_name_before_the_subcommand_and_in_help(pki: Pki, serve: Serve, capsys: Cap) -> None:
+    s = serve()
+    g = ["--endpoints", s.addr, "--ca", str(pki.ca_file)]
+    assert run(capsys, *g, "map", "--name", "m1", "put", "k", "v")[:2] == (EXIT_OK, "OK\n")
+    assert run(capsys, *g, "map", "get", "--name", "m1", "k")[:2] == (EXIT_OK, "v\n")
+    assert s.requests[0]["b"]["name"] == "m1"
+    with pytest.raises(SystemExit):
+        main(["map", "--help"])
+    assert "--name NAME" in capsys.readouterr().out
+
+
+def test_map_operations_that_had_only_call(pki: Pki, serve: Serve, capsys: Cap,
+                                           tmp_path: Path) -> None:
+    seen, record = _recorder({})
+    s = serve(record)
+    g = ["--endpoints", s.addr, "--ca", str(pki.ca_file)]
+    ops = tmp_path / "ops.json"
+    ops.write_text(json.dumps([{"op": "MAP_PUT", "b": {"name": "m", "key": "a", "value": "1"}},
+                               {"op": "COUNTER_INCREMENT", "b": {"name": "c"}}]))
+    cases: list[tuple[list[str], int, dict[str, object]]] = [
+        (["map", "replace", "k", "v", "--ttl", "9"], 0x0105,
+         {"name": "default", "key": "k", "value": b"v", "ttl_ms": 9}),
+        (["map", "--name", "m", "cas", "k", "new", "--expected", "old"], 0x010C,
+         {"name": "m", "key": "k", "expected": b"old", "value": b"new"}),
+        (["map", "remove-if", "k", "--expected", "old"], 0x010D,
+         {"name": "default", "key": "k", "expected": b"old"}),
+        (["map", "get-all", "a", "b"], 0x010A, {"name": "default", "keys": ["a", "b"]}),
+        (["map", "put-all", "a=1", "b=2=3"], 0x010B,
+         {"name": "default", "entries": {"a": b"1", "b": b"2=3"}}),
+        (["batch", str(ops)], 0x0007,
+         {"ops": [{"op": "MAP_PUT", "b": {"name": "m", "key": "a", "value": b"1"}},
+                  {"op": "COUNTER_INCREMENT", "b": {"name": "c"}}]}),
+    ]
+    for argv, op, body in cases:
+        code, _, errs = run(capsys, *g, *argv)
+        assert code == EXIT_OK, (argv, errs)
+        assert (seen[-1]["op"], seen[-1]["b"]) == (op, body), argv
+    code, _, errs = run(capsys, *g, "map", "get-and-delete", "k")  # answers null: absent
+    assert code == EXIT_FAILED and seen[-1]["op"] == 0x0111
+    one_error_line(errs, "NOT_FOUND")
+    assert run(capsys, *g, "map", "put-all", "novalue")[0] == EXIT_USAGE
+
+
+def test_topic_subscribe_shows_losses_and_waits_in_ms(pki: Pki, serve: Serve,
+                                                      capsys: Cap) -> None:
+    def topic(server: FakeServer, req: Frame) -> list[Frame]:
+        rid = req["id"]
+        return [ok(req, None),
+                {"id": rid, "s": 0, "p": {"topic": "t", "seq": 1, "value": b"a"}},
+                {"id": rid, "s": 0, "p": {"topic": "t", "seq": 5, "value": b"b",
+                                          "lost": [2, 4]}}]
+
+    s = serve(topic)
+    g = ["--endpoints", s.addr, "--ca", str(pki.ca_file), "topic", "subscribe", "t"]
+    code, out, errs = run(capsys, *g, "--count", "2")
+    assert (code, out) == (EXIT_OK, "a\nb\n"), errs
+    one_error_line(errs, "LOST")
+    assert "messages 2-4" in errs
+    t0 = time.monotonic()
+    code, out, errs = run(capsys, *g, "--count", "3", "--wait", "300")  # the third never comes
+    assert code == EXIT_FAILED and "TIMEOUT" in errs
+    assert 0.25 < time.monotonic() - t0 < 5
+
+
+def test_every_endpoint_refused_fails_fast(pki: Pki, capsys: Cap) -> None:
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    eps = f"127.0.0.1:{ports[0]},127.0.0.1:{ports[1]},no-such-host.invalid:6001"
+    t0 = time.monotonic()
+    code, _, errs = run(capsys, "--endpoints", eps, "--ca", str(pki.ca_file), "get", "k")
+    assert time.monotonic() - t0 < 3
+    assert code == EXIT_CONNECT
+    one_error_line(errs, "CONNECT")
+    assert "connection refused" in errs and "does not resolve" in errs
+
+
+def test_members_learner_flag_and_removing_a_non_member(pki: Pki, serve: Serve,
+                                                        capsys: Cap) -> None:
+    def members(server: FakeServer, req: Frame) -> list[Frame]:
+        if req["op"] == 0x0E02:  # MEMBER_LIST
+            return [ok(req, {"members": [{"id": "n1"}, {"id": "n2"}]})]
+        if req["op"] == 0x0E05:  # MEMBER_REMOVE of a node the log does not know
+            return [err(req, Status.CONFLICT, "no-op change")]
+        return [ok(req, {"index": 7})]
+
+    s = serve(members)
+    g = ["--endpoints", s.addr, "--ca", str(pki.ca_file)]
+    code, out, _ = run(capsys, *g, "members", "add", "n4", "--peer-addr", "h:7004", "--learner")
+    assert (code, out) == (EXIT_OK, "n4 added as a learner (log index 7)\n")
+    assert s.requests[-1]["b"]["learner"] is True
+    assert run(capsys, *g, "members", "add", "n4", "--peer-addr", "h:7004", "--learner",
+               "--voter")[0] == EXIT_USAGE
+    code, _, errs = run(capsys, *g, "members", "remove", "n9")
+    assert code == EXIT_FAILED
+    one_error_line(errs, "CONFLICT")
+    assert "n9 is not a member of the cluster (members: n1, n2)" in errs
+
+
+def test_wal_tools_find_the_log_in_a_data_dir_and_never_pass_unchecked(
+        tmp_path: Path, capsys: Cap) -> None:
+    from loom.raft.types import Entry, EntryType, HardState
+    from loom.storage import Storage, StorageOptions, admin
+
+    ring = tmp_path / "keyring.json"
+    admin.create_keyring(str(ring))
+    data_dir = tmp_path / "n1"  # a node's data_dir: the log is under raft/ (as loomd keeps it)
+    s, _ = Storage.open(str(data_dir / "raft"),
+                        StorageOptions(segment_size=1 << 20, max_record_size=8 << 10,
+                                       snapshot_chunk_size=4 << 10, keyring_path=str(ring)))
+    s.save(HardState(1, "n1", 0),
+           [Entry(1, i, EntryType.NORMAL, b"x" * 10) for i in range(1, 6)], True)
+    s.close()
+
+    code, out, errs = run(capsys, "-o", "json", "wal", "inspect", str(data_dir), "--keyring",
+                          str(ring))
+    assert code == EXIT_OK, errs
+    assert json.loads(out)["result"]["last_index"] == 5
+    code, out, errs = run(capsys, "-o", "json", "wal", "verify", str(data_dir), "--keyring",
+                          str(ring))
+    assert code == EXIT_OK and json.loads(out)["result"]["authenticated"] is True, errs
+
+    code, out, errs = run(capsys, "-o", "json", "wal", "verify", str(data_dir))
+    assert code == EXIT_FAILED  # checked by CRC only: not a pass
+    assert json.loads(out)["result"]["ok"] is False
+    one_error_line(errs, "NOT_AUTHENTICATED")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for tool in ("inspect", "verify"):
+        code, out, errs = run(capsys, "wal", tool, str(empty))
+        assert (code, out) == (EXIT_FAILED, ""), tool
+        one_error_line(errs, "NO_LOG")
