@@ -3,57 +3,126 @@
 Creates certs-dev/ when missing, writes run/<node>.toml for n1..n3 (client ports 6001-6003,
 peer ports 7001-7003), starts `loomd` for each node, waits (at most 30 s) until
 `loomctl cluster status` shows a leader, prints the status table and how to talk to the
-cluster, and stops every node on Ctrl-C (SIGTERM, a bounded wait, then SIGKILL).
+cluster, and stops every node when it stops itself.
+
+The runner owns its nodes:
+- Only one runner per run directory: it holds an exclusive lock on run/run_local.pid (which
+  names its pid) for as long as it lives; a second `make run` finds it and says so.
+- The nodes run in a session of their own, so the SIGHUP a closing terminal sends to its
+  foreground process group reaches the runner but not the nodes (for which SIGHUP means
+  "reload"). SIGINT (Ctrl-C), SIGTERM and SIGHUP all make the runner stop the nodes (SIGTERM,
+  a bounded wait, then SIGKILL) and exit.
+- On Linux each node also gets SIGTERM from the kernel when the runner dies without cleaning
+  up (kill -9), through PR_SET_PDEATHSIG.
 """
 
 from __future__ import annotations
 
+import argparse
+import ctypes
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 CERTS = ROOT / "certs-dev"
-RUN = ROOT / "run"
 BIN = ROOT / ".venv" / "bin"
 NODES = ["n1", "n2", "n3"]
-CLIENT_BASE_PORT = 6001
-PEER_BASE_PORT = 7001
 CLUSTER_NAME = "loom-dev"
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
-
-CLIENT_ADDRS = {n: f"127.0.0.1:{CLIENT_BASE_PORT + i}" for i, n in enumerate(NODES)}
-PEER_ADDRS = {n: f"127.0.0.1:{PEER_BASE_PORT + i}" for i, n in enumerate(NODES)}
-ENDPOINTS = ",".join(CLIENT_ADDRS.values())
+PID_FILE = "run_local.pid"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def write_configs() -> list[Path]:
+class Stopped(Exception):
+    """A stop signal arrived (SIGINT, SIGTERM, or SIGHUP from a closing terminal)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _say(text: str, stream: IO[str] = sys.stdout) -> None:
+    """Print, unless the terminal is gone (a hangup leaves stdout unwritable)."""
+    try:
+        stream.write(text + "\n")
+        stream.flush()
+    except OSError:
+        pass
+
+
+def write_configs(run: Path, client_base: int, peer_base: int) -> list[Path]:
     from loom.cli.loomd import EXAMPLE_ACL
     from loom.node.config import AuditConfig, NodeConfig, TLSConfig, to_toml
 
+    peers = {n: f"127.0.0.1:{peer_base + i}" for i, n in enumerate(NODES)}
     paths = []
-    for node in NODES:
+    for i, node in enumerate(NODES):
         cfg = NodeConfig(
-            node_id=node, data_dir=RUN / "data" / node,
-            client_listen=CLIENT_ADDRS[node],
-            peer_listen=PEER_ADDRS[node],
-            peers=dict(PEER_ADDRS),
+            node_id=node, data_dir=run / "data" / node,
+            client_listen=f"127.0.0.1:{client_base + i}",
+            peer_listen=peers[node],
+            peers=dict(peers),
             cluster_name=CLUSTER_NAME,
             tls=TLSConfig(ca=CERTS / "ca.pem", cert=CERTS / f"{node}.pem",
                           key=CERTS / f"{node}.key"),
-            audit=AuditConfig(sink="file", path=RUN / f"{node}-audit.jsonl"),
+            audit=AuditConfig(sink="file", path=run / f"{node}-audit.jsonl"),
             gateway_identities=("spiffe://loom.dev/gateway/edge",),
             acl=EXAMPLE_ACL,
         )
-        path = RUN / f"{node}.toml"
+        path = run / f"{node}.toml"
         path.write_text(to_toml(cfg))
         paths.append(path)
     return paths
+
+
+@contextmanager
+def sole_runner(run: Path) -> Iterator[None]:
+    """Hold run/run_local.pid locked (the kernel drops the lock when the process dies, so a
+    stale file never blocks); exit 1 naming the holder when another runner has it."""
+    path = run / PID_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            _say(f"Loom is already running from {run} (make run, pid {holder}): stop it "
+                 f"with Ctrl-C in its terminal or 'kill {holder}'", sys.stderr)
+            raise SystemExit(1) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the runner dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
+def start_node(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        # A session of its own: the terminal's SIGHUP (and Ctrl-C's SIGINT) go to the runner
+        # only, which then stops the node with SIGTERM.
+        return subprocess.Popen([str(BIN / "loomd"), "--config", str(config)], stdout=out,
+                                stderr=out, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads here
 
 
 def loomctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -82,64 +151,91 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         try:
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            print(f"loomd (pid {p.pid}) did not stop in time; killing it", file=sys.stderr)
+            _say(f"loomd (pid {p.pid}) did not stop in time; killing it", sys.stderr)
             p.kill()
             p.wait()
 
 
-def main() -> int:
+def _on_stop_signal(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Run a local three-node Loom cluster.")
+    p.add_argument("--run-dir", type=Path, default=ROOT / "run",
+                   help="configs, data, logs and the pid file (default: run/)")
+    p.add_argument("--client-port", type=int, default=6001,
+                   help="n1's client port; n2 and n3 take the next two (default 6001)")
+    p.add_argument("--peer-port", type=int, default=7001,
+                   help="n1's peer port; n2 and n3 take the next two (default 7001)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
     from loom.security.devpki import create_dev_pki
 
-    if not (CERTS / "ca.pem").exists():
-        create_dev_pki(CERTS)
-        print(f"created development certificates in {CERTS}")
-    RUN.mkdir(exist_ok=True)
-    paths = write_configs()
-    env = {**os.environ, "LOOM_ENDPOINTS": ENDPOINTS, "LOOM_CA": str(CERTS / "ca.pem"),
-           "LOOM_CERT": str(CERTS / "admin.pem"), "LOOM_KEY": str(CERTS / "admin.key")}
+    args = _parse(argv)
+    run: Path = args.run_dir.resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_stop_signal)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for node, path in zip(NODES, paths, strict=True):
-            log = (RUN / f"{node}.log").open("ab")
-            procs.append(subprocess.Popen([str(BIN / "loomd"), "--config", str(path)],
-                                          stdout=log, stderr=log))
-            log.close()
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not has_leader(env):
-            if any(p.poll() is not None for p in procs):
-                print(f"a loomd exited early; see {RUN}/*.log", file=sys.stderr)
-                return 1
-            if time.monotonic() >= deadline:
-                print(f"no leader within {READY_TIMEOUT:g} s; see {RUN}/*.log",
-                      file=sys.stderr)
-                return 1
-            time.sleep(0.3)
-        table = loomctl(env, "cluster", "status").stdout.rstrip()
-        print(f"""
-Loom is running: cluster {CLUSTER_NAME!r}, {len(NODES)} nodes on {ENDPOINTS}
-(mutual TLS, development certificates). Logs and audit records: {RUN}/
+        with sole_runner(run):
+            if not (CERTS / "ca.pem").exists():
+                create_dev_pki(CERTS)
+                _say(f"created development certificates in {CERTS}")
+            paths = write_configs(run, args.client_port, args.peer_port)
+            endpoints = ",".join(f"127.0.0.1:{args.client_port + i}" for i in range(len(NODES)))
+            env = {**os.environ, "LOOM_ENDPOINTS": endpoints, "LOOM_CA": str(CERTS / "ca.pem"),
+                   "LOOM_CERT": str(CERTS / "admin.pem"), "LOOM_KEY": str(CERTS / "admin.key")}
+            try:
+                for node, path in zip(NODES, paths, strict=True):
+                    procs.append(start_node(path, run / f"{node}.log"))
+                return serve(procs, env, endpoints, run)
+            finally:
+                # Further signals must not interrupt the stop; it is bounded by itself.
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_IGN)
+                stop(procs)
+    except Stopped as e:
+        _say(f"stopped by {e}; the nodes are stopped", sys.stderr)
+        return 0
+
+
+def serve(procs: list[subprocess.Popen[bytes]], env: dict[str, str], endpoints: str,
+          run: Path) -> int:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not has_leader(env):
+        if any(p.poll() is not None for p in procs):
+            _say(f"a loomd exited early; see {run}/*.log", sys.stderr)
+            return 1
+        if time.monotonic() >= deadline:
+            _say(f"no leader within {READY_TIMEOUT:g} s; see {run}/*.log", sys.stderr)
+            return 1
+        time.sleep(0.3)
+    table = loomctl(env, "cluster", "status").stdout.rstrip()
+    _say(f"""
+Loom is running: cluster {CLUSTER_NAME!r}, {len(NODES)} nodes on {endpoints}
+(mutual TLS, development certificates). Logs and audit records: {run}/
 
 {table}
 
 In another shell:
-  export LOOM_ENDPOINTS={ENDPOINTS} LOOM_CA={CERTS}/ca.pem
+  export LOOM_ENDPOINTS={endpoints} LOOM_CA={CERTS}/ca.pem
   export LOOM_CERT={CERTS}/admin.pem LOOM_KEY={CERTS}/admin.key
-  .venv/bin/loomctl cluster status
-  .venv/bin/loomctl put greeting hello && .venv/bin/loomctl get greeting
-  .venv/bin/loomctl --cert {CERTS}/reader.pem --key {CERTS}/reader.key put greeting bye
-  .venv/bin/loomctl members list
-  .venv/bin/loomctl leader transfer && .venv/bin/loomctl cluster status
-  tail -n 1 {RUN}/n*-audit.jsonl
+  {BIN}/loomctl cluster status
+  {BIN}/loomctl put greeting hello && {BIN}/loomctl get greeting
+  {BIN}/loomctl --cert {CERTS}/reader.pem --key {CERTS}/reader.key put greeting bye
+  {BIN}/loomctl members list
+  {BIN}/loomctl leader transfer && {BIN}/loomctl cluster status
+  tail -n 1 {run}/n*-audit.jsonl
 
-Ctrl-C stops the cluster.""", flush=True)
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
-        print(f"a loomd exited; see {RUN}/*.log", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        stop(procs)
+Ctrl-C (or closing this terminal) stops the cluster.""")
+    while all(p.poll() is None for p in procs):
+        time.sleep(0.5)
+    _say(f"a loomd exited; see {run}/*.log", sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
