@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from loom.cli.startcheck import acl_notice, check_node_certificate
 from loom.node.config import ConfigError, NodeConfig, load, to_toml
 from loom.storage.errors import StorageError
 
@@ -34,10 +35,20 @@ EXAMPLE_ACL: dict[str, Any] = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="loomd", description="Run a Loom node.")
-    p.add_argument("command", nargs="?", choices=["run", "init"], default="run",
-                   help="run (default) or init: print a complete config file for these flags")
+COMMANDS = {
+    "run": ("loomd", "Run a Loom node (the default command: `loomd [run] ...`)."),
+    "init": ("loomd init", "Print a complete config file for these flags (with an example ACL "
+                           "policy when the flags and --config give none), to start from: "
+                           "loomd init --node-id n1 ... > loomd.toml"),
+}
+
+
+def _parser(command: str = "run") -> argparse.ArgumentParser:
+    prog, description = COMMANDS[command]
+    p = argparse.ArgumentParser(
+        prog=prog, description=description,
+        epilog=None if command == "init" else
+        "Commands: run (default), init (see 'loomd init --help').")
     p.add_argument("--config", type=Path, help="TOML config file; flags override it")
     p.add_argument("--node-id")
     p.add_argument("--data-dir")
@@ -74,8 +85,17 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _split_command(argv: list[str]) -> tuple[str, list[str]]:
+    """`loomd init ...` / `loomd run ...` / `loomd ...` (run)."""
+    if argv and argv[0] in COMMANDS:
+        return argv[0], argv[1:]
+    return "run", argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    command, rest = _split_command(sys.argv[1:] if argv is None else list(argv))
+    args = _parser(command).parse_args(rest)
+    args.command = command
     try:
         cfg = load(args.config, _overrides(args))
         if args.command == "init":
@@ -90,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from loom.node.server import Node
 
+        check_node_certificate(cfg)
+        warn, notice = acl_notice(cfg, has_log=(cfg.data_dir / "raft").is_dir())
+        logging.getLogger("loomd").log(logging.WARNING if warn else logging.INFO, "%s", notice)
         node = Node(cfg, config_path=args.config)
         # Everything alive now (code, configuration, the recovered log and state) lives about
         # as long as the process: frozen, a full collection no longer walks it. On the

@@ -1,0 +1,80 @@
+"""What `loomd` says and refuses at start, as an operator meets it: its own help per command,
+a node id that its certificate does not carry, and which ACL policy will be in force."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import PKI
+
+LOOMD = [sys.executable, "-m", "loom.cli.loomd"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _flags(pki: PKI, tmp_path: Path, node_id: str, cert: str) -> list[str]:
+    return ["--node-id", node_id, "--data-dir", str(tmp_path / "data"),
+            "--client-listen", f"127.0.0.1:{_free_port()}", "--tls-ca", str(pki.ca),
+            "--tls-cert", str(pki.dir / f"{cert}.pem"), "--tls-key", str(pki.dir / f"{cert}.key"),
+            "--audit-sink", "off"]
+
+
+def test_init_has_its_own_help() -> None:
+    r = subprocess.run([*LOOMD, "init", "--help"], capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == 0
+    assert r.stdout.startswith("usage: loomd init")
+    assert "Print a complete config file" in r.stdout
+    top = subprocess.run([*LOOMD, "--help"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert top.stdout.startswith("usage: loomd ") and "loomd init --help" in top.stdout
+
+
+def test_a_node_id_its_certificate_does_not_carry_exits_2(pki: PKI, tmp_path: Path) -> None:
+    r = subprocess.run([*LOOMD, *_flags(pki, tmp_path, "g1", "n1")], capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "node_id: 'g1' does not match the certificate" in lines[0]
+    assert "names node 'n1'" in lines[0]
+    assert not (tmp_path / "data").exists()  # refused before anything was opened
+    r = subprocess.run([*LOOMD, *_flags(pki, tmp_path, "n1", "admin")], capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 2 and "is a client certificate" in r.stderr, r.stderr
+
+
+def test_flags_only_says_that_no_policy_denies_everything(pki: PKI, tmp_path: Path) -> None:
+    flags = _flags(pki, tmp_path, "n1", "n1")
+    port = int(flags[flags.index("--client-listen") + 1].rsplit(":", 1)[1])
+    proc = subprocess.Popen([*LOOMD, *flags], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        line = ""
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if "ACL:" in line or not line:
+                break
+        assert "WARNING" in line and "no [acl] policy" in line, line
+        assert "denies every request" in line and "loomd init" in line, line
+        while time.monotonic() < deadline:  # serving: SIGTERM now means a clean shutdown
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        if proc.stderr:
+            proc.stderr.close()
