@@ -15,6 +15,10 @@ from typing import Any
 
 import tomli_w
 
+from loom.raft import RaftConfig
+from loom.state.limits import StateLimits
+from loom.storage import StorageOptions
+
 
 class ConfigError(ValueError):
     pass
@@ -75,6 +79,27 @@ class StorageSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerLimits:
+    """Limits of the peer transport (`[peer]` in the TOML); node/peer.py and peerlink.py
+    obey them."""
+
+    queue_len: int = 1024  # bulk lane per peer (AppendEntries, InstallSnapshot)
+    priority_queue_len: int = 256  # control lane per peer (heartbeats, votes, responses)
+    max_frame: int = 16 << 20  # largest frame accepted or sent (snapshot chunks)
+    max_batch_bytes: int = 4 << 20  # one TLS write carries at most about this much
+    handshake_timeout_s: float = 5.0  # TCP connect + TLS handshake (+ PEER_HELLO inbound)
+    write_timeout_s: float = 10.0  # a peer that stops reading for this long is dropped
+    backoff_min_s: float = 0.05
+    backoff_max_s: float = 2.0
+    keepalive_s: float = 1.0  # an idle link repeats its PEER_HELLO this often
+    idle_timeout_s: float = 10.0  # an inbound connection silent for this long is closed
+    reachable_s: float = 3.0  # `reachable`: a frame arrived from the peer within this window
+    max_inbound_connections: int = 64  # concurrent inbound connections, before authentication
+    log_burst: int = 20  # refusal / malformed-frame log lines per reason and window ...
+    log_window_s: float = 60.0  # ... the rest are counted, and reported by the next line
+
+
+@dataclass(frozen=True, slots=True)
 class StateSettings:
     """Limits of the replicated state. They decide the results of applies, so every member of
     a cluster must run with the same values."""
@@ -111,10 +136,44 @@ class NodeConfig:
     raft: RaftSettings = field(default_factory=RaftSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     state: StateSettings = field(default_factory=StateSettings)
+    peer: PeerLimits = field(default_factory=PeerLimits)
 
     @property
     def client_host_port(self) -> tuple[str, int]:
         return parse_host_port(self.client_listen, "client_listen")
+
+    # -- the layers' own limit objects, made here and nowhere else --------------------------
+    def to_raft_config(self) -> RaftConfig:
+        """The consensus core's configuration (`[raft]`)."""
+        return raft_config(self.node_id, self.raft)
+
+    def to_state_limits(self) -> StateLimits:
+        """The replicated state's limits (`[state]`: every member must use the same)."""
+        st = self.state
+        return StateLimits(
+            max_value_bytes=st.max_value_bytes, max_entries=st.max_entries,
+            max_structures=st.max_structures, max_total_bytes=st.max_total_bytes,
+            max_sessions=st.max_sessions, topic_ring=st.topic_ring,
+            map_caches=tuple(sorted(st.map_caches.items())))
+
+    def to_storage_options(self) -> StorageOptions:
+        """The write-ahead log's options (`[storage]`, and `[raft] trailing_entries`)."""
+        keyring = str(self.storage.keyring) if self.storage.keyring else None
+        return StorageOptions(segment_size=self.storage.segment_bytes, keyring_path=keyring,
+                              trailing_entries=self.raft.trailing_entries)
+
+    def to_peer_limits(self) -> PeerLimits:
+        """The peer transport's limits (`[peer]`)."""
+        return self.peer
+
+
+def raft_config(node_id: str, r: RaftSettings) -> RaftConfig:
+    """The consensus core's configuration from `[raft]` (NodeConfig.to_raft_config)."""
+    return RaftConfig(
+        node_id=node_id, election_tick_min=r.election_ticks_min,
+        election_tick_max=r.election_ticks_max, heartbeat_tick=r.heartbeat_ticks,
+        lease_reads=r.lease_reads, max_uncommitted_bytes=r.max_uncommitted_bytes,
+        trailing_entries=r.trailing_entries)
 
 
 def parse_host_port(s: str, key: str) -> tuple[str, int]:
@@ -196,7 +255,7 @@ def _build(cls: Any, data: dict[str, Any], prefix: str) -> Any:
         ftype = known[k].type
         sub = {"TLSConfig": TLSConfig, "Limits": Limits, "AuditConfig": AuditConfig,
                "RaftSettings": RaftSettings, "StorageSettings": StorageSettings,
-               "StateSettings": StateSettings}.get(str(ftype))
+               "StateSettings": StateSettings, "PeerLimits": PeerLimits}.get(str(ftype))
         if sub is not None:
             if not isinstance(v, dict):
                 raise ConfigError(f"{key}: must be a table")
@@ -240,6 +299,17 @@ def validate(cfg: NodeConfig) -> NodeConfig:
         v = getattr(cfg.state, f.name)
         if isinstance(v, int) and v <= 0:
             raise ConfigError(f"state.{f.name}: must be positive, got {v}")
+    for f in fields(cfg.peer):
+        v = getattr(cfg.peer, f.name)
+        if v <= 0:
+            raise ConfigError(f"peer.{f.name}: must be positive, got {v}")
+    if cfg.peer.backoff_min_s > cfg.peer.backoff_max_s:
+        raise ConfigError("peer.backoff_min_s: must not exceed peer.backoff_max_s")
+    # A peer frame carries an AppendEntries (up to 1 MiB of entries, or one larger entry
+    # alone) or a snapshot chunk: it must hold the largest value the state accepts.
+    if not max(2 << 20, cfg.state.max_value_bytes + (64 << 10)) <= cfg.peer.max_frame <= 1 << 30:
+        raise ConfigError("peer.max_frame: must be between 2 MiB (and state.max_value_bytes + "
+                          "64 KiB) and 1 GiB")
     if cfg.peers:
         if cfg.node_id not in cfg.peers:
             raise ConfigError(f"peers: must include this node ({cfg.node_id})")

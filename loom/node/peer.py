@@ -37,9 +37,9 @@ from typing import Any
 
 import trio
 
-from loom.node.config import parse_host_port
+from loom.node.config import PeerLimits, parse_host_port
 from loom.node.listen import accept
-from loom.node.peerlink import READ_CHUNK, Link, PeerLimits, PeerStats
+from loom.node.peerlink import READ_CHUNK, Link, PeerStats
 from loom.node.ratelog import RateLimitedLog
 from loom.raft.messages import MalformedMessage, Message, from_wire
 from loom.security.identity import IdentityError, check_peer, identity_from_der

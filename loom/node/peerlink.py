@@ -39,7 +39,7 @@ from typing import Any
 
 import trio
 
-from loom.node.config import ConfigError, parse_host_port
+from loom.node.config import ConfigError, PeerLimits, parse_host_port
 from loom.raft.messages import AppendEntries, InstallSnapshot, Message
 from loom.security.identity import IdentityError, check_peer, identity_from_der
 from loom.security.tlsstream import TLSStream
@@ -52,24 +52,6 @@ READ_CHUNK = 65536
 PEER_HELLO_OP = catalog.BY_NAME["PEER_HELLO"].opcode
 RAFT_OPCODES: dict[str, int] = {n: catalog.BY_NAME[n].opcode for n in catalog.RAFT_NAMES}
 BULK_TYPES: tuple[type[Message], ...] = (AppendEntries, InstallSnapshot)
-
-
-@dataclass(frozen=True, slots=True)
-class PeerLimits:
-    queue_len: int = 1024  # bulk lane per peer (AppendEntries, InstallSnapshot)
-    priority_queue_len: int = 256  # control lane per peer (heartbeats, votes, responses)
-    max_frame: int = 16 << 20  # largest frame accepted or sent (snapshot chunks)
-    max_batch_bytes: int = 4 << 20  # one TLS write carries at most about this much
-    handshake_timeout_s: float = 5.0  # TCP connect + TLS handshake (+ PEER_HELLO inbound)
-    write_timeout_s: float = 10.0  # a peer that stops reading for this long is dropped
-    backoff_min_s: float = 0.05
-    backoff_max_s: float = 2.0
-    keepalive_s: float = 1.0  # an idle link repeats its PEER_HELLO this often
-    idle_timeout_s: float = 10.0  # an inbound connection silent for this long is closed
-    reachable_s: float = 3.0  # `reachable`: a frame arrived from the peer within this window
-    max_inbound_connections: int = 64  # concurrent inbound connections, before authentication
-    log_burst: int = 20  # refusal / malformed-frame log lines per reason and window ...
-    log_window_s: float = 60.0  # ... the rest are counted, and reported by the next line
 
 
 @dataclass(slots=True)

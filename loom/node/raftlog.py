@@ -42,7 +42,7 @@ import cbor2
 import trio
 
 from loom.node import snapshotter
-from loom.node.config import RaftSettings
+from loom.node.config import RaftSettings, raft_config
 from loom.node.replicator import Applied, OnDone
 from loom.raft import (
     Busy as RaftBusy,
@@ -52,7 +52,6 @@ from loom.raft import (
     ConfChangeType,
     Message,
     NotLeader,
-    RaftConfig,
     RaftCore,
     Ready,
     Role,
@@ -170,13 +169,7 @@ class RaftLog:
             snap_data = b"".join(reader.chunks())
         self._limits = limits
         self._sm = self._restore(snap_data) if snap_data else StateMachine(limits)
-        rcfg = RaftConfig(
-            node_id=node_id, election_tick_min=settings.election_ticks_min,
-            election_tick_max=settings.election_ticks_max,
-            heartbeat_tick=settings.heartbeat_ticks, lease_reads=settings.lease_reads,
-            max_uncommitted_bytes=settings.max_uncommitted_bytes,
-            trailing_entries=settings.trailing_entries,
-        )
+        rcfg = raft_config(node_id, settings)
         seed = int.from_bytes(os.urandom(8), "big")  # election jitter only; never in apply
         self.core = RaftCore(rcfg, random.Random(seed), recovered.hard_state, recovered.snapshot,
                              recovered.entries, snap_data)

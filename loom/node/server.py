@@ -45,8 +45,7 @@ from loom.security.tls import (
 )
 from loom.security.tlsstream import TLSStream
 from loom.state.command import Command
-from loom.state.limits import StateLimits
-from loom.storage.storage import Storage, StorageOptions
+from loom.storage.storage import Storage
 
 log = logging.getLogger("loom.node")
 
@@ -73,12 +72,7 @@ class Node:
             client_addr=f"{host}:{port}", inbox=cfg.limits.max_pending_proposals,
             member_addrs=dict(cfg.peers),
             on_applied=self._on_applied, on_leader=self._on_leader,
-            limits=StateLimits(
-                max_value_bytes=cfg.state.max_value_bytes, max_entries=cfg.state.max_entries,
-                max_structures=cfg.state.max_structures,
-                max_total_bytes=cfg.state.max_total_bytes,
-                max_sessions=cfg.state.max_sessions, topic_ring=cfg.state.topic_ring,
-                map_caches=tuple(sorted(cfg.state.map_caches.items()))))
+            limits=cfg.to_state_limits())
         self._nursery: trio.Nursery | None = None
         self._seeding = False
         self.clock = ProposalClock(lambda: self.log.state().core.now)
@@ -99,10 +93,7 @@ class Node:
         """Recover the data directory (0700, locked against a second node) before anything is
         served. A corrupt log stops here with the file and offset; the node never skips it."""
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        keyring = str(cfg.storage.keyring) if cfg.storage.keyring else None
-        opts = StorageOptions(segment_size=cfg.storage.segment_bytes, keyring_path=keyring,
-                              trailing_entries=cfg.raft.trailing_entries)
-        storage, recovered = Storage.open(str(cfg.data_dir / "raft"), opts)
+        storage, recovered = Storage.open(str(cfg.data_dir / "raft"), cfg.to_storage_options())
         founders: list[str] | None = sorted(cfg.peers) if cfg.peers else [cfg.node_id]
         if cfg.join:
             founders = None
@@ -262,7 +253,7 @@ class Node:
             peers={n: a for n, a in self.cfg.peers.items() if n != self.cfg.node_id},
             client_addr=self.log.client_addr, server_ctx=server_ctx, client_ctx=client_ctx,
             trust_domain=self.cfg.trust_domain, is_member=self._admits_peer,
-            on_message=self.log.on_peer_message)
+            on_message=self.log.on_peer_message, limits=self.cfg.to_peer_limits())
 
     # -- ACL seeding and reload -----------------------------------------------------------------
     async def _seed_acl(self) -> None:
