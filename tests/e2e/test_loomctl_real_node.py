@@ -96,3 +96,46 @@ def test_loomctl_put_get_denied_and_audited(pki: PKI, loomd: tuple[str, Path]) -
     assert denied and denied[0]["principal"] == "spiffe://loom.dev/client/reader"
     assert denied[0]["command"] == "MAP_PUT" and denied[0]["key"] == "greeting"
     assert "bye" not in audit.read_text()  # values never reach the audit log
+
+
+def test_loomctl_day_one_commands_on_a_real_node(pki: PKI, loomd: tuple[str, Path],
+                                                 tmp_path: Path) -> None:
+    ep, _ = loomd
+
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        return ctl(pki, ep, "admin", "-o", "json", *args)
+
+    def result(r: subprocess.CompletedProcess[str]) -> object:
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["result"]
+
+    # Locks: the fencing token by name; a held lock is a failed `try` (exit 1).
+    held = result(admin("lock", "try", "door"))
+    assert isinstance(held, dict) and isinstance(held["fencing_token"], int), held
+    r = admin("lock", "try", "door")
+    assert r.returncode == 1 and r.stderr.startswith("loomctl: NOT_ACQUIRED"), r.stderr
+    assert json.loads(r.stdout)["result"] == {"acquired": False}
+    assert result(admin("semaphore", "init", "s", "1")) is True
+    assert result(admin("semaphore", "acquire", "s", "--wait", "10"))["acquired"] is True
+    r = admin("semaphore", "acquire", "s", "--wait", "100")
+    assert r.returncode == 1 and "NOT_ACQUIRED" in r.stderr, r.stderr
+
+    # The map operations that had only `call`, and --name before the subcommand.
+    m = ["map", "--name", "m1"]
+    assert result(admin(*m, "put-all", "a=1", "b=2")) == 2  # keys set
+    assert result(admin(*m, "get-all", "a", "b", "c")) == {"a": {"base64": "MQ=="},
+                                                           "b": {"base64": "Mg=="}}
+    assert result(admin(*m, "replace", "a", "10")) is True
+    assert result(admin(*m, "replace", "zz", "10")) is False
+    assert result(admin(*m, "cas", "a", "11", "--expected", "10")) is True
+    assert result(admin(*m, "remove-if", "a", "--expected", "10")) is False
+    assert result(admin(*m, "get-and-delete", "a")) == {"base64": "MTE="}
+    assert admin(*m, "get", "a").returncode == 1
+    ops = tmp_path / "batch.json"
+    ops.write_text(json.dumps([{"op": "MAP_PUT", "b": {"name": "m1", "key": "c", "value": "3"}},
+                               {"op": "COUNTER_ADD", "b": {"name": "n", "delta": 5}}]))
+    assert len(result(admin("batch", str(ops)))) == 2  # type: ignore[arg-type]
+    assert result(admin("counter", "get", "n")) == 5
+
+    r = ctl(pki, ep, "admin", "members", "remove", "n9")
+    assert r.returncode == 1 and "n9 is not a member of the cluster" in r.stderr, r.stderr
