@@ -37,21 +37,24 @@ def check_node_certificate(cfg: NodeConfig) -> None:
 
 
 def acl_notice(cfg: NodeConfig, has_log: bool) -> tuple[bool, str]:
-    """(is_warning, one line) saying which policy this node will enforce."""
-    if has_log:
-        where = ("this node's log already holds the cluster's replicated policy, which stays "
-                 "in force ('loomctl acl get' shows it)")
-    else:
-        where = "the configuration seeds the policy of a new cluster"
+    """(is_warning, one line) saying which policy this node will enforce: the replicated one
+    when the node already has a log or joins a cluster; else, for a new cluster, the one its
+    configuration seeds."""
+    replicated = has_log or cfg.join
     if cfg.acl:
-        roles = cfg.acl.get("roles")
-        principals = cfg.acl.get("principals")
-        n_roles = len(roles) if isinstance(roles, dict) else 0
-        n_principals = len(principals) if isinstance(principals, dict) else 0
-        return False, (f"ACL: the configuration has a policy ({n_roles} roles, {n_principals} "
-                       f"principals); {where}")
-    return True, ("ACL: the configuration has no [acl] policy; " + where +
-                  ("" if has_log else ", and an empty policy denies every request, the admin "
-                   "certificate's included (default deny)") +
-                  ". 'loomd init --node-id ... > loomd.toml' writes a config with an example "
-                  "policy to start from (README: 'Access control from the first start')")
+        roles, principals = cfg.acl.get("roles"), cfg.acl.get("principals")
+        counts = (f"{len(roles) if isinstance(roles, dict) else 0} roles, "
+                  f"{len(principals) if isinstance(principals, dict) else 0} principals")
+        if replicated:
+            return False, (f"ACL: the cluster's replicated policy is in force ('loomctl acl "
+                           f"get'); the configuration's ({counts}) seeds only a new cluster")
+        return False, f"ACL: the configuration's policy ({counts}) seeds this new cluster"
+    if replicated:
+        return True, ("ACL: the configuration has no [acl] policy; the cluster's replicated "
+                      "policy is in force ('loomctl acl get' shows it, 'loomctl acl set FILE' "
+                      "changes it)")
+    return True, ("ACL: the configuration has no [acl] policy, so this new cluster gets an "
+                  "empty one, which denies every request, the admin certificate's included "
+                  "(default deny). 'loomd init --node-id ... > loomd.toml' writes a config "
+                  "with an example policy to start from (README: 'Access control from the "
+                  "first start')")

@@ -67,6 +67,7 @@ def test_flags_only_says_that_no_policy_denies_everything(pki: PKI, tmp_path: Pa
                 break
         assert "WARNING" in line and "no [acl] policy" in line, line
         assert "denies every request" in line and "loomd init" in line, line
+        assert "admin certificate's included" in line, line
         while time.monotonic() < deadline:  # serving: SIGTERM now means a clean shutdown
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -78,3 +79,19 @@ def test_flags_only_says_that_no_policy_denies_everything(pki: PKI, tmp_path: Pa
         assert proc.wait(timeout=30) == 0
         if proc.stderr:
             proc.stderr.close()
+
+
+def test_which_policy_is_in_force_is_said_for_each_case() -> None:
+    from loom.cli.startcheck import acl_notice
+    from loom.node.config import NodeConfig
+
+    policy = {"roles": {"admin": {"grants": [{"types": ["*"]}]}},
+              "principals": {"spiffe://loom.dev/client/admin": ["admin"]}}
+    warn, line = acl_notice(NodeConfig(acl=policy), has_log=False)
+    assert not warn and "(1 roles, 1 principals) seeds this new cluster" in line
+    warn, line = acl_notice(NodeConfig(acl=policy), has_log=True)
+    assert not warn and "replicated policy is in force" in line
+    warn, line = acl_notice(NodeConfig(join=True), has_log=False)  # joins: the cluster's
+    assert warn and "replicated policy is in force" in line and "denies" not in line
+    warn, line = acl_notice(NodeConfig(), has_log=False)
+    assert warn and "denies every request" in line
