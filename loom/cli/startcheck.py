@@ -14,10 +14,11 @@ from loom.security.identity import IdentityError, Role, identity_from_der
 
 
 def check_node_certificate(cfg: NodeConfig) -> None:
-    """ConfigError unless `tls.cert` names this node (spiffe://TD/node/NODE_ID): peers pin a
-    node's id to its certificate, so a node started under another name could never join, and
-    its client answers would claim an id its certificate does not carry. A certificate that
-    cannot be read is left to the TLS set-up, which says why."""
+    """ConfigError when `tls.cert` names another node than `node_id`: peers pin a node's id to
+    its certificate, so a node started under another name could never join, and its answers
+    would claim an id its certificate does not carry. A cluster member's certificate must name
+    it (spiffe://TD/node/NODE_ID); a single node may also serve with a plain server
+    certificate. A certificate that cannot be read is left to the TLS set-up, which says why."""
     try:
         cert = x509.load_pem_x509_certificate(Path(cfg.tls.cert).read_bytes())
     except (OSError, ValueError):
@@ -25,15 +26,19 @@ def check_node_certificate(cfg: NodeConfig) -> None:
     try:
         ident = identity_from_der(cert.public_bytes(Encoding.DER), cfg.trust_domain)
     except IdentityError as e:
-        raise ConfigError(f"tls.cert: {cfg.tls.cert}: {e}") from None
-    if ident.role is not Role.NODE:
-        raise ConfigError(f"tls.cert: {cfg.tls.cert} is a {ident.role.value} certificate "
-                          f"({ident.principal}), not a node's")
-    if ident.name != cfg.node_id:
-        raise ConfigError(f"node_id: {cfg.node_id!r} does not match the certificate "
-                          f"{cfg.tls.cert}, which names node {ident.name!r} "
-                          f"({ident.principal}); start it as --node-id {ident.name} or give "
-                          "it its own certificate")
+        problem = str(e)
+    else:
+        if ident.role is Role.NODE and ident.name != cfg.node_id:
+            raise ConfigError(f"node_id: {cfg.node_id!r} does not match the certificate "
+                              f"{cfg.tls.cert}, which names node {ident.name!r} "
+                              f"({ident.principal}); start it as --node-id {ident.name} or "
+                              "give it its own certificate")
+        if ident.role is Role.NODE:
+            return
+        problem = f"it is a {ident.role.value} certificate ({ident.principal})"
+    if cfg.peers or cfg.join:
+        raise ConfigError(f"tls.cert: {cfg.tls.cert} does not name node {cfg.node_id!r}: "
+                          f"{problem}; a cluster member proves its node id with it")
 
 
 def acl_notice(cfg: NodeConfig, has_log: bool) -> tuple[bool, str]:

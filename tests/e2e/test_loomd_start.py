@@ -48,9 +48,11 @@ def test_a_node_id_its_certificate_does_not_carry_exits_2(pki: PKI, tmp_path: Pa
     assert "node_id: 'g1' does not match the certificate" in lines[0]
     assert "names node 'n1'" in lines[0]
     assert not (tmp_path / "data").exists()  # refused before anything was opened
-    r = subprocess.run([*LOOMD, *_flags(pki, tmp_path, "n1", "admin")], capture_output=True,
-                       text=True, timeout=60, check=False)
-    assert r.returncode == 2 and "is a client certificate" in r.stderr, r.stderr
+    # A cluster member must carry its node id; a client certificate does not.
+    r = subprocess.run([*LOOMD, *_flags(pki, tmp_path, "n1", "admin"), "--join"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2, r.stderr
+    assert "does not name node 'n1': it is a client certificate" in r.stderr, r.stderr
 
 
 def test_flags_only_says_that_no_policy_denies_everything(pki: PKI, tmp_path: Path) -> None:
@@ -95,3 +97,21 @@ def test_which_policy_is_in_force_is_said_for_each_case() -> None:
     assert warn and "replicated policy is in force" in line and "denies" not in line
     warn, line = acl_notice(NodeConfig(), has_log=False)
     assert warn and "denies every request" in line
+
+
+def test_a_single_node_may_serve_with_a_certificate_that_names_no_node(pki: PKI) -> None:
+    from loom.cli.startcheck import check_node_certificate
+    from loom.node.config import ConfigError, NodeConfig, TLSConfig
+
+    plain = NodeConfig(node_id="n1", tls=TLSConfig(ca=pki.ca, cert=pki.dir / "admin.pem",
+                                                   key=pki.dir / "admin.key"))
+    check_node_certificate(plain)  # no peers: nothing to prove to anyone
+    check_node_certificate(NodeConfig(node_id="n2", tls=TLSConfig(
+        ca=pki.ca, cert=pki.dir / "n2.pem", key=pki.dir / "n2.key")))
+    try:
+        check_node_certificate(NodeConfig(node_id="n2", tls=TLSConfig(
+            ca=pki.ca, cert=pki.dir / "n3.pem", key=pki.dir / "n3.key")))
+    except ConfigError as e:
+        assert "names node 'n3'" in str(e)
+    else:
+        raise AssertionError("n2 started with n3's certificate")
