@@ -41,3 +41,35 @@ def test_raft_names_match_the_consensus_core() -> None:
     from loom.raft.messages import RAFT_MESSAGE_NAMES
 
     assert set(catalog.RAFT_NAMES) == set(RAFT_MESSAGE_NAMES)
+
+
+def test_execution_column_matches_the_state_machine() -> None:
+    """Every log read is answered by `StateMachine.read`, every log write has an apply handler,
+    and nothing local or cluster-administrative reaches the state machine."""
+    from loom.state.command import Command
+    from loom.state.machine import StateMachine
+    from loom.wire.catalog import Execution, names_with
+
+    sm = StateMachine()
+    for name in names_with(Execution.LOG_READ) | names_with(Execution.LOG_WRITE):
+        assert name in sm.handlers, name
+    for name in names_with(Execution.LOCAL) | names_with(Execution.CLUSTER_ADMIN):
+        assert name not in sm.handlers, name
+    for mt in catalog.client_types():
+        out = sm.read(Command(mt.name, {}, 0))
+        refused = "is not a read" in out.message
+        assert refused == (mt.execution is not Execution.LOG_READ), mt.name
+
+
+def test_execution_agrees_with_access() -> None:
+    from loom.wire.catalog import Execution
+
+    for mt in catalog.BY_OPCODE.values():
+        if mt.access is Access.PUBLIC or mt.listener is Listener.PEER:
+            assert mt.execution is Execution.LOCAL, mt.name
+        if mt.access is Access.READ:
+            assert not mt.is_write, mt.name
+        assert mt.is_write == (mt.execution in (Execution.LOG_WRITE, Execution.CLUSTER_ADMIN))
+    # The three admin types that only read are reads, not log entries (issue: each cost an fsync).
+    for name in ("ACL_GET", "STRUCT_LIST", "STRUCT_STATS"):
+        assert catalog.BY_NAME[name].execution is Execution.LOG_READ

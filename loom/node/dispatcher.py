@@ -11,9 +11,11 @@ response map to send. The order of the checks is the security contract, and this
  4. the body is validated against the catalog schema (wrong types never reach key extraction);
  5. the ACL decides, on every key the request touches, every inner operation of a batch and
     every read a reply would reveal — before anything executes or is proposed;
- 6. execution: node-local types answer here; reads and writes go to the log. A request that
+ 6. execution, by the catalog's `execution` column and nothing else: local types answer here;
+    log reads take the read path (ReadIndex, or the replica when stale) and append nothing;
+    log writes are proposed; cluster administration goes to the Raft driver. A request that
     cannot wait is handed over with a callback (`Replicator.submit`) and costs no task; a
-    waiting type (timeout_ms) waits in its caller's task for its structure to change;
+    waiting type (timeout_ms) or cluster administration runs in its caller's task;
  7. exactly one audit record for every write/admin outcome and every denial.
 """
 
@@ -36,7 +38,7 @@ from loom.security.identity import Identity
 from loom.state.command import Command, Outcome
 from loom.state.machine import structure_of
 from loom.wire import catalog
-from loom.wire.catalog import Access, Listener, MessageType
+from loom.wire.catalog import Execution, Listener, MessageType
 from loom.wire.codec import Request, error_response, ok_response
 from loom.wire.errors import (
     BadRequest,
@@ -50,12 +52,11 @@ from loom.wire.errors import (
 
 log = logging.getLogger("loom.dispatch")
 
-# Types answered by the node itself rather than the state machine.
-NODE_LOCAL = frozenset({"HELLO", "PING", "WHOAMI", "NODE_STATS", "CLUSTER_STATUS",
-                        "MEMBER_LIST", "TOPIC_SUBSCRIBE", "TOPIC_UNSUBSCRIBE"})
-# Cluster administration, carried out by the Raft driver (membership is the log's business).
-CLUSTER_ADMIN = {"MEMBER_ADD": "add", "MEMBER_PROMOTE": "promote", "MEMBER_REMOVE": "remove",
-                 "LEADER_TRANSFER": "transfer"}
+# The Raft driver's name for each cluster administration type (`Replicator.admin`); the
+# catalog decides which types these are, the assertion keeps the two in step.
+_ADMIN_VERBS = {"MEMBER_ADD": "add", "MEMBER_PROMOTE": "promote", "MEMBER_REMOVE": "remove",
+                "LEADER_TRANSFER": "transfer"}
+assert frozenset(_ADMIN_VERBS) == catalog.names_with(Execution.CLUSTER_ADMIN)
 
 
 class Session(Protocol):
@@ -173,17 +174,19 @@ class Dispatcher:
                     + (f" on {body['name']!r}" if "name" in body else ""),
                     reason=decision.reason)
             call.redact, call.redact_ops = decision.redact, decision.redact_ops
-            if req.stale and mt.access is not Access.READ:
-                raise BadRequest(f"only reads can be stale; {mt.name} is a {mt.access.value}")
+            if req.stale and mt.is_write:
+                raise BadRequest(f"only reads can be stale; {mt.name} is a "
+                                 f"{mt.execution.value}")
             call.stale = req.stale
-            if mt.name in NODE_LOCAL:
-                return self._finish(call, self._node_local(mt, body, caller, sess, req))
+            if mt.execution is Execution.LOCAL:
+                return self._finish(call, self._LOCAL[mt.name](self, body, caller, sess, req))
             if mt.name == "ACL_SET":
                 try:
                     Policy.from_config(body["policy"])  # refuse a policy that would not load
                 except PolicyError as e:
                     raise BadRequest(f"ACL_SET: invalid policy: {e}") from None
-            call.waits = mt.name in CLUSTER_ADMIN or (mt.waits and body.get("timeout_ms", 0) > 0)
+            call.waits = (mt.execution is Execution.CLUSTER_ADMIN
+                          or (mt.waits and body.get("timeout_ms", 0) > 0))
             return call
         except Exception as exc:  # every error becomes an answer
             return self._fail(call, exc)
@@ -204,7 +207,8 @@ class Dispatcher:
             deliver(answer)
 
         try:
-            self.replicator.submit(self._command(call), read=call.mt.access is Access.READ,
+            self.replicator.submit(self._command(call),
+                                   read=call.mt.execution is Execution.LOG_READ,
                                    stale=call.stale, on_done=on_done)
         except Exception as exc:  # refused before it started (BUSY, UNAVAILABLE, ...)
             deliver(self._fail(call, exc))
@@ -214,11 +218,12 @@ class Dispatcher:
         mt, caller = call.mt, call.caller
         assert mt is not None and caller is not None
         try:
-            if mt.name in CLUSTER_ADMIN:
-                result = await self.replicator.admin(CLUSTER_ADMIN[mt.name], **call.body)
+            if mt.execution is Execution.CLUSTER_ADMIN:
+                result = await self.replicator.admin(_ADMIN_VERBS[mt.name], **call.body)
             else:
                 out = await self._run_waiting(self._command(call),
-                                              read=mt.access is Access.READ, stale=call.stale)
+                                              read=mt.execution is Execution.LOG_READ,
+                                              stale=call.stale)
                 result = out.raise_for_status()
         except Exception as exc:  # every error becomes an answer
             return self._fail(call, exc)
@@ -227,7 +232,7 @@ class Dispatcher:
     def _command(self, call: Call) -> Command:
         assert call.mt is not None and call.caller is not None
         principal = call.caller.principal
-        if call.mt.access is Access.READ:
+        if not call.mt.is_write:
             return Command(call.mt.name, call.body, self.clock_ms(), "", 0, principal)
         sess, seq = call.sess, call.req.seq
         cid = f"{principal}/{sess.client_id}" if sess.client_id and seq else ""
@@ -287,39 +292,55 @@ class Dispatcher:
                 body = {**body, "timeout_ms": 0}
             cmd = replace(cmd, body=body, time_ms=self.clock_ms())
 
-    def _node_local(self, mt: MessageType, body: dict[str, Any], caller: Caller,
-                    sess: Session, req: Request) -> Any:
-        name = mt.name
-        if name == "PING":
-            return {"pong": True, "node": self.node_id}
-        if name == "WHOAMI":
-            return {"principal": caller.principal, "roles": list(caller.roles),
-                    "via_gateway": caller.via_gateway, "connection": sess.conn_id}
-        if name == "NODE_STATS":
-            st = self.audit.statistics()
-            out: dict[str, Any] = {
-                "node": self.node_id, "requests": self.stats.requests,
-                "denied": self.stats.denied, "errors": self.stats.errors,
-                "audit": {"emitted": st.emitted, "written": st.written, "dropped": st.dropped,
-                          "queued_data": st.queued_data,
-                          "queued_priority": st.queued_priority},
-                "log": self.replicator.statistics(),
-            }
-            if self.extra_stats is not None:
-                out.update(self.extra_stats())
-            return out
-        if name == "CLUSTER_STATUS":
-            return self.replicator.cluster_status()
-        if name == "MEMBER_LIST":
-            members = self.replicator.cluster_status()["members"]
-            return {"members": [{k: m[k] for k in ("id", "voter", "peer_addr", "client_addr")}
-                                for m in members]}
-        if name == "TOPIC_SUBSCRIBE":
-            sub = sess.subscribe(body["name"], req.request_id, body.get("from_seq"))
-            return {"subscription": sub}
-        if name == "TOPIC_UNSUBSCRIBE":
-            return {"removed": sess.unsubscribe(body["subscription"])}
-        raise BadRequest(f"{name} is not handled here")  # pragma: no cover
+    # -- local types: answered by this node from its own state, never through the log ---------
+    def _ping(self, body: dict[str, Any], caller: Caller, sess: Session, req: Request) -> Any:
+        return {"pong": True, "node": self.node_id}
+
+    def _whoami(self, body: dict[str, Any], caller: Caller, sess: Session, req: Request) -> Any:
+        return {"principal": caller.principal, "roles": list(caller.roles),
+                "via_gateway": caller.via_gateway, "connection": sess.conn_id}
+
+    def _node_stats(self, body: dict[str, Any], caller: Caller, sess: Session,
+                    req: Request) -> Any:
+        st = self.audit.statistics()
+        out: dict[str, Any] = {
+            "node": self.node_id, "requests": self.stats.requests,
+            "denied": self.stats.denied, "errors": self.stats.errors,
+            "audit": {"emitted": st.emitted, "written": st.written, "dropped": st.dropped,
+                      "queued_data": st.queued_data,
+                      "queued_priority": st.queued_priority},
+            "log": self.replicator.statistics(),
+        }
+        if self.extra_stats is not None:
+            out.update(self.extra_stats())
+        return out
+
+    def _cluster_status(self, body: dict[str, Any], caller: Caller, sess: Session,
+                        req: Request) -> Any:
+        return self.replicator.cluster_status()
+
+    def _member_list(self, body: dict[str, Any], caller: Caller, sess: Session,
+                     req: Request) -> Any:
+        members = self.replicator.cluster_status()["members"]
+        return {"members": [{k: m[k] for k in ("id", "voter", "peer_addr", "client_addr")}
+                            for m in members]}
+
+    def _subscribe(self, body: dict[str, Any], caller: Caller, sess: Session,
+                   req: Request) -> Any:
+        return {"subscription": sess.subscribe(body["name"], req.request_id,
+                                               body.get("from_seq"))}
+
+    def _unsubscribe(self, body: dict[str, Any], caller: Caller, sess: Session,
+                     req: Request) -> Any:
+        return {"removed": sess.unsubscribe(body["subscription"])}
+
+    # Every LOCAL type of the catalog but HELLO, which the connection answers before dispatch
+    # (checked at the end of this module).
+    _LOCAL: dict[str, Callable[[Dispatcher, dict[str, Any], Caller, Session, Request], Any]] = {
+        "PING": _ping, "WHOAMI": _whoami, "NODE_STATS": _node_stats,
+        "CLUSTER_STATUS": _cluster_status, "MEMBER_LIST": _member_list,
+        "TOPIC_SUBSCRIBE": _subscribe, "TOPIC_UNSUBSCRIBE": _unsubscribe,
+    }
 
     # -- audit (what a record holds and which lane it takes: security/audit.py) -----------------
     def _audit(self, call: Call, err: LoomError | None) -> None:
@@ -341,3 +362,6 @@ class Dispatcher:
         if isinstance(err, SpoofAttempt) or (isinstance(err, Unauthenticated) and req.headers):
             d["event"] = "identity_assertion_refused"
         self.audit.emit(d, priority=lane(rec) == "priority")
+
+
+assert frozenset(Dispatcher._LOCAL) | {"HELLO"} == catalog.names_with(Execution.LOCAL)

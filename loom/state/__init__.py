@@ -6,6 +6,6 @@ Entry points: `StateMachine` (apply / read / snapshot / restore), `StateLimits`,
 
 from loom.state.command import Command, Outcome
 from loom.state.limits import StateLimits
-from loom.state.machine import NODE_OPS, StateMachine, structure_of
+from loom.state.machine import StateMachine, structure_of
 
-__all__ = ["NODE_OPS", "Command", "Outcome", "StateLimits", "StateMachine", "structure_of"]
+__all__ = ["Command", "Outcome", "StateLimits", "StateMachine", "structure_of"]

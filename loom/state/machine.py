@@ -18,7 +18,8 @@ apply(cmd, index), in order:
    op, changes nothing); an unexpected exception is undone too and answers INTERNAL;
 5. a non-waiting outcome of a deduplicated command is stored.
 
-read(cmd) runs READ handlers against `max(now, cmd.time_ms)` and never changes anything.
+read(cmd) runs the catalog's log reads (`Execution.LOG_READ`) against `max(now, cmd.time_ms)`
+and never changes anything.
 Determinism: no wall clock, no randomness; every container iterated in apply is a dict
 (insertion order, itself a function of the log) or sorted; never a set of str.
 """
@@ -41,18 +42,10 @@ from loom.state.map import MapFamily
 from loom.state.queue import QueueFamily
 from loom.state.sessions import Session, Sessions
 from loom.state.topic import TopicFamily
-from loom.wire.catalog import BY_NAME, Access
+from loom.wire.catalog import BY_NAME, Execution
 from loom.wire.errors import BadRequest, Conflict, Internal, LoomError, NotFound, TooLarge
 
 SNAPSHOT_FORMAT = 2  # 2: sessions carry their owner; restore still reads 1
-
-# Handled by the node, never by the state machine.
-NODE_OPS = frozenset({
-    "HELLO", "PING", "WHOAMI", "CLUSTER_STATUS", "MEMBER_LIST", "NODE_STATS",
-    "TOPIC_SUBSCRIBE", "TOPIC_UNSUBSCRIBE",
-})
-# ADMIN ops that change nothing: served by read() as well as apply().
-ADMIN_READS = frozenset({"STRUCT_LIST", "STRUCT_STATS", "ACL_GET"})
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -129,9 +122,12 @@ class StateMachine:
         return out
 
     def read(self, cmd: Command) -> Outcome:
-        """Answer a READ op (or STRUCT_LIST / STRUCT_STATS / ACL_GET) at cmd.time_ms."""
+        """Answer a log read (the catalog's `Execution.LOG_READ`) at cmd.time_ms.
+
+        apply() still accepts these ops and changes nothing with them: logs written while
+        ACL_GET, STRUCT_LIST and STRUCT_STATS were proposed as entries must replay."""
         mt = BY_NAME.get(cmd.op)
-        if mt is None or not (mt.access is Access.READ or cmd.op in ADMIN_READS):
+        if mt is None or mt.execution is not Execution.LOG_READ:
             return Outcome.from_error(BadRequest(f"{cmd.op} is not a read"))
         saved = self.core.now, self.core.principal
         self.core.now = max(saved[0], cmd.time_ms)  # restored below: reads change nothing
@@ -245,8 +241,7 @@ class StateMachine:
             mt = BY_NAME.get(op)
             handler = self.handlers.get(op)
             try:
-                if (handler is None or mt is None or mt.access is not Access.WRITE
-                        or mt.waits or not mt.has_structure):
+                if handler is None or mt is None or not mt.batchable:
                     raise BadRequest(f"{op} cannot be batched")
                 self._check_sizes(body)
                 value = handler(body)

@@ -1,20 +1,29 @@
 """The message catalog: the single source of truth for every message type.
 
-One row per type: opcode, NAME, category, access class, which body fields name the structure
-and the keys it touches, the body schema, and what its reply may reveal. The dispatcher, the ACL
-checker, the audit record, the metrics labels and docs/protocol.md are all derived from this
-table; `tests/test_catalog.py` checks docs/protocol.md against it.
+One row per type: opcode, NAME, category, access class, how it executes, which body fields name
+the structure and the keys it touches, the body schema, and what its reply may reveal. The
+dispatcher, the state machine's read/apply split, the ACL checker, the audit record, the
+metrics labels and docs/protocol.md are all derived from this table; `tests/test_catalog.py`
+checks docs/protocol.md against it.
+
+Two columns, two questions. `access` (public, read, write, admin) is what the ACL grants by
+class and what audit records; `execution` (local, log read, log write, cluster admin) is the
+path a request takes through the node. They differ on purpose: ACL_GET is an admin type that
+executes as a log read, NODE_STATS an admin type answered locally.
 
 Rules a row must follow (checked at import time, below the table):
 - opcodes and names are unique; client types never use the RAFT category;
 - a type with a structure has a `name` field of kind NAME; a key_field is a KEY field;
-- a reveal names an existing READ type of the same category.
+- a reveal names an existing READ type of the same category;
+- execution agrees with access: public and peer types are local, a read never changes state
+  (local or log read), cluster administration is an admin type, a waiting type goes through
+  the log.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -45,6 +54,32 @@ class Access(Enum):
     READ = "read"  # never changes state; served by a linearizable read
     WRITE = "write"  # goes through the log
     ADMIN = "admin"  # administers the cluster or the policy; goes through the log if it changes it
+
+
+class Execution(Enum):
+    """The path a request takes through the node (the catalog's `execution` column).
+
+    The dispatcher, the state machine and the docs derive their behaviour from this and from
+    nothing else; `names_with` and `MessageType.execution` are the lookups.
+    """
+
+    LOCAL = "local"  # answered by the receiving node from its own state; never enters the log
+    LOG_READ = "log-read"  # the state machine answers after a ReadIndex round (or, stale, at once)
+    LOG_WRITE = "log-write"  # one log entry, applied by every replica in log order
+    CLUSTER_ADMIN = "cluster-admin"  # a membership or leadership change run by the Raft driver
+
+    @property
+    def changes_state(self) -> bool:
+        """Whether a request may change replicated state: it is retried with a sequence number,
+        and a timed-out one may or may not have taken effect."""
+        return self is Execution.LOG_WRITE or self is Execution.CLUSTER_ADMIN
+
+
+# The execution a row gets unless it names another one.
+_DEFAULT_EXECUTION = {
+    Access.PUBLIC: Execution.LOCAL, Access.READ: Execution.LOG_READ,
+    Access.WRITE: Execution.LOG_WRITE, Access.ADMIN: Execution.LOG_WRITE,
+}
 
 
 class Listener(Enum):
@@ -79,14 +114,23 @@ class MessageType:
     waits: bool = False  # may wait (timeout_ms) in the node layer until an apply wakes it
     listener: Listener = Listener.CLIENT
     doc: str = ""
+    runs: InitVar[Execution | None] = None  # the execution, when not the access's default
     has_structure: bool = field(init=False)
+    execution: Execution = field(init=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, runs: Execution | None) -> None:
         object.__setattr__(self, "has_structure", "name" in self.schema)
+        object.__setattr__(self, "execution", runs or _DEFAULT_EXECUTION[self.access])
 
     @property
     def is_write(self) -> bool:
-        return self.access in (Access.WRITE, Access.ADMIN)
+        """May change replicated state (see `Execution.changes_state`)."""
+        return self.execution.changes_state
+
+    @property
+    def batchable(self) -> bool:
+        """May be an inner operation of BATCH_EXECUTE: a non-waiting data write on a structure."""
+        return self.access is Access.WRITE and not self.waits and self.has_structure
 
 
 # -- field shorthands -------------------------------------------------------------------------
@@ -113,6 +157,7 @@ def _t(
 
 
 C, R, W, A, P = Category, Access.READ, Access.WRITE, Access.ADMIN, Access.PUBLIC
+LOCAL, LOG_READ, ADMIN = Execution.LOCAL, Execution.LOG_READ, Execution.CLUSTER_ADMIN
 
 # -- CLIENT: connection, sessions, batches ------------------------------------------------------
 _t(0x0001, "HELLO", C.CLIENT, P,
@@ -228,10 +273,11 @@ _t(0x0501, "TOPIC_PUBLISH", C.TOPIC, W, {"name": NAME, "value": VALUE},
    "Publish a message; answers its per-topic sequence number.")
 _t(0x0502, "TOPIC_SUBSCRIBE", C.TOPIC, R,
    {"name": NAME, "from_seq": opt(Kind.INT, min=0)},
-   "Receive the topic's messages pushed on this connection, tagged with this request id.")
+   "Receive the topic's messages pushed on this connection, tagged with this request id.",
+   runs=LOCAL)
 _t(0x0503, "TOPIC_UNSUBSCRIBE", C.TOPIC, R,
    {"name": NAME, "subscription": Field(Kind.INT, min=1)},
-   "Stop a subscription made on this connection.")
+   "Stop a subscription made on this connection.", runs=LOCAL)
 
 # -- COUNTER (AtomicLong) ----------------------------------------------------------------------
 _COUNTER_REVEAL = Reveal("COUNTER_GET", redact=True)
@@ -305,35 +351,38 @@ _t(0x0B01, "ID_GEN_NEXT", C.ID_GEN, W,
 # -- CLUSTER (client listener; cluster administration grows in the cluster layer) -------------
 _t(0x0E01, "CLUSTER_STATUS", C.CLUSTER, R, {},
    "This node's view: its role, term, commit and applied index, the leader, and every member "
-   "with its addresses and reachability.")
-_t(0x0E02, "MEMBER_LIST", C.CLUSTER, R, {}, "Members with their peer and client addresses.")
+   "with its addresses and reachability.", runs=LOCAL)
+_t(0x0E02, "MEMBER_LIST", C.CLUSTER, R, {}, "Members with their peer and client addresses.",
+   runs=LOCAL)
 _t(0x0E03, "MEMBER_ADD", C.CLUSTER, A,
    {"node": Field(Kind.NAME), "peer_addr": Field(Kind.STR, min=3, max=300),
     "learner": opt(Kind.BOOL, default=True), "readmit": opt(Kind.BOOL, default=False)},
    "Add a member (as a learner by default: it catches up before it may be promoted). A "
-   "removed id is refused unless readmit is true (it comes back as a learner).")
+   "removed id is refused unless readmit is true (it comes back as a learner).", runs=ADMIN)
 _t(0x0E04, "MEMBER_PROMOTE", C.CLUSTER, A, {"node": Field(Kind.NAME)},
-   "Make a caught-up learner a voter.")
+   "Make a caught-up learner a voter.", runs=ADMIN)
 _t(0x0E05, "MEMBER_REMOVE", C.CLUSTER, A, {"node": Field(Kind.NAME)},
    "Remove a member; its id is never accepted again (its certificate is refused by every "
-   "peer listener).")
+   "peer listener).", runs=ADMIN)
 _t(0x0E06, "LEADER_TRANSFER", C.CLUSTER, A, {"to": opt(Kind.NAME)},
-   "Hand leadership to a voter (the most caught-up one when `to` is absent).")
+   "Hand leadership to a voter (the most caught-up one when `to` is absent).", runs=ADMIN)
 
 # -- ADMIN -------------------------------------------------------------------------------------
 _t(0x0F01, "STRUCT_LIST", C.ADMIN, A,
    {"category": opt(Kind.STR, max=16), "cursor": CURSOR, "limit": LIMIT},
-   "A page of structures (category, name).")
+   "A page of structures (category, name).", runs=LOG_READ)
 _t(0x0F02, "STRUCT_DESTROY", C.ADMIN, A,
    {"category": Field(Kind.STR, max=16), "name": NAME}, "Destroy a structure.")
 _t(0x0F03, "STRUCT_STATS", C.ADMIN, A, {"category": Field(Kind.STR, max=16), "name": NAME},
-   "Size, memory estimate and operation counts of a structure.")
-_t(0x0F04, "ACL_GET", C.ADMIN, A, {}, "The ACL policy in force and its version.")
+   "Size, memory estimate and operation counts of a structure.", runs=LOG_READ)
+_t(0x0F04, "ACL_GET", C.ADMIN, A, {}, "The ACL policy in force and its version.",
+   runs=LOG_READ)
 _t(0x0F05, "ACL_SET", C.ADMIN, A,
    {"policy": Field(Kind.ANY), "expected_version": opt(Kind.INT, min=0, max=INT64_MAX)},
    "Replace the ACL policy through the log (optionally only if at expected_version).")
 _t(0x0F06, "NODE_STATS", C.ADMIN, A, {},
-   "This node's counters: connections, requests, audit records, the log, the peer plane.")
+   "This node's counters: connections, requests, audit records, the log, the peer plane.",
+   runs=LOCAL)
 
 # -- RAFT (peer listener only; bodies are validated by loom.raft.messages.from_wire) -----------
 # tests/test_catalog.py checks this list against loom.raft.messages.RAFT_MESSAGE_NAMES.
@@ -347,12 +396,12 @@ _t(0x7E01, "PEER_HELLO", C.CLUSTER, A,
    {"node": Field(Kind.NAME), "client_addr": Field(Kind.STR, max=300),
     "cluster": Field(Kind.STR, max=128)},
    "First frame on a peer link: the sender's node id (must equal its certificate's) and the "
-   "address its clients connect to.", listener=Listener.PEER)
+   "address its clients connect to.", listener=Listener.PEER, runs=LOCAL)
 for _i, _n in enumerate(RAFT_NAMES):
     _t(0x7F01 + _i, _n, C.RAFT, A, {"msg": Field(Kind.ANY)},
-       "Raft consensus message between members.", listener=Listener.PEER)
+       "Raft consensus message between members.", listener=Listener.PEER, runs=LOCAL)
 
-del C, R, W, A, P
+del C, R, W, A, P, LOCAL, LOG_READ, ADMIN
 
 # -- derived indexes ---------------------------------------------------------------------------
 BY_OPCODE: dict[int, MessageType] = {}
@@ -369,6 +418,15 @@ def register(mt: MessageType) -> None:
         raise ValueError(f"{mt.name}: field 'name' must be a structure NAME")
     if mt.key_field is not None and mt.schema[mt.key_field].kind is not Kind.KEY:
         raise ValueError(f"{mt.name}: key_field must be a KEY field")
+    ex = mt.execution
+    if (mt.access is Access.PUBLIC or mt.listener is Listener.PEER) and ex is not Execution.LOCAL:
+        raise ValueError(f"{mt.name}: public and peer types are answered locally")
+    if mt.access is Access.READ and ex.changes_state:
+        raise ValueError(f"{mt.name}: a read type cannot execute as {ex.value}")
+    if ex is Execution.CLUSTER_ADMIN and mt.access is not Access.ADMIN:
+        raise ValueError(f"{mt.name}: cluster administration needs the admin class")
+    if mt.waits and ex not in (Execution.LOG_READ, Execution.LOG_WRITE):
+        raise ValueError(f"{mt.name}: only types that go through the log can wait")
     BY_OPCODE[mt.opcode] = mt
     BY_NAME[mt.name] = mt
 
@@ -383,6 +441,17 @@ for _row in _ROWS:
 
 def client_types() -> list[MessageType]:
     return [mt for mt in BY_OPCODE.values() if mt.listener is Listener.CLIENT]
+
+
+def names_with(execution: Execution) -> frozenset[str]:
+    """The client types that execute as `execution` (the dispatcher and the state machine derive
+    their sets from this; so will the HTTP routes: reads GET, the rest POST)."""
+    return _BY_EXECUTION[execution]
+
+
+_BY_EXECUTION: dict[Execution, frozenset[str]] = {
+    ex: frozenset(mt.name for mt in client_types() if mt.execution is ex) for ex in Execution
+}
 
 
 def lookup(opcode: Any, listener: Listener) -> MessageType:
@@ -409,7 +478,7 @@ def validate_body(mt: MessageType, body: Any) -> dict[str, Any]:
             inner = BY_NAME.get(item["op"]) if isinstance(item["op"], str) else None
             if inner is None or inner.listener is not Listener.CLIENT:
                 raise BadRequest(f"{mt.name}.ops[{i}]: unknown operation {item['op']!r}")
-            if inner.access is not Access.WRITE or inner.waits or not inner.has_structure:
+            if not inner.batchable:
                 raise BadRequest(f"{mt.name}.ops[{i}]: {inner.name} cannot be batched")
             ops.append({"op": inner.name, "b": validate(inner.schema, item["b"], inner.name)})
         out["ops"] = ops

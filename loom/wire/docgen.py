@@ -44,12 +44,30 @@ A frame is a 4-byte big-endian payload length followed by exactly one CBOR map.
 - `c` is a read's consistency: `"linearizable"` (the default) is answered by the leader and
   reflects every write acknowledged before the read was sent; `"stale"` is answered by any
   node, leader, follower or learner, from its own replica at once, and may miss recent
-  writes. `c` on anything but a read is refused with `BAD_REQUEST`.
+  writes. `c` on a type that changes state (a log write or cluster administration) is
+  refused with `BAD_REQUEST`.
 
 ## Status codes
 
 | code | name |
 | --- | --- |
+"""
+
+EXECUTION = """
+The class is what an ACL grants (`class:read|write|admin`) and what the audit log records
+(every write and admin request). *Runs as* is the path the request takes through the node:
+
+| runs as | path |
+| --- | --- |
+| `local` | answered by the node that receives it, from its own state; never enters the log |
+| `log-read` | answered by the state machine after a ReadIndex round (or at once, \
+`c: "stale"`); appends nothing to the log |
+| `log-write` | proposed as one log entry, answered once a majority has it and it is applied |
+| `cluster-admin` | a membership or leadership change carried out by the Raft driver |
+
+A `log-write` or `cluster-admin` request that times out may or may not have taken effect;
+any other request can simply be sent again. Globs (`MAP_SCAN`'s `match`, and ACL structure and
+key scopes) follow one dialect, described below.
 """
 
 
@@ -68,12 +86,13 @@ def render() -> str:
     out.append(f"{len(types)} types. Every one can be granted by exact name, by category "
                "(`category:MAP`), by class (`class:read|write|admin`) or with `*` (except RAFT "
                "types, which exist only on the peer listener).\n")
+    out.append(EXECUTION)
     for cat in catalog.Category:
         rows = [m for m in types if m.category is cat]
         if not rows:
             continue
-        out.append(f"\n### {cat.value}\n\n| opcode | name | class | body | |\n"
-                   "| --- | --- | --- | --- | --- |\n")
+        out.append(f"\n### {cat.value}\n\n| opcode | name | class | runs as | body | |\n"
+                   "| --- | --- | --- | --- | --- | --- |\n")
         for m in rows:
             body = ", ".join(_field(n, f) for n, f in m.schema.items()) or "—"
             note = m.doc
@@ -83,8 +102,8 @@ def render() -> str:
                 note += f" Reply needs `{m.reveal.read_op}`{cond} ({how} without it)."
             if m.listener is catalog.Listener.PEER:
                 note += " Peer listener only."
-            out.append(f"| `{m.opcode:#06x}` | `{m.name}` | {m.access.value} | {body} | "
-                       f"{note} |\n")
+            out.append(f"| `{m.opcode:#06x}` | `{m.name}` | {m.access.value} | "
+                       f"{m.execution.value} | {body} | {note} |\n")
     return "".join(out)
 
 
