@@ -8,6 +8,7 @@ Config shape (the parsed `[acl]` table; docs/security.md has the full example):
     [users]          "<gateway-asserted user>" = ["<role>", ...]
 
 Type selectors: an exact NAME ("MAP_PUT"), "category:<CATEGORY>", "class:read|write|admin", "*".
+Structure and key scopes are globs of loom/wire/glob.py, the dialect MAP_SCAN uses.
 
 Decision rules (in this order; the tests in tests/security/test_acl.py pin each one):
 1. Peer-plane types (RAFT category or the peer listener) are never allowed here, whatever the
@@ -33,7 +34,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from loom.security.glob import Glob, GlobError
 from loom.security.identity import GUEST_PRINCIPAL
 from loom.wire.catalog import (
     BY_NAME,
@@ -43,6 +43,7 @@ from loom.wire.catalog import (
     MessageType,
     keys_touched,
 )
+from loom.wire.glob import Glob, GlobError
 
 __all__ = ["USER_PREFIX", "Decision", "Grant", "Policy", "PolicyError", "valid_user_name"]
 
@@ -145,7 +146,7 @@ def _patterns(v: Any, where: str) -> tuple[Glob, ...]:
         try:
             out.append(Glob.compile(p))
         except GlobError as e:
-            raise PolicyError(f"{where}[{i}]: {e}") from e
+            raise PolicyError(f"{where}[{i}]: {e.message}") from e
     return tuple(out)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loom.wire.glob import Glob, GlobError
+
 
 @dataclass(frozen=True, slots=True)
 class StateLimits:
@@ -29,7 +31,18 @@ class StateLimits:
     housekeeping_budget: int = 64
     # MAP_KEYS / MAP_SCAN / SET_MEMBERS examine at most this many keys per call.
     scan_budget: int = 1024
+    # MAP_SCAN: character comparisons one call may spend matching its glob (SECURITY-CATALOGUE
+    # F4). A pattern that must search for a wide wildcard segment examines fewer keys per call
+    # (at least one), so its pages are shorter, never slower: see loom/wire/glob.py.
+    scan_match_work: int = 8 << 20
     # Maps used as caches: (structure-name glob, maximum entries). A map whose name matches the
     # first pattern evicts its least recently *written* entry when a new key would exceed the
     # maximum (reads do not go through the log, so they cannot refresh recency).
     map_caches: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        for pattern, _ in self.map_caches:  # refused at start, not at a map's first write
+            try:
+                Glob.compile(pattern)
+            except GlobError as e:
+                raise ValueError(f"state.map_caches: {e.message}") from None

@@ -22,15 +22,15 @@ touched at the most recent end of the recency order.
 
 from __future__ import annotations
 
-import fnmatch
 from collections import OrderedDict
 from typing import Any
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from loom.state.base import Core, Family, Struct, canon, page_sorted
-from loom.state.glob import compile_glob
 from loom.wire.errors import NotFound
+from loom.wire.glob import Glob
+from loom.wire.schema import MAX_KEY_BYTES
 
 ENTRY_OVERHEAD = 145  # bytes per entry beyond key and value (bench/state_bench.py measures)
 TTL_OVERHEAD = 100  # estimated extra bytes of an entry with a TTL
@@ -80,7 +80,7 @@ class MapFamily(Family[MapS]):
 
     def new_for(self, name: str) -> MapS:
         for pattern, size in self.core.limits.map_caches:
-            if fnmatch.fnmatchcase(name, pattern):
+            if Glob.compile(pattern).match(name):
                 return MapS(min(size, self.core.limits.max_entries))
         return MapS(None)
 
@@ -343,15 +343,19 @@ class MapFamily(Family[MapS]):
 
     def op_MAP_SCAN(self, b: dict[str, Any]) -> dict[str, Any]:
         """-> {"entries": [[key, value], ...] in key order, "cursor": str | None}.
-        Same bounded-work paging as MAP_KEYS; `match` is a glob (see glob.py)."""
+        Same bounded-work paging as MAP_KEYS; `match` is a glob (loom/wire/glob.py: the ACL's
+        dialect, with its bound on work per key)."""
+        glob = Glob.compile(b.get("match", "*"))  # a bad pattern: BAD_REQUEST, always
         m = self.items.get(b["name"])
         if m is None:
-            compile_glob(b.get("match", "*"))  # still report a bad pattern
             return {"entries": [], "cursor": None}
-        match = compile_glob(b.get("match", "*"))
-        now = self.core.now
+        now, lim, match = self.core.now, self.core.limits, glob.match
+        # A key costs at most MAX_KEY_BYTES x search_width comparisons: keep a call within
+        # scan_match_work whatever the pattern (F4).
+        budget = max(1, min(lim.scan_budget,
+                            lim.scan_match_work // (MAX_KEY_BYTES * glob.search_width)))
         keys, cursor = page_sorted(
-            m.keys, b.get("cursor"), b["limit"], self.core.limits.scan_budget,
+            m.keys, b.get("cursor"), b["limit"], budget,
             lambda k: match(k) and m.live(k, now) is not None)
         return {"entries": [[k, m.data[k]] for k in keys], "cursor": cursor}
 

@@ -11,6 +11,7 @@ import sys
 from loom.wire import catalog
 from loom.wire.codec import DEFAULT_MAX_FRAME, MAX_DEPTH, PRE_HELLO_MAX_FRAME, PROTOCOL_VERSION
 from loom.wire.errors import Status
+from loom.wire.glob import DIALECT
 from loom.wire.schema import Field
 
 HEAD = f"""# Loom wire protocol (version {PROTOCOL_VERSION})
@@ -104,6 +105,7 @@ def render() -> str:
                 note += " Peer listener only."
             out.append(f"| `{m.opcode:#06x}` | `{m.name}` | {m.access.value} | "
                        f"{m.execution.value} | {body} | {note} |\n")
+    out.append(f"\n## Glob patterns\n\n{DIALECT}")
     return "".join(out)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import fnmatch
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from loom.state import StateLimits
-from loom.state.glob import compile_glob
 from loom.wire.errors import Status
 from tests.state.helpers import Driver, state_part
 
@@ -162,21 +162,18 @@ def test_scan_matches_fnmatch_and_pages() -> None:
         assert seen == sorted(k for k in keys if fnmatch.fnmatchcase(k, pattern)), pattern
 
 
-GLOB_ALPHABET = st.sampled_from(["a", "b", "*", "?", "[ab]", "[!a]", "c"])
+def test_scan_refuses_a_bad_pattern_even_on_a_missing_map() -> None:
+    d = Driver(StateLimits())
+    for name in ("absent", "m"):
+        if name == "m":
+            d.ok("MAP_PUT", name="m", key="k", value=b"v")
+        out = d.sm.read(d.cmd("MAP_SCAN", name=name, match="[ab", limit=10))
+        assert out.status is Status.BAD_REQUEST and "unterminated" in out.message, out
 
 
-@given(st.lists(GLOB_ALPHABET, max_size=8).map("".join), st.text("abc", max_size=10))
-@settings(max_examples=400, deadline=None)
-def test_glob_agrees_with_fnmatch(pattern: str, key: str) -> None:
-    assert compile_glob(pattern)(key) == fnmatch.fnmatchcase(key, pattern), (pattern, key)
-
-
-def test_pathological_glob_is_linear_work() -> None:
-    # A pattern that makes a backtracking matcher take exponential time; here it is a few
-    # find() calls per key. (Correctness only: no timing assertion.)
-    m = compile_glob("*a" * 100 + "*b")
-    assert not m("a" * 1000)
-    assert m("a" * 100 + "b")
+def test_cache_map_patterns_are_globs_checked_at_start() -> None:
+    with pytest.raises(ValueError, match=r"state\.map_caches"):
+        StateLimits(map_caches=(("cache.[z-a]", 3),))
 
 
 def test_cache_map_evicts_least_recently_written() -> None:
