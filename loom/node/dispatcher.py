@@ -31,7 +31,7 @@ import trio
 
 from loom.node.audit import AuditLog
 from loom.node.replicator import Applied, Replicator
-from loom.security.acl import Policy, PolicyError
+from loom.security.acl import Decision, Policy, PolicyError
 from loom.security.audit import lane, record_for, result_of, should_audit
 from loom.security.gateway import Caller, SpoofAttempt, resolve_principal
 from loom.security.identity import Identity
@@ -57,6 +57,20 @@ log = logging.getLogger("loom.dispatch")
 _ADMIN_VERBS = {"MEMBER_ADD": "add", "MEMBER_PROMOTE": "promote", "MEMBER_REMOVE": "remove",
                 "LEADER_TRANSFER": "transfer"}
 assert frozenset(_ADMIN_VERBS) == catalog.names_with(Execution.CLUSTER_ADMIN)
+
+
+def _forbidden(caller: Caller, mt: MessageType, body: dict[str, Any],
+               decision: Decision) -> Forbidden:
+    """The refusal the caller gets; a batch's names the member that was refused."""
+    m = decision.member
+    if m is None:
+        where = f" on {body['name']!r}" if "name" in body else ""
+        return Forbidden(f"{caller.principal} may not {mt.name}{where}", reason=decision.reason)
+    where = (f" on {m.structure!r}" if m.structure is not None else "") + (
+        f" key {m.key!r}" if m.key is not None else "")
+    member = {k: v for k, v in (("structure", m.structure), ("key", m.key)) if v is not None}
+    return Forbidden(f"{caller.principal} may not {mt.name}: ops[{m.index}] {m.op}{where} is "
+                     "not allowed", reason=decision.reason, op_index=m.index, op=m.op, **member)
 
 
 class Session(Protocol):
@@ -169,10 +183,7 @@ class Dispatcher:
             decision = policy.check_request(caller.roles, mt, body)
             if not decision.allowed:
                 self.stats.denied += 1
-                raise Forbidden(
-                    f"{caller.principal} may not {mt.name}"
-                    + (f" on {body['name']!r}" if "name" in body else ""),
-                    reason=decision.reason)
+                raise _forbidden(caller, mt, body, decision)
             call.redact, call.redact_ops = decision.redact, decision.redact_ops
             if req.stale and mt.is_write:
                 raise BadRequest(f"only reads can be stale; {mt.name} is a "
@@ -358,6 +369,10 @@ class Dispatcher:
             reason=err.message if err is not None else None,
             command=None if mt else f"UNKNOWN({req.opcode})",
         )
+        if err is not None and isinstance(err.details.get("op_index"), int):
+            # A batch refused because of one member: the record names that member.
+            rec.op_index, rec.op = err.details["op_index"], err.details.get("op")
+            rec.structure, rec.key = err.details.get("structure"), err.details.get("key")
         d = rec.to_dict()
         if isinstance(err, SpoofAttempt) or (isinstance(err, Unauthenticated) and req.headers):
             d["event"] = "identity_assertion_refused"

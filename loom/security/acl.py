@@ -21,10 +21,12 @@ Decision rules (in this order; the tests in tests/security/test_acl.py pin each 
      (loom.wire.catalog.keys_touched, the same function execution uses) matches a pattern.
      So a key-scoped grant never allows a whole-structure request (MAP_KEYS, MAP_SCAN,
      MAP_CLEAR, MAP_SIZE, ...): those need a grant without a key scope.
-4. check_request adds the secondary paths: every inner op of a BATCH_EXECUTE must be allowed
-   (one forbidden op denies the batch), and a reply that reveals data (Reveal) requires the read
-   grant for the same structure and keys, else the request is denied or, for redact reveals,
-   allowed with the revealing part of the reply withheld.
+4. check_request adds the secondary paths: BATCH_EXECUTE needs a grant of its own AND every
+   inner op must be allowed as if sent alone (one forbidden op denies the batch, and the
+   decision names it: `Decision.member`), as an etcd Txn needs the permissions of every
+   operation in it; and a reply that reveals data (Reveal) requires the read grant for the
+   same structure and keys, else the request is denied or, for redact reveals, allowed with
+   the revealing part of the reply withheld.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from loom.wire.catalog import (
 )
 from loom.wire.glob import Glob, GlobError
 
-__all__ = ["USER_PREFIX", "Decision", "Grant", "Policy", "PolicyError", "valid_user_name"]
+__all__ = ["USER_PREFIX", "Decision", "Grant", "Member", "Policy", "PolicyError",
+           "valid_user_name"]
 
 ROLE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 USER_PREFIX = "user:"
@@ -63,12 +66,24 @@ class PolicyError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Member:
+    """The BATCH_EXECUTE member a denial is about, so that the error and the audit record can
+    name it: its index in `ops`, its type, its structure and the (first) key refused."""
+
+    index: int
+    op: str
+    structure: str | None
+    key: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool
     reason: str
     rule: str  # "roles.<role>.grants[<i>]", "builtin:public", "default-deny", ...
     redact: bool = False  # allowed, but withhold the revealing part of the reply
     redact_ops: tuple[int, ...] = ()  # BATCH_EXECUTE: inner ops whose results are withheld
+    member: Member | None = None  # BATCH_EXECUTE denied because of this member
 
 
 def valid_user_name(name: object) -> bool:
@@ -325,8 +340,24 @@ class Policy:
                                 "malformed")
             d = self.check_request(roles, inner, op["b"])
             if not d.allowed:
-                return Decision(False, f"BATCH_EXECUTE.ops[{i}]: {d.reason}", d.rule)
+                return Decision(False, f"BATCH_EXECUTE.ops[{i}]: {d.reason}", d.rule,
+                                member=self._member(roles, i, inner, op["b"]))
             if d.redact:
                 redact.append(i)
         return Decision(True, f"all {len(ops)} batch operations allowed", "batch",
                         redact_ops=tuple(redact))
+
+    def _member(self, roles: Sequence[str], i: int, mt: MessageType,
+                body: Mapping[str, Any]) -> Member:
+        """Name a denied batch member: the first of its keys refused on its own (every key is
+        when the type itself is not granted), else its first key."""
+        s = body.get("name") if mt.has_structure else None
+        structure = s if isinstance(s, str) else None
+        try:
+            keys = keys_touched(mt, body)
+        except (KeyError, TypeError, AttributeError):
+            keys = []
+        refused = next((k for k in keys if not self.check(roles, mt, structure, [k]).allowed),
+                       keys[0] if keys else None)
+        return Member(i, mt.name, structure, refused)
+

@@ -77,6 +77,10 @@ class AuditRecord:
     duration_ms: float
     reason: str | None = None  # why it was denied / refused
     admin: bool = False  # the command administers the cluster (priority lane)
+    # A batch refused because of one member: its index in `ops` and its type (`structure` and
+    # `key` are then that member's).
+    op_index: int | None = None
+    op: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -88,6 +92,8 @@ class AuditRecord:
         }
         if self.reason is not None:
             d["reason"] = _cut(self.reason)
+        if self.op_index is not None:
+            d["op_index"], d["op"] = self.op_index, self.op
         return d
 
     def to_json_line(self) -> str:

@@ -175,7 +175,8 @@ _t(0x0005, "SESSION_HEARTBEAT", C.CLIENT, W, {"session_id": SESSION},
 _t(0x0006, "SESSION_CLOSE", C.CLIENT, W, {"session_id": SESSION},
    "Close a session, releasing its locks and permits.")
 _t(0x0007, "BATCH_EXECUTE", C.CLIENT, W, {"ops": Field(Kind.OPS, max=128)},
-   "Apply a list of write operations atomically; every inner operation is authorized.")
+   "Apply a list of write operations atomically. Needs its own grant and every inner "
+   "operation's; a refusal names the member (op_index, op, structure, key).")
 
 # -- MAP ---------------------------------------------------------------------------------------
 _t(0x0101, "MAP_PUT", C.MAP, W,

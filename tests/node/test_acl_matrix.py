@@ -307,6 +307,26 @@ async def test_batch_execute_requires_its_own_grant(start_node: NodeFactory, dia
     assert node.state.snapshot() == before
 
 
+async def test_a_denied_batch_member_names_itself(start_node: NodeFactory, dial: Dial) -> None:
+    node: Node = await start_node(acl=_writer_as([
+        {"types": ["BATCH_EXECUTE"]}, {"types": ["MAP_PUT"], "keys": ["u:*"]}]))
+    w = await dial(node, "writer")
+    before = node.state.snapshot()
+    r = await w.request("BATCH_EXECUTE", ops=[
+        {"op": "MAP_PUT", "b": {"name": "m", "key": "u:1", "value": b"v"}},
+        {"op": "MAP_PUT", "b": {"name": "m", "key": "secret:2", "value": b"v"}}])
+    assert r["s"] == FORBIDDEN, r
+    e = r["e"]
+    assert (e["op_index"], e["op"], e["structure"], e["key"]) == (1, "MAP_PUT", "m", "secret:2")
+    assert "ops[1] MAP_PUT on 'm' key 'secret:2'" in e["msg"], e
+    assert node.state.snapshot() == before
+    await audit_flushed(node)
+    rec, = [x for x in records(node) if x.get("command") == "BATCH_EXECUTE"]
+    assert rec["result"] == "denied" and rec["principal"] == WRITER_P
+    assert (rec["op_index"], rec["op"], rec["structure"], rec["key"]) == (
+        1, "MAP_PUT", "m", "secret:2")
+
+
 # -- D2: LOCK_UNLOCK ----------------------------------------------------------------------------
 async def test_lock_unlock_by_writer_denied(start_node: NodeFactory, dial: Dial) -> None:
     node: Node = await start_node()

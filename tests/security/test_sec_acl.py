@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loom.security.acl import Policy, PolicyError
+from loom.security.acl import Member, Policy, PolicyError
 from loom.wire.catalog import (
     BY_NAME,
     Access,
@@ -182,6 +182,29 @@ def test_batch_one_forbidden_op_denies_all() -> None:  # D3
     assert d.allowed and d.redact_ops == (1,)
     nested = {"ops": [{"op": "BATCH_EXECUTE", "b": {"ops": []}}]}
     assert not P.check_request(("admin",), M["BATCH_EXECUTE"], nested).allowed
+
+
+def test_a_batch_needs_its_own_grant_and_names_the_refused_member() -> None:
+    """The batch grant plus every inner operation's own grant, as an etcd Txn or a Redis MULTI
+    user expects: the batch can never do what its members alone could not, and a member
+    grant alone does not allow batching."""
+    p = Policy.from_config({"roles": {
+        "members-only": {"grants": [{"types": ["MAP_PUT", "MAP_PUT_ALL"]}]},
+        "batcher": {"grants": [{"types": ["BATCH_EXECUTE"]},
+                               {"types": ["MAP_PUT", "MAP_PUT_ALL"], "keys": ["u:*"]}]}}})
+    ok = batch(("MAP_PUT", {"name": "m", "key": "u:1", "value": b""}))
+    d = p.check_request(("members-only",), M["BATCH_EXECUTE"], ok)
+    assert not d.allowed and "BATCH_EXECUTE" in d.reason and d.member is None
+    assert p.check_request(("batcher",), M["BATCH_EXECUTE"], ok).allowed
+    bad = batch(("MAP_PUT", {"name": "m", "key": "u:1", "value": b""}),
+                ("MAP_PUT_ALL", {"name": "m2", "entries": {"u:2": b"", "x:3": b"", "u:4": b""}}))
+    d = p.check_request(("batcher",), M["BATCH_EXECUTE"], bad)
+    assert not d.allowed and d.reason.startswith("BATCH_EXECUTE.ops[1]: ")
+    assert d.member == Member(1, "MAP_PUT_ALL", "m2", "x:3")  # the key that is out of scope
+    # A member whose type is not granted at all: its first key.
+    bad = batch(("MAP_DELETE", {"name": "m", "key": "u:9"}))
+    assert p.check_request(("batcher",), M["BATCH_EXECUTE"], bad).member == Member(
+        0, "MAP_DELETE", "m", "u:9")
 
 
 def test_reveals() -> None:  # D4
