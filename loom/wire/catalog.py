@@ -157,7 +157,7 @@ def _t(
 
 
 C, R, W, A, P = Category, Access.READ, Access.WRITE, Access.ADMIN, Access.PUBLIC
-LOCAL, LOG_READ, ADMIN = Execution.LOCAL, Execution.LOG_READ, Execution.CLUSTER_ADMIN
+LOCAL, LOG_READ, CLUSTER_ADMIN = Execution.LOCAL, Execution.LOG_READ, Execution.CLUSTER_ADMIN
 
 # -- CLIENT: connection, sessions, batches ------------------------------------------------------
 _t(0x0001, "HELLO", C.CLIENT, P,
@@ -359,14 +359,14 @@ _t(0x0E03, "MEMBER_ADD", C.CLUSTER, A,
    {"node": Field(Kind.NAME), "peer_addr": Field(Kind.STR, min=3, max=300),
     "learner": opt(Kind.BOOL, default=True), "readmit": opt(Kind.BOOL, default=False)},
    "Add a member (as a learner by default: it catches up before it may be promoted). A "
-   "removed id is refused unless readmit is true (it comes back as a learner).", runs=ADMIN)
+   "removed id is refused unless readmit is true (it comes back as a learner).", runs=CLUSTER_ADMIN)
 _t(0x0E04, "MEMBER_PROMOTE", C.CLUSTER, A, {"node": Field(Kind.NAME)},
-   "Make a caught-up learner a voter.", runs=ADMIN)
+   "Make a caught-up learner a voter.", runs=CLUSTER_ADMIN)
 _t(0x0E05, "MEMBER_REMOVE", C.CLUSTER, A, {"node": Field(Kind.NAME)},
    "Remove a member; its id is never accepted again (its certificate is refused by every "
-   "peer listener).", runs=ADMIN)
+   "peer listener).", runs=CLUSTER_ADMIN)
 _t(0x0E06, "LEADER_TRANSFER", C.CLUSTER, A, {"to": opt(Kind.NAME)},
-   "Hand leadership to a voter (the most caught-up one when `to` is absent).", runs=ADMIN)
+   "Hand leadership to a voter (the most caught-up one when `to` is absent).", runs=CLUSTER_ADMIN)
 
 # -- ADMIN -------------------------------------------------------------------------------------
 _t(0x0F01, "STRUCT_LIST", C.ADMIN, A,
@@ -402,7 +402,7 @@ for _i, _n in enumerate(RAFT_NAMES):
     _t(0x7F01 + _i, _n, C.RAFT, A, {"msg": Field(Kind.ANY)},
        "Raft consensus message between members.", listener=Listener.PEER, runs=LOCAL)
 
-del C, R, W, A, P, LOCAL, LOG_READ, ADMIN
+del C, R, W, A, P, LOCAL, LOG_READ, CLUSTER_ADMIN
 
 # -- derived indexes ---------------------------------------------------------------------------
 BY_OPCODE: dict[int, MessageType] = {}
