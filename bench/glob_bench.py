@@ -1,12 +1,13 @@
 """What the worst glob patterns cost a MAP_SCAN (SECURITY-CATALOGUE F4).
 
-    .venv/bin/python bench/glob_bench.py [--repeat 3]
+    .venv/bin/python bench/glob_bench.py [--repeat 3] [--scan-match-work N]
 
 A state machine holds `scan_budget` (1,024) keys of 1 KiB; each pattern below (at most 256
 characters, the dialect's limit) is scanned page by page to the end. It prints, per pattern,
 the number of calls, the slowest call and the whole scan in ms (best of `--repeat`). The
 slowest call is what matters: a read runs on the leader's event loop and delays its
-heartbeats. Nothing is asserted; tests/security/test_sec_glob.py checks the results.
+heartbeats. `--scan-match-work` overrides the per-call bound (a huge value shows the cost
+without it). Nothing is asserted; tests/security/test_sec_glob.py checks the results.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def scan(sm: StateMachine, pattern: str) -> tuple[int, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--scan-match-work", type=int, default=StateLimits().scan_match_work)
     a = ap.parse_args()
-    limits = StateLimits()
+    limits = StateLimits(scan_match_work=a.scan_match_work)
     sm = StateMachine(limits)
     keys = [f"{i:04d}" + "a" * 1020 for i in range(limits.scan_budget)]
     for i in range(0, len(keys), 256):
