@@ -32,7 +32,7 @@ import trio
 from loom.node.audit import AuditLog
 from loom.node.replicator import Applied, Replicator
 from loom.security.acl import Decision, Policy, PolicyError
-from loom.security.audit import lane, record_for, result_of, should_audit
+from loom.security.audit import AuditRecord, lane, record_for, result_of, should_audit
 from loom.security.gateway import Caller, SpoofAttempt, resolve_principal
 from loom.security.identity import Identity
 from loom.state.command import Command, Outcome
@@ -71,6 +71,20 @@ def _forbidden(caller: Caller, mt: MessageType, body: dict[str, Any],
     member = {k: v for k, v in (("structure", m.structure), ("key", m.key)) if v is not None}
     return Forbidden(f"{caller.principal} may not {mt.name}: ops[{m.index}] {m.op}{where} is "
                      "not allowed", reason=decision.reason, op_index=m.index, op=m.op, **member)
+
+
+def _name_member(rec: AuditRecord, body: dict[str, Any], err: LoomError) -> None:
+    """A batch refused (FORBIDDEN) or failed (its apply error) because of one member: the
+    record names that member's index, type, structure and key, as the error does."""
+    i = err.details.get("op_index")
+    ops = body.get("ops")
+    if not isinstance(i, int) or not isinstance(ops, list) or not 0 <= i < len(ops):
+        return
+    op, b = ops[i]["op"], ops[i]["b"]
+    keys = catalog.keys_touched(catalog.BY_NAME[op], b)
+    rec.op_index, rec.op = i, op
+    rec.structure = err.details.get("structure", b.get("name"))
+    rec.key = err.details.get("key", keys[0] if keys else None)
 
 
 class Session(Protocol):
@@ -369,10 +383,8 @@ class Dispatcher:
             reason=err.message if err is not None else None,
             command=None if mt else f"UNKNOWN({req.opcode})",
         )
-        if err is not None and isinstance(err.details.get("op_index"), int):
-            # A batch refused because of one member: the record names that member.
-            rec.op_index, rec.op = err.details["op_index"], err.details.get("op")
-            rec.structure, rec.key = err.details.get("structure"), err.details.get("key")
+        if err is not None and mt is not None and mt.name == "BATCH_EXECUTE":
+            _name_member(rec, call.body, err)
         d = rec.to_dict()
         if isinstance(err, SpoofAttempt) or (isinstance(err, Unauthenticated) and req.headers):
             d["event"] = "identity_assertion_refused"

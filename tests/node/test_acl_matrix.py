@@ -327,6 +327,22 @@ async def test_a_denied_batch_member_names_itself(start_node: NodeFactory, dial:
         1, "MAP_PUT", "m", "secret:2")
 
 
+async def test_a_failed_batch_member_names_itself_in_the_audit_record(
+        start_node: NodeFactory, dial: Dial) -> None:
+    node: Node = await start_node()
+    admin = await dial(node, "admin")
+    await _ok(admin, "COUNTER_SET", name="c", value=2**63 - 1)
+    r = await admin.request("BATCH_EXECUTE", ops=[
+        {"op": "MAP_PUT", "b": {"name": "m", "key": "k", "value": b"v"}},
+        {"op": "COUNTER_ADD", "b": {"name": "c", "delta": 1}}])
+    assert r["s"] != OK and r["e"]["code"] == "LIMIT_EXCEEDED" and r["e"]["op_index"] == 1, r
+    await audit_flushed(node)
+    rec, = [x for x in records(node) if x.get("command") == "BATCH_EXECUTE"]
+    assert rec["result"] == "limit_exceeded"
+    assert (rec["op_index"], rec["op"], rec["structure"], rec["key"]) == (
+        1, "COUNTER_ADD", "c", None)
+
+
 # -- D2: LOCK_UNLOCK ----------------------------------------------------------------------------
 async def test_lock_unlock_by_writer_denied(start_node: NodeFactory, dial: Dial) -> None:
     node: Node = await start_node()
