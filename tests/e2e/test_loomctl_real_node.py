@@ -77,6 +77,8 @@ def test_loomctl_put_get_denied_and_audited(pki: PKI, loomd: tuple[str, Path]) -
     assert (r.returncode, r.stdout.strip()) == (0, "hello"), r.stderr
     r = ctl(pki, ep, "admin", "--stale", "put", "greeting", "x")
     assert r.returncode == 2 and "--stale applies to reads only" in r.stderr, r.stderr
+    r = ctl(pki, ep, "admin", "--stale", "acl", "get")  # an admin type that only reads
+    assert r.returncode == 0, r.stderr
 
     r = ctl(pki, ep, "reader", "put", "greeting", "bye")  # reader may read, not write
     assert r.returncode == 1 and "FORBIDDEN" in r.stderr

@@ -14,7 +14,6 @@ from typing import Any, TextIO
 from loom.client.errors import ConfigError, ConnectError
 from loom.client.protocol import format_endpoint, parse_endpoints, prepare
 from loom.client.sync import Client
-from loom.wire.catalog import Access
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
 DEFAULT_ENDPOINTS = "127.0.0.1:6001"
@@ -80,7 +79,7 @@ class Ctx:
     def call_body(self, op: str, body: dict[str, Any]) -> Any:
         stale = getattr(self.args, "stale", False)
         mt, _ = prepare(op, body)  # local validation: nothing invalid is ever sent
-        if stale and mt.access is not Access.READ:
+        if stale and mt.is_write:  # the catalog: a type that changes state cannot be stale
             raise UsageError(f"--stale applies to reads only, not {mt.name}")
         return self.client().call_body(op, body, stale=stale)
 
