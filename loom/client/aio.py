@@ -1,65 +1,145 @@
-"""The trio client: one long-lived TLS connection, many requests in flight.
+"""The async client: one long-lived TLS connection, many requests in flight, on trio or asyncio.
 
-Each connection has two tasks in the client's nursery: a reader that matches answers to waiting
-callers by request id (answers may come back in any order) and routes topic pushes, and a
-writer that is the only task ever sending on the stream. Callers hand frames to the writer
-through a bounded channel, so a caller's cancelled deadline never interrupts a TLS send
-halfway (a cancelled send breaks a TLS stream for good; FIELD-NOTES).
+Written on anyio, so the same code runs under `trio.run` and `asyncio.run`. Under trio the
+connection is a `TLSStream` (OpenSSL on the socket, security/tlsstream.py; the cheaper path);
+under asyncio it is anyio's TLS stream. Every decision (which node, retry or raise, the HELLO
+exchange, the frame limit) is made by the sans-IO core in protocol.py, as in the blocking client.
+
+Each connection has two tasks in the client's task group: a reader that matches answers to
+waiting callers by request id (answers may come back in any order) and routes topic pushes, and
+a writer that is the only task ever sending on the stream. Callers hand frames to the writer
+through a bounded channel, so a caller's cancelled deadline never interrupts a TLS send halfway
+(a cancelled send breaks a TLS stream for good; FIELD-NOTES).
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import trio
+import anyio
+import anyio.abc
+import sniffio
 
 from loom.client import protocol as p
-from loom.client.common import ClientSettings
-from loom.client.errors import ConnectError, IndeterminateError, ProtocolError
+from loom.client.errors import ConnectError, ProtocolError
 from loom.client.ops import Ops
+from loom.client.protocol import Addr, ConnectionLost
 from loom.client.subscription import Subscription
-from loom.client.tls import (
-    closed_during_hello,
-    describe_tls_error,
-    is_permanent,
-)
-from loom.security.tlsstream import TLSStream
-from loom.wire.catalog import MessageType
+from loom.client.tls import closed_during_hello, describe_tls_error, make_context
 from loom.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, FrameError
-from loom.wire.errors import Busy, LoomError, NotLeader, Timeout, Unavailable
+from loom.wire.errors import LoomError
 
-Addr = tuple[str, int]
 WRITE_QUEUE = 256  # frames waiting for the writer; callers block (backpressure) beyond it
 WRITE_BATCH = 256 * 1024  # bytes coalesced into one TLS write
+READ_CHUNK = 65536
 
 
-class ConnectionLost(Exception):
-    """The connection ended while a request of ours was outstanding (internal)."""
+class _Stream(Protocol):
+    async def send_all(self, data: bytes) -> None: ...
+    async def receive_some(self) -> bytes: ...  # b"" after the peer closed
+    async def aclose(self) -> None: ...
+
+
+def _broken() -> tuple[type[BaseException], ...]:
+    """How a stream ends, in the words of either backend."""
+    out: tuple[type[BaseException], ...] = (anyio.BrokenResourceError, anyio.ClosedResourceError,
+                                            anyio.EndOfStream, OSError)
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        out += (trio.BrokenResourceError, trio.ClosedResourceError)
+    return out
+
+
+def _cause(e: BaseException) -> BaseException:
+    return e.__cause__ if e.__cause__ is not None else e
+
+
+class _TrioTLS:
+    """trio: the TLSStream the node uses too (OpenSSL reads and writes the socket itself)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._s = stream
+
+    async def send_all(self, data: bytes) -> None:
+        await self._s.send_all(data)
+
+    async def receive_some(self) -> bytes:
+        return bytes(await self._s.receive_some(READ_CHUNK))
+
+    async def aclose(self) -> None:
+        await anyio.aclose_forcefully(self._s)
+
+
+class _AnyioTLS:
+    """asyncio (or any anyio backend): anyio's TLS stream over a TCP stream."""
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self._s = stream
+
+    async def send_all(self, data: bytes) -> None:
+        await self._s.send(data)
+
+    async def receive_some(self) -> bytes:
+        try:
+            return await self._s.receive(READ_CHUNK)
+        except anyio.EndOfStream:
+            return b""
+
+    async def aclose(self) -> None:
+        await anyio.aclose_forcefully(self._s)
+
+
+async def _dial(addr: Addr, ctx: ssl.SSLContext, hostname: str, sent_cert: bool) -> _Stream:
+    """TCP and the TLS handshake; ConnectError names what failed."""
+    where = p.format_endpoint(addr)
+    host, port = addr
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        from loom.security.tlsstream import TLSStream
+
+        try:
+            tcp = await trio.open_tcp_stream(host, port)
+        except OSError as e:
+            raise ConnectError(f"{where}: {e.strerror or e}") from None
+        tls = TLSStream(tcp, ctx, server_hostname=hostname)
+        try:
+            await tls.do_handshake()
+        except (trio.BrokenResourceError, OSError) as e:
+            await trio.aclose_forcefully(tls)
+            raise ConnectError(f"{where}: "
+                               f"{describe_tls_error(_cause(e), sent_cert=sent_cert)}") from None
+        return _TrioTLS(tls)
+    try:
+        tcp_s = await anyio.connect_tcp(host, port)
+    except OSError as e:
+        raise ConnectError(f"{where}: {e.strerror or e}") from None
+    from anyio.streams.tls import TLSStream as AnyioTLSStream
+
+    try:
+        stream = await AnyioTLSStream.wrap(tcp_s, hostname=hostname, ssl_context=ctx)
+    except (anyio.BrokenResourceError, anyio.EndOfStream, OSError) as e:
+        await anyio.aclose_forcefully(tcp_s)
+        raise ConnectError(f"{where}: "
+                           f"{describe_tls_error(_cause(e), sent_cert=sent_cert)}") from None
+    return _AnyioTLS(stream)
 
 
 class _Slot:
     __slots__ = ("event", "response")
 
     def __init__(self) -> None:
-        self.event = trio.Event()
+        self.event = anyio.Event()
         self.response: p.Response | None = None
 
 
-class _Attempt:
-    """What one call has done so far: whether a frame may have reached a server."""
-
-    __slots__ = ("queued", "unknown")
-
-    def __init__(self) -> None:
-        self.queued = False  # the current attempt's frame was handed to the writer
-        self.unknown = False  # an earlier attempt of a write was lost after sending
-
-
 class Connection:
-    def __init__(self, stream: TLSStream, addr: Addr,
+    def __init__(self, stream: _Stream, addr: Addr,
                  hello: p.HelloInfo, decoder: FrameDecoder) -> None:
         self.stream = stream
         self.addr = addr
@@ -69,10 +149,11 @@ class Connection:
         self.subs: dict[int, Subscription] = {}
         self.error: str | None = None
         self.retired = False
-        self._next_id = 1  # id 1 was HELLO
-        self._out_send, self._out_recv = trio.open_memory_channel[bytes](WRITE_QUEUE)
-        self._scope = trio.CancelScope()
-        self.closed = trio.Event()
+        self._next_id = p.HELLO_ID
+        self._out_send, self._out_recv = anyio.create_memory_object_stream[bytes](WRITE_QUEUE)
+        self._scope = anyio.CancelScope()
+        self.closed = anyio.Event()
+        self._broken = _broken()
 
     @property
     def alive(self) -> bool:
@@ -87,7 +168,7 @@ class Connection:
             raise ConnectionLost(self.error or "connection closed")
         try:
             await self._out_send.send(frame)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise ConnectionLost(self.error or "connection closed") from None
 
     def close(self, reason: str = "connection closed") -> None:
@@ -101,24 +182,24 @@ class Connection:
         if not self.pending and not self.subs:
             self.close("retired")
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         try:
             with self._scope:
-                async with trio.open_nursery() as n:
-                    n.start_soon(self._reader)
-                    n.start_soon(self._writer)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._reader)
+                    tg.start_soon(self._writer)
                     task_status.started()
         finally:
             self._out_send.close()
+            self._out_recv.close()
             reason = self.error or "connection closed"
             for slot in self.pending.values():
                 slot.event.set()  # response None: lost
             for sub in self.subs.values():
                 sub.end(ConnectError(f"subscription ended: {reason}"))
             self.closed.set()
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self.stream)
+            with anyio.CancelScope(shield=True):
+                await self.stream.aclose()
 
     async def _writer(self) -> None:
         try:
@@ -128,29 +209,28 @@ class Connection:
                 while size < WRITE_BATCH:
                     try:
                         more = self._out_recv.receive_nowait()
-                    except trio.WouldBlock:
+                    except anyio.WouldBlock:
                         break
                     batch.append(more)
                     size += len(more)
                 await self.stream.send_all(b"".join(batch))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            self.close(f"send failed: {e}")
+        except self._broken as e:
+            self.close(f"send failed: {_cause(e)}")
 
     async def _reader(self) -> None:
         try:
             while True:
-                data = await self.stream.receive_some(65536)
+                data = await self.stream.receive_some()
                 if not data:
                     self.close("the server closed the connection")
                     return
-                self.decoder.feed(bytes(data))
+                self.decoder.feed(data)
                 while (payload := self.decoder.next_payload()) is not None:
                     self._dispatch(p.parse_response(payload))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            cause = e.__cause__ if e.__cause__ is not None else e
-            self.close(f"connection lost: {cause}")
         except (FrameError, ProtocolError) as e:
             self.close(f"protocol error: {e}")
+        except self._broken as e:
+            self.close(f"connection lost: {_cause(e)}")
 
     def _dispatch(self, r: p.Response) -> None:
         if r.push:
@@ -164,15 +244,19 @@ class Connection:
             slot.event.set()
         elif (sub := self.subs.get(r.request_id)) is not None and r.error is not None:
             sub.end(r.error)
+        elif r.request_id == 0 and r.error is not None:
+            # The server's last word before it closes a stream it cannot read on.
+            self.close(f"the server closed the connection: {r.error}")
         if self.retired and not self.pending and not self.subs:
             self.close("retired")
 
-    async def roundtrip(self, rid: int, frame: bytes, attempt: _Attempt) -> p.Response:
+    async def roundtrip(self, rid: int, frame: bytes, attempts: p.Attempts | None) -> p.Response:
         slot = _Slot()
         self.pending[rid] = slot
         try:
             await self.enqueue(frame)
-            attempt.queued = True
+            if attempts is not None:
+                attempts.sending()
             await slot.event.wait()
         finally:
             self.pending.pop(rid, None)
@@ -181,41 +265,51 @@ class Connection:
         return slot.response
 
 
-class AsyncClient(ClientSettings, Ops[Any]):
-    """Trio Loom client. Use `async with open_client(...) as c:`, or
-    `c = await AsyncClient.connect(..., nursery=n)` with a nursery you own and `await c.aclose()`.
+class AsyncClient(Ops[Any]):
+    """Async Loom client, on trio or asyncio. Use `async with open_client(...) as c:`, or
+    `c = await AsyncClient.connect(..., nursery=n)` with a trio nursery or an anyio task group
+    you own, and `await c.aclose()`. The keyword arguments are `protocol.Options`' fields.
     """
 
     def __init__(
-        self, endpoints: str | Sequence[str], *, ca: str | Path, nursery: trio.Nursery,
+        self, endpoints: str | Sequence[str], *, ca: str | Path, nursery: Any,
         cert: str | Path | None = None, key: str | Path | None = None,
-        client_name: str = "loom-py", timeout: float = 10.0,
+        client_name: str | None = None, timeout: float | None = None,
         headers: Mapping[str, str] | None = None, retry: p.RetryPolicy | None = None,
-        server_hostname: str | None = None, check_hostname: bool = True,
-        client_id: str | None = None, max_in_flight: int = 1024,
-        max_writes_in_flight: int = 32, connect_timeout: float = 5.0,
-        resend_unknown_writes: bool = True,
+        server_hostname: str | None = None, check_hostname: bool | None = None,
+        client_id: str | None = None, max_in_flight: int | None = None,
+        max_writes_in_flight: int | None = None, connect_timeout: float | None = None,
+        resend_unknown_writes: bool | None = None,
     ) -> None:
-        self._init_settings(
+        self.options = o = p.Options.build(
             endpoints, ca=ca, cert=cert, key=key, client_name=client_name, timeout=timeout,
             headers=headers, retry=retry, server_hostname=server_hostname,
-            check_hostname=check_hostname, client_id=client_id,
+            check_hostname=check_hostname, client_id=client_id, max_in_flight=max_in_flight,
             resend_unknown_writes=resend_unknown_writes,
             max_writes_in_flight=max_writes_in_flight, connect_timeout=connect_timeout)
-        self._nursery = nursery
-        self._window_changed = trio.Event()
-        self._limit = trio.Semaphore(max_in_flight)
-        self._lock = trio.Lock()
+        self._ctx = make_context(o.ca, o.cert, o.key, check_hostname=o.check_hostname)
+        self._window = p.WriteWindow(o.max_writes_in_flight)
+        self._router = p.Router(o.endpoints)
+        self._nursery = nursery  # trio.Nursery or anyio TaskGroup: both have start()
+        self._window_changed = anyio.Event()
+        self._limit = anyio.Semaphore(o.max_in_flight)
+        self._lock = anyio.Lock()
         self._conn: Connection | None = None
         self._all: set[Connection] = set()
-        self._preferred: Addr | None = None
-        self._rotate = 0
         self._closed = False
+
+    @property
+    def timeout(self) -> float:
+        return self.options.timeout
+
+    @property
+    def client_id(self) -> str:
+        return self.options.client_id
 
     @classmethod
     async def connect(cls, endpoints: str | Sequence[str], **kwargs: Any) -> AsyncClient:
         c = cls(endpoints, **kwargs)
-        with trio.fail_after(c.timeout):
+        with anyio.fail_after(c.options.timeout):
             await c.connection()
         return c
 
@@ -224,7 +318,7 @@ class AsyncClient(ClientSettings, Ops[Any]):
         for conn in list(self._all):
             conn.close("client closed")
         for conn in list(self._all):
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await conn.closed.wait()
 
     @property
@@ -242,30 +336,24 @@ class AsyncClient(ClientSettings, Ops[Any]):
                 return self._conn
             if self._closed:
                 raise ConnectError("the client is closed")
-            candidates: list[Addr] = [self._preferred] if self._preferred else []
-            n = len(self.endpoints)
-            candidates += [self.endpoints[(self._rotate + i) % n] for i in range(n)]
             errors: list[str] = []
-            for addr in dict.fromkeys(candidates):
+            for addr in self._router.candidates():
                 try:
-                    with trio.fail_after(self.connect_timeout):
+                    with anyio.fail_after(self.options.connect_timeout):
                         conn = await self._open(addr)
-                except (ConnectError, trio.TooSlowError) as e:
+                except (ConnectError, TimeoutError) as e:
                     errors.append(str(e) if isinstance(e, ConnectError) else
                                   f"{p.format_endpoint(addr)}: connect timed out")
-                    if addr == self._preferred:
-                        self._preferred = None
+                    self._router.dial_failed(addr)
                     continue
                 self._all.add(conn)
                 await self._nursery.start(self._run, conn)
                 self._conn = conn
                 return conn
-            raise ConnectError("could not connect: " + "; ".join(errors),
-                           permanent=bool(errors) and all(
-                               is_permanent(e.split(": ", 1)[-1]) for e in errors))
+            raise p.connect_failure(errors)
 
-    async def _run(self, conn: Connection, *,
-                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _run(self, conn: Connection, *, task_status: Any = anyio.TASK_STATUS_IGNORED
+                   ) -> None:
         try:
             await conn.run(task_status=task_status)
         finally:
@@ -274,73 +362,50 @@ class AsyncClient(ClientSettings, Ops[Any]):
                 self._conn = None
 
     async def _open(self, addr: Addr) -> Connection:
-        host, port = addr
-        where = p.format_endpoint(addr)
+        o = self.options
+        stream = await _dial(addr, self._ctx, o.server_hostname or addr[0], o.sent_cert)
         try:
-            tcp = await trio.open_tcp_stream(host, port)
-        except OSError as e:
-            raise ConnectError(f"{where}: {e.strerror or e}") from None
-        stream = TLSStream(tcp, self._ctx, server_hostname=self._server_hostname or host)
-        ok = False
-        try:
-            conn = await self._handshake(stream, addr)
-            ok = True
-            return conn
-        finally:
-            if not ok:
-                await trio.aclose_forcefully(stream)
+            return await self._hello(stream, addr)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
 
-    async def _handshake(self, stream: TLSStream, addr: Addr) -> Connection:
+    async def _hello(self, stream: _Stream, addr: Addr) -> Connection:
         where = p.format_endpoint(addr)
+        sent_cert = self.options.sent_cert
         decoder = FrameDecoder(DEFAULT_MAX_FRAME)
-        frame = p.request_frame(1, p.HELLO.opcode, p.hello_body(self.client_name, self.client_id))
         try:
-            await stream.do_handshake()
-        except (trio.BrokenResourceError, OSError) as e:
-            cause = e.__cause__ if e.__cause__ is not None else e
-            raise ConnectError(f"{where}: {describe_tls_error(cause, sent_cert=self._sent_cert)}"
-                               ) from None
-        try:
-            await stream.send_all(frame)
-            while True:
-                data = await stream.receive_some(65536)
+            await stream.send_all(p.hello_frame(self.options))
+            while (payload := decoder.next_payload()) is None:
+                data = await stream.receive_some()
                 if not data:
-                    raise ConnectError(f"{where}: {closed_during_hello(sent_cert=self._sent_cert)}")
-                decoder.feed(bytes(data))
-                payload = decoder.next_payload()
-                if payload is not None:
-                    break
-        except (trio.BrokenResourceError, OSError) as e:
-            cause = e.__cause__ if e.__cause__ is not None else e
-            if "EOF" in type(cause).__name__ or "ZeroReturn" in type(cause).__name__:
-                msg = closed_during_hello(sent_cert=self._sent_cert)
+                    raise ConnectError(f"{where}: {closed_during_hello(sent_cert=sent_cert)}")
+                decoder.feed(data)
+        except _broken() as e:
+            cause = _cause(e)
+            if isinstance(e, anyio.EndOfStream) or "EOF" in type(cause).__name__ or (
+                    "ZeroReturn" in type(cause).__name__):
+                msg = closed_during_hello(sent_cert=sent_cert)
             else:
-                msg = describe_tls_error(cause, sent_cert=self._sent_cert)
+                msg = describe_tls_error(cause, sent_cert=sent_cert)
             raise ConnectError(f"{where}: {msg}") from None
         except FrameError as e:
             raise ConnectError(f"{where}: bad answer to HELLO: {e}") from None
-        hello = p.parse_hello(p.parse_response(payload).value())
+        hello = p.accept_hello(payload)
         decoder.max_frame = max(hello.max_frame, DEFAULT_MAX_FRAME)
         return Connection(stream, addr, hello, decoder)
 
     def _after_error(self, conn: Connection, err: LoomError) -> None:
-        """Move on from a node that cannot serve the request: to the leader it names, or to the
-        next endpoint. Only the first such answer on a connection moves the client; answers
-        to requests that were outstanding on it at the time are just retried."""
-        if not isinstance(err, (NotLeader, Unavailable)) or conn.retired:
+        """Move on from a node that cannot serve the request. Only the first such answer on a
+        connection moves the client; answers to requests that were outstanding on it at the
+        time are just retried."""
+        if conn.retired:
             return
-        hint = p.leader_hint(err)
-        if hint == conn.addr:
-            hint = None  # a node naming itself is no hint
-        self._preferred = hint
-        if hint is None:
-            self._rotate = p.next_rotation(self.endpoints, conn.addr, self._rotate)
-        self._retire(conn)
-
-    def _retire(self, conn: Connection) -> None:
-        if self._conn is conn:
-            self._conn = None
-        conn.retire()
+        if self._router.refused(conn.addr, err):
+            if self._conn is conn:
+                self._conn = None
+            conn.retire()
 
     # -- requests -------------------------------------------------------------------------------
     async def call(self, op: str | int, /, *, headers: Mapping[str, str] | None = None,
@@ -349,22 +414,22 @@ class AsyncClient(ClientSettings, Ops[Any]):
         (reads only) lets whichever node is asked answer from its own replica.
 
         The client's `timeout` bounds the call (retries included); a tighter deadline is the
-        caller's own `trio.fail_after` / `move_on_after` around the call."""
+        caller's own cancel scope (`trio.fail_after`, `anyio.fail_after`, `asyncio.timeout`)."""
         return await self.call_body(op, body, headers=headers, stale=stale)
 
     async def call_body(self, op: str | int, body: Mapping[str, Any], *,
                         headers: Mapping[str, str] | None = None, stale: bool = False) -> Any:
         mt, clean = p.prepare(op, body)
-        attempt = _Attempt()
-        hdrs = {**self.headers, **(headers or {})}
+        attempts = p.Attempts(mt, self.options.retry, resend=self.options.resend_unknown_writes)
+        hdrs = {**self.options.headers, **(headers or {})}
         seq = 0
         try:
-            with trio.fail_after(self.timeout):
+            with anyio.fail_after(self.options.timeout):
                 if mt.is_write:
                     seq = await self._issue_seq()
-                return await self._with_retries(mt, clean, seq, hdrs, attempt, stale)
-        except trio.TooSlowError:
-            raise p.timeout_error(mt, attempt.queued or attempt.unknown, self.timeout) from None
+                return await self._with_retries(attempts, clean, seq, hdrs, stale)
+        except TimeoutError:
+            raise attempts.timed_out(self.options.timeout) from None
         finally:
             if seq:
                 self._finish_seq(seq)
@@ -383,54 +448,36 @@ class AsyncClient(ClientSettings, Ops[Any]):
     def _finish_seq(self, seq: int) -> None:
         self._window.finish(seq)
         self._window_changed.set()
-        self._window_changed = trio.Event()
+        self._window_changed = anyio.Event()
 
-    async def _with_retries(self, mt: MessageType, body: dict[str, Any], seq: int,
-                            headers: dict[str, str], attempt: _Attempt,
-                            stale: bool = False) -> Any:
-        last: BaseException | None = None
-        for n in range(max(1, self.retry.attempts)):
-            if n:
-                pause = self.retry.delay_for(last, n - 1)
-                if trio.current_time() + pause >= trio.current_effective_deadline():
-                    break  # the deadline would pass while waiting: report the last failure
-                await trio.sleep(pause)
+    async def _with_retries(self, attempts: p.Attempts, body: dict[str, Any], seq: int,
+                            headers: dict[str, str], stale: bool) -> Any:
+        mt = attempts.mt
+        while (pause := attempts.pause()) is not None:
+            if anyio.current_time() + pause >= anyio.current_effective_deadline():
+                break  # the deadline would pass while waiting: report the last failure
+            await anyio.sleep(pause)
             try:
                 conn = await self.connection()
             except ConnectError as e:
-                if e.permanent:
-                    raise
-                last = e
+                attempts.connect_failed(e)
                 continue
             rid = conn.next_id()
-            frame = p.request_frame(rid, mt.opcode, body, seq=seq, headers=headers,
-                                    stale=stale)
+            frame = p.request_frame(rid, mt.opcode, body, seq=seq, headers=headers, stale=stale)
+            p.check_frame_size(mt, frame, conn.hello.max_frame)
             try:
                 async with self._limit:
-                    r = await conn.roundtrip(rid, frame, attempt)
+                    r = await conn.roundtrip(rid, frame, attempts)
             except ConnectionLost as e:
-                self._rotate = p.next_rotation(self.endpoints, conn.addr, self._rotate)
-                if mt.is_write and attempt.queued:
-                    attempt.unknown = True
-                    if not self.resend_unknown_writes:
-                        raise IndeterminateError(f"{mt.name}: {e}") from None
-                attempt.queued = False
-                last = ConnectError(str(e))
+                self._router.lost(conn.addr)
+                attempts.lost(str(e))
                 continue
-            if r.error is None:
-                return r.result
-            attempt.queued = False  # an answer: this attempt is settled
-            if isinstance(r.error, (NotLeader, Unavailable, Busy)):
+            if r.error is not None:
                 self._after_error(conn, r.error)
-                last = r.error
-                continue
-            if isinstance(r.error, Timeout) and mt.is_write:
-                raise IndeterminateError(f"{mt.name}: {r.error.message}") from r.error
-            raise r.error
-        if attempt.unknown:
-            raise IndeterminateError(f"{mt.name}: {last}")
-        assert last is not None
-        raise last
+            result = attempts.answered(r)
+            if result is not p.RETRY:
+                return result
+        raise attempts.exhausted()
 
     @asynccontextmanager
     async def subscribe(self, topic: str, from_seq: int | None = None, *,
@@ -438,24 +485,24 @@ class AsyncClient(ClientSettings, Ops[Any]):
         """`async with c.subscribe("t") as sub: async for msg in sub:` — pushed payloads, in
         order. A slow consumer whose buffer fills ends the subscription with LimitExceeded."""
         mt, body = p.prepare("TOPIC_SUBSCRIBE", {"name": topic, "from_seq": from_seq})
-        with trio.fail_after(self.timeout):
+        with anyio.fail_after(self.options.timeout):
             conn = await self.connection()
         rid = conn.next_id()
         sub = Subscription(topic, rid, buffer)
         conn.subs[rid] = sub
         try:
-            with trio.fail_after(self.timeout):
-                frame = p.request_frame(rid, mt.opcode, body, headers=self.headers)
-                r = await conn.roundtrip(rid, frame, _Attempt())
+            with anyio.fail_after(self.options.timeout):
+                frame = p.request_frame(rid, mt.opcode, body, headers=self.options.headers)
+                r = await conn.roundtrip(rid, frame, None)
             r.value()
             yield sub
         except ConnectionLost as e:
             raise ConnectError(f"subscription to {topic!r} failed: {e}") from None
         finally:
             conn.subs.pop(rid, None)
-            sub.end(None)
+            sub.close()
             if conn.alive:
-                with trio.move_on_after(1.0, shield=True):
+                with anyio.move_on_after(1.0, shield=True):
                     await self._unsubscribe(conn, topic, rid)
             elif conn.retired and not conn.pending and not conn.subs:
                 conn.close("retired")
@@ -465,7 +512,7 @@ class AsyncClient(ClientSettings, Ops[Any]):
         uid = conn.next_id()
         try:
             await conn.roundtrip(uid, p.request_frame(uid, mt.opcode, body,
-                                                      headers=self.headers), _Attempt())
+                                                      headers=self.options.headers), None)
         except ConnectionLost:
             pass
 
@@ -473,13 +520,14 @@ class AsyncClient(ClientSettings, Ops[Any]):
 @asynccontextmanager
 async def open_client(endpoints: str | Sequence[str], **kwargs: Any
                       ) -> AsyncIterator[AsyncClient]:
-    """An AsyncClient whose connection tasks live in a nursery owned by this context.
+    """An AsyncClient whose connection tasks live in a task group owned by this context; on
+    trio or asyncio alike.
 
-    The connection tasks never raise, so an exception group from the nursery holding a single
-    exception (a connect failure, or the body's own error) is unwrapped to that exception."""
+    The connection tasks never raise, so an exception group from the task group holding a
+    single exception (a connect failure, or the body's own error) is unwrapped to it."""
     try:
-        async with trio.open_nursery() as nursery:
-            client = await AsyncClient.connect(endpoints, nursery=nursery, **kwargs)
+        async with anyio.create_task_group() as tg:
+            client = await AsyncClient.connect(endpoints, nursery=tg, **kwargs)
             try:
                 yield client
             finally:

@@ -1,23 +1,34 @@
-"""The sans-IO half of the client: request building, response classification, retry policy.
+"""The sans-IO core of the client: every decision both shells (`aio.py`, `sync.py`) take.
 
-Both the trio client (`aio.py`) and the blocking client (`sync.py`) drive the same objects here;
-neither this module nor the codec knows about sockets or tasks.
+- `Options`: the client's settings, validated once (the shells' keyword arguments map onto it).
+- `Router`: which endpoint to dial next (a leader named by NOT_LEADER first, then the endpoints
+  in rotation, starting past one that failed).
+- `Attempts`: one call's retry policy: what an answer, a lost connection or a failed connect
+  means (return, retry, raise at once, or "indeterminate"), and when retrying stops.
+- The HELLO exchange (`hello_frame`, `accept_hello`) and the frame limit it announces
+  (`check_frame_size`: a request over the server's limit is refused here, before it is sent).
+
+Neither this module nor the codec knows about sockets or tasks: the shells own the I/O, the
+clocks and the sleeping; the rules live here once.
 """
 
 from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
 
 from loom.client.errors import (
     ConfigError,
+    ConnectError,
     IndeterminateError,
     ProtocolError,
     RequestValidationError,
 )
+from loom.client.tls import is_permanent
 from loom.wire import catalog
 from loom.wire.catalog import MessageType
 from loom.wire.codec import PROTOCOL_VERSION, FrameError, decode_payload, encode
@@ -28,13 +39,16 @@ from loom.wire.errors import (
     NotLeader,
     Status,
     Timeout,
+    TooLarge,
     Unavailable,
     error_from_wire,
 )
 from loom.wire.schema import Kind
 
 HELLO = catalog.BY_NAME["HELLO"]
+HELLO_ID = 1  # the request id of HELLO; a connection's requests count on from it
 DEFAULT_PORT = 6001
+Addr = tuple[str, int]
 
 # Answers that prove the request was not executed, so any request may be sent again.
 RETRYABLE: tuple[type[LoomError], ...] = (Busy, Unavailable, NotLeader)
@@ -319,3 +333,201 @@ def timeout_error(mt: MessageType, sent: bool, seconds: float | None) -> LoomErr
     if sent and mt.is_write:
         return IndeterminateError(what)
     return Timeout(what + ("" if sent else " (not sent)"))
+
+
+# -- options ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Everything a client is configured with; both shells take these as keyword arguments.
+
+    `timeout` bounds one call, retries included; `connect_timeout` one dial (TCP, TLS, HELLO).
+    `max_in_flight` bounds the async client's concurrent requests (the blocking client has one).
+    `resend_unknown_writes`: a write whose connection was lost after it was sent is sent again
+    with the same sequence number (the server answers a duplicate from its memory); False
+    raises IndeterminateError at once instead."""
+
+    endpoints: tuple[Addr, ...]
+    ca: str | Path
+    cert: str | Path | None = None
+    key: str | Path | None = None
+    client_name: str = "loom-py"
+    timeout: float = 10.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    server_hostname: str | None = None
+    check_hostname: bool = True
+    client_id: str = ""
+    resend_unknown_writes: bool = True
+    max_writes_in_flight: int = 32
+    max_in_flight: int = 1024
+    connect_timeout: float = 5.0
+
+    @classmethod
+    def build(cls, endpoints: str | Sequence[str], **kw: Any) -> Options:
+        """Options from the shells' keyword arguments (None means the default)."""
+        given = {k: v for k, v in kw.items() if v is not None}
+        unknown = set(given) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown client option(s): {sorted(unknown)}")
+        eps = parse_endpoints(endpoints if isinstance(endpoints, str) else list(endpoints))
+        opts = cls(tuple(eps), **given)
+        if not opts.client_id:
+            opts = replace(opts, client_id=new_client_id())
+        if opts.timeout <= 0 or opts.connect_timeout <= 0:
+            raise ConfigError("timeout and connect_timeout must be positive")
+        if opts.max_in_flight < 1:
+            raise ConfigError("max_in_flight must be at least 1")
+        return opts
+
+    @property
+    def sent_cert(self) -> bool:
+        return self.cert is not None
+
+
+# -- routing ------------------------------------------------------------------------------------
+class Router:
+    """Which endpoint to dial: the leader a NOT_LEADER answer named, then every endpoint in
+    rotation. A lost connection or an UNAVAILABLE answer moves the rotation past that node."""
+
+    def __init__(self, endpoints: Sequence[Addr]) -> None:
+        self.endpoints = list(endpoints)
+        self.preferred: Addr | None = None
+        self.rotate = 0
+
+    def candidates(self) -> list[Addr]:
+        """The endpoints to try, in order, each once."""
+        n = len(self.endpoints)
+        first = [self.preferred] if self.preferred is not None else []
+        return list(dict.fromkeys(first + [self.endpoints[(self.rotate + i) % n]
+                                           for i in range(n)]))
+
+    def dial_failed(self, addr: Addr) -> None:
+        if addr == self.preferred:
+            self.preferred = None
+
+    def lost(self, addr: Addr) -> None:
+        """The connection to `addr` broke: start with the endpoint after it."""
+        self.rotate = next_rotation(self.endpoints, addr, self.rotate)
+
+    def refused(self, addr: Addr, err: LoomError) -> bool:
+        """A node answered `err`. True when the client should leave that node's connection:
+        NOT_LEADER (to the leader it names, else the next endpoint) and UNAVAILABLE (the next
+        endpoint). BUSY and every other answer keep the connection."""
+        if not isinstance(err, (NotLeader, Unavailable)):
+            return False
+        hint = leader_hint(err)
+        self.preferred = None if hint == addr else hint  # a node naming itself is no hint
+        if self.preferred is None:
+            self.lost(addr)
+        return True
+
+
+def connect_failure(errors: list[str]) -> ConnectError:
+    """The error after every candidate failed: permanent when each failure was a certificate
+    problem (retrying cannot help)."""
+    return ConnectError("could not connect: " + "; ".join(errors),
+                        permanent=bool(errors) and all(
+                            is_permanent(e.split(": ", 1)[-1]) for e in errors))
+
+
+# -- the HELLO exchange -------------------------------------------------------------------------
+def hello_frame(opts: Options) -> bytes:
+    """The first frame on every connection (request id HELLO_ID)."""
+    return request_frame(HELLO_ID, HELLO.opcode, hello_body(opts.client_name, opts.client_id))
+
+
+def accept_hello(payload: bytes) -> HelloInfo:
+    """The server's answer to HELLO: its session parameters, or the error it refused with."""
+    r = parse_response(payload)
+    if r.push or r.request_id not in (HELLO_ID, 0):
+        raise ProtocolError(f"expected the answer to HELLO, got a frame for {r.request_id}")
+    return parse_hello(r.value())
+
+
+def check_frame_size(mt: MessageType, frame: bytes, max_frame: int) -> None:
+    """A request larger than the server's frame limit is refused here, never sent: the server
+    would answer it only by closing the connection (the stream can no longer be framed)."""
+    size = len(frame) - 4
+    if size > max_frame:
+        raise TooLarge(f"{mt.name}: request of {size} bytes exceeds the server's frame limit "
+                       f"of {max_frame} bytes (limits.max_frame_bytes); nothing was sent",
+                       size=size, limit=max_frame)
+
+
+# -- one call's attempts ------------------------------------------------------------------------
+class ConnectionLost(Exception):
+    """The connection ended while a request of ours was outstanding (internal to the client)."""
+
+
+RETRY: Final = object()  # `Attempts.answered` says: send the request again
+
+
+class Attempts:
+    """One call: what it has tried, and the one policy deciding what comes next.
+
+    The shells loop: `pause()` (None: stop), dial, `sending()`, then report exactly one of
+    `answered`, `lost` or `connect_failed`; when the loop stops, raise `exhausted()`.
+
+    Definite answers (every error but NOT_LEADER, UNAVAILABLE and BUSY, which prove the request
+    was not executed) raise at once. Only a write that was sent and never answered is
+    indeterminate; a server TIMEOUT for a write is too (it may still apply)."""
+
+    __slots__ = ("_n", "last", "mt", "policy", "resend", "sent", "unknown")
+
+    def __init__(self, mt: MessageType, policy: RetryPolicy, *, resend: bool) -> None:
+        self.mt = mt
+        self.policy = policy
+        self.resend = resend
+        self.sent = False  # the current attempt's frame may have reached a server
+        self.unknown = False  # an earlier attempt of this write was lost after being sent
+        self.last: BaseException | None = None
+        self._n = 0
+
+    def pause(self) -> float | None:
+        """Seconds to wait before the next attempt (0 before the first); None: no attempt left.
+        The shell also stops when the pause would outlast the call's deadline."""
+        n = self._n
+        if n >= max(1, self.policy.attempts):
+            return None
+        self._n += 1
+        return 0.0 if n == 0 else self.policy.delay_for(self.last, n - 1)
+
+    def sending(self) -> None:
+        self.sent = True
+
+    def answered(self, r: Response) -> Any:
+        """The result, or RETRY; raises the answer's error when it is definite."""
+        self.sent = False  # an answer settles this attempt
+        if r.error is None:
+            return r.result
+        if isinstance(r.error, RETRYABLE):
+            self.last = r.error
+            return RETRY
+        if isinstance(r.error, Timeout) and self.mt.is_write:
+            raise IndeterminateError(f"{self.mt.name}: {r.error.message}") from r.error
+        raise r.error
+
+    def lost(self, reason: str) -> None:
+        """The connection ended before the answer came: retry, or raise IndeterminateError for
+        a sent write when `resend_unknown_writes` is off."""
+        if self.mt.is_write and self.sent:
+            self.unknown = True
+            if not self.resend:
+                raise IndeterminateError(f"{self.mt.name}: {reason}")
+        self.sent = False
+        self.last = ConnectError(reason)
+
+    def connect_failed(self, err: ConnectError) -> None:
+        if err.permanent:
+            raise err
+        self.last = err
+
+    def exhausted(self) -> BaseException:
+        """What to raise when no attempt is left or the deadline is near."""
+        if self.unknown:
+            return IndeterminateError(f"{self.mt.name}: {self.last}")
+        return self.last if self.last is not None else Timeout(f"{self.mt.name}: not sent")
+
+    def timed_out(self, seconds: float | None) -> LoomError:
+        """What to raise when the call's deadline passed during an attempt."""
+        return timeout_error(self.mt, self.sent or self.unknown, seconds)

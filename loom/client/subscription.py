@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import trio
+import anyio
 
 from loom.wire.errors import LimitExceeded
 
@@ -21,7 +21,7 @@ class Subscription:
         self.topic = topic
         self.request_id = request_id
         self.last_seq: int | None = None
-        self._send, self._recv = trio.open_memory_channel[Any](buffer)
+        self._send, self._recv = anyio.create_memory_object_stream[Any](buffer)
         self._error: BaseException | None = None
         self._ended = False
 
@@ -36,7 +36,7 @@ class Subscription:
             return
         try:
             self._send.send_nowait(payload)
-        except trio.WouldBlock:
+        except anyio.WouldBlock:
             self.end(LimitExceeded(
                 f"subscription to {self.topic!r}: consumer too slow, buffer full "
                 f"(subscribe again with from_seq={(self.last_seq or 0) + 1})"))
@@ -48,13 +48,18 @@ class Subscription:
         self._error = error
         self._send.close()
 
+    def close(self) -> None:
+        """The consumer is done: end the subscription and drop what is buffered."""
+        self.end(None)
+        self._recv.close()
+
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> Any:
         try:
             payload = await self._recv.receive()
-        except trio.EndOfChannel:
+        except anyio.EndOfStream:
             if self._error is not None:
                 raise self._error from None
             raise StopAsyncIteration from None

@@ -15,33 +15,13 @@ from types import TracebackType
 from typing import Any
 
 from loom.client import protocol as p
-from loom.client.common import ClientSettings
 from loom.client.errors import ConnectError, IndeterminateError, ProtocolError
 from loom.client.ops import Ops
-from loom.client.tls import (
-    closed_during_hello,
-    describe_tls_error,
-    is_permanent,
-)
+from loom.client.protocol import Addr, ConnectionLost
+from loom.client.tls import closed_during_hello, describe_tls_error, make_context
 from loom.wire.catalog import MessageType
 from loom.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, FrameError
-from loom.wire.errors import Busy, LoomError, NotLeader, Timeout, Unavailable
-
-Addr = tuple[str, int]
-
-
-class ConnectionLost(Exception):
-    """The connection broke while a request was outstanding (internal)."""
-
-
-class _Attempt:
-    """Whether the current attempt's frame was sent, and whether an earlier one was lost."""
-
-    __slots__ = ("sent", "unknown")
-
-    def __init__(self) -> None:
-        self.sent = False
-        self.unknown = False
+from loom.wire.errors import LoomError, Timeout, TooLarge
 
 
 class _Conn:
@@ -66,13 +46,22 @@ class _Conn:
             raise ConnectionLost(f"send failed: {e}") from None
 
     def read(self, deadline: float | None) -> p.Response:
+        payload = self.read_payload(deadline)
+        try:
+            return p.parse_response(payload)
+        except ProtocolError as e:
+            raise ConnectionLost(f"protocol error: {e}") from None
+
+    def read_payload(self, deadline: float | None) -> bytes:
+        """The next frame's payload. A stream that breaks the framing, like one that breaks the
+        protocol (`read`), ends as a lost connection: nothing after it can be trusted."""
         while True:
             try:
                 payload = self.decoder.next_payload()
             except FrameError as e:
-                raise ProtocolError(f"bad frame from the server: {e}") from None
+                raise ConnectionLost(f"protocol error: {e}") from None
             if payload is not None:
-                return p.parse_response(payload)
+                return payload
             self.sock.settimeout(_remaining(deadline))
             try:
                 data = self.sock.recv(65536)
@@ -94,6 +83,9 @@ class _Conn:
             r = self.read(deadline)
             if not r.push and r.request_id in wanted:
                 return r
+            if r.request_id == 0 and r.error is not None:
+                # The server's last word before it closes a stream it cannot read on.
+                raise ConnectionLost(f"the server closed the connection: {r.error}")
 
     def close(self) -> None:
         try:
@@ -111,32 +103,45 @@ def _remaining(deadline: float | None) -> float | None:
     return left
 
 
-class Client(ClientSettings, Ops[Any]):
+class Client(Ops[Any]):
     """Blocking Loom client. `Client.connect(...)` or `with Client(...) as c:`.
 
     `endpoints` are "host:port" strings (or one comma-separated string). The first call (or
     `connect`) opens a TLS 1.3 connection to the first endpoint that answers; NOT_LEADER answers
-    move it to the leader.
+    move it to the leader. The keyword arguments are `protocol.Options`' fields.
     """
 
     def __init__(
         self, endpoints: str | Sequence[str], *, ca: str | Path,
         cert: str | Path | None = None, key: str | Path | None = None,
-        client_name: str = "loom-py", timeout: float = 10.0,
+        client_name: str | None = None, timeout: float | None = None,
         headers: Mapping[str, str] | None = None, retry: p.RetryPolicy | None = None,
-        server_hostname: str | None = None, check_hostname: bool = True,
-        client_id: str | None = None, resend_unknown_writes: bool = True,
-        max_writes_in_flight: int = 32, connect_timeout: float = 5.0,
+        server_hostname: str | None = None, check_hostname: bool | None = None,
+        client_id: str | None = None, resend_unknown_writes: bool | None = None,
+        max_writes_in_flight: int | None = None, connect_timeout: float | None = None,
     ) -> None:
-        self._init_settings(
+        self.options = o = p.Options.build(
             endpoints, ca=ca, cert=cert, key=key, client_name=client_name, timeout=timeout,
             headers=headers, retry=retry, server_hostname=server_hostname,
             check_hostname=check_hostname, client_id=client_id,
             resend_unknown_writes=resend_unknown_writes,
             max_writes_in_flight=max_writes_in_flight, connect_timeout=connect_timeout)
+        self._ctx = make_context(o.ca, o.cert, o.key, check_hostname=o.check_hostname)
+        self._window = p.WriteWindow(o.max_writes_in_flight)
+        self._router = p.Router(o.endpoints)
         self._conn: _Conn | None = None
-        self._preferred: Addr | None = None
-        self._rotate = 0
+
+    @property
+    def timeout(self) -> float:
+        return self.options.timeout
+
+    @property
+    def client_id(self) -> str:
+        return self.options.client_id
+
+    @property
+    def endpoints(self) -> list[Addr]:
+        return list(self.options.endpoints)
 
     @classmethod
     def connect(cls, endpoints: str | Sequence[str], **kwargs: Any) -> Client:
@@ -170,88 +175,68 @@ class Client(ClientSettings, Ops[Any]):
 
     # -- connections ----------------------------------------------------------------------------
     def _open(self, addr: Addr, deadline: float | None) -> _Conn:
-        host, port = addr
+        where = p.format_endpoint(addr)
+        sent_cert = self.options.sent_cert
         try:
             left = _remaining(deadline)
-            wait = self.connect_timeout if left is None else min(left, self.connect_timeout)
+            wait = (self.options.connect_timeout if left is None
+                    else min(left, self.options.connect_timeout))
             raw = socket.create_connection(addr, timeout=wait)
         except TimeoutError:
-            raise ConnectError(f"{host}:{port}: connect timed out") from None
+            raise ConnectError(f"{where}: connect timed out") from None
         except OSError as e:
-            raise ConnectError(f"{host}:{port}: {e.strerror or e}") from None
+            raise ConnectError(f"{where}: {e.strerror or e}") from None
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock = self._ctx.wrap_socket(raw, server_hostname=self._server_hostname or host)
+            sock = self._ctx.wrap_socket(
+                raw, server_hostname=self.options.server_hostname or addr[0])
         except TimeoutError:
             raw.close()
-            raise ConnectError(f"{host}:{port}: TLS handshake timed out") from None
-        except ssl.SSLError as e:
+            raise ConnectError(f"{where}: TLS handshake timed out") from None
+        except OSError as e:  # ssl.SSLError included
             raw.close()
-            msg = describe_tls_error(e, sent_cert=self._sent_cert)
-            raise ConnectError(f"{host}:{port}: {msg}") from None
-        except OSError as e:
-            raw.close()
-            msg = describe_tls_error(e, sent_cert=self._sent_cert)
-            raise ConnectError(f"{host}:{port}: {msg}") from None
+            raise ConnectError(f"{where}: {describe_tls_error(e, sent_cert=sent_cert)}"
+                               ) from None
         conn = _Conn(sock, addr)
         try:
-            conn.hello = self._hello(conn, deadline)
+            conn.send(p.hello_frame(self.options), deadline)
+            conn.hello = p.accept_hello(conn.read_payload(deadline))
+        except TimeoutError:
+            conn.close()
+            raise ConnectError(f"{where}: no answer to HELLO") from None
+        except ConnectionLost as e:
+            conn.close()
+            cause = e.__cause__
+            msg = (describe_tls_error(cause, sent_cert=sent_cert)
+                   if isinstance(cause, OSError) else closed_during_hello(sent_cert=sent_cert))
+            raise ConnectError(f"{where}: {msg}") from None
         except BaseException:
             conn.close()
             raise
+        conn.next_id()  # HELLO used the first id
         conn.decoder.max_frame = max(conn.hello.max_frame, DEFAULT_MAX_FRAME)
         return conn
 
-    def _hello(self, conn: _Conn, deadline: float | None) -> p.HelloInfo:
-        host, port = conn.addr
-        rid = conn.next_id()
-        frame = p.request_frame(rid, p.HELLO.opcode,
-                                p.hello_body(self.client_name, self.client_id))
-        try:
-            conn.send(frame, deadline)
-            r = conn.read_for({rid}, deadline)
-        except TimeoutError:
-            raise ConnectError(f"{host}:{port}: no answer to HELLO") from None
-        except ConnectionLost as e:
-            cause = e.__cause__
-            if isinstance(cause, (ssl.SSLError, OSError)):
-                msg = describe_tls_error(cause, sent_cert=self._sent_cert)
-            else:
-                msg = closed_during_hello(sent_cert=self._sent_cert)
-            raise ConnectError(f"{host}:{port}: {msg}") from None
-        return p.parse_hello(r.value())
-
     def ensure_connected(self, deadline: float | None = None) -> None:
         if deadline is None:
-            deadline = time.monotonic() + self.timeout
+            deadline = time.monotonic() + self.options.timeout
         self._connection(deadline)
 
     def _connection(self, deadline: float | None) -> _Conn:
         if self._conn is not None:
             return self._conn
-        candidates: list[Addr] = []
-        if self._preferred is not None:
-            candidates.append(self._preferred)
-        n = len(self.endpoints)
-        candidates += [self.endpoints[(self._rotate + i) % n] for i in range(n)]
         errors: list[str] = []
-        for addr in dict.fromkeys(candidates):
+        for addr in self._router.candidates():
             try:
                 self._conn = self._open(addr, deadline)
                 return self._conn
             except ConnectError as e:
                 errors.append(str(e))
-                if addr == self._preferred:
-                    self._preferred = None
+                self._router.dial_failed(addr)
             except TimeoutError:
                 errors.append(f"{p.format_endpoint(addr)}: deadline passed")
                 break
-        raise ConnectError("could not connect: " + "; ".join(errors),
-                           permanent=bool(errors) and all(
-                               is_permanent(e.split(": ", 1)[-1]) for e in errors))
-
-    def _drop(self) -> None:
-        self.close()
+        raise p.connect_failure(errors)
 
     # -- requests -------------------------------------------------------------------------------
     def call(self, op: str | int, /, *, timeout: float | None = None,
@@ -266,85 +251,60 @@ class Client(ClientSettings, Ops[Any]):
                   timeout: float | None = None,
                   headers: Mapping[str, str] | None = None, stale: bool = False) -> Any:
         mt, clean = p.prepare(op, body)
-        limit = self.timeout if timeout is None else timeout
+        limit = self.options.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        hdrs = {**self.headers, **(headers or {})}
+        hdrs = {**self.options.headers, **(headers or {})}
         seq = self._window.issue() if mt.is_write else 0
+        attempts = p.Attempts(mt, self.options.retry, resend=self.options.resend_unknown_writes)
         try:
-            return self._with_retries(mt, clean, seq, deadline, limit, hdrs, stale)
+            while (pause := attempts.pause()) is not None:
+                if time.monotonic() + pause >= deadline:
+                    break  # the deadline would pass while waiting: report the last failure
+                time.sleep(pause)
+                try:
+                    result = self._attempt(mt, clean, seq, deadline, hdrs, attempts, stale)
+                except ConnectError as e:
+                    attempts.connect_failed(e)
+                    continue
+                except ConnectionLost as e:
+                    attempts.lost(str(e))
+                    continue
+                except TimeoutError:
+                    self.close()
+                    raise attempts.timed_out(limit) from None
+                if result is not p.RETRY:
+                    return result
+            raise attempts.exhausted()
         finally:
             if seq:
                 self._window.finish(seq)
 
-    def _with_retries(self, mt: MessageType, body: dict[str, Any], seq: int, deadline: float,
-                      limit: float, headers: dict[str, str], stale: bool = False) -> Any:
-        state = _Attempt()
-        last: BaseException | None = None
-        for n in range(max(1, self.retry.attempts)):
-            if n:
-                pause = self.retry.delay_for(last, n - 1)
-                if time.monotonic() + pause >= deadline:
-                    break  # the deadline would pass while waiting: report the last failure
-                time.sleep(pause)
-            state.sent = False
-            try:
-                return self._attempt(mt, body, seq, deadline, headers, state, stale)
-            except ConnectError as e:
-                if e.permanent:
-                    raise
-                last = e
-            except ConnectionLost as e:
-                if mt.is_write and state.sent:
-                    state.unknown = True
-                    if not self.resend_unknown_writes:
-                        raise IndeterminateError(f"{mt.name}: {e}") from None
-                last = ConnectError(str(e))
-            except TimeoutError:
-                self._drop()
-                raise p.timeout_error(mt, state.sent or state.unknown, limit) from None
-            except (NotLeader, Unavailable, Busy) as e:
-                last = e
-        if state.unknown:
-            raise IndeterminateError(f"{mt.name}: {last}")
-        if last is None:
-            raise p.timeout_error(mt, False, limit)
-        raise last
-
     def _attempt(self, mt: MessageType, body: dict[str, Any], seq: int, deadline: float,
-                 headers: dict[str, str], state: _Attempt, stale: bool = False) -> Any:
+                 headers: dict[str, str], attempts: p.Attempts, stale: bool) -> Any:
         conn = self._connection(deadline)
         rid = conn.next_id()
         frame = p.request_frame(rid, mt.opcode, body, seq=seq, headers=headers, stale=stale)
+        assert conn.hello is not None
+        p.check_frame_size(mt, frame, conn.hello.max_frame)
         try:
-            state.sent = True
+            attempts.sending()
             conn.send(frame, deadline)
             r = conn.read_for({rid}, deadline)
-        except (ConnectionLost, ProtocolError):
+        except ConnectionLost:
             self._lost(conn)
             raise
         if r.error is not None:
             self._after_error(conn, r.error)
-            if isinstance(r.error, Timeout) and mt.is_write:
-                raise IndeterminateError(f"{mt.name}: {r.error.message}") from r.error
-        return r.value()
+        return attempts.answered(r)
 
     def _lost(self, conn: _Conn) -> None:
         """The connection broke: the next attempt starts with the endpoint after it."""
-        self._rotate = p.next_rotation(self.endpoints, conn.addr, self._rotate)
+        self._router.lost(conn.addr)
         self.close()
 
     def _after_error(self, conn: _Conn, err: LoomError) -> None:
-        """NOT_LEADER: go to the leader it names, else to the next endpoint; UNAVAILABLE: the
-        next endpoint. BUSY and other answers keep the connection."""
-        if not isinstance(err, (NotLeader, Unavailable)):
-            return
-        hint = p.leader_hint(err)
-        if hint == conn.addr:
-            hint = None
-        self._preferred = hint
-        if hint is None:
-            self._rotate = p.next_rotation(self.endpoints, conn.addr, self._rotate)
-        self.close()
+        if self._router.refused(conn.addr, err):
+            self.close()
 
     def pipeline(self, calls: Sequence[tuple[str | int, Mapping[str, Any]]], *,
                  timeout: float | None = None) -> list[Any]:
@@ -355,7 +315,7 @@ class Client(ClientSettings, Ops[Any]):
         are sent in consecutive chunks. Raises IndeterminateError when a write is left without
         an answer."""
         prepared = [p.prepare(op, body) for op, body in calls]
-        limit = self.timeout if timeout is None else timeout
+        limit = self.options.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         results: list[Any] = [None] * len(prepared)
         start = 0
@@ -381,9 +341,9 @@ class Client(ClientSettings, Ops[Any]):
         last: BaseException | None = None
         unknown: set[int] = set()  # writes that were lost after being sent at least once
         unanswered: set[int] = set()
-        for attempt in range(max(1, self.retry.attempts)):
+        for attempt in range(max(1, self.options.retry.attempts)):
             if attempt:
-                pause = self.retry.delay_for(last, attempt - 1)
+                pause = self.options.retry.delay_for(last, attempt - 1)
                 if time.monotonic() + pause >= deadline:
                     break
                 time.sleep(pause)
@@ -396,12 +356,20 @@ class Client(ClientSettings, Ops[Any]):
                 continue
             ids: dict[int, int] = {}
             out = bytearray()
-            for i in todo:
+            assert conn.hello is not None
+            for i in list(todo):
                 rid = conn.next_id()
-                ids[rid] = i
                 mt, body = prepared[i]
-                out += p.request_frame(rid, mt.opcode, body, seq=seqs.get(i, 0),
-                                       headers=self.headers)
+                frame = p.request_frame(rid, mt.opcode, body, seq=seqs.get(i, 0),
+                                        headers=self.options.headers)
+                try:
+                    p.check_frame_size(mt, frame, conn.hello.max_frame)
+                except TooLarge as e:  # refused here, never sent: a definite answer
+                    results[i] = e
+                    todo.remove(i)
+                    continue
+                ids[rid] = i
+                out += frame
             unanswered = set(todo)
             try:
                 conn.send(bytes(out), deadline)
@@ -413,7 +381,7 @@ class Client(ClientSettings, Ops[Any]):
                     unanswered.discard(i)
                     results[i] = r.error if r.error is not None else r.result
             except TimeoutError:
-                self._drop()
+                self.close()
                 if unknown or any(i in seqs for i in unanswered):
                     raise IndeterminateError(f"pipeline: no answer within {limit:g}s") from None
                 raise Timeout(f"pipeline: no answer within {limit:g}s") from None
@@ -421,7 +389,7 @@ class Client(ClientSettings, Ops[Any]):
                 self._lost(conn)
                 lost_writes = {i for i in unanswered if i in seqs}
                 unknown |= lost_writes
-                if lost_writes and not self.resend_unknown_writes:
+                if lost_writes and not self.options.resend_unknown_writes:
                     raise IndeterminateError(f"pipeline: {e}") from None
                 last = ConnectError(str(e))
                 todo = sorted(unanswered | {i for i in todo if isinstance(results[i], p.RETRYABLE)
@@ -449,11 +417,11 @@ class Client(ClientSettings, Ops[Any]):
 
         `timeout` bounds the wait for each message (None: wait forever)."""
         mt, body = p.prepare("TOPIC_SUBSCRIBE", {"name": topic, "from_seq": from_seq})
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.options.timeout
         conn = self._dedicated(deadline)
         try:
             rid = conn.next_id()
-            conn.send(p.request_frame(rid, mt.opcode, body, headers=self.headers), deadline)
+            conn.send(p.request_frame(rid, mt.opcode, body, headers=self.options.headers), deadline)
             conn.read_for({rid}, deadline).value()
             while True:
                 d = None if timeout is None else time.monotonic() + timeout

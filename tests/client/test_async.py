@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import pytest
-import trio
 
 from loom.client import ConnectError, IndeterminateError, RetryPolicy, open_client
 from loom.wire.errors import LimitExceeded, NotFound, Status
+from tests.client.conftest import on_both_backends
 from tests.client.fakeserver import FakeServer, Frame, Pki, err, ok
 
 Serve = Callable[..., FakeServer]
@@ -20,6 +21,7 @@ def opts(pki: Pki, **kw: Any) -> dict[str, Any]:
     return {"ca": pki.ca_file, "retry": FAST, **kw}
 
 
+@on_both_backends
 async def test_concurrent_calls_match_out_of_order_answers(pki: Pki, serve: Serve) -> None:
     def reverse_eight(server: FakeServer, req: Frame) -> list[Frame]:
         held: list[Frame] = server.state.setdefault("held", [])
@@ -35,13 +37,14 @@ async def test_concurrent_calls_match_out_of_order_answers(pki: Pki, serve: Serv
         async def one(i: int) -> None:
             results[i] = await c.map_get("m", f"k{i}")
 
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
             for i in range(8):
                 n.start_soon(one, i)
     assert results == {i: f"k{i}" for i in range(8)}
     assert len(s.hellos) == 1  # one connection carried all of them
 
 
+@on_both_backends
 async def test_errors_and_leader_following(pki: Pki, serve: Serve) -> None:
     leader = serve()
     f = serve(lambda server, req: [err(req, Status.NOT_LEADER, "no", leader_addr=leader.addr)])
@@ -60,6 +63,7 @@ async def _raise_not_found(c: Any) -> None:
         raise NotFound("absent")
 
 
+@on_both_backends
 async def test_missing_client_certificate(pki: Pki, serve: Serve) -> None:
     s = serve(require_client_cert=True)
     with pytest.raises(ConnectError, match="requires a client certificate"):
@@ -70,6 +74,7 @@ async def test_missing_client_certificate(pki: Pki, serve: Serve) -> None:
         assert (await c.ping())["pong"] is True
 
 
+@on_both_backends
 async def test_lost_write_resent_or_indeterminate(pki: Pki, serve: Serve) -> None:
     def drop_first(server: FakeServer, req: Frame) -> list[Frame] | None:
         n = server.state["n"] = server.state.get("n", 0) + 1
@@ -86,6 +91,7 @@ async def test_lost_write_resent_or_indeterminate(pki: Pki, serve: Serve) -> Non
             await c.counter_increment("c")
 
 
+@on_both_backends
 async def test_client_deadline_makes_unanswered_write_indeterminate(
         pki: Pki, serve: Serve) -> None:
     s = serve(lambda server, req: [])
@@ -94,6 +100,7 @@ async def test_client_deadline_makes_unanswered_write_indeterminate(
             await c.map_put("m", "k", b"v")
 
 
+@on_both_backends
 async def test_subscription_delivers_pushes_in_order(pki: Pki, serve: Serve) -> None:
     def topic(server: FakeServer, req: Frame) -> list[Frame]:
         if req["op"] == 0x0502:
@@ -118,6 +125,7 @@ async def test_subscription_delivers_pushes_in_order(pki: Pki, serve: Serve) -> 
     assert s.requests[-1]["b"]["subscription"] == s.requests[0]["id"]
 
 
+@on_both_backends
 async def test_slow_subscriber_overflow_is_reported(pki: Pki, serve: Serve) -> None:
     def flood(server: FakeServer, req: Frame) -> list[Frame]:
         if req["op"] == 0x0502:
@@ -129,7 +137,7 @@ async def test_slow_subscriber_overflow_is_reported(pki: Pki, serve: Serve) -> N
     async with open_client([s.addr], **opts(pki)) as c, c.subscribe("t", buffer=2) as sub:
         # The reader routes everything already sent; wait until it saw the overflow.
         while not sub.ended:
-            await trio.sleep(0.01)
+            await anyio.sleep(0.01)
         with pytest.raises(LimitExceeded, match="from_seq=1"):
             async for _ in sub:
                 pass

@@ -12,13 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import pytest
-import trio
 
 from loom.client import Client, IndeterminateError, RetryPolicy, open_client
 from loom.client import protocol as p
 from loom.client.errors import ConfigError
 from loom.wire.errors import Busy, Status
+from tests.client.conftest import on_both_backends
 from tests.client.fakeserver import FakeServer, Frame, Pki, err, ok
 
 Serve = Callable[..., FakeServer]
@@ -92,6 +93,7 @@ def test_sync_not_leader_then_ok_on_the_same_node(pki: Pki, serve: Serve) -> Non
     assert len(s.hellos) == 2  # the refusing connection was left for a fresh one
 
 
+@on_both_backends
 async def test_async_not_leader_then_ok_moves_to_the_next_endpoint(
         pki: Pki, serve: Serve) -> None:
     refusing = serve(lambda s, req: [err(req, Status.NOT_LEADER, "election")])
@@ -105,13 +107,14 @@ async def test_async_not_leader_then_ok_moves_to_the_next_endpoint(
     same_write(refusing, good)
 
 
+@on_both_backends
 async def test_async_follows_leader_hint_with_many_calls_in_flight(
         pki: Pki, serve: Serve) -> None:
     leader = serve()
     follower = serve(lambda s, req: [err(req, Status.NOT_LEADER, "follower", leader="n2",
                                          leader_addr=leader.addr)])
     async with (open_client([follower.addr], ca=pki.ca_file, retry=fast()) as c,
-                trio.open_nursery() as n):
+                anyio.create_task_group() as n):
         for i in range(20):
             n.start_soon(c.map_put, "m", f"k{i}", b"v")
     follower_seqs = sorted(r["q"] for r in follower.requests)
@@ -129,6 +132,7 @@ def test_sync_unavailable_then_ok(pki: Pki, serve: Serve) -> None:
     same_write(s)
 
 
+@on_both_backends
 async def test_async_unavailable_then_ok(pki: Pki, serve: Serve) -> None:
     s = serve(first_then(lambda req: [err(req, Status.UNAVAILABLE, "election in progress")]))
     async with open_client([s.addr], ca=pki.ca_file, retry=fast()) as c:
@@ -146,6 +150,7 @@ def test_sync_busy_honours_retry_after(pki: Pki, serve: Serve) -> None:
     same_write(s)
 
 
+@on_both_backends
 async def test_async_busy_honours_retry_after(pki: Pki, serve: Serve) -> None:
     s = serve(first_then(lambda req: [err(req, Status.BUSY, "shed", retry_after_ms=40)]))
     policy = fast()
@@ -162,6 +167,7 @@ def test_sync_busy_past_the_deadline_reports_busy(pki: Pki, serve: Serve) -> Non
     assert len(s.requests) == 1  # no retry could have been answered in time
 
 
+@on_both_backends
 async def test_async_busy_past_the_deadline_reports_busy(pki: Pki, serve: Serve) -> None:
     s = serve(lambda srv, req: [err(req, Status.BUSY, "shed", retry_after_ms=60_000)])
     async with open_client([s.addr], ca=pki.ca_file, retry=fast(), timeout=2.0) as c:
@@ -181,6 +187,7 @@ def test_sync_lost_write_is_resent_to_another_node_with_the_same_seq(
     same_write(dropping, good)
 
 
+@on_both_backends
 async def test_async_lost_write_is_resent_to_another_node_with_the_same_seq(
         pki: Pki, serve: Serve) -> None:
     dropping = serve(lambda srv, req: None)
@@ -200,6 +207,7 @@ def test_sync_lost_everywhere_is_indeterminate(pki: Pki, serve: Serve) -> None:
     same_write(a, b)
 
 
+@on_both_backends
 async def test_async_lost_everywhere_is_indeterminate(pki: Pki, serve: Serve) -> None:
     a, b = serve(lambda srv, req: None), serve(lambda srv, req: None)
     async with open_client([a.addr, b.addr], ca=pki.ca_file, retry=fast(3)) as c:
@@ -256,17 +264,18 @@ def test_retry_after_is_honoured_beyond_the_backoff_cap() -> None:
     assert p.retry_after(Busy("x")) == 0.0
 
 
+@on_both_backends
 async def test_async_writes_in_flight_stay_inside_the_window(pki: Pki, serve: Serve) -> None:
     silent = serve(lambda srv, req: [])  # never answers
     async with open_client([silent.addr], ca=pki.ca_file, retry=fast(), timeout=30,
                            max_writes_in_flight=8) as c:
-        with trio.fail_after(10):
-            async with trio.open_nursery() as n:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as n:
                 for i in range(100):
                     n.start_soon(c.map_put, "m", f"k{i}", b"v")
                 while len(silent.requests) < 8:
-                    await trio.sleep(0.01)
-                await trio.sleep(0.1)  # room for any write beyond the window to show up
+                    await anyio.sleep(0.01)
+                await anyio.sleep(0.1)  # room for any write beyond the window to show up
                 assert c.writes_in_flight == 8
                 assert len(silent.requests) == 8
                 n.cancel_scope.cancel()
