@@ -198,6 +198,31 @@ async def test_async_lost_write_is_resent_to_another_node_with_the_same_seq(
     same_write(dropping, good)
 
 
+def non_map_first(srv: FakeServer, req: Frame) -> list[Frame]:
+    """The first write is answered with a CBOR list: a protocol violation, not an answer."""
+    n = srv.state["n"] = srv.state.get("n", 0) + 1
+    return [[1, 2]] if n == 1 else [ok(req, 1)]  # type: ignore[list-item]
+
+
+def test_sync_non_map_answer_to_a_write_is_resent(pki: Pki, serve: Serve) -> None:
+    # One policy in both clients: the broken stream ends like a lost connection, and the write
+    # is sent again with its seq (it used to raise INTERNAL here and be retried by AsyncClient).
+    s = serve(non_map_first)
+    with sync_client(pki, s) as c:
+        assert c.counter_increment("c") == 1
+    assert len(s.hellos) == 2
+    same_write(s)
+
+
+@on_both_backends
+async def test_async_non_map_answer_to_a_write_is_resent(pki: Pki, serve: Serve) -> None:
+    s = serve(non_map_first)
+    async with open_client([s.addr], ca=pki.ca_file, retry=fast()) as c:
+        assert await c.counter_increment("c") == 1
+    assert len(s.hellos) == 2
+    same_write(s)
+
+
 def test_sync_lost_everywhere_is_indeterminate(pki: Pki, serve: Serve) -> None:
     a, b = serve(lambda srv, req: None), serve(lambda srv, req: None)
     with sync_client(pki, a, b, retry=fast(3)) as c, \
