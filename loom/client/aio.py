@@ -30,8 +30,9 @@ from loom.client.ops import Ops
 from loom.client.protocol import Addr, ConnectionLost
 from loom.client.subscription import Subscription
 from loom.client.tls import closed_during_hello, describe_tls_error, make_context
-from loom.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, FrameError
 from loom.wire.errors import LoomError
+from loom.wire.framed import FramedReader
+from loom.wire.session import RemoteProtocolError, Session
 
 WRITE_QUEUE = 256  # frames waiting for the writer; callers block (backpressure) beyond it
 WRITE_BATCH = 256 * 1024  # bytes coalesced into one TLS write
@@ -140,11 +141,11 @@ class _Slot:
 
 class Connection:
     def __init__(self, stream: _Stream, addr: Addr,
-                 hello: p.HelloInfo, decoder: FrameDecoder) -> None:
+                 hello: p.HelloInfo, session: Session) -> None:
         self.stream = stream
         self.addr = addr
         self.hello = hello
-        self.decoder = decoder
+        self.session = session
         self.pending: dict[int, _Slot] = {}
         self.subs: dict[int, Subscription] = {}
         self.error: str | None = None
@@ -218,19 +219,19 @@ class Connection:
             self.close(f"send failed: {_cause(e)}")
 
     async def _reader(self) -> None:
+        # The client has no idle deadline: the reader waits as long as the connection lives.
+        frames = FramedReader(self.session, self.stream.receive_some, anyio.CancelScope(),
+                              anyio.current_time)
         try:
-            while True:
-                data = await self.stream.receive_some()
-                if not data:
-                    self.close("the server closed the connection")
-                    return
-                self.decoder.feed(data)
-                while (payload := self.decoder.next_payload()) is not None:
-                    self._dispatch(p.parse_response(payload))
-        except (FrameError, ProtocolError) as e:
+            await frames.run(self._on_payload)
+            self.close("the server closed the connection")
+        except (RemoteProtocolError, ProtocolError) as e:
             self.close(f"protocol error: {e}")
         except self._broken as e:
             self.close(f"connection lost: {_cause(e)}")
+
+    def _on_payload(self, payload: bytes) -> None:
+        self._dispatch(p.parse_response(payload))
 
     def _dispatch(self, r: p.Response) -> None:
         if r.push:
@@ -374,14 +375,14 @@ class AsyncClient(Ops[Any]):
     async def _hello(self, stream: _Stream, addr: Addr) -> Connection:
         where = p.format_endpoint(addr)
         sent_cert = self.options.sent_cert
-        decoder = FrameDecoder(DEFAULT_MAX_FRAME)
+        session = p.new_session(self.options, now=anyio.current_time())
         try:
             await stream.send_all(p.hello_frame(self.options))
-            while (payload := decoder.next_payload()) is None:
+            while (payload := session.next_payload()) is None:
                 data = await stream.receive_some()
+                session.receive_data(data)
                 if not data:
                     raise ConnectError(f"{where}: {closed_during_hello(sent_cert=sent_cert)}")
-                decoder.feed(data)
         except _broken() as e:
             cause = _cause(e)
             if isinstance(e, anyio.EndOfStream) or "EOF" in type(cause).__name__ or (
@@ -390,11 +391,11 @@ class AsyncClient(Ops[Any]):
             else:
                 msg = describe_tls_error(cause, sent_cert=sent_cert)
             raise ConnectError(f"{where}: {msg}") from None
-        except FrameError as e:
+        except RemoteProtocolError as e:
             raise ConnectError(f"{where}: bad answer to HELLO: {e}") from None
         hello = p.accept_hello(payload)
-        decoder.max_frame = max(hello.max_frame, DEFAULT_MAX_FRAME)
-        return Connection(stream, addr, hello, decoder)
+        session.hello_accepted(p.answer_limit(hello))
+        return Connection(stream, addr, hello, session)
 
     def _after_error(self, conn: Connection, err: LoomError) -> None:
         """Move on from a node that cannot serve the request. Only the first such answer on a

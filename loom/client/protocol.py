@@ -31,7 +31,13 @@ from loom.client.errors import (
 from loom.client.tls import is_permanent
 from loom.wire import catalog
 from loom.wire.catalog import MessageType
-from loom.wire.codec import PROTOCOL_VERSION, FrameError, decode_payload, encode
+from loom.wire.codec import (
+    DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
+    FrameError,
+    decode_payload,
+    encode,
+)
 from loom.wire.errors import (
     BadRequest,
     Busy,
@@ -44,6 +50,7 @@ from loom.wire.errors import (
     error_from_wire,
 )
 from loom.wire.schema import Kind
+from loom.wire.session import Session, SessionLimits
 
 HELLO = catalog.BY_NAME["HELLO"]
 HELLO_ID = 1  # the request id of HELLO; a connection's requests count on from it
@@ -434,6 +441,19 @@ def connect_failure(errors: list[str]) -> ConnectError:
 def hello_frame(opts: Options) -> bytes:
     """The first frame on every connection (request id HELLO_ID)."""
     return request_frame(HELLO_ID, HELLO.opcode, hello_body(opts.client_name, opts.client_id))
+
+
+def new_session(opts: Options, *, now: float) -> Session:
+    """The client's side of the session protocol (wire/session.py): before the HELLO answer it
+    takes frames up to DEFAULT_MAX_FRAME; HELLO must be answered within `connect_timeout`; the
+    client itself never gives up on an idle connection."""
+    return Session(SessionLimits(max_frame=DEFAULT_MAX_FRAME, hello_timeout_s=opts.connect_timeout,
+                                 pre_hello_max_frame=DEFAULT_MAX_FRAME), now=now)
+
+
+def answer_limit(hello: HelloInfo) -> int:
+    """The largest answer the client accepts once HELLO said the server's frame limit."""
+    return max(hello.max_frame, DEFAULT_MAX_FRAME)
 
 
 def accept_hello(payload: bytes) -> HelloInfo:

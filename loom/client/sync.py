@@ -20,15 +20,15 @@ from loom.client.ops import Ops
 from loom.client.protocol import Addr, ConnectionLost
 from loom.client.tls import closed_during_hello, describe_tls_error, make_context
 from loom.wire.catalog import MessageType
-from loom.wire.codec import DEFAULT_MAX_FRAME, FrameDecoder, FrameError
 from loom.wire.errors import LoomError, Timeout, TooLarge
+from loom.wire.session import RemoteProtocolError, Session
 
 
 class _Conn:
-    def __init__(self, sock: ssl.SSLSocket, addr: Addr) -> None:
+    def __init__(self, sock: ssl.SSLSocket, addr: Addr, session: Session) -> None:
         self.sock = sock
         self.addr = addr
-        self.decoder = FrameDecoder(DEFAULT_MAX_FRAME)
+        self.session = session
         self._next_id = 0
         self.hello: p.HelloInfo | None = None
 
@@ -57,8 +57,8 @@ class _Conn:
         protocol (`read`), ends as a lost connection: nothing after it can be trusted."""
         while True:
             try:
-                payload = self.decoder.next_payload()
-            except FrameError as e:
+                payload = self.session.next_payload()
+            except RemoteProtocolError as e:
                 raise ConnectionLost(f"protocol error: {e}") from None
             if payload is not None:
                 return payload
@@ -73,9 +73,9 @@ class _Conn:
                 raise ConnectionLost(describe_tls_error(e, sent_cert=True)) from e
             except OSError as e:
                 raise ConnectionLost(f"connection lost: {e}") from e
+            self.session.receive_data(data)
             if not data:
                 raise ConnectionLost("the server closed the connection")
-            self.decoder.feed(data)
 
     def read_for(self, wanted: set[int], deadline: float | None) -> p.Response:
         """The next answer to one of `wanted` (pushes and stale answers are skipped)."""
@@ -197,7 +197,7 @@ class Client(Ops[Any]):
             raw.close()
             raise ConnectError(f"{where}: {describe_tls_error(e, sent_cert=sent_cert)}"
                                ) from None
-        conn = _Conn(sock, addr)
+        conn = _Conn(sock, addr, p.new_session(self.options, now=time.monotonic()))
         try:
             conn.send(p.hello_frame(self.options), deadline)
             conn.hello = p.accept_hello(conn.read_payload(deadline))
@@ -214,7 +214,7 @@ class Client(Ops[Any]):
             conn.close()
             raise
         conn.next_id()  # HELLO used the first id
-        conn.decoder.max_frame = max(conn.hello.max_frame, DEFAULT_MAX_FRAME)
+        conn.session.hello_accepted(p.answer_limit(conn.hello))
         return conn
 
     def ensure_connected(self, deadline: float | None = None) -> None:

@@ -8,7 +8,9 @@ r"""One client connection: TLS handshake, identity, HELLO, then pipelined reques
 Invariants:
 - The handshake runs inside this task under `handshake_timeout_s`, never in the accept loop, so
   a silent or slow client holds nothing but its own task (SECURITY-CATALOGUE G1).
-- Until HELLO succeeds only HELLO is accepted and only frames of PRE_HELLO_MAX_FRAME bytes.
+- The session protocol (HELLO first, the 4 KiB frame limit before it, version negotiation, the
+  HELLO and idle deadlines) is `wire/session.py`'s `Session`, read by `wire/framed.py`'s loop;
+  this module only answers what the session hands on.
 - Every request holds one of `max_outstanding_per_connection` slots from the moment it is read
   until its answer has been written to the socket; with none free the reader stops reading,
   which pushes back on the client through TCP. Answers therefore never exceed that many in the
@@ -23,22 +25,17 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import math
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from loom.security.identity import Identity, IdentityError, guest_identity, identity_from_der
 from loom.security.tlsstream import TLSStream
-from loom.wire import catalog
-from loom.wire.catalog import Listener
 from loom.wire.codec import (
-    PRE_HELLO_MAX_FRAME,
-    SUPPORTED_VERSIONS,
-    FrameDecoder,
     FrameError,
+    Request,
     decode_payload,
     encode,
     error_response,
@@ -46,14 +43,9 @@ from loom.wire.codec import (
     parse_request,
     push_frame,
 )
-from loom.wire.errors import (
-    BadRequest,
-    LoomError,
-    TooLarge,
-    Unauthenticated,
-    Unavailable,
-    UnsupportedVersion,
-)
+from loom.wire.errors import BadRequest, LoomError, TooLarge, Unavailable
+from loom.wire.framed import FramedReader
+from loom.wire.session import RemoteProtocolError, Session, SessionLimits, accept_hello
 
 if TYPE_CHECKING:
     from loom.node.dispatcher import Call
@@ -67,6 +59,14 @@ READ_CHUNK = 65536
 class _Closing(Exception):
     """End this connection (after flushing what is queued)."""
 
+
+class _Idle:
+    """Stands in for the reader before the session starts (after the TLS handshake)."""
+
+    waiting = False
+
+
+_NOT_READING: Any = _Idle()
 
 # How connections normally end: the peer went away, TLS failed, a limit closed it.
 _ENDINGS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError,
@@ -91,7 +91,10 @@ class Connection:
         self._slots = trio.Semaphore(lim.max_outstanding_per_connection)
         self._max_slots = lim.max_outstanding_per_connection
         self._writer_idle = False  # the writer waits on an empty channel
-        self._reader_idle = False  # the reader waits for bytes: no request is being read
+        # The session and its reader start after the TLS handshake (`_reader`); until then a
+        # placeholder that is never waiting.
+        self._frames: FramedReader = _NOT_READING
+        self._requests: trio.Nursery | None = None
         self._push_room = lim.max_output_buffer_frames - lim.max_outstanding_per_connection
         self._subs: dict[int, tuple[str, Callable[[str, int, bytes], None]]] = {}
         self._lost: dict[int, list[int]] = {}
@@ -219,62 +222,47 @@ class Connection:
 
     async def _reader(self, nursery: trio.Nursery) -> None:
         lim = self.node.cfg.limits
-        decoder = FrameDecoder(PRE_HELLO_MAX_FRAME)
-        hello_deadline = trio.current_time() + lim.hello_timeout_s
-        idle = trio.CancelScope()  # one scope, its deadline pushed on by every read
-        with idle:
-            while True:
-                idle.deadline = (trio.current_time() + lim.idle_timeout_s if self.version
-                                 else hello_deadline)
-                self._reader_idle = True
-                try:
-                    data = await self.stream.receive_some(READ_CHUNK)
-                finally:
-                    self._reader_idle = False
-                idle.deadline = math.inf  # waiting for a free slot below is not idleness
-                if not data:
-                    return  # clean EOF
-                decoder.feed(data)
-                while True:
-                    try:
-                        payload = decoder.next_payload()
-                    except FrameError as e:
-                        # The stream can no longer be framed: answer once, then close.
-                        err = (TooLarge(str(e)) if e.status.name == "TOO_LARGE"
-                               else BadRequest(str(e)))
-                        await self._answer(error_response(0, err))
-                        raise _Closing(str(e)) from None
-                    if payload is None:
-                        break
-                    await self._handle_payload(payload, nursery, decoder)
-        raise _Closing("idle timeout" if self.version else "no HELLO in time")
+        session = Session(SessionLimits(
+            max_frame=lim.max_frame_bytes, hello_timeout_s=lim.hello_timeout_s,
+            idle_timeout_s=lim.idle_timeout_s), now=trio.current_time())
+        self._frames = frames = FramedReader(
+            session, self._receive, trio.CancelScope(), trio.current_time)
+        self._requests = nursery
+        try:
+            ended = await frames.run(self._handle_payload)
+        except RemoteProtocolError as e:
+            # The stream can no longer be framed: answer once, then close.
+            await self._answer(error_response(0, e.answer))
+            raise _Closing(str(e)) from None
+        if ended is not None:
+            raise _Closing(ended)
 
-    async def _handle_payload(self, payload: bytes, nursery: trio.Nursery,
-                              decoder: FrameDecoder) -> None:
+    def _receive(self) -> Awaitable[bytes]:
+        return self.stream.receive_some(READ_CHUNK)
+
+    async def _handle_payload(self, payload: bytes) -> None:
         # Take a slot without yielding when one is free, so every request of a chunk is
         # started before any of them runs: their answers then leave in one TLS write.
         try:
             self._slots.acquire_nowait()
         except trio.WouldBlock:
             await self._slots.acquire()
+        session = self._frames.session
         rid = 0
         try:
             obj = decode_payload(payload)
             if isinstance(obj, dict) and isinstance(obj.get("id"), int):
                 rid = obj["id"]
             req = parse_request(obj)
-        except FrameError as e:
-            self._reply(error_response(rid, BadRequest(str(e))))
-            if not self.version:
-                raise _Closing("malformed frame before HELLO") from None
-            return
-        except LoomError as e:
-            self._reply(error_response(rid, e))
-            if not self.version:
+        except (FrameError, LoomError) as e:
+            err = e if isinstance(e, LoomError) else BadRequest(str(e))
+            self._reply(error_response(rid, err))
+            if not session.open:  # before HELLO a malformed frame ends the session
+                session.protocol_error(str(e))
                 raise _Closing("malformed request before HELLO") from None
             return
-        if not self.version:
-            answer, accepted = self._hello(req, decoder)
+        if not session.open:
+            answer, accepted = self._hello(req, session)
             self._reply(answer)
             if not accepted:
                 raise _Closing("HELLO refused")
@@ -290,7 +278,8 @@ class Connection:
             if after is not None:
                 after()
         elif step.waits:
-            nursery.start_soon(self._serve_waiting, step)
+            assert self._requests is not None  # set before the reader starts
+            self._requests.start_soon(self._serve_waiting, step)
         else:
             dispatcher.submit(step, self._reply)
 
@@ -311,7 +300,7 @@ class Connection:
         """Send or queue the answer of a request holding a slot; the slot is released once the
         answer is written. Never waits: answers never exceed the slots, and pushes leave them
         room."""
-        if (self._reader_idle and self._writer_idle and self._slots.value == self._max_slots - 1
+        if (self._frames.waiting and self._writer_idle and self._slots.value == self._max_slots - 1
                 and not self._out_send.statistics().current_buffer_used):
             # The only request in flight, none being read, nothing queued before it: write the
             # answer now rather than wake the writer for it (a closed-loop client's every
@@ -332,30 +321,22 @@ class Connection:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self._slots.release()  # the connection is gone; a late answer has no reader
 
-    def _hello(self, req: Any, decoder: FrameDecoder) -> tuple[dict[str, Any], bool]:
-        """The answer to the HELLO, and whether it was accepted."""
+    def _hello(self, req: Request, session: Session) -> tuple[dict[str, Any], bool]:
+        """The answer to the first request, and whether it was an accepted HELLO (the session
+        is open then)."""
         try:
-            mt = catalog.lookup(req.opcode, Listener.CLIENT)
-            if mt.name != "HELLO":
-                raise BadRequest("the first request on a connection must be HELLO")
-            body = catalog.validate_body(mt, req.body)
-            common = [v for v in SUPPORTED_VERSIONS
-                      if body["min_version"] <= v <= body["max_version"]]
-            if not common:
-                raise UnsupportedVersion(
-                    f"server speaks protocol versions {list(SUPPORTED_VERSIONS)}")
-            if req.headers:
-                raise Unauthenticated("identity headers are not accepted on HELLO")
+            terms = accept_hello(req)
         except LoomError as e:
             log.debug("%s %s: HELLO refused: %s", self.conn_id, self.peer, e)
+            session.hello_refused(str(e))
             return error_response(req.request_id, e), False
-        self.version = max(common)
-        self.client_id = body.get("client_id", "")
-        decoder.max_frame = self.node.cfg.limits.max_frame_bytes
+        session.hello_accepted()
+        self.version = terms.version
+        self.client_id = terms.client_id
         policy = self.node.dispatcher.policy()
         return ok_response(req.request_id, {
             "version": self.version, "node": self.node.cfg.node_id,
-            "max_frame": decoder.max_frame, "principal": self.identity.principal,
+            "max_frame": session.max_frame, "principal": self.identity.principal,
             "roles": list(policy.roles_for(self.identity.principal)),
             "connection": self.conn_id,
         }), True

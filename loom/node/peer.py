@@ -14,8 +14,9 @@ nothing of the connection is decoded before all of it passed:
 3. `is_member(node id)` is true now (a valid node certificate of a non-member or of a removed
    member is refused). It is asked again for every frame, so removing a member also closes its
    open connection.
-4. The first frame, at most PRE_HELLO_MAX_FRAME bytes, is PEER_HELLO naming the same node id and
-   our cluster.
+4. The first frame, at most PRE_HELLO_MAX_FRAME bytes and within `handshake_timeout_s` of the
+   handshake, is PEER_HELLO naming the same node id and our cluster (the session protocol,
+   wire/session.py, the same as the client listener's).
 Every refusal is logged with its reason and counted. After admission, only PEER_HELLO
 (keepalive) and RAFT opcodes of the peer listener decode; any malformed frame closes the
 connection. A Raft message whose `frm` is not the certificate's node id, or whose `to` is not
@@ -46,15 +47,10 @@ from loom.security.identity import IdentityError, check_peer, identity_from_der
 from loom.security.tlsstream import TLSStream
 from loom.wire import catalog
 from loom.wire.catalog import Listener
-from loom.wire.codec import (
-    PRE_HELLO_MAX_FRAME,
-    SUPPORTED_VERSIONS,
-    FrameDecoder,
-    FrameError,
-    decode_payload,
-    parse_request,
-)
+from loom.wire.codec import SUPPORTED_VERSIONS, FrameError, decode_payload, parse_request
 from loom.wire.errors import LoomError
+from loom.wire.framed import FramedReader
+from loom.wire.session import RemoteProtocolError, Session, SessionLimits, check_peer_hello
 
 __all__ = ["PeerLimits", "PeerStats", "PeerTransport"]
 
@@ -278,47 +274,26 @@ class PeerTransport:
             raise _Refused("our own node id", node)
         if not self._is_member(node):
             raise _Refused("not a member", node)
-        # 4: PEER_HELLO, then Raft frames.
-        decoder = FrameDecoder(PRE_HELLO_MAX_FRAME)
+        # 4: PEER_HELLO, then Raft frames (the session protocol: wire/session.py).
+        session = Session(SessionLimits(
+            max_frame=lim.max_frame, hello_timeout_s=lim.handshake_timeout_s,
+            idle_timeout_s=lim.idle_timeout_s), now=trio.current_time())
+        frames = FramedReader(session, lambda: stream.receive_some(READ_CHUNK),
+                              trio.CancelScope(), trio.current_time)
         scope: trio.CancelScope | None = None  # set once admitted; a newer connection cancels it
         try:
             with trio.CancelScope() as scope:
-                hello_done = False
-                idle = trio.CancelScope()  # one scope, its deadline pushed on by every read
-                with idle:
-                    while True:
-                        timeout = lim.idle_timeout_s if hello_done else lim.handshake_timeout_s
-                        idle.deadline = trio.current_time() + timeout
-                        data = await stream.receive_some(READ_CHUNK)
-                        if not data:
-                            return  # clean EOF
-                        decoder.feed(data)
-                        while True:
-                            try:
-                                payload = decoder.next_payload()
-                            except FrameError as e:
-                                if not hello_done:
-                                    raise _Refused(f"bad first frame: {e}", node) from None
-                                raise _Malformed(str(e)) from None
-                            if payload is None:
-                                break
-                            if not self._is_member(node):
-                                raise _Refused("no longer a member", node)
-                            if hello_done:
-                                try:
-                                    self._frame(payload, node, hello_only=False)
-                                except _Malformed as e:
-                                    raise _Malformed(f"from {node}: {e}") from None
-                                continue
-                            try:
-                                self._frame(payload, node, hello_only=True)
-                            except _Malformed as e:
-                                raise _Refused(f"bad PEER_HELLO: {e}", node) from None
-                            hello_done = True
-                            decoder.max_frame = lim.max_frame
-                            self._admit(node, scope, where)
-                # Only the idle deadline ends the loop without returning or raising.
-                if not hello_done:
+                admission = scope
+                try:
+                    ended = await frames.run(
+                        lambda payload: self._payload(payload, session, node, admission, where))
+                except RemoteProtocolError as e:
+                    if not session.greeted:
+                        raise _Refused(f"bad first frame: {e}", node) from None
+                    raise _Malformed(str(e)) from None
+                if ended is None:
+                    return  # clean EOF
+                if not session.greeted:
                     raise _Refused("no PEER_HELLO in time", node)
                 log.info("peer connection %s (%s): idle, closing", where, node)
                 return
@@ -327,6 +302,27 @@ class PeerTransport:
             if scope is not None and self._inbound_scopes.get(node) is scope:
                 del self._inbound_scopes[node]
                 self._stat(node).inbound = False
+
+    def _payload(self, payload: bytes, session: Session, node: str, scope: trio.CancelScope,
+                 where: str) -> None:
+        """One frame of an inbound connection: PEER_HELLO first (admission), then Raft."""
+        if not self._is_member(node):
+            session.close("no longer a member")
+            raise _Refused("no longer a member", node)
+        if session.open:
+            try:
+                self._frame(payload, node, hello_only=False)
+            except _Malformed as e:
+                session.protocol_error(str(e))
+                raise _Malformed(f"from {node}: {e}") from None
+            return
+        try:
+            self._frame(payload, node, hello_only=True)
+        except _Malformed as e:
+            session.hello_refused(str(e))
+            raise _Refused(f"bad PEER_HELLO: {e}", node) from None
+        session.hello_accepted()
+        self._admit(node, scope, where)
 
     def _admit(self, node: str, scope: trio.CancelScope, where: str) -> None:
         old = self._inbound_scopes.get(node)
@@ -353,10 +349,10 @@ class PeerTransport:
         except (FrameError, LoomError, MalformedMessage) as e:
             raise _Malformed(str(e)) from None
         if msg is None:
-            if body["node"] != node:
-                raise _Malformed(f"PEER_HELLO names {body['node']!r}, certificate {node!r}")
-            if body["cluster"] != self.cluster:
-                raise _Malformed(f"PEER_HELLO is for cluster {body['cluster']!r}")
+            try:
+                check_peer_hello(body, node, self.cluster)
+            except LoomError as e:
+                raise _Malformed(e.message) from None
             self._client_addrs[node] = body["client_addr"]
             self._stat(node).last_received = trio.current_time()
             return
