@@ -18,6 +18,7 @@ import trio
 from hypothesis import HealthCheck, settings
 
 from loom.cli.loomd import EXAMPLE_ACL
+from loom.client.protocol import hello_body
 from loom.node.config import AuditConfig, NodeConfig, TLSConfig
 from loom.node.server import Node
 from loom.security import devpki
@@ -193,8 +194,7 @@ class RawConn:
         return resp
 
     async def hello(self, client_id: str = "test") -> dict[str, Any]:
-        return await self.request("HELLO", client_name="tests", min_version=1, max_version=1,
-                                  client_id=client_id)
+        return await self.request("HELLO", **hello_body("tests", client_id))
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)

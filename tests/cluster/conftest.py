@@ -31,9 +31,11 @@ from typing import Any
 import pytest
 import trio
 
+from loom.client.protocol import hello_body
 from loom.node.config import AuditConfig, Limits, NodeConfig, RaftSettings, TLSConfig, to_toml
 from loom.wire import catalog
-from loom.wire.codec import FrameDecoder, decode_payload, encode
+from loom.wire.codec import decode_payload, encode
+from loom.wire.session import Session, SessionLimits
 from tests.conftest import PKI, make_config, tls_client_ctx
 
 LOOMD = [sys.executable, "-m", "loom.cli.loomd"]
@@ -72,9 +74,12 @@ class ConnError(Exception):
 class Conn:
     """One TLS client connection speaking frames (HELLO done by `open`)."""
 
-    def __init__(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+    def __init__(self, stream: trio.SSLStream[trio.SocketStream], timeout: float) -> None:
         self.stream = stream
-        self.decoder = FrameDecoder(1 << 24)
+        # The clients' side of the session protocol; answers up to 16 MiB (snapshots).
+        self.session = Session(SessionLimits(max_frame=1 << 24, hello_timeout_s=timeout,
+                                             pre_hello_max_frame=1 << 24),
+                               now=trio.current_time())
         self.next_id = 1
 
     @classmethod
@@ -85,12 +90,12 @@ class Conn:
                 tcp = await trio.open_tcp_stream("127.0.0.1", port)
         except (OSError, trio.TooSlowError) as e:
             raise ConnError(f"connect to {port}: {e!r}", sent=False) from None
-        c = cls(trio.SSLStream(tcp, tls_client_ctx(pki, name), server_hostname="localhost"))
+        c = cls(trio.SSLStream(tcp, tls_client_ctx(pki, name), server_hostname="localhost"),
+                timeout)
         try:
-            hello: dict[str, Any] = {"client_name": "cluster-tests", "min_version": 1,
-                                     "max_version": 1}
-            if client_id:
-                hello["client_id"] = client_id
+            hello = hello_body("cluster-tests", client_id)
+            if not client_id:
+                del hello["client_id"]
             r = await c.request("HELLO", timeout=timeout, **hello)
         except BaseException:
             await c.aclose()
@@ -98,6 +103,7 @@ class Conn:
         if r["s"] != OK:
             await c.aclose()
             raise ConnError(f"HELLO refused: {r}", sent=False)
+        c.session.hello_accepted()
         return c
 
     def frame(self, op: str, seq: int = 0, stale: bool = False, **body: Any
@@ -122,16 +128,16 @@ class Conn:
         try:
             with trio.fail_after(timeout):
                 while True:
-                    p = self.decoder.next_payload()
+                    p = self.session.next_payload()
                     if p is not None:
                         obj = decode_payload(p)
                         if isinstance(obj, dict) and obj.get("id") == rid:
                             return obj
                         continue
                     data = await self.stream.receive_some(65536)
+                    self.session.receive_data(data)
                     if not data:
                         raise ConnError("closed by the server", sent=True)
-                    self.decoder.feed(data)
         except trio.TooSlowError:
             raise ConnError(f"no reply within {timeout:g} s", sent=True) from None
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
