@@ -310,8 +310,11 @@ class AsyncClient(Ops[Any]):
     @classmethod
     async def connect(cls, endpoints: str | Sequence[str], **kwargs: Any) -> AsyncClient:
         c = cls(endpoints, **kwargs)
-        with anyio.fail_after(c.options.timeout):
-            await c.connection()
+        try:
+            with anyio.fail_after(c.options.timeout):
+                await c.connection()
+        except TimeoutError:
+            raise ConnectError(f"could not connect within {c.options.timeout:g}s") from None
         return c
 
     async def aclose(self) -> None:
@@ -486,15 +489,22 @@ class AsyncClient(Ops[Any]):
         """`async with c.subscribe("t") as sub: async for msg in sub:` — pushed payloads, in
         order. A slow consumer whose buffer fills ends the subscription with LimitExceeded."""
         mt, body = p.prepare("TOPIC_SUBSCRIBE", {"name": topic, "from_seq": from_seq})
-        with anyio.fail_after(self.options.timeout):
-            conn = await self.connection()
+        limit = self.options.timeout
+        try:
+            with anyio.fail_after(limit):
+                conn = await self.connection()
+        except TimeoutError:
+            raise p.timeout_error(mt, False, limit) from None
         rid = conn.next_id()
         sub = Subscription(topic, rid, buffer)
         conn.subs[rid] = sub
         try:
-            with anyio.fail_after(self.options.timeout):
-                frame = p.request_frame(rid, mt.opcode, body, headers=self.options.headers)
-                r = await conn.roundtrip(rid, frame, None)
+            try:
+                with anyio.fail_after(limit):
+                    frame = p.request_frame(rid, mt.opcode, body, headers=self.options.headers)
+                    r = await conn.roundtrip(rid, frame, None)
+            except TimeoutError:
+                raise p.timeout_error(mt, True, limit) from None
             r.value()
             yield sub
         except ConnectionLost as e:
