@@ -118,23 +118,34 @@ class SessionLimits:
             raise ValueError("timeouts must be positive")
 
 
+class _ClosedDecoder(FrameDecoder):
+    """What a closed session frames with: nothing."""
+
+    def feed(self, data: bytes | bytearray) -> None:
+        raise LocalProtocolError("data received on a closed session")
+
+    def next_payload(self) -> bytes | None:
+        return None
+
+
+_CLOSED = _ClosedDecoder()
+
+
 class Session:
     """One connection's session state, framing and read deadlines. Never does I/O."""
 
-    __slots__ = ("_decoder", "_hello_deadline", "ended_by", "greeted", "limits", "state")
+    __slots__ = ("_decoder", "_hello_deadline", "ended_by", "greeted", "limits", "open", "state")
 
     def __init__(self, limits: SessionLimits, *, now: float) -> None:
         self.limits = limits
         self.state = State.AWAIT_HELLO
+        # Requests may be handed on (HELLO accepted, not closed): the table's REQUEST column
+        # for the current state, kept as a plain attribute because every request reads it.
+        self.open = False
         self.ended_by: str | None = None  # why the session closed
         self.greeted = False  # HELLO was accepted at some point (the session may be closed now)
         self._decoder = FrameDecoder(limits.pre_hello_max_frame)
         self._hello_deadline = now + limits.hello_timeout_s
-
-    @property
-    def open(self) -> bool:
-        """Requests may be handed on (HELLO was accepted, the session is not closed)."""
-        return self.state in _TAKES_REQUESTS
 
     @property
     def max_frame(self) -> int:
@@ -147,6 +158,9 @@ class Session:
         except KeyError:
             raise LocalProtocolError(f"{event.name} is not allowed in {self.state.name}"
                                      ) from None
+        self.open = self.state in _TAKES_REQUESTS
+        if self.state is State.CLOSED:
+            self._decoder = _CLOSED  # nothing more is framed; more bytes are our own bug
         if self.state is State.CLOSED and self.ended_by is None:
             self.ended_by = reason or event.value
 
@@ -159,19 +173,15 @@ class Session:
 
     def receive_data(self, data: bytes | bytearray) -> None:
         """Bytes read from the stream; b"" means the other side closed (EOF)."""
-        if not data:
+        if data:
+            self._decoder.feed(data)  # a closed session's decoder raises LocalProtocolError
+        else:
             self._fire(Event.EOF, "closed by the other side")
-            return
-        if self.state is State.CLOSED:
-            raise LocalProtocolError("data received on a closed session")
-        self._decoder.feed(data)
 
     def next_payload(self) -> bytes | None:
         """The next whole frame's payload, or None until more bytes arrive. A length prefix
         that is empty or over the current limit closes the session (RemoteProtocolError: the
-        stream can no longer be framed)."""
-        if self.state is State.CLOSED:
-            return None
+        stream can no longer be framed). A closed session frames nothing more (None)."""
         try:
             return self._decoder.next_payload()
         except FrameError as e:
