@@ -14,15 +14,13 @@ through a bounded channel, so a caller's cancelled deadline never interrupts a T
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.abc
-import sniffio
 
 from loom.client import protocol as p
 from loom.client.errors import ConnectError, ProtocolError
@@ -30,6 +28,14 @@ from loom.client.ops import Ops
 from loom.client.protocol import Addr, ConnectionLost
 from loom.client.subscription import Subscription
 from loom.client.tls import closed_during_hello, describe_tls_error, make_context
+from loom.client.transport import (
+    Backend,
+    Stream,
+    cause,
+    close_forcefully,
+    current_backend,
+    dial,
+)
 from loom.wire.errors import LoomError
 from loom.wire.framed import FramedReader
 from loom.wire.session import RemoteProtocolError, Session
@@ -39,109 +45,17 @@ WRITE_BATCH = 256 * 1024  # bytes coalesced into one TLS write
 READ_CHUNK = 65536
 
 
-class _Stream(Protocol):
-    async def send_all(self, data: bytes) -> None: ...
-    async def receive_some(self) -> bytes: ...  # b"" after the peer closed
-    async def aclose(self) -> None: ...
-
-
-def _broken() -> tuple[type[BaseException], ...]:
-    """How a stream ends, in the words of either backend."""
-    out: tuple[type[BaseException], ...] = (anyio.BrokenResourceError, anyio.ClosedResourceError,
-                                            anyio.EndOfStream, OSError)
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        out += (trio.BrokenResourceError, trio.ClosedResourceError)
-    return out
-
-
-def _cause(e: BaseException) -> BaseException:
-    return e.__cause__ if e.__cause__ is not None else e
-
-
-class _TrioTLS:
-    """trio: the TLSStream the node uses too (OpenSSL reads and writes the socket itself)."""
-
-    def __init__(self, stream: Any) -> None:
-        self._s = stream
-
-    async def send_all(self, data: bytes) -> None:
-        await self._s.send_all(data)
-
-    async def receive_some(self) -> bytes:
-        return bytes(await self._s.receive_some(READ_CHUNK))
-
-    async def aclose(self) -> None:
-        await anyio.aclose_forcefully(self._s)
-
-
-class _AnyioTLS:
-    """asyncio (or any anyio backend): anyio's TLS stream over a TCP stream."""
-
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
-        self._s = stream
-
-    async def send_all(self, data: bytes) -> None:
-        await self._s.send(data)
-
-    async def receive_some(self) -> bytes:
-        try:
-            return await self._s.receive(READ_CHUNK)
-        except anyio.EndOfStream:
-            return b""
-
-    async def aclose(self) -> None:
-        await anyio.aclose_forcefully(self._s)
-
-
-async def _dial(addr: Addr, ctx: ssl.SSLContext, hostname: str, sent_cert: bool) -> _Stream:
-    """TCP and the TLS handshake; ConnectError names what failed."""
-    where = p.format_endpoint(addr)
-    host, port = addr
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        from loom.security.tlsstream import TLSStream
-
-        try:
-            tcp = await trio.open_tcp_stream(host, port)
-        except OSError as e:
-            raise ConnectError(f"{where}: {e.strerror or e}") from None
-        tls = TLSStream(tcp, ctx, server_hostname=hostname)
-        try:
-            await tls.do_handshake()
-        except (trio.BrokenResourceError, OSError) as e:
-            await trio.aclose_forcefully(tls)
-            raise ConnectError(f"{where}: "
-                               f"{describe_tls_error(_cause(e), sent_cert=sent_cert)}") from None
-        return _TrioTLS(tls)
-    try:
-        tcp_s = await anyio.connect_tcp(host, port)
-    except OSError as e:
-        raise ConnectError(f"{where}: {e.strerror or e}") from None
-    from anyio.streams.tls import TLSStream as AnyioTLSStream
-
-    try:
-        stream = await AnyioTLSStream.wrap(tcp_s, hostname=hostname, ssl_context=ctx)
-    except (anyio.BrokenResourceError, anyio.EndOfStream, OSError) as e:
-        await anyio.aclose_forcefully(tcp_s)
-        raise ConnectError(f"{where}: "
-                           f"{describe_tls_error(_cause(e), sent_cert=sent_cert)}") from None
-    return _AnyioTLS(stream)
-
-
 class _Slot:
     __slots__ = ("event", "response")
 
-    def __init__(self) -> None:
-        self.event = anyio.Event()
+    def __init__(self, event: Any) -> None:
+        self.event = event
         self.response: p.Response | None = None
 
 
 class Connection:
-    def __init__(self, stream: _Stream, addr: Addr,
-                 hello: p.HelloInfo, session: Session) -> None:
+    def __init__(self, stream: Stream, addr: Addr, hello: p.HelloInfo, session: Session,
+                 backend: Backend) -> None:
         self.stream = stream
         self.addr = addr
         self.hello = hello
@@ -151,10 +65,10 @@ class Connection:
         self.error: str | None = None
         self.retired = False
         self._next_id = p.HELLO_ID
-        self._out_send, self._out_recv = anyio.create_memory_object_stream[bytes](WRITE_QUEUE)
-        self._scope = anyio.CancelScope()
-        self.closed = anyio.Event()
-        self._broken = _broken()
+        self._b = backend
+        self._out_send, self._out_recv = backend.channel(WRITE_QUEUE)
+        self._scope = backend.cancel_scope()
+        self.closed = backend.event()
 
     @property
     def alive(self) -> bool:
@@ -169,7 +83,7 @@ class Connection:
             raise ConnectionLost(self.error or "connection closed")
         try:
             await self._out_send.send(frame)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        except self._b.queue_closed:
             raise ConnectionLost(self.error or "connection closed") from None
 
     def close(self, reason: str = "connection closed") -> None:
@@ -199,8 +113,7 @@ class Connection:
             for sub in self.subs.values():
                 sub.end(ConnectError(f"subscription ended: {reason}"))
             self.closed.set()
-            with anyio.CancelScope(shield=True):
-                await self.stream.aclose()
+            await close_forcefully(self.stream)
 
     async def _writer(self) -> None:
         try:
@@ -210,25 +123,25 @@ class Connection:
                 while size < WRITE_BATCH:
                     try:
                         more = self._out_recv.receive_nowait()
-                    except anyio.WouldBlock:
+                    except self._b.would_block:
                         break
                     batch.append(more)
                     size += len(more)
                 await self.stream.send_all(b"".join(batch))
-        except self._broken as e:
-            self.close(f"send failed: {_cause(e)}")
+        except self._b.broken as e:
+            self.close(f"send failed: {cause(e)}")
 
     async def _reader(self) -> None:
         # The client has no idle deadline: the reader waits as long as the connection lives.
-        frames = FramedReader(self.session, self.stream.receive_some, anyio.CancelScope(),
-                              anyio.current_time)
+        frames = FramedReader(self.session, self.stream.receive_some, self._b.cancel_scope(),
+                              self._b.current_time)
         try:
             await frames.run(self._on_payload)
             self.close("the server closed the connection")
         except (RemoteProtocolError, ProtocolError) as e:
             self.close(f"protocol error: {e}")
-        except self._broken as e:
-            self.close(f"connection lost: {_cause(e)}")
+        except self._b.broken as e:
+            self.close(f"connection lost: {cause(e)}")
 
     def _on_payload(self, payload: bytes) -> None:
         self._dispatch(p.parse_response(payload))
@@ -252,7 +165,7 @@ class Connection:
             self.close("retired")
 
     async def roundtrip(self, rid: int, frame: bytes, attempts: p.Attempts | None) -> p.Response:
-        slot = _Slot()
+        slot = _Slot(self._b.event())
         self.pending[rid] = slot
         try:
             await self.enqueue(frame)
@@ -292,8 +205,9 @@ class AsyncClient(Ops[Any]):
         self._window = p.WriteWindow(o.max_writes_in_flight)
         self._router = p.Router(o.endpoints)
         self._nursery = nursery  # trio.Nursery or anyio TaskGroup: both have start()
-        self._window_changed = anyio.Event()
-        self._limit = anyio.Semaphore(o.max_in_flight)
+        self._b = b = current_backend()
+        self._window_changed = b.event()
+        self._limit = b.semaphore(o.max_in_flight)
         self._lock = anyio.Lock()
         self._conn: Connection | None = None
         self._all: set[Connection] = set()
@@ -311,9 +225,9 @@ class AsyncClient(Ops[Any]):
     async def connect(cls, endpoints: str | Sequence[str], **kwargs: Any) -> AsyncClient:
         c = cls(endpoints, **kwargs)
         try:
-            with anyio.fail_after(c.options.timeout):
+            with c._b.fail_after(c.options.timeout):
                 await c.connection()
-        except TimeoutError:
+        except c._b.timed_out:
             raise ConnectError(f"could not connect within {c.options.timeout:g}s") from None
         return c
 
@@ -322,7 +236,7 @@ class AsyncClient(Ops[Any]):
         for conn in list(self._all):
             conn.close("client closed")
         for conn in list(self._all):
-            with anyio.CancelScope(shield=True):
+            with self._b.cancel_scope(shield=True):
                 await conn.closed.wait()
 
     @property
@@ -343,11 +257,14 @@ class AsyncClient(Ops[Any]):
             errors: list[str] = []
             for addr in self._router.candidates():
                 try:
-                    with anyio.fail_after(self.options.connect_timeout):
+                    with self._b.fail_after(self.options.connect_timeout):
                         conn = await self._open(addr)
-                except (ConnectError, TimeoutError) as e:
-                    errors.append(str(e) if isinstance(e, ConnectError) else
-                                  f"{p.format_endpoint(addr)}: connect timed out")
+                except ConnectError as e:
+                    errors.append(str(e))
+                    self._router.dial_failed(addr)
+                    continue
+                except self._b.timed_out:
+                    errors.append(f"{p.format_endpoint(addr)}: connect timed out")
                     self._router.dial_failed(addr)
                     continue
                 self._all.add(conn)
@@ -367,18 +284,17 @@ class AsyncClient(Ops[Any]):
 
     async def _open(self, addr: Addr) -> Connection:
         o = self.options
-        stream = await _dial(addr, self._ctx, o.server_hostname or addr[0], o.sent_cert)
+        stream = await dial(addr, self._ctx, o.server_hostname or addr[0], o.sent_cert)
         try:
             return await self._hello(stream, addr)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
+            await close_forcefully(stream)
             raise
 
-    async def _hello(self, stream: _Stream, addr: Addr) -> Connection:
+    async def _hello(self, stream: Stream, addr: Addr) -> Connection:
         where = p.format_endpoint(addr)
         sent_cert = self.options.sent_cert
-        session = p.new_session(self.options, now=anyio.current_time())
+        session = p.new_session(self.options, now=self._b.current_time())
         try:
             await stream.send_all(p.hello_frame(self.options))
             while (payload := session.next_payload()) is None:
@@ -386,19 +302,19 @@ class AsyncClient(Ops[Any]):
                 session.receive_data(data)
                 if not data:
                     raise ConnectError(f"{where}: {closed_during_hello(sent_cert=sent_cert)}")
-        except _broken() as e:
-            cause = _cause(e)
-            if isinstance(e, anyio.EndOfStream) or "EOF" in type(cause).__name__ or (
-                    "ZeroReturn" in type(cause).__name__):
+        except self._b.broken as e:
+            why = cause(e)
+            if isinstance(e, anyio.EndOfStream) or "EOF" in type(why).__name__ or (
+                    "ZeroReturn" in type(why).__name__):
                 msg = closed_during_hello(sent_cert=sent_cert)
             else:
-                msg = describe_tls_error(cause, sent_cert=sent_cert)
+                msg = describe_tls_error(why, sent_cert=sent_cert)
             raise ConnectError(f"{where}: {msg}") from None
         except RemoteProtocolError as e:
             raise ConnectError(f"{where}: bad answer to HELLO: {e}") from None
         hello = p.accept_hello(payload)
         session.hello_accepted(p.answer_limit(hello))
-        return Connection(stream, addr, hello, session)
+        return Connection(stream, addr, hello, session, self._b)
 
     def _after_error(self, conn: Connection, err: LoomError) -> None:
         """Move on from a node that cannot serve the request. Only the first such answer on a
@@ -428,11 +344,11 @@ class AsyncClient(Ops[Any]):
         hdrs = {**self.options.headers, **(headers or {})}
         seq = 0
         try:
-            with anyio.fail_after(self.options.timeout):
+            with self._b.fail_after(self.options.timeout):
                 if mt.is_write:
                     seq = await self._issue_seq()
                 return await self._with_retries(attempts, clean, seq, hdrs, stale)
-        except TimeoutError:
+        except self._b.timed_out:
             raise attempts.timed_out(self.options.timeout) from None
         finally:
             if seq:
@@ -452,15 +368,16 @@ class AsyncClient(Ops[Any]):
     def _finish_seq(self, seq: int) -> None:
         self._window.finish(seq)
         self._window_changed.set()
-        self._window_changed = anyio.Event()
+        self._window_changed = self._b.event()
 
     async def _with_retries(self, attempts: p.Attempts, body: dict[str, Any], seq: int,
                             headers: dict[str, str], stale: bool) -> Any:
         mt = attempts.mt
         while (pause := attempts.pause()) is not None:
-            if anyio.current_time() + pause >= anyio.current_effective_deadline():
-                break  # the deadline would pass while waiting: report the last failure
-            await anyio.sleep(pause)
+            if pause:
+                if self._b.current_time() + pause >= anyio.current_effective_deadline():
+                    break  # the deadline would pass while waiting: report the last failure
+                await anyio.sleep(pause)
             try:
                 conn = await self.connection()
             except ConnectError as e:
@@ -491,19 +408,19 @@ class AsyncClient(Ops[Any]):
         mt, body = p.prepare("TOPIC_SUBSCRIBE", {"name": topic, "from_seq": from_seq})
         limit = self.options.timeout
         try:
-            with anyio.fail_after(limit):
+            with self._b.fail_after(limit):
                 conn = await self.connection()
-        except TimeoutError:
+        except self._b.timed_out:
             raise p.timeout_error(mt, False, limit) from None
         rid = conn.next_id()
         sub = Subscription(topic, rid, buffer)
         conn.subs[rid] = sub
         try:
             try:
-                with anyio.fail_after(limit):
+                with self._b.fail_after(limit):
                     frame = p.request_frame(rid, mt.opcode, body, headers=self.options.headers)
                     r = await conn.roundtrip(rid, frame, None)
-            except TimeoutError:
+            except self._b.timed_out:
                 raise p.timeout_error(mt, True, limit) from None
             r.value()
             yield sub

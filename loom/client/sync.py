@@ -258,9 +258,10 @@ class Client(Ops[Any]):
         attempts = p.Attempts(mt, self.options.retry, resend=self.options.resend_unknown_writes)
         try:
             while (pause := attempts.pause()) is not None:
-                if time.monotonic() + pause >= deadline:
-                    break  # the deadline would pass while waiting: report the last failure
-                time.sleep(pause)
+                if pause:
+                    if time.monotonic() + pause >= deadline:
+                        break  # the deadline would pass while waiting: report the last failure
+                    time.sleep(pause)
                 try:
                     result = self._attempt(mt, clean, seq, deadline, hdrs, attempts, stale)
                 except ConnectError as e:

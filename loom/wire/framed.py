@@ -52,15 +52,19 @@ class FramedReader:
         reason; the session is closed). RemoteProtocolError, LocalProtocolError and the
         stream's own errors propagate; so does whatever the handler raises."""
         session, scope = self.session, self._scope
+        deadline = math.inf  # the scope's, kept here: moving a deadline costs the scheduler
         with scope:
             while True:
-                scope.deadline = session.deadline(self._clock())
+                wanted = session.deadline(self._clock())
+                if wanted != deadline:
+                    scope.deadline = deadline = wanted
                 self.waiting = True
                 try:
                     data = await self._receive()
                 finally:
                     self.waiting = False
-                scope.deadline = math.inf
+                if deadline != math.inf:
+                    scope.deadline = deadline = math.inf
                 session.receive_data(data)
                 if not data:
                     return None
