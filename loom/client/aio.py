@@ -1,9 +1,10 @@
 """The async client: one long-lived TLS connection, many requests in flight, on trio or asyncio.
 
-Written on anyio, so the same code runs under `trio.run` and `asyncio.run`. Under trio the
-connection is a `TLSStream` (OpenSSL on the socket, security/tlsstream.py; the cheaper path);
-under asyncio it is anyio's TLS stream. Every decision (which node, retry or raise, the HELLO
-exchange, the frame limit) is made by the sans-IO core in protocol.py, as in the blocking client.
+Written on anyio, so the same code runs under `trio.run` and `asyncio.run`; the stream and the
+primitives every request touches come from the running library itself (transport.py: under
+trio, Loom's TLSStream and trio's own primitives, the cheaper path). Every decision (which
+node, retry or raise, the HELLO exchange, the frame limit) is made by the sans-IO core in
+protocol.py, as in the blocking client.
 
 Each connection has two tasks in the client's task group: a reader that matches answers to
 waiting callers by request id (answers may come back in any order) and routes topic pushes, and
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.abc
 
 from loom.client import protocol as p
 from loom.client.errors import ConnectError, ProtocolError

@@ -376,6 +376,8 @@ class Options:
         unknown = set(given) - set(cls.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unknown client option(s): {sorted(unknown)}")
+        if "headers" in given:
+            given["headers"] = dict(given["headers"])  # the caller's mapping may change later
         eps = parse_endpoints(endpoints if isinstance(endpoints, str) else list(endpoints))
         opts = cls(tuple(eps), **given)
         if not opts.client_id:

@@ -7,7 +7,12 @@ import random
 import pytest
 
 from loom.client import protocol as p
-from loom.client.errors import ConfigError, IndeterminateError, RequestValidationError
+from loom.client.errors import (
+    ConfigError,
+    ConnectError,
+    IndeterminateError,
+    RequestValidationError,
+)
 from loom.wire.codec import decode_payload, encode
 from loom.wire.errors import (
     ERROR_TYPES,
@@ -18,6 +23,8 @@ from loom.wire.errors import (
     NotLeader,
     Status,
     Timeout,
+    TooLarge,
+    Unavailable,
 )
 
 
@@ -120,3 +127,89 @@ def test_timeouts_of_sent_writes_are_indeterminate() -> None:
     assert "may or may not have been applied" in e.message
     assert not isinstance(p.timeout_error(get, True, 1.0), IndeterminateError)
     assert not isinstance(p.timeout_error(put, False, 1.0), IndeterminateError)
+
+
+# -- the decisions both clients share ---------------------------------------------------------
+def test_router_prefers_the_named_leader_then_rotates_past_failures() -> None:
+    a, b, c = ("a", 1), ("b", 1), ("c", 1)
+    r = p.Router([a, b, c])
+    assert r.candidates() == [a, b, c]
+    assert r.refused(a, NotLeader("no", leader_addr="c:1")) is True
+    assert r.candidates() == [c, a, b]
+    r.dial_failed(c)  # the named leader cannot be reached: back to the rotation
+    assert r.candidates() == [a, b, c]
+    assert r.refused(b, NotLeader("me", leader_addr="b:1")) is True  # naming itself: no hint
+    assert r.candidates() == [c, a, b]
+    assert r.refused(c, Busy("later")) is False  # BUSY keeps the connection
+    r.lost(c)
+    assert r.candidates() == [a, b, c]
+    assert r.refused(a, Unavailable("election")) is True
+    assert r.candidates() == [b, c, a]
+
+
+def _answer(error: Exception | None = None, result: object = None) -> p.Response:
+    if error is None:
+        return p.Response(5, 0, result=result)
+    assert isinstance(error, LoomError)
+    return p.Response(5, int(error.status), error=error)
+
+
+def test_attempts_return_retry_or_raise_definite_answers_at_once() -> None:
+    put = p.resolve_type("MAP_PUT")
+    a = p.Attempts(put, p.RetryPolicy(attempts=3, base=0.0, cap=0.0), resend=True)
+    assert a.pause() == 0.0
+    a.sending()
+    assert a.answered(_answer(Busy("later"))) is p.RETRY
+    assert a.pause() is not None
+    a.sending()
+    with pytest.raises(TooLarge):  # definite: never retried, never "maybe applied"
+        a.answered(_answer(TooLarge("over the limit")))
+    with pytest.raises(IndeterminateError):  # the server's TIMEOUT for a write may still apply
+        a.answered(_answer(Timeout("slow")))
+    assert a.answered(_answer(result=7)) == 7
+
+
+def test_attempts_lost_writes_are_indeterminate_lost_reads_are_not() -> None:
+    put, get = p.resolve_type("MAP_PUT"), p.resolve_type("MAP_GET")
+    w = p.Attempts(put, p.RetryPolicy(attempts=2), resend=True)
+    assert w.pause() == 0.0
+    w.sending()
+    w.lost("reset")
+    assert w.pause() is not None and w.pause() is None  # two attempts, then none
+    assert isinstance(w.exhausted(), IndeterminateError)
+    r = p.Attempts(get, p.RetryPolicy(attempts=1), resend=True)
+    r.pause()
+    r.sending()
+    r.lost("reset")
+    assert isinstance(r.exhausted(), ConnectError) and not isinstance(
+        r.exhausted(), IndeterminateError)
+    once = p.Attempts(put, p.RetryPolicy(), resend=False)
+    once.sending()
+    with pytest.raises(IndeterminateError, match="may or may not"):
+        once.lost("reset")
+    unsent = p.Attempts(put, p.RetryPolicy(), resend=True)
+    unsent.lost("refused before sending")
+    assert not isinstance(unsent.exhausted(), IndeterminateError)
+    with pytest.raises(ConnectError):
+        unsent.connect_failed(ConnectError("bad certificate", permanent=True))
+
+
+def test_a_request_over_the_frame_limit_is_refused_before_sending() -> None:
+    put = p.resolve_type("MAP_PUT")
+    frame = p.request_frame(2, put.opcode, {"name": "m", "key": "k", "value": b"x" * 5000})
+    p.check_frame_size(put, frame, 8192)
+    with pytest.raises(TooLarge, match="frame limit of 4096 bytes") as info:
+        p.check_frame_size(put, frame, 4096)
+    assert info.value.details["limit"] == 4096
+
+
+def test_options_take_the_shells_keywords() -> None:
+    headers = {"X-Auth-User": "u"}
+    o = p.Options.build("a:1,b:2", ca="ca.pem", timeout=None, headers=headers)
+    assert o.endpoints == (("a", 1), ("b", 2)) and o.timeout == 10.0 and o.client_id
+    headers["X-Auth-User"] = "changed"
+    assert o.headers == {"X-Auth-User": "u"}
+    with pytest.raises(TypeError, match="unknown client option"):
+        p.Options.build("a:1", ca="ca.pem", timout=3)
+    with pytest.raises(ConfigError):
+        p.Options.build("a:1", ca="ca.pem", timeout=0)
