@@ -89,11 +89,11 @@ async def recv_all(conn: Conn, ids: list[int], timeout: float) -> dict[int, dict
     out: dict[int, dict[str, Any]] = {}
     with trio.fail_after(timeout):
         while len(out) < len(ids):
-            p = conn.decoder.next_payload()
+            p = conn.session.next_payload()
             if p is None:
                 data = await conn.stream.receive_some(65536)
                 assert data, f"the old leader closed the connection; got {out}"
-                conn.decoder.feed(data)
+                conn.session.receive_data(data)
                 continue
             from loom.wire.codec import decode_payload
 
