@@ -337,27 +337,33 @@ class Client(Ops[Any]):
         return results
 
     def _pipeline_chunk(self, prepared: list[tuple[MessageType, dict[str, Any]]],
-                        seqs: dict[int, int], todo: list[int], results: list[Any],
+                        seqs: dict[int, int], chunk: list[int], results: list[Any],
                         deadline: float, limit: float) -> None:
+        """Send the chunk's requests in rounds until each one is settled. Each request keeps
+        its own `Attempts`, so a pipeline decides what an answer, a refusal or a lost
+        connection means exactly as `call` does; only the pacing of rounds is shared."""
+        policy = self.options.retry
+        tries = {i: p.Attempts(prepared[i][0], policy,
+                               resend=self.options.resend_unknown_writes) for i in chunk}
+        todo = list(chunk)  # not settled yet: never answered, or refused with a retryable error
+        refused: set[int] = set()  # of `todo`, those last answered with a retryable refusal
         last: BaseException | None = None
-        unknown: set[int] = set()  # writes that were lost after being sent at least once
-        unanswered: set[int] = set()
-        for attempt in range(max(1, self.options.retry.attempts)):
-            if attempt:
-                pause = self.options.retry.delay_for(last, attempt - 1)
+        for n in range(max(1, policy.attempts)):
+            if n:
+                pause = policy.delay_for(last, n - 1)
                 if time.monotonic() + pause >= deadline:
                     break
                 time.sleep(pause)
             try:
                 conn = self._connection(deadline)
             except ConnectError as e:
-                if e.permanent:
-                    raise
+                for i in todo:
+                    tries[i].connect_failed(e)
                 last = e
                 continue
+            assert conn.hello is not None
             ids: dict[int, int] = {}
             out = bytearray()
-            assert conn.hello is not None
             for i in list(todo):
                 rid = conn.next_id()
                 mt, body = prepared[i]
@@ -369,48 +375,50 @@ class Client(Ops[Any]):
                     results[i] = e
                     todo.remove(i)
                     continue
+                tries[i].sending()
                 ids[rid] = i
                 out += frame
-            unanswered = set(todo)
+            retry: list[int] = []
             try:
                 conn.send(bytes(out), deadline)
-                waiting = set(ids)
-                while waiting:
-                    r = conn.read_for(waiting, deadline)
-                    waiting.discard(r.request_id)
-                    i = ids[r.request_id]
-                    unanswered.discard(i)
-                    results[i] = r.error if r.error is not None else r.result
+                while ids:
+                    r = conn.read_for(set(ids), deadline)
+                    i = ids.pop(r.request_id)
+                    try:
+                        value = tries[i].answered(r)
+                    except LoomError as e:  # definite (or a write's TIMEOUT): its result
+                        value = e
+                    if value is p.RETRY:
+                        retry.append(i)
+                        value = r.error
+                    results[i] = value
             except TimeoutError:
                 self.close()
-                if unknown or any(i in seqs for i in unanswered):
-                    raise IndeterminateError(f"pipeline: no answer within {limit:g}s") from None
-                raise Timeout(f"pipeline: no answer within {limit:g}s") from None
+                errors = [tries[i].timed_out(limit) for i in ids.values()]
+                raise next((e for e in errors if isinstance(e, IndeterminateError)),
+                           Timeout(f"pipeline: no answer within {limit:g}s")) from None
             except ConnectionLost as e:
                 self._lost(conn)
-                lost_writes = {i for i in unanswered if i in seqs}
-                unknown |= lost_writes
-                if lost_writes and not self.options.resend_unknown_writes:
-                    raise IndeterminateError(f"pipeline: {e}") from None
+                for i in ids.values():
+                    tries[i].lost(str(e))  # raises for a sent write without resending
                 last = ConnectError(str(e))
-                todo = sorted(unanswered | {i for i in todo if isinstance(results[i], p.RETRYABLE)
-                                            and i not in unanswered})
+                todo, refused = sorted(set(ids.values()) | set(retry)), set(retry)
                 continue
-            retry = [i for i in todo if isinstance(results[i], p.RETRYABLE)]
             if not retry:
                 return
             last = results[retry[0]]
             assert isinstance(last, LoomError)
             self._after_error(conn, last)
-            todo = retry
+            todo, refused = retry, set(retry)
+        # Out of attempts or time. A request never answered fails the pipeline (indeterminate
+        # for a write that may have arrived); one last refused keeps its refusal as its result,
+        # unless an earlier attempt of it was lost (then it is indeterminate).
+        unanswered = [tries[i].exhausted() for i in todo if i not in refused]
         if unanswered:
-            if unknown & unanswered or any(i in seqs for i in unanswered):
-                raise IndeterminateError(f"pipeline: {last}")
-            assert last is not None
-            raise last
-        for i in todo:  # a refusal after a lost attempt does not settle a write
-            if i in unknown and isinstance(results[i], p.RETRYABLE):
-                results[i] = IndeterminateError(f"{prepared[i][0].name}: {results[i]}")
+            raise next((e for e in unanswered if isinstance(e, IndeterminateError)),
+                       unanswered[0])
+        for i in todo:
+            results[i] = tries[i].exhausted()
 
     def subscribe(self, topic: str, from_seq: int | None = None, *,
                   timeout: float | None = None) -> Iterator[Any]:

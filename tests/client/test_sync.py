@@ -173,3 +173,37 @@ def test_pipeline_returns_errors_in_place_and_retries_not_leader(
     assert out[2] == "moved"
     assert type(out[1]).__name__ == "NotFound"
     assert not isinstance(out[1], NotLeader)
+
+
+def test_pipeline_that_never_reaches_a_server_raises(pki: Pki) -> None:
+    # It used to return a None "result" for every call when no endpoint ever answered.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with Client([f"127.0.0.1:{port}"], ca=pki.ca_file, retry=FAST) as c, \
+            pytest.raises(ConnectError, match="could not connect"):
+        c.pipeline([("MAP_GET", {"name": "m", "key": "k"})])
+
+
+def test_pipeline_decides_like_call(pki: Pki, serve: Serve) -> None:
+    # One policy: a write the server answered TIMEOUT for is indeterminate, in a pipeline too;
+    # a read's TIMEOUT is the server's error; a definite refusal is the item's result at once.
+    def answers(server: FakeServer, req: Frame) -> list[Frame]:
+        key = req["b"]["key"]
+        if key == "slow":
+            return [err(req, Status.TIMEOUT, "not applied in time")]
+        if key == "denied":
+            return [err(req, Status.FORBIDDEN, "no")]
+        return [ok(req, None)]
+
+    s = serve(answers)
+    with client(pki, s) as c:
+        out = c.pipeline([("MAP_PUT", {"name": "m", "key": "slow", "value": b"v"}),
+                          ("MAP_GET", {"name": "m", "key": "slow"}),
+                          ("MAP_PUT", {"name": "m", "key": "denied", "value": b"v"}),
+                          ("MAP_PUT", {"name": "m", "key": "fine", "value": b"v"})])
+    assert isinstance(out[0], IndeterminateError)
+    assert type(out[1]).__name__ == "Timeout"
+    assert isinstance(out[2], Forbidden)
+    assert out[3] is None
+    assert len(s.requests) == 4  # nothing was retried
