@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from loom.security.identity import Identity, IdentityError, guest_identity, identity_from_der
+from loom.security.identity import Identity, IdentityError, guest_identity, identity_or_guest
 from loom.security.tlsstream import TLSStream
 from loom.wire.codec import (
     FrameError,
@@ -206,13 +206,13 @@ class Connection:
             raise closing
 
     def _identify(self) -> Identity:
+        """The identity rule (security/identity.py, the same for every listener): a verified
+        certificate names the caller; none is the guest, where certificates are optional."""
         der = self.stream.getpeercert(binary_form=True)
-        if not der:
-            if self.node.cfg.require_client_auth:  # the TLS layer already refuses; belt and braces
-                raise _Closing("no client certificate")
-            return guest_identity()
+        if not der and self.node.cfg.require_client_auth:
+            raise _Closing("no client certificate")  # the TLS layer refuses first; belt and braces
         try:
-            return identity_from_der(der, self.node.cfg.trust_domain)
+            return identity_or_guest(der, self.node.cfg.trust_domain)
         except IdentityError as e:
             log.warning("%s %s: refused certificate: %s", self.conn_id, self.peer, e)
             self.node.dispatcher.audit.emit(
