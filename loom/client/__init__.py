@@ -1,4 +1,4 @@
-"""Python client for Loom: `Client` (blocking) and `AsyncClient` / `open_client` (trio).
+"""Python client for Loom: `Client` (blocking) and `AsyncClient` / `open_client` (trio or asyncio).
 
 Server errors are raised as the exception class of their status (loom.wire.errors); the
 client's own failures are in loom.client.errors. See docs/client.md.
