@@ -6,15 +6,15 @@ demands (loom/raft/ready.py):
 
     drain inbox -> core.step/tick/propose/read_index ...
     while core.has_ready():
-        rd = core.ready()
-        a leader's AppendEntries/heartbeats go out now  (replicate while writing: see below)
-        apply rd.committed_entries                       (already durable on a majority)
+        rd = core.ready(); order = plan(rd, synced)      (the overlaps the contract allows)
+        send order.early                                 (a leader's AppendEntries/heartbeats)
+        apply rd.committed_entries if order.apply_first  (already durable on a majority)
         persist rd.snapshot, rd.entries, rd.hard_state  (one storage call, fsync if must_sync,
                                                           in a worker thread: group commit)
-        send the other rd.messages                       (votes, acks: they depend on the sync)
+        install rd.snapshot; send order.late             (votes, acks: they depend on the sync)
+        apply rd.committed_entries otherwise             (a Ready with a snapshot: strictly)
         answer rd.read_states once applied >= index      (linearizable reads, no log write)
         core.advance(rd)
-    (a Ready with a snapshot is handled strictly in order: persist, install, apply.)
 
 Invariants:
 - A proposal is answered only when the entry at its index is applied here. If the entry applied
@@ -57,7 +57,7 @@ from loom.raft import (
     Role,
 )
 from loom.raft.confchange import bootstrap
-from loom.raft.messages import AppendEntries, Heartbeat
+from loom.raft.ready import plan
 from loom.raft.types import EntryType, SnapshotMeta
 from loom.state.command import Command, Outcome
 from loom.state.limits import StateLimits
@@ -68,7 +68,6 @@ from loom.storage.storage import Recovered, Storage
 from loom.wire import errors as E
 
 log = logging.getLogger("loom.raft")
-_EARLY = (AppendEntries, Heartbeat)  # leader replication traffic: see _split_messages
 
 StructureId = tuple[str, str]
 SNAPSHOT_CHUNK = 1 << 20
@@ -174,7 +173,7 @@ class RaftLog:
         self.core = RaftCore(rcfg, random.Random(seed), recovered.hard_state, recovered.snapshot,
                              recovered.entries, snap_data)
         self._last_snapshot = recovered.snapshot.index if recovered.snapshot else 0
-        self._synced_term = recovered.hard_state.term
+        self._synced = recovered.hard_state  # the hard state last made durable
         self._last_snapshot_bytes = 0  # size of the last snapshot we took (0: none yet)
         self._log_bytes_since_snapshot = 0
         self._snapshot_child: int | None = None  # index being serialised in a child process
@@ -537,24 +536,19 @@ class RaftLog:
             rd = self.core.ready()
             if rd is None:
                 break
-            early, late = self._split_messages(rd)
-            if early:
-                self.transport.send(early)
+            order = plan(rd, self._synced)  # the contract's overlaps (raft/ready.py)
+            if order.early and self.transport is not None:
+                self.transport.send(order.early)
+            conf_changed = self._apply(rd) if order.apply_first else False
+            await self._persist(rd)
             if rd.snapshot is not None:
-                # A snapshot replaces the log: durable first, then installed, strictly.
-                await self._persist(rd)
                 self._sm = self._restore(rd.snapshot.data)
                 self._last_snapshot = rd.snapshot.meta.index
                 self._applied = max(self._applied, rd.snapshot.meta.index)
+            if order.late and self.transport is not None:
+                self.transport.send(order.late)
+            if not order.apply_first:
                 conf_changed = self._apply(rd)
-            else:
-                # Committed entries are already durable on a majority: apply them (and answer
-                # their callers) while this batch's new entries are still being written,
-                # instead of one fsync later.
-                conf_changed = self._apply(rd)
-                await self._persist(rd)
-            if late:
-                self.transport.send(late)
             for rs in rd.read_states:
                 batch = self._read_batches.pop(rs.ctx, None)
                 if batch:
@@ -567,32 +561,13 @@ class RaftLog:
                 self._on_soft_state(rd)
         await self._maybe_snapshot()
 
-    def _split_messages(self, rd: Ready) -> tuple[list[Message], list[Message]]:
-        """Messages to send before and after this Ready is persisted.
-
-        A leader replicates its entries while it writes them to its own disk (Raft thesis
-        10.2.1): AppendEntries and heartbeats from a leader carry only entries it already
-        holds and a commit index computed from *persisted* copies (the core counts its own
-        copy only once persisted), and its term was synced when it campaigned. Everything else
-        (votes, acknowledgements, responses) waits for the sync it may depend on.
-        """
-        if not rd.messages or self.transport is None:
-            return [], []
-        if rd.hard_state is not None and (rd.hard_state.term != self._synced_term):
-            return [], list(rd.messages)  # a term change in this batch: nothing goes early
-        if self.core.role is not Role.LEADER:
-            return [], list(rd.messages)
-        early: list[Message] = [m for m in rd.messages if isinstance(m, _EARLY)]
-        late = [m for m in rd.messages if not isinstance(m, _EARLY)]
-        return early, late
-
     async def _persist(self, rd: Ready) -> None:
         if rd.snapshot is not None:
             await self._storage.save_snapshot(rd.snapshot.meta, _chunks(rd.snapshot.data))
         if rd.entries or rd.hard_state is not None:
             await self._save_until_space(rd)
             if rd.hard_state is not None and rd.must_sync:
-                self._synced_term = rd.hard_state.term
+                self._synced = rd.hard_state
             if rd.entries:
                 self.batches += 1
                 self.entries_persisted += len(rd.entries)

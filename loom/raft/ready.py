@@ -1,13 +1,32 @@
-"""What the core hands the driver (`Ready`) and the small results of its input calls.
+"""What the core hands the driver (`Ready`), the one rule for carrying it out (`plan`), and the
+small results of the core's input calls.
 
-Ready contract, in the order the driver must act:
-  1. persist `snapshot` (if any; replaces the log up to its index), then `entries` (an entry at
-     index i replaces any stored entry at i or above), then `hard_state`;
+Ready contract. For each Ready, in this order:
+  1. persist `snapshot` (if any; it replaces the log up to its index), then `entries` (an entry
+     at index i replaces any stored entry at i or above), then `hard_state`;
   2. if `must_sync`, make all of that durable (fsync) before going on;
-  3. send `messages` (they may depend on step 1-2: a vote, an append acknowledgement);
+  3. send `messages` (they may depend on steps 1-2: a vote, an append acknowledgement);
   4. install `snapshot` into the state machine, apply `committed_entries` in order;
   5. answer each `read_states` request once the applied index is >= its index;
   6. call `advance(ready)`. No other core call may happen between `ready()` and `advance()`.
+
+Two overlaps are allowed, and `plan()` is the only place that decides them; every driver (the
+node's, the simulator's, the interaction scripts') calls it, so the simulator checks the core
+under the ordering loomd runs:
+  a. Replicate while writing: a leader's AppendEntries and Heartbeats (`ReadyPlan.early`) may
+     leave before step 1 (Raft thesis section 10.2.1; etcd raft's doc.go: "messages may be sent
+     while entries from the same batch are being persisted"). They carry only entries the leader
+     holds and a commit index counted from persisted copies (the core counts the leader's own
+     copy only in `advance`, after its write), and their term and vote are already durable: in
+     a Ready whose hard state changes the term or the vote, nothing goes early.
+  b. Apply while writing: without a snapshot (`ReadyPlan.apply_first`), step 4 may come before
+     step 1. A committed entry is durable on a majority already, so applying it (and answering
+     its caller) need not wait for this node's fsync of newer entries. A Ready with a snapshot
+     is carried out strictly in order: the snapshot replaces the log and the state, and must be
+     durable before it is installed.
+Everything else waits for the sync: votes and their refusals, append and snapshot responses,
+ReadIndex answers, TimeoutNow. Sending one of those early is the planted `ack_before_sync` bug
+the simulator must catch.
 """
 
 from __future__ import annotations
@@ -15,8 +34,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from loom.raft.messages import Message
+from loom.raft.messages import AppendEntries, Heartbeat, Message
 from loom.raft.types import Entry, HardState, SnapshotMeta
+
+_REPLICATION = (AppendEntries, Heartbeat)  # only a leader sends these
 
 
 class Role(Enum):
@@ -68,3 +89,29 @@ class Ready:
     messages: tuple[Message, ...]
     committed_entries: tuple[Entry, ...]
     read_states: tuple[ReadState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyPlan:
+    """How one Ready may be carried out (see the contract above)."""
+
+    early: tuple[Message, ...]  # may be sent before the Ready is persisted
+    late: tuple[Message, ...]  # sent only once it is persisted (and synced if must_sync)
+    apply_first: bool  # committed entries may be applied before the Ready is persisted
+
+
+def plan(rd: Ready, synced: HardState) -> ReadyPlan:
+    """The allowed overlaps for `rd`, given `synced`: the hard state last made durable (its
+    commit index does not matter here, only its term and vote)."""
+    apply_first = rd.snapshot is None
+    msgs = rd.messages
+    hs = rd.hard_state
+    if not msgs or (hs is not None and (hs.term != synced.term or hs.vote != synced.vote)):
+        return ReadyPlan((), msgs, apply_first)
+    early = tuple(m for m in msgs if isinstance(m, _REPLICATION))
+    if not early:
+        return ReadyPlan((), msgs, apply_first)
+    if len(early) == len(msgs):
+        return ReadyPlan(msgs, (), apply_first)
+    late = tuple(m for m in msgs if not isinstance(m, _REPLICATION))
+    return ReadyPlan(early, late, apply_first)

@@ -5,9 +5,11 @@ rates, the nemesis schedule and the clients. Events live in one heap ordered by 
 sequence number), so a seed replays exactly. Time is in nominal ticks; node i ticks every
 1/rate_i (rates within +-`DRIFT` of 1: clock drift).
 
-The driver (`_drain`) follows the Ready contract and can crash the node at every
-persistence point: before the write, after the write but before fsync, after fsync but
-before sending, after sending but before applying. Nemeses: partitions (halves, majority
+The driver (`_drain`) carries out each Ready as `loom.raft.ready.plan` allows, the order
+loomd's driver runs (a leader's replication traffic leaves, and committed entries are applied,
+before the write), and can crash the node at every persistence point: before the write, after
+the write but before fsync, after fsync but before sending the rest, after sending it but
+before serving reads. Nemeses: partitions (halves, majority
 ring, bridge, isolated leader, asymmetric), crash/restart (the disk keeps only what was
 synced, maybe a torn tail), pause/resume (SIGSTOP: the clock catches up on resume), clock
 jumps (a burst of ticks; only with lease reads off, since a lease assumes bounded drift),
@@ -35,8 +37,8 @@ from loom.raft import messages as m
 from loom.raft.confchange import ConfChange, ConfChangeType, bootstrap
 from loom.raft.config import RaftConfig
 from loom.raft.core import RaftCore
-from loom.raft.ready import Busy, NotLeader, Ready, Role, Snapshot
-from loom.raft.types import EntryType, SnapshotMeta
+from loom.raft.ready import Busy, NotLeader, Ready, Role, Snapshot, plan
+from loom.raft.types import EntryType, HardState, SnapshotMeta
 from loom.sim.disk import SimDisk, durable_tail
 from loom.sim.invariants import Oracle, Violation
 from loom.sim.linearizability import Op, check_history
@@ -141,6 +143,7 @@ class SimNode:
     ready_reads: list[tuple[int, bytes]] = field(default_factory=list)
     removed: bool = False
     last_vote: tuple[int, str | None] = (0, None)
+    synced: HardState = field(default_factory=HardState)  # last made durable (ready.plan)
 
 
 class Simulation:
@@ -225,6 +228,7 @@ class Simulation:
         node.commit = node.core.log.committed
         node.paused, node.missed, node.deferred = False, 0, []
         node.ready_reads = []
+        node.synced = rec.hard_state
         self._at(self.now + self.rng.uniform(0, 1) / node.rate, _TICK, (node.id, node.inc))
         self._drain(node)
 
@@ -290,12 +294,20 @@ class Simulation:
                 p += self.p.crash_vote_p
             if p and self.rng.random() < p:
                 point = self.rng.randrange(4)
+            order = plan(rd, node.synced)  # the overlaps loomd's driver runs, too
+            early, late = order.early, order.late
             if (self.p.crash_win_p and rd.soft_state is not None
                     and rd.soft_state.role is Role.LEADER and rd.entries
                     and self.rng.random() < self.p.crash_win_p):
-                point = 2
+                # A new leader dies once its first entry is durable, and its replication of
+                # that entry, handed to the transport early, dies with the process before any
+                # of it reached the wire: an entry of the newest term that only it holds.
+                point, early = 2, ()
             if self.p.mutant == "ack_before_sync":
-                self._send_all(rd)
+                early, late = rd.messages, ()  # votes and acks leave before the sync
+            self._send(early)
+            if order.apply_first:
+                self._apply(node, core, rd)
             if point == 0:
                 return self._crash(node)
             try:
@@ -311,14 +323,17 @@ class Simulation:
                     node.disk.sync()
                 except FatalIOError:
                     return self._crash(node, fail_stop=True)
+                if rd.hard_state is not None:
+                    node.synced = rd.hard_state
             if point == 2:
                 return self._crash(node)
-            if self.p.mutant != "ack_before_sync":
-                delay = node.disk.take_delay() if isinstance(node.disk, WalDisk) else 0.0
-                self._send_all(rd, delay)
+            delay = node.disk.take_delay() if isinstance(node.disk, WalDisk) else 0.0
+            self._send(late, delay)
             if point == 3:
                 return self._crash(node)
-            self._apply(node, core, rd)
+            if not order.apply_first:
+                self._apply(node, core, rd)
+            self._serve_reads(node, rd)
             core.advance(rd)
             if node.applied - core.snapshot.meta.index >= self.p.snapshot_every:
                 try:
@@ -360,8 +375,8 @@ class Simulation:
                     f"as up-to-date as {behind} voters'"
                 )
 
-    def _send_all(self, rd: Ready, delay: float = 0.0) -> None:
-        for msg in rd.messages:
+    def _send(self, msgs: tuple[m.Message, ...], delay: float = 0.0) -> None:
+        for msg in msgs:
             wire = m.from_wire(msg.to_wire())  # every message crosses the strict codec
             for t in self.net.deliveries(msg.frm, msg.to, self.now + delay):
                 self._at(t, _DELIVER, wire)
@@ -395,6 +410,8 @@ class Simulation:
                     self.nodes[cc.node].removed = True
                 elif cc.type is ConfChangeType.READMIT and cc.node in self.nodes:
                     self.nodes[cc.node].removed = False
+
+    def _serve_reads(self, node: SimNode, rd: Ready) -> None:
         for rs in rd.read_states:
             op = node.reads.get(rs.ctx)
             if op is not None:

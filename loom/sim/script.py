@@ -1,7 +1,10 @@
 """A tiny interaction-script interpreter for data-driven Raft tests (etcd testdata style).
 
 Each command drives in-memory cores by hand and prints what happened; the test compares the
-output to the expected text checked in next to the script. Commands:
+output to the expected text checked in next to the script. Every Ready is carried out as
+`loom.raft.ready.plan` allows, and printed in the order it happens: a role change, how many
+messages left before the write, the write itself (snapshot, hard state, entries, must_sync),
+the applied entries and the reads made ready. Messages are printed when delivered. Commands:
 
   add-nodes N                  founders n1..nN (bootstrap log), seed 0 randomness
   tick NODE [K]                K ticks on NODE
@@ -30,8 +33,8 @@ from loom.raft import messages as m
 from loom.raft.confchange import ConfChange, ConfChangeType, bootstrap
 from loom.raft.config import RaftConfig
 from loom.raft.core import RaftCore
-from loom.raft.ready import Role, Snapshot
-from loom.raft.types import SnapshotMeta
+from loom.raft.ready import Ready, Role, Snapshot, plan
+from loom.raft.types import HardState, SnapshotMeta
 from loom.sim.disk import SimDisk
 
 MAX_ROUNDS = 100
@@ -41,6 +44,7 @@ class Script:
     def __init__(self) -> None:
         self.cores: dict[str, RaftCore] = {}
         self.disks: dict[str, SimDisk] = {}
+        self.synced: dict[str, HardState] = {}  # per node: the hard state last synced
         self.queue: list[m.Message] = []
         self.blocked: set[tuple[str, str]] = set()
         self.out: list[str] = []
@@ -53,32 +57,62 @@ class Script:
 
     def _start(self, nid: str) -> None:
         rec = self.disks[nid].load()
+        self.synced[nid] = rec.hard_state
         self.cores[nid] = RaftCore(self._cfg(nid), random.Random(self.rng.getrandbits(32)),
                                    rec.hard_state, rec.snapshot.meta, rec.entries,
                                    rec.snapshot.data)
         self._drain(nid)
 
     def _drain(self, nid: str) -> None:
+        """Carry out each Ready as `ready.plan` allows (the order loomd's driver runs) and
+        print it as it happens: messages sent before the write, what is written and whether
+        it is synced (as etcd's testdata print HardState and MustSync), then what is
+        installed, applied and read."""
         core = self.cores[nid]
         while (rd := core.ready()) is not None:
-            disk = self.disks[nid]
-            disk.save(rd.hard_state, rd.entries, rd.snapshot)
-            if rd.must_sync:
-                disk.sync()
-            self.queue.extend(rd.messages)
+            order = plan(rd, self.synced[nid])
             if rd.soft_state is not None:
                 self.out.append(f"{nid} becomes {rd.soft_state.role.value} "
                                 f"(term {core.term}, leader {rd.soft_state.leader})")
-            if rd.snapshot is not None:
-                meta = rd.snapshot.meta
-                self.out.append(f"{nid} installs snapshot {meta.index}/{meta.term} "
-                                f"({len(rd.snapshot.data)} bytes, voters "
-                                f"{','.join(meta.conf.voters)})")
-            for e in rd.committed_entries:
-                self.out.append(f"{nid} applies {e.index}/{e.term} {e.type.name} {e.data!r}")
+            writes = rd.hard_state is not None or rd.entries or rd.snapshot is not None
+            self.queue.extend(order.early)
+            if order.early and writes:
+                self.out.append(f"{nid} sends {len(order.early)} before persisting")
+            if order.apply_first:
+                self._apply(nid, rd)
+            if writes:
+                self._persist(nid, rd)
+            self.queue.extend(order.late)
+            if not order.apply_first:
+                self._apply(nid, rd)
             for rs in rd.read_states:
                 self.out.append(f"{nid} read {rs.ctx!r} ready at index {rs.index}")
             core.advance(rd)
+
+    def _persist(self, nid: str, rd: Ready) -> None:
+        disk = self.disks[nid]
+        disk.save(rd.hard_state, rd.entries, rd.snapshot)
+        if rd.must_sync:
+            disk.sync()
+            if rd.hard_state is not None:
+                self.synced[nid] = rd.hard_state
+        what = []
+        if rd.snapshot is not None:
+            what.append(f"snapshot {rd.snapshot.meta.index}/{rd.snapshot.meta.term}")
+        if (hs := rd.hard_state) is not None:
+            what.append(f"hard state term={hs.term} vote={hs.vote} commit={hs.commit}")
+        if rd.entries:
+            what.append("entries " + " ".join(f"{e.index}/{e.term}" for e in rd.entries))
+        self.out.append(f"{nid} persists {', '.join(what)}; must_sync={rd.must_sync}")
+
+    def _apply(self, nid: str, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            meta = rd.snapshot.meta
+            self.out.append(f"{nid} installs snapshot {meta.index}/{meta.term} "
+                            f"({len(rd.snapshot.data)} bytes, voters "
+                            f"{','.join(meta.conf.voters)})")
+        for e in rd.committed_entries:
+            self.out.append(f"{nid} applies {e.index}/{e.term} {e.type.name} {e.data!r}")
 
     def run(self, text: str) -> str:
         """Run a script; returns the transcript (commands prefixed with '> ')."""
