@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loom.cli.loomd import EXAMPLE_ACL
 from loom.node.audit import AuditLog, NullSink
 from loom.node.dispatcher import Call, Dispatcher
-from loom.node.replicator import OnDone
+from loom.node.replicator import LogStatistics, OnDone
 from loom.security.acl import Policy
 from loom.security.identity import Identity, Role
 from loom.state.command import Command, Outcome
@@ -89,8 +89,8 @@ class InlineReplicator:
     def changed_event(self, structure: tuple[str, str]) -> trio.Event:
         raise NotImplementedError
 
-    def statistics(self) -> dict[str, Any]:
-        return {}
+    def statistics(self) -> LogStatistics:
+        raise NotImplementedError
 
     def cluster_status(self) -> dict[str, Any]:
         return {}

@@ -21,7 +21,7 @@ from pathlib import Path
 import trio
 
 from loom.node.config import RaftSettings
-from loom.node.raftlog import RaftLog, prepare_storage
+from loom.node.raftdriver import RaftDriver, prepare_storage
 from loom.state.command import Command
 from loom.storage.storage import Storage, StorageOptions
 
@@ -32,9 +32,9 @@ async def run(entries: int, in_child: bool, data_dir: Path) -> tuple[float, floa
     commands = entries // PER_COMMAND
     storage, rec = Storage.open(str(data_dir), StorageOptions())
     rec = prepare_storage(storage, rec, ["n1"])
-    log = RaftLog(RaftSettings(snapshot_every=commands + 2, snapshot_in_child=in_child),
-                  storage, rec, node_id="n1", client_addr="127.0.0.1:1", inbox=4096,
-                  member_addrs={})
+    log = RaftDriver(RaftSettings(snapshot_every=commands + 2, snapshot_in_child=in_child),
+                     storage, rec, node_id="n1", client_addr="127.0.0.1:1", inbox=4096,
+                     member_addrs={})
     worst = 0.0
     probing = False
 
@@ -59,7 +59,7 @@ async def run(entries: int, in_child: bool, data_dir: Path) -> tuple[float, floa
                 probing = True
                 t0 = time.perf_counter()
         for _ in range(60_000):  # at most 600 s
-            if log.snapshots_taken:
+            if log.snapshots.taken:
                 break
             await trio.sleep(0.01)
         took = time.perf_counter() - t0

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import trio
@@ -334,7 +334,7 @@ class Dispatcher:
             "audit": {"emitted": st.emitted, "written": st.written, "dropped": st.dropped,
                       "queued_data": st.queued_data,
                       "queued_priority": st.queued_priority},
-            "log": self.replicator.statistics(),
+            "log": asdict(self.replicator.statistics()),
         }
         if self.extra_stats is not None:
             out.update(self.extra_stats())

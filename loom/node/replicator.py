@@ -1,6 +1,6 @@
 """The seam between the request path and the log: `submit` (a callback) or `propose`/`read`.
 
-The dispatcher only ever calls this interface; `loom/node/raftlog.py` implements it with the
+The dispatcher only ever calls this interface; `loom/node/raftdriver.py` implements it with the
 Raft driver (a single node is a cluster of one).
 """
 
@@ -31,9 +31,31 @@ class Replicator(Protocol):
     async def read(self, cmd: Command, *, stale: bool = False) -> Outcome: ...
     def state(self) -> StateMachine: ...
     def changed_event(self, structure: StructureId) -> trio.Event: ...
-    def statistics(self) -> dict[str, Any]: ...
+    def statistics(self) -> LogStatistics: ...
     def cluster_status(self) -> dict[str, Any]: ...
     async def admin(self, what: str, **kw: Any) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LogStatistics:
+    """The log driver's counters and position (NODE_STATS "log")."""
+
+    node: str
+    role: str  # follower, pre_candidate, candidate, leader
+    term: int
+    leader: str | None
+    commit_index: int
+    applied_index: int  # the state machine's (its commands only)
+    last_index: int
+    snapshot_index: int  # of the newest snapshot taken or installed
+    batches: int  # Ready batches that persisted entries
+    entries_persisted: int
+    entries_per_batch: float  # group commit at work: entries per persisted batch
+    dropped_peer_messages: int  # peer messages dropped on a full inbox (Raft retries)
+    snapshots_taken: int
+    snapshots_forked: int  # of which serialised in a forked child
+    snapshot_building_at: int | None  # index a child is serialising now, if any
+    transfers_started: int  # leadership transfers this node began as leader
 
 
 @dataclass(frozen=True, slots=True)

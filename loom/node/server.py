@@ -2,7 +2,7 @@
 
     Node.run
     ├── audit drainer          the only reader of the audit lanes
-    ├── raft driver            the only writer of state (raftlog.py): ticks, persists, sends,
+    ├── raft driver            the only writer of state (raftdriver.py): ticks, persists, sends,
     │                          applies; with peers, the peer transport (peer.py) beside it
     ├── client listener        accept loop; each connection in its own task (connection.py)
     └── signal watcher         SIGTERM/SIGINT: shut down; SIGHUP: reload certificates and ACLs
@@ -35,7 +35,7 @@ from loom.node.config import ConfigError, NodeConfig, load
 from loom.node.connection import Connection
 from loom.node.dispatcher import Dispatcher
 from loom.node.listen import accept
-from loom.node.raftlog import RaftLog, prepare_storage
+from loom.node.raftdriver import RaftDriver, prepare_storage
 from loom.security.acl import Policy, PolicyError
 from loom.security.tls import (
     TLSConfigError,
@@ -67,7 +67,7 @@ class Node:
                               priority_queue_size=cfg.audit.priority_queue_size)
         self.storage = self._open_storage(cfg)
         host, port = cfg.client_host_port
-        self.log = RaftLog(
+        self.log = RaftDriver(
             cfg.raft, self.storage, self._recovered, node_id=cfg.node_id,
             client_addr=f"{host}:{port}", inbox=cfg.limits.max_pending_proposals,
             member_addrs=dict(cfg.peers),

@@ -39,13 +39,14 @@ from loom.state.dedupe import DedupeTable
 from loom.state.limits import StateLimits
 from loom.state.locks import LatchFamily, LockFamily, SemaphoreFamily
 from loom.state.map import MapFamily
+from loom.state.members import MemberAddresses
 from loom.state.queue import QueueFamily
 from loom.state.sessions import Session, Sessions
 from loom.state.topic import TopicFamily
 from loom.wire.catalog import BY_NAME, Execution
 from loom.wire.errors import BadRequest, Conflict, Internal, LoomError, NotFound, TooLarge
 
-SNAPSHOT_FORMAT = 2  # 2: sessions carry their owner; restore still reads 1
+SNAPSHOT_FORMAT = 3  # 3: member addresses; 2: sessions carry their owner; restore reads 1-3
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -82,6 +83,7 @@ class StateMachine:
         self.latches = LatchFamily(core)
         self.refs = RefFamily(core)
         self.idgens = IdGenFamily(core)
+        self.members = MemberAddresses(core)  # peer addresses (loom/state/members.py)
         self.families: dict[str, Family[Any]] = {
             f.CATEGORY: f for f in (
                 self.maps, self.queues, self.sets, self.lists, self.topics, self.counters,
@@ -90,7 +92,7 @@ class StateMachine:
         assert tuple(self.families) == CATEGORIES
         self.sessions.on_end = self._session_ended
         self.handlers: dict[str, Handler] = {}
-        for owner in (*self.families.values(), self.sessions, self):
+        for owner in (*self.families.values(), self.sessions, self.members, self):
             for attr in dir(owner):
                 if attr.startswith("op_"):
                     self.handlers[attr[3:]] = getattr(owner, attr)
@@ -333,13 +335,19 @@ class StateMachine:
         return bytes(cbor2.dumps([
             SNAPSHOT_FORMAT, self.applied_index, self.core.now, self.acl_version,
             self.acl_policy, self.sessions.dump(), self.dedupe.dump(),
-            [fam.dump() for fam in self.families.values()],
+            [fam.dump() for fam in self.families.values()], self.members.dump(),
         ]))
 
     @classmethod
     def restore(cls, data: bytes, limits: StateLimits = StateLimits()) -> StateMachine:  # noqa: B008
-        fmt, applied, now, acl_version, acl_policy, sessions, dedupe, fams = cbor2.loads(data)
-        if fmt not in (1, SNAPSHOT_FORMAT):
+        doc = cbor2.loads(data)
+        members: Any = {}
+        if isinstance(doc, dict):
+            # A node's snapshot written before format 3: the state machine's own snapshot
+            # wrapped together with the member addresses the node kept beside it.
+            doc, members = cbor2.loads(doc["sm"]), doc.get("members", {})
+        fmt, applied, now, acl_version, acl_policy, sessions, dedupe, fams, *rest = doc
+        if fmt not in (1, 2, SNAPSHOT_FORMAT) or len(rest) != (fmt >= 3):
             raise ValueError(f"unknown snapshot format {fmt!r}")
         sm = cls(limits)
         sm.applied_index = sm.core.index = applied
@@ -352,4 +360,5 @@ class StateMachine:
         for cat, fam in sm.families.items():
             for name in fam.items:
                 sm.core.registry.add((cat, name))
+        sm.members.load(rest[0] if rest else members)
         return sm

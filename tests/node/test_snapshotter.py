@@ -9,11 +9,11 @@ import os
 import pytest
 import trio
 
-from loom.node import raftlog, snapshotter
+from loom.node import snapshots, snapshotter
 from loom.node.config import RaftSettings
 from loom.state.command import Command
 from loom.storage.faultfs import FaultFS
-from tests.node.test_raftlog import Answers, open_log, put, recorder
+from tests.node.test_raftdriver import Answers, open_log, put, recorder
 
 pytestmark = pytest.mark.skipif(not snapshotter.CAN_FORK, reason="needs fork()")
 
@@ -47,7 +47,7 @@ async def test_cancelling_the_wait_kills_the_child() -> None:
 async def test_the_driver_stores_a_snapshot_and_a_restart_recovers_it(
         fork_above: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # A state this small is normally serialised on the driver; 0 makes every state fork.
-    monkeypatch.setattr(raftlog, "FORK_ABOVE_BYTES", fork_above)
+    monkeypatch.setattr(snapshots, "FORK_ABOVE_BYTES", fork_above)
     fs = FaultFS(5)
     log = open_log(fs, RaftSettings(tick_ms=10, snapshot_every=20))
     async with trio.open_nursery() as nursery:
@@ -57,14 +57,14 @@ async def test_the_driver_stores_a_snapshot_and_a_restart_recovers_it(
             log.submit(put(f"k{i}", b"v%d" % i), read=False, on_done=recorder(ans))
             await trio.sleep(0)
         with trio.fail_after(10):  # every write answered, a snapshot stored, none building
-            while (log.snapshots_taken < 1 or not all(answers)
-                   or log.statistics()["snapshot_building_at"] is not None):
+            while (log.snapshots.taken < 1 or not all(answers)
+                   or log.statistics().snapshot_building_at is not None):
                 await trio.sleep(0.01)
         snap_index = log.core.snapshot.meta.index
         assert snap_index >= 20
         st = log.statistics()
-        assert st["snapshot_building_at"] is None  # nothing left running
-        assert (st["snapshots_forked"] > 0) == (fork_above == 0), st
+        assert st.snapshot_building_at is None  # nothing left running
+        assert (st.snapshots_forked > 0) == (fork_above == 0), st
         log.stop()
     log._storage.storage.close()
     again = open_log(fs, RaftSettings(tick_ms=10, snapshot_every=20))

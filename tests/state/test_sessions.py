@@ -144,8 +144,8 @@ def test_snapshot_restore_keeps_ownership() -> None:
 def test_restore_of_format_1_snapshot_gives_sessions_the_empty_owner() -> None:
     d = Driver()
     sid = setup(d, principal="")
-    fmt, *rest = cbor2.loads(d.sm.snapshot())
-    assert fmt == 2
+    fmt, *rest, members = cbor2.loads(d.sm.snapshot())
+    assert fmt == 3 and members == {}
     rest[4] = [[i, ttl, deadline, locks, permits]  # sessions as format 1 wrote them
                for i, ttl, deadline, _, locks, permits in rest[4]]
     old = StateMachine.restore(cbor2.dumps([1, *rest]), d.limits)
@@ -155,7 +155,7 @@ def test_restore_of_format_1_snapshot_gives_sessions_the_empty_owner() -> None:
     assert_foreign(r, sid, A)
     assert r.ok("LOCK_UNLOCK", name="l", session_id=sid) == 0
     with pytest.raises(ValueError, match="snapshot format"):
-        StateMachine.restore(cbor2.dumps([3, *rest]), d.limits)
+        StateMachine.restore(cbor2.dumps([4, *rest, members]), d.limits)
 
 
 def test_command_encoding_carries_the_principal() -> None:

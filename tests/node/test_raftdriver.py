@@ -1,4 +1,4 @@
-"""The log driver's callback contract (`RaftLog.submit`): every submitted command is answered
+"""The log driver's callback contract (`RaftDriver.submit`): every submitted command is answered
 exactly once, by its apply, a refusal, its deadline or the driver stopping, even while the
 driver itself is stuck on a full disk."""
 
@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from loom.node.config import RaftSettings
-from loom.node.raftlog import RaftLog, prepare_storage
+from loom.node.raftdriver import RaftDriver, prepare_storage
 from loom.node.replicator import OnDone
 from loom.state.command import Command, Outcome
 from loom.storage.faultfs import FaultFS
@@ -18,13 +18,13 @@ from loom.wire import errors as E
 Answers = list[tuple[Outcome | None, E.LoomError | None]]
 
 
-def open_log(fs: FaultFS, settings: RaftSettings) -> RaftLog:
+def open_log(fs: FaultFS, settings: RaftSettings) -> RaftDriver:
     storage, recovered = Storage.open("/data", StorageOptions(
         segment_size=64 * 1024, max_record_size=16 * 1024,
         snapshot_chunk_size=4096, fs=fs, preallocate=False))
     recovered = prepare_storage(storage, recovered, ["n1"])
-    return RaftLog(settings, storage, recovered, node_id="n1", client_addr="127.0.0.1:1",
-                   inbox=64, member_addrs={})
+    return RaftDriver(settings, storage, recovered, node_id="n1", client_addr="127.0.0.1:1",
+                      inbox=64, member_addrs={})
 
 
 def put(key: str, value: bytes = b"v") -> Command:
@@ -105,7 +105,7 @@ async def test_waiters_left_when_the_driver_stops_hear_unavailable() -> None:
         await _stop_while_full(log, fs)
 
 
-async def _stop_while_full(log: RaftLog, fs: FaultFS) -> None:
+async def _stop_while_full(log: RaftDriver, fs: FaultFS) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(log.run)
         fs.capacity = fs.used_bytes()

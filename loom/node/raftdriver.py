@@ -1,0 +1,476 @@
+"""The Raft driver: the only writer of state, behind the `Replicator` seam.
+
+One task owns the consensus core. Everything reaches it through one bounded inbox (inbox.py:
+ticks, peer messages, proposals, reads, admin requests, built snapshots) and it carries out each
+Ready as the core's contract allows (loom/raft/ready.py, `plan`: the same rule the simulator
+runs):
+
+    take a turn of inbox events -> core.step/propose/admin ... ; elapsed ticks; one ReadIndex
+    while core.has_ready():
+        rd = core.ready(); order = plan(rd, synced)      (the overlaps the contract allows)
+        send order.early                                 (a leader's AppendEntries/heartbeats)
+        apply rd.committed_entries if order.apply_first  (already durable on a majority)
+        persist rd.snapshot, rd.entries, rd.hard_state  (one storage call, fsync if must_sync,
+                                                          in a worker thread: group commit)
+        install rd.snapshot; send order.late             (votes, acks: they depend on the sync)
+        apply rd.committed_entries otherwise             (a Ready with a snapshot: strictly)
+        answer rd.read_states once applied >= index      (linearizable reads, no log write)
+        core.advance(rd)
+    maybe snapshot (snapshots.py)
+
+The callers waiting on it are in waiters.py, cluster administration in membership.py.
+
+Invariants:
+- A proposal is answered only when the entry at its index is applied here. If the entry applied
+  at that index has another term, a different leader's entry won the slot: the write was not
+  applied and the caller hears UNAVAILABLE (safe to retry). If the node loses contact instead,
+  the caller's deadline expires and the outcome is reported as unknown (TIMEOUT).
+- Nothing is acknowledged before it is durable on a majority: a write is answered when its
+  entry is committed and applied, and the core counts this node's copy only once the fsync of
+  the batch that holds it returned. An fsync failure stops the node (storage raises
+  FatalIOError; this task lets it escape and the node exits).
+- Reads are linearizable: every pending read of one inbox turn shares one ReadIndex request;
+  each is served from the state machine once the applied index reaches the read index.
+- The state machine sees only committed entries, in order, exactly once per boot; a snapshot
+  (the whole state, member addresses included) replaces it wholesale.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from loom.node.config import RaftSettings, raft_config
+from loom.node.inbox import Admin, Inbox, PeerMessage, Propose, Read, SnapshotBuilt
+from loom.node.membership import Membership, parse_admin
+from loom.node.replicator import Applied, LogStatistics, OnDone
+from loom.node.snapshots import SnapshotPolicy, chunks
+from loom.node.waiters import StructureId, Waiter, Waiters, completion
+from loom.raft.confchange import ConfChange, ConfChangeType, bootstrap
+from loom.raft.core import RaftCore
+from loom.raft.messages import Message
+from loom.raft.ready import Busy, NotLeader, Ready, Role, plan
+from loom.raft.types import EntryType
+from loom.state.command import Command, Outcome
+from loom.state.limits import StateLimits
+from loom.state.machine import StateMachine
+from loom.state.members import MEMBER_ADDRESS
+from loom.storage.aio import AsyncStorage
+from loom.storage.errors import DiskFullError
+from loom.storage.storage import Recovered, Storage
+from loom.wire import errors as E
+
+log = logging.getLogger("loom.raft")
+
+
+def prepare_storage(storage: Storage, recovered: Recovered, founders: list[str] | None
+                    ) -> Recovered:
+    """First start of a founding member: persist the bootstrap configuration (one committed
+    ADD_VOTER entry per founder). A joining node (founders None) starts empty and learns the
+    configuration from the leader."""
+    empty = (recovered.hard_state.term == 0 and not recovered.entries
+             and recovered.snapshot is None)
+    if not empty or founders is None:
+        return recovered
+    hs, ents = bootstrap(tuple(founders))
+    storage.save(hs, list(ents), must_sync=True)
+    return Recovered(hs, None, list(ents), [], 0)
+
+
+class RaftDriver:
+    def __init__(
+        self, settings: RaftSettings, storage: Storage, recovered: Recovered, *,
+        node_id: str, client_addr: str, inbox: int,
+        member_addrs: dict[str, str],
+        on_applied: Callable[[Applied], None] | None = None,
+        on_leader: Callable[[], None] | None = None,
+        limits: StateLimits = StateLimits(),  # noqa: B008 - immutable
+    ) -> None:
+        self.s = settings
+        self.id = node_id
+        self.client_addr = client_addr
+        self.tick_s = settings.tick_ms / 1000
+        self._storage = AsyncStorage(storage)
+        self._on_applied = on_applied
+        self._on_leader = on_leader
+        # Founders' peer addresses from the configuration; the replicated ones (the state
+        # machine's, loom/state/members.py) win over them.
+        self._config_addrs = dict(member_addrs)
+        snap_data = b""
+        if recovered.snapshot is not None:
+            reader = storage.load_snapshot()
+            assert reader is not None, "recovered a snapshot that cannot be read"
+            snap_data = b"".join(reader.chunks())
+        self._limits = limits
+        self._sm = StateMachine.restore(snap_data, limits) if snap_data else StateMachine(limits)
+        rcfg = raft_config(node_id, settings)
+        seed = int.from_bytes(os.urandom(8), "big")  # election jitter only; never in apply
+        self.core = RaftCore(rcfg, random.Random(seed), recovered.hard_state, recovered.snapshot,
+                             recovered.entries, snap_data)
+        snap_index = recovered.snapshot.index if recovered.snapshot else 0
+        self._synced = recovered.hard_state  # the hard state last made durable
+        self._inbox = Inbox(inbox)
+        self._waiters = Waiters(settings.proposal_timeout_s, settings.read_timeout_s)
+        self.membership = Membership(self.core, node_id, self._waiters, self.not_leader)
+        self.snapshots = SnapshotPolicy(node_id, settings, self.core, self._storage, snap_index)
+        self._nursery: trio.Nursery | None = None
+        self._read_seq = 0
+        self.transport: Any = None  # PeerTransport, set by the node before run()
+        self.role = Role.FOLLOWER
+        self.leader: str | None = None
+        self._role_changed = trio.Event()  # set (and replaced) whenever role or leader changes
+        self.batches = 0
+        self.entries_persisted = 0
+        self.disk_full = False
+        self._next_tick_at = 0.0
+        # Every committed entry this node has applied, no-op and membership entries included
+        # (the state machine's own index counts only its commands). Reads compare with this.
+        self._applied = snap_index
+
+    # -- Replicator interface ------------------------------------------------------------------
+    def state(self) -> StateMachine:
+        return self._sm
+
+    def submit(self, cmd: Command, *, read: bool, on_done: OnDone,
+               stale: bool = False) -> None:
+        """Start a write (or a linearizable read) without waiting for it: `on_done` runs once,
+        in this trio run, when the entry is applied (the read served), refused, or its deadline
+        passes. Raises when it cannot even start (BUSY, UNAVAILABLE, LIMIT_EXCEEDED). A stale
+        read is answered at once from this node's replica, whatever its role."""
+        waiters = self._waiters
+        if read:
+            if stale or (self.role is Role.LEADER and self.core.conf.voters == (self.id,)):
+                # A cluster of one is its own majority: every acknowledged write is already
+                # applied here and no other node can lead, so the state machine answers now.
+                on_done(self._sm.read(cmd), None)
+                return
+            w = waiters.read(cmd, on_done)
+            self._inbox.put(Read(w))
+            waiters.read_started(w)
+            return
+        if self.disk_full:
+            raise E.LimitExceeded("the node's disk is full; writes are refused until space "
+                                  "returns", retry_after_ms=1000)
+        w = waiters.write(cmd, on_done, f"the write {cmd.op}")
+        self._inbox.put(Propose(w))
+        waiters.write_started(w)
+
+    async def propose(self, cmd: Command) -> Outcome:
+        return await completion(lambda done: self.submit(cmd, read=False, on_done=done))
+
+    async def read(self, cmd: Command, *, stale: bool = False) -> Outcome:
+        return await completion(
+            lambda done: self.submit(cmd, read=True, on_done=done, stale=stale))
+
+    def changed_event(self, structure: StructureId) -> trio.Event:
+        return self._waiters.changed_event(structure)
+
+    async def admin(self, what: str, **kw: Any) -> Any:
+        """Membership changes and leadership transfer (membership.py), run by the driver."""
+        req = parse_admin(what, kw)
+
+        def start(on_done: OnDone) -> None:
+            w = self._waiters.write(None, on_done, what)
+            self._inbox.put(Admin(req, w))
+            self._waiters.write_started(w)
+
+        return (await completion(start)).value
+
+    def on_peer_message(self, msg: Message) -> None:
+        self._inbox.put_message(msg)
+
+    def is_member(self, node: str) -> bool:
+        return self.membership.is_member(node)
+
+    def member_addr(self, node: str) -> str | None:
+        return self._sm.members.addrs.get(node) or self._config_addrs.get(node)
+
+    def leader_addr(self) -> str | None:
+        if self.leader is None:
+            return None
+        return self._client_addr_of(self.leader)
+
+    def _client_addr_of(self, node: str) -> str | None:
+        if node == self.id:
+            return self.client_addr
+        if self.transport is not None:
+            addr: str | None = self.transport.client_addr_of(node)
+            return addr
+        return None
+
+    def not_leader(self) -> E.NotLeader:
+        if self.leader is None:
+            return E.NotLeader("no leader is known yet (election in progress); retry",
+                               leader=None, leader_addr=None)
+        return E.NotLeader(f"{self.id} is not the leader; {self.leader} is",
+                           leader=self.leader, leader_addr=self.leader_addr())
+
+    def statistics(self) -> LogStatistics:
+        snaps = self.snapshots
+        return LogStatistics(
+            node=self.id, role=self.role.value, term=self.core.term, leader=self.leader,
+            commit_index=self.core.log.committed, applied_index=self._sm.applied_index,
+            last_index=self.core.log.last_index, snapshot_index=snaps.last_index,
+            batches=self.batches, entries_persisted=self.entries_persisted,
+            entries_per_batch=round(self.entries_persisted / self.batches, 2)
+            if self.batches else 0.0,
+            dropped_peer_messages=self._inbox.dropped_messages, snapshots_taken=snaps.taken,
+            snapshots_forked=snaps.forked, snapshot_building_at=snaps.building_at,
+            transfers_started=self.membership.transfers_started,
+        )
+
+    def cluster_status(self) -> dict[str, Any]:
+        t = self.transport
+        return self.membership.status(
+            self.role, self.leader, self.leader_addr(), self._client_addr_of, self.member_addr,
+            lambda n: bool(t.reachable(n)) if t is not None else None)
+
+    # -- the driver task -----------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._inbox.accepting = True
+            await self._catch_up_alone()
+            self._next_tick_at = trio.current_time() + self.tick_s
+            nursery.start_soon(self._ticker)
+            task_status.started()
+            try:
+                await self._loop()
+            finally:
+                self._inbox.close_receiving()
+                nursery.cancel_scope.cancel()
+                self._waiters.stop()
+
+    def stop(self) -> None:
+        self._inbox.close()
+
+    async def _catch_up_alone(self) -> None:
+        """Apply what the log already holds; a cluster of one elects itself at once instead of
+        waiting an election timeout (nobody else can be leader)."""
+        await self._process_ready()
+        if list(self.core.conf.voters) == [self.id]:
+            for _ in range(4 * self.s.election_ticks_max):
+                if self.core.role is Role.LEADER:
+                    break
+                self.core.tick()
+                await self._process_ready()
+
+    async def _ticker(self) -> None:
+        """Wakes the driver once a tick (how many ticks elapsed is read from the clock) and
+        fails the waiters whose deadline passed. The ticker, not the driver, does the latter,
+        so callers hear TIMEOUT even while the driver waits on a slow or full disk."""
+        while True:
+            await trio.sleep(self.tick_s)
+            self._waiters.expire(trio.current_time())
+            if not self._inbox.put_tick():
+                return
+
+    def _catch_up_ticks(self) -> None:
+        """Give the core every tick the monotonic clock says has elapsed, before the turn's
+        reads. Time spent paused (SIGSTOP, a stalled VM, a long fsync) therefore counts: a
+        leader that was away longer than its lease steps down or stops trusting the lease
+        before it could answer a read (ticks are the core's only clock)."""
+        now = trio.current_time()
+        n = 0
+        while now >= self._next_tick_at and n < 100_000:
+            self.core.tick()
+            self._next_tick_at += self.tick_s
+            n += 1
+        if now >= self._next_tick_at:  # absurdly far behind: resynchronise
+            self._next_tick_at = now + self.tick_s
+
+    async def _loop(self) -> None:
+        # Order within a turn: what peers and clients sent first (a stall must not make a
+        # healthy leader step down, or a follower campaign, before it reads the messages
+        # already waiting for it), then the ticks that elapsed, and the reads last, so a read
+        # is only ever checked against a lease the ticks have aged.
+        core, waiters = self.core, self._waiters
+        while (turn := await self._inbox.turn()) is not None:
+            for evt in turn:
+                if isinstance(evt, PeerMessage):
+                    core.step(evt.msg)
+                elif isinstance(evt, Propose):
+                    self._propose(evt.waiter)
+                elif isinstance(evt, Read):
+                    waiters.pending_reads.append(evt.waiter)
+                elif isinstance(evt, Admin):
+                    self.membership.run(evt.request, evt.waiter)
+                elif isinstance(evt, SnapshotBuilt):
+                    self.snapshots.built(evt.at, evt.blob)
+                # a Tick only wakes the loop: _catch_up_ticks counts them from the clock
+            self._catch_up_ticks()
+            self._flush_reads()
+            await self._process_ready()
+
+    # -- inputs --------------------------------------------------------------------------------
+    def _propose(self, w: Waiter) -> None:
+        assert w.cmd is not None
+        r = self.core.propose(w.cmd.encode())
+        if isinstance(r, NotLeader):
+            w.fail(self.not_leader())
+        elif isinstance(r, Busy):
+            w.fail(E.Busy(f"write refused: {r.reason}", retry_after_ms=100))
+        else:
+            w.term = self.core.term
+            self._waiters.proposals[r] = w
+
+    def _flush_reads(self) -> None:
+        waiters = self._waiters
+        if not waiters.pending_reads:
+            return
+        batch, waiters.pending_reads = waiters.pending_reads, []
+        self._read_seq += 1
+        ctx = self._read_seq.to_bytes(8, "big")
+        r = self.core.read_index(ctx)
+        if isinstance(r, NotLeader):
+            err = self.not_leader()
+            for w in batch:
+                w.fail(err)
+        elif isinstance(r, Busy):
+            for w in batch:
+                w.fail(E.Busy(f"read refused: {r.reason}", retry_after_ms=50))
+        else:
+            waiters.asked[ctx] = batch
+
+    # -- Ready processing ----------------------------------------------------------------------
+    async def _process_ready(self) -> None:
+        core, waiters = self.core, self._waiters
+        while core.has_ready():
+            rd = core.ready()
+            if rd is None:
+                break
+            order = plan(rd, self._synced)  # the contract's overlaps (raft/ready.py)
+            if order.early and self.transport is not None:
+                self.transport.send(order.early)
+            conf_changed = self._apply(rd) if order.apply_first else False
+            await self._persist(rd)
+            if rd.snapshot is not None:
+                self._sm = StateMachine.restore(rd.snapshot.data, self._limits)
+                self.snapshots.installed(rd.snapshot.meta.index)
+                self._applied = max(self._applied, rd.snapshot.meta.index)
+            if order.late and self.transport is not None:
+                self.transport.send(order.late)
+            if not order.apply_first:
+                conf_changed = self._apply(rd)
+            for rs in rd.read_states:
+                waiters.read_state(rs.ctx, rs.index)
+            waiters.serve_reads(self._applied, self._sm)
+            core.advance(rd)  # the core's configuration is current from here on
+            if (conf_changed or rd.snapshot is not None) and self.transport is not None:
+                self.transport.set_peers(self.membership.link_peers(self.member_addr))
+            if rd.soft_state is not None:
+                self._on_soft_state(rd)
+        await self.snapshots.maybe(self._sm, self._nursery, self._inbox.put_built)
+
+    async def _persist(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            await self._storage.save_snapshot(rd.snapshot.meta, chunks(rd.snapshot.data))
+        if rd.entries or rd.hard_state is not None:
+            await self._save_until_space(rd)
+            if rd.hard_state is not None and rd.must_sync:
+                self._synced = rd.hard_state
+            if rd.entries:
+                self.batches += 1
+                self.entries_persisted += len(rd.entries)
+
+    async def _save_until_space(self, rd: Ready) -> None:
+        """Disk full: the storage undid the partial write and stays consistent. Writes are
+        refused (LIMIT_EXCEEDED) and this same batch is retried until space returns; nothing
+        else reaches the core meanwhile, so the Ready/advance contract holds. A failed fsync
+        (FatalIOError) is not retried: it escapes and stops the node. Each save is shielded (a
+        cancelled caller must not leave a half-known sync behind); the wait between attempts
+        is not, so a node whose disk is full can still be stopped."""
+        delay = 0.1
+        while True:
+            try:
+                if rd.must_sync or len(rd.entries) > 64:
+                    with trio.CancelScope(shield=True):
+                        await self._storage.save(rd.hard_state, list(rd.entries),
+                                                 rd.must_sync)
+                else:
+                    # No fsync (a commit-index update, say): one small buffered write, cheaper
+                    # here than the hop to a worker thread and back.
+                    self._storage.storage.save(rd.hard_state, list(rd.entries), False)
+            except DiskFullError as e:
+                if not self.disk_full:
+                    log.error("%s: disk full, refusing writes until space returns: %s",
+                              self.id, e)
+                self.disk_full = True
+                await trio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                continue
+            if self.disk_full:
+                log.warning("%s: disk space is back; accepting writes again", self.id)
+                self.disk_full = False
+            return
+
+    def _apply(self, rd: Ready) -> bool:
+        """Apply committed entries; True if one of them changed the membership or a member's
+        address (the peer links follow both)."""
+        conf_changed = False
+        waiters, sm = self._waiters, self._sm
+        for e in rd.committed_entries:
+            self._applied = max(self._applied, e.index)
+            w = waiters.applied(e.index, e.term)
+            if e.type is EntryType.CONF_CHANGE:
+                self._applied_conf(e.data)
+                conf_changed = True
+                if w is not None:
+                    w.resolve(Outcome.ok({"index": e.index}))
+                continue
+            if e.type is not EntryType.NORMAL or e.index <= sm.applied_index:
+                continue
+            self.snapshots.log_bytes_since += len(e.data)
+            cmd = Command.decode(e.data)
+            outcome = sm.apply(cmd, e.index)
+            if cmd.op == MEMBER_ADDRESS:
+                conf_changed = True  # links follow the addresses too
+            elif not outcome.wait:
+                waiters.wake(sm.changed_structures)
+            if self._on_applied is not None:
+                self._on_applied(Applied(e.index, cmd, outcome))
+            if w is not None:
+                w.resolve(outcome)
+        return conf_changed
+
+    def _applied_conf(self, data: bytes) -> None:
+        try:
+            cc = ConfChange.decode(data)
+        except ValueError:
+            return
+        log.info("%s: membership change applied: %s %s", self.id, cc.type.value, cc.node)
+        if cc.type is ConfChangeType.REMOVE and cc.node == self.id:
+            log.warning("%s: this node was removed from the cluster", self.id)
+
+    def _on_soft_state(self, rd: Ready) -> None:
+        ss = rd.soft_state
+        assert ss is not None
+        was_leader = self.role is Role.LEADER
+        self.role, self.leader = ss.role, ss.leader
+        self._role_changed.set()
+        self._role_changed = trio.Event()
+        log.info("%s: %s (leader %s, term %d)", self.id, ss.role.value, ss.leader,
+                 self.core.term)
+        if was_leader and ss.role is not Role.LEADER:
+            self._waiters.leadership_lost(self.not_leader())
+        if ss.role is Role.LEADER and not was_leader and self._on_leader is not None:
+            self._on_leader()
+
+    async def transfer_before_stop(self, timeout_s: float = 3.0) -> None:
+        """SIGTERM on the leader: hand leadership over first, so clients see at most a short
+        NOT_LEADER instead of an election timeout."""
+        if self.role is not Role.LEADER or len(self.core.conf.voters) < 2:
+            return
+        try:
+            await self.admin("transfer")
+        except E.LoomError as e:
+            log.warning("%s: leadership transfer before stop failed: %s", self.id, e)
+            return
+        with trio.move_on_after(timeout_s):
+            while self.role is Role.LEADER:
+                await self._role_changed.wait()
