@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from loom.node.config import RaftSettings
+from loom.node.membership import AddMember, Transfer, parse_admin
 from loom.node.raftdriver import RaftDriver, prepare_storage
 from loom.node.replicator import OnDone
 from loom.state.command import Command, Outcome
@@ -135,4 +136,29 @@ async def test_a_failing_callback_does_not_stop_the_driver(
                 await trio.sleep(0.01)
         assert after[0][1] is None
         assert "error in the completion of the write MAP_PUT" in caplog.text
+        log.stop()
+
+
+def test_admin_requests_are_typed_and_checked_in_the_callers_task() -> None:
+    assert parse_admin("add", {"node": "n4", "peer_addr": "h:1"}) == AddMember("n4", "h:1")
+    assert parse_admin("transfer", {}) == Transfer(None)
+    with pytest.raises(E.BadRequest, match="comes back as a learner"):
+        parse_admin("add", {"node": "n4", "peer_addr": "h:1", "learner": False,
+                            "readmit": True})
+    with pytest.raises(E.BadRequest, match="unknown cluster administration"):
+        parse_admin("rename", {"node": "n4"})
+
+
+async def test_admin_runs_on_the_driver_and_an_added_address_is_replicated_state() -> None:
+    log = open_log(FaultFS(6), RaftSettings(tick_ms=10, proposal_timeout_s=0.2))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        with pytest.raises(E.Conflict, match="no other voter"):
+            await log.admin("transfer")  # a cluster of one has nobody to hand over to
+        out = await log.admin("add", node="n2", peer_addr="127.0.0.1:9")
+        assert out["index"] > 0 and log.member_addr("n2") == "127.0.0.1:9"
+        assert log.cluster_status()["members"][1] == {
+            "id": "n2", "voter": False, "peer_addr": "127.0.0.1:9", "client_addr": None,
+            "reachable": None, "match_index": 0}
+        assert log.state().members.addrs == {"n2": "127.0.0.1:9"}  # in the snapshot, too
         log.stop()
