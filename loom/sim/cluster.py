@@ -9,9 +9,9 @@ The driver (`_drain`) carries out each Ready as `loom.raft.ready.plan` allows, t
 loomd's driver runs (a leader's replication traffic leaves, and committed entries are applied,
 before the write), and can crash the node at every persistence point: before the write, after
 the write but before fsync, after fsync but before sending the rest, after sending it but
-before serving reads. Nemeses: partitions (halves, majority
-ring, bridge, isolated leader, asymmetric), crash/restart (the disk keeps only what was
-synced, maybe a torn tail), pause/resume (SIGSTOP: the clock catches up on resume), clock
+before serving reads. Nemeses: partitions (halves, majority ring, bridge, isolated leader,
+asymmetric), crash/restart (the disk keeps only what was synced, maybe a torn tail),
+pause/resume (SIGSTOP: the clock catches up on resume), clock
 jumps (a burst of ticks; only with lease reads off, since a lease assumes bounded drift),
 leadership transfer, graceful leader shutdown (transfer, then stop), membership changes
 (add learner with a fresh id, promote, remove). Message loss, duplication and reordering are
