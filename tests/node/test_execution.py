@@ -14,8 +14,7 @@ ADMIN_READS = (
 
 
 def last_index(node: Node) -> int:
-    n: int = node.log.statistics()["last_index"]
-    return n
+    return node.log.statistics().last_index
 
 
 async def test_admin_reads_append_no_log_entry(node: Node, admin: RawConn) -> None:
