@@ -54,6 +54,8 @@ def _parser(command: str = "run") -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--client-listen", metavar="HOST:PORT")
     p.add_argument("--peer-listen", metavar="HOST:PORT")
+    p.add_argument("--http-listen", metavar="HOST:PORT",
+                   help="serve the HTTP API on this address too (TLS 1.3; off when absent)")
     p.add_argument("--peers", metavar="ID=HOST:PORT,...",
                    help="every founding member and its peer address, this node included")
     p.add_argument("--cluster-name")
@@ -76,7 +78,8 @@ def _parser(command: str = "run") -> argparse.ArgumentParser:
 def _overrides(a: argparse.Namespace) -> dict[str, Any]:
     return {
         "node_id": a.node_id, "data_dir": a.data_dir, "client_listen": a.client_listen,
-        "peer_listen": a.peer_listen, "peers": a.peers, "cluster_name": a.cluster_name,
+        "peer_listen": a.peer_listen, "http.listen": a.http_listen, "peers": a.peers,
+        "cluster_name": a.cluster_name,
         "join": a.join,
         "tls.ca": a.tls_ca, "tls.cert": a.tls_cert, "tls.key": a.tls_key,
         "require_client_auth": a.require_client_auth,

@@ -47,6 +47,25 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The HTTP listener (`[http]`; off while `listen` is empty). Its TLS, client certificate
+    rules (`require_client_auth`, principal mapping, guests) and gateway identities are the
+    client listener's; a request body is bounded by `limits.max_frame_bytes`."""
+
+    listen: str = ""  # HOST:PORT; advertised to peers (for redirects) unless the port is 0
+    max_connections: int = 1024  # beyond: accepted and closed at once, before TLS
+    handshake_timeout_s: float = 5.0
+    idle_timeout_s: float = 60.0  # between requests on a keep-alive connection
+    request_timeout_s: float = 30.0  # first byte to last body byte (slowloris): 408
+    max_header_bytes: int = 16 * 1024  # request line + headers: 431
+    max_header_count: int = 100  # 431
+    max_requests_in_flight: int = 1024  # node-wide; beyond: 429 BUSY with Retry-After
+    ready_max_lag: int = 1000  # /readyz: applied index within this many entries of commit
+    sse_keepalive_s: float = 15.0  # a comment line on an idle event stream this often
+    max_stream_s: float = 3600.0  # an event stream ends after this (the client resumes)
+
+
+@dataclass(frozen=True, slots=True)
 class AuditConfig:
     sink: str = "stdout"  # "stdout" | "file" | "off"
     path: Path | None = None
@@ -137,6 +156,7 @@ class NodeConfig:
     storage: StorageSettings = field(default_factory=StorageSettings)
     state: StateSettings = field(default_factory=StateSettings)
     peer: PeerLimits = field(default_factory=PeerLimits)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     @property
     def client_host_port(self) -> tuple[str, int]:
@@ -255,7 +275,8 @@ def _build(cls: Any, data: dict[str, Any], prefix: str) -> Any:
         ftype = known[k].type
         sub = {"TLSConfig": TLSConfig, "Limits": Limits, "AuditConfig": AuditConfig,
                "RaftSettings": RaftSettings, "StorageSettings": StorageSettings,
-               "StateSettings": StateSettings, "PeerLimits": PeerLimits}.get(str(ftype))
+               "StateSettings": StateSettings, "PeerLimits": PeerLimits,
+               "HttpConfig": HttpConfig}.get(str(ftype))
         if sub is not None:
             if not isinstance(v, dict):
                 raise ConfigError(f"{key}: must be a table")
@@ -321,6 +342,7 @@ def validate(cfg: NodeConfig) -> NodeConfig:
             raise ConfigError("peer_listen: required when peers are configured")
     if cfg.peer_listen:
         parse_host_port(cfg.peer_listen, "peer_listen")
+    _validate_http(cfg)
     if cfg.audit.queue_size < 1 or cfg.audit.priority_queue_size < 1:
         raise ConfigError("audit.queue_size: must be positive")
     if not cfg.require_client_auth and not is_loopback(host) and not cfg.allow_insecure_guest_bind:
@@ -329,6 +351,22 @@ def validate(cfg: NodeConfig) -> NodeConfig:
             "serve unauthenticated guests to the network; set allow_insecure_guest_bind = true "
             "(--allow-insecure-guest-bind) if you really mean it")
     return cfg
+
+
+def _validate_http(cfg: NodeConfig) -> None:
+    h = cfg.http
+    for f in fields(h):
+        v = getattr(h, f.name)
+        if f.name != "listen" and v <= 0:
+            raise ConfigError(f"http.{f.name}: must be positive, got {v}")
+    if not h.listen:
+        return
+    host, _ = parse_host_port(h.listen, "http.listen")
+    if not cfg.require_client_auth and not is_loopback(host) and not cfg.allow_insecure_guest_bind:
+        raise ConfigError(
+            f"require_client_auth: false with http.listen on non-loopback {host!r} would "
+            "serve unauthenticated guests to the network; set allow_insecure_guest_bind = true "
+            "(--allow-insecure-guest-bind) if you really mean it")
 
 
 def load(path: Path | None, overrides: dict[str, Any] | None = None) -> NodeConfig:
@@ -385,6 +423,8 @@ def to_toml(cfg: NodeConfig) -> str:
         d.pop("peers", None)
     if not d.get("peer_listen"):
         d.pop("peer_listen", None)
+    if not d["http"].get("listen"):
+        d.pop("http")
     d["gateway"] = {"identities": d.pop("gateway_identities", [])}
     acl = d.pop("acl", {})
     if acl:

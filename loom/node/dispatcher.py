@@ -113,6 +113,7 @@ class Call:
     redact_ops: tuple[int, ...] = ()  # BATCH_EXECUTE members whose results are withheld
     waits: bool = False  # may wait (timeout_ms) or administers the cluster: needs `run`
     stale: bool = False  # a read answered from this node's replica (no leader round trip)
+    identity_refused: bool = False  # the identity headers were refused (always audited)
 
 
 @dataclass
@@ -191,8 +192,14 @@ class Dispatcher:
             if mt.name == "HELLO":
                 raise BadRequest("HELLO was already done on this connection")
             policy = self.policy()
-            caller = call.caller = resolve_principal(sess.identity, req.headers, self.gateways,
-                                                     policy)
+            try:
+                caller = call.caller = resolve_principal(sess.identity, req.headers,
+                                                         self.gateways, policy)
+            except LoomError:
+                # A malformed, ambiguous or untrusted assertion: audited whatever the type
+                # (a read included), on the priority lane.
+                call.identity_refused = bool(req.headers)
+                raise
             body = call.body = catalog.validate_body(mt, req.body)
             decision = policy.check_request(caller.roles, mt, body)
             if not decision.allowed:
@@ -371,7 +378,8 @@ class Dispatcher:
     def _audit(self, call: Call, err: LoomError | None) -> None:
         result = "ok" if err is None else result_of(err.status)
         mt, caller, sess, req = call.mt, call.caller, call.sess, call.req
-        if not should_audit(mt, result, audit_reads=self.audit_reads):
+        if not call.identity_refused and not should_audit(mt, result,
+                                                          audit_reads=self.audit_reads):
             return
         rec = record_for(
             client_id=sess.conn_id,
@@ -386,9 +394,12 @@ class Dispatcher:
         if err is not None and mt is not None and mt.name == "BATCH_EXECUTE":
             _name_member(rec, call.body, err)
         d = rec.to_dict()
-        if isinstance(err, SpoofAttempt) or (isinstance(err, Unauthenticated) and req.headers):
+        if req.trace:
+            d["request_id"] = req.trace
+        if call.identity_refused or isinstance(err, SpoofAttempt) or (
+                isinstance(err, Unauthenticated) and req.headers):
             d["event"] = "identity_assertion_refused"
-        self.audit.emit(d, priority=lane(rec) == "priority")
+        self.audit.emit(d, priority=call.identity_refused or lane(rec) == "priority")
 
 
 assert frozenset(Dispatcher._LOCAL) | {"HELLO"} == catalog.names_with(Execution.LOCAL)

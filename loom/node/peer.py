@@ -76,11 +76,13 @@ class PeerTransport:
                  client_addr: str, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
                  trust_domain: str, is_member: Callable[[str], bool],
                  on_message: Callable[[Message], None],
-                 limits: PeerLimits = PeerLimits()) -> None:  # noqa: B008 - frozen dataclass
+                 limits: PeerLimits = PeerLimits(),  # noqa: B008 - frozen dataclass
+                 http_addr: str = "") -> None:
         self.node_id = node_id
         self.cluster = cluster
         self.listen = listen
         self.client_addr = client_addr
+        self.http_addr = http_addr  # advertised in PEER_HELLO (HTTP redirects to the leader)
         self._server_ctx = server_ctx
         self._client_ctx = client_ctx
         self._td = trust_domain
@@ -92,6 +94,7 @@ class PeerTransport:
         self._links: dict[str, Link] = {}
         self._stats: dict[str, PeerStats] = {}
         self._client_addrs: dict[str, str] = {}
+        self._http_addrs: dict[str, str] = {}
         self._inbound_scopes: dict[str, trio.CancelScope] = {}  # node id -> its current connection
         self._inbound_slots = trio.Semaphore(limits.max_inbound_connections)
         self._conn_ids = itertools.count(1)
@@ -137,7 +140,8 @@ class PeerTransport:
             if link is None:
                 link = Link(peer_id=pid, addr=addr, node_id=self.node_id, cluster=self.cluster,
                             client_addr=self.client_addr, client_ctx=self._client_ctx,
-                            trust_domain=self._td, limits=self.limits, stats=self._stat(pid))
+                            trust_domain=self._td, limits=self.limits, stats=self._stat(pid),
+                            http_addr=self.http_addr)
                 self._links[pid] = link
                 if self._nursery is not None:
                     self._nursery.start_soon(link.run)
@@ -153,6 +157,10 @@ class PeerTransport:
 
     def client_addr_of(self, node_id: str) -> str | None:
         return self._client_addrs.get(node_id)
+
+    def http_addr_of(self, node_id: str) -> str | None:
+        """The HTTP address `node_id` advertised in its PEER_HELLO (None: it serves none)."""
+        return self._http_addrs.get(node_id)
 
     def reachable(self, node_id: str) -> bool:
         """A frame (Raft message or keepalive) arrived from `node_id` within `reachable_s`.
@@ -354,6 +362,10 @@ class PeerTransport:
             except LoomError as e:
                 raise _Malformed(e.message) from None
             self._client_addrs[node] = body["client_addr"]
+            if body.get("http_addr"):
+                self._http_addrs[node] = body["http_addr"]
+            else:
+                self._http_addrs.pop(node, None)
             self._stat(node).last_received = trio.current_time()
             return
         if mt.name != msg.KIND:

@@ -80,9 +80,12 @@ class PeerStats:
         }
 
 
-def hello_frame(frame_id: int, node_id: str, cluster: str, client_addr: str) -> bytes:
-    return encode({"v": PROTOCOL_VERSION, "id": frame_id, "op": PEER_HELLO_OP,
-                   "b": {"node": node_id, "client_addr": client_addr, "cluster": cluster}})
+def hello_frame(frame_id: int, node_id: str, cluster: str, client_addr: str,
+                http_addr: str = "") -> bytes:
+    body = {"node": node_id, "client_addr": client_addr, "cluster": cluster}
+    if http_addr:
+        body["http_addr"] = http_addr
+    return encode({"v": PROTOCOL_VERSION, "id": frame_id, "op": PEER_HELLO_OP, "b": body})
 
 
 def raft_frame(frame_id: int, msg: Message) -> bytes:
@@ -99,10 +102,10 @@ class Link:
 
     def __init__(self, *, peer_id: str, addr: str, node_id: str, cluster: str, client_addr: str,
                  client_ctx: ssl.SSLContext, trust_domain: str, limits: PeerLimits,
-                 stats: PeerStats) -> None:
+                 stats: PeerStats, http_addr: str = "") -> None:
         self.peer_id = peer_id
         self.addr = addr
-        self._hello = (node_id, cluster, client_addr)
+        self._hello = (node_id, cluster, client_addr, http_addr)
         self._ctx = client_ctx
         self._td = trust_domain
         self._lim = limits
@@ -265,8 +268,7 @@ class Link:
         raise _LinkClosed("the peer closed the connection")
 
     async def _writer(self, stream: TLSStream) -> None:
-        node_id, cluster, client_addr = self._hello
-        pending = [hello_frame(self._next_id(), node_id, cluster, client_addr)]
+        pending = [hello_frame(self._next_id(), *self._hello)]
         keepalive = self._lim.keepalive_s
         try:
             while True:
@@ -284,8 +286,7 @@ class Link:
                             and (last is None or trio.current_time() - last >= keepalive)):
                         # Keepalive: the same PEER_HELLO again keeps the receiver's idle timer
                         # and its view of our reachability fresh on links without Raft traffic.
-                        pending.append(hello_frame(self._next_id(), node_id, cluster,
-                                                   client_addr))
+                        pending.append(hello_frame(self._next_id(), *self._hello))
                 self._wakeup = trio.Event()  # before draining: a later enqueue sets the new one
                 n = self._drain(pending) + self._unflushed
                 self._unflushed = 0

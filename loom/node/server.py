@@ -5,6 +5,7 @@
     ├── raft driver            the only writer of state (raftdriver.py): ticks, persists, sends,
     │                          applies; with peers, the peer transport (peer.py) beside it
     ├── client listener        accept loop; each connection in its own task (connection.py)
+    ├── http listener          when [http] listen is set: the HTTP door (http.py), same dispatcher
     └── signal watcher         SIGTERM/SIGINT: shut down; SIGHUP: reload certificates and ACLs
 
 Start-up order is a security property (SECURITY-CATALOGUE B4): TLS material and the ACL policy
@@ -34,6 +35,7 @@ from loom.node.clock import ProposalClock
 from loom.node.config import ConfigError, NodeConfig, load
 from loom.node.connection import Connection
 from loom.node.dispatcher import Dispatcher
+from loom.node.http import HttpDoor, advertised_http_addr, http_context
 from loom.node.listen import accept
 from loom.node.raftdriver import RaftDriver, prepare_storage
 from loom.security.acl import Policy, PolicyError
@@ -88,6 +90,7 @@ class Node:
         self._conn_slots = trio.Semaphore(cfg.limits.max_connections)
         self._stop = trio.Event()
         self.refused_connections = 0
+        self.http: HttpDoor | None = HttpDoor(self) if cfg.http.listen else None
 
     def _open_storage(self, cfg: NodeConfig) -> Storage:
         """Recover the data directory (0700, locked against a second node) before anything is
@@ -154,6 +157,8 @@ class Node:
             if not self.cfg.require_client_auth:
                 log.warning("GUEST MODE: connections without a client certificate are served "
                             "with the guest roles %s", list(self.seed_policy.guest_roles))
+            if self.http is not None:  # same start-up gate as the client listener
+                await nursery.start(self.http.serve, self._stop)
             signals_scope = trio.CancelScope()
             nursery.start_soon(self._watch_signals, signals_scope)
             sdnotify.notify("READY=1")
@@ -163,6 +168,8 @@ class Node:
             finally:
                 for lst in listeners:  # also when cancelled from outside
                     lst.socket.close()
+            if self.http is not None:  # its requests need the log: wait for them first
+                await self.http.stopped.wait()
             # Shutdown, after the listener returned: log driver, then audit.
             # Every connection task has ended, so nothing emits audit records any more.
             sdnotify.notify("STOPPING=1")
@@ -252,6 +259,7 @@ class Node:
             node_id=self.cfg.node_id, cluster=self.cfg.cluster_name, listen=self.cfg.peer_listen,
             peers={n: a for n, a in self.cfg.peers.items() if n != self.cfg.node_id},
             client_addr=self.log.client_addr, server_ctx=server_ctx, client_ctx=client_ctx,
+            http_addr=advertised_http_addr(self.cfg),
             trust_domain=self.cfg.trust_domain, is_member=self._admits_peer,
             on_message=self.log.on_peer_message, limits=self.cfg.to_peer_limits())
 
@@ -289,6 +297,8 @@ class Node:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
         self.ssl_context = new_ctx
+        if self.http is not None:
+            self.http.server.ssl_context = http_context(cfg)
         if self.log.transport is not None:
             self.log.transport.set_contexts(*peer_ctxs)
         doc = self.log.state().read(Command("ACL_GET", {}, 0)).value or {}

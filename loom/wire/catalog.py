@@ -395,9 +395,10 @@ RAFT_NAMES = (
 )
 _t(0x7E01, "PEER_HELLO", C.CLUSTER, A,
    {"node": Field(Kind.NAME), "client_addr": Field(Kind.STR, max=300),
-    "cluster": Field(Kind.STR, max=128)},
+    "cluster": Field(Kind.STR, max=128), "http_addr": opt(Kind.STR, max=300)},
    "First frame on a peer link: the sender's node id (must equal its certificate's) and the "
-   "address its clients connect to.", listener=Listener.PEER, runs=LOCAL)
+   "addresses its clients connect to (binary, and HTTP when it serves it).",
+   listener=Listener.PEER, runs=LOCAL)
 for _i, _n in enumerate(RAFT_NAMES):
     _t(0x7F01 + _i, _n, C.RAFT, A, {"msg": Field(Kind.ANY)},
        "Raft consensus message between members.", listener=Listener.PEER, runs=LOCAL)

@@ -124,6 +124,9 @@ class Request:
     headers: dict[str, str]
     seq: int = 0
     stale: bool = False  # "c": "stale": a read served by any node from its own replica
+    # A correlation id the transport vouches for the format of (HTTP: a W3C traceparent); the
+    # audit record carries it as `request_id`, beside (never instead of) the client id.
+    trace: str = ""
 
 
 CONSISTENCY = ("linearizable", "stale")  # values of a request's "c" field

@@ -1,0 +1,406 @@
+r"""The HTTP door: one HTTP request -> the dispatcher's one request path -> one HTTP answer.
+
+    HTTPServer (loom/http) --> HttpDoor.handle --> identity (certificate, as the client listener)
+                                                --> route (loom/wire/routes.py) --> message body
+                                                --> Dispatcher.start / submit / run
+                                                --> answer --> JSON or problem+json
+
+Invariants:
+- There is no second authorization path. Every data request becomes a `loom.wire.codec.Request`
+  and goes through `Dispatcher.start` with an `HttpSession` whose identity comes from the TLS
+  client certificate by the same rules as the client listener (`identity_from_der`, guests
+  only when `require_client_auth` is false). The ACL decision, gateway trust
+  (`security/gateway.py`) and the audit record are the dispatcher's.
+- Identity headers reach `resolve_principal` with their spelling preserved: the two canonical
+  names are passed as `X-Auth-User` / `X-Auth-Roles`, any lookalike (`x-auth_user`, ...) under
+  its own name, repeats as repeats, undecodable bytes as unprintable characters. gateway.py
+  refuses each of those, and the dispatcher audits the refusal whatever the type.
+- The listener asks for a client certificate but lets a client without one reach only
+  `/healthz` and `/readyz` when `require_client_auth` is set; those two answer from this
+  node's own state and reveal nothing beyond "ok" or ready / not ready.
+- Requests in flight are bounded node-wide (`http.max_requests_in_flight`): beyond it, 429 at
+  once. An HTTP connection carries one request at a time (loom/http), so this bounds the work
+  and memory of every HTTP client together.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from loom.http import HTTPServer, Problem, Request, Response, ServerLimits, StreamingResponse
+from loom.node.config import NodeConfig, parse_host_port
+from loom.node.http_codec import (
+    STATUS_OF,
+    check_json,
+    idempotency_client,
+    jsonable,
+    parse_json_object,
+    reply_json,
+    retry_after_s,
+    trace_id,
+    with_bytes,
+)
+from loom.node.http_topics import TopicFeed, long_poll, sse_stream
+from loom.security.identity import Identity, IdentityError, guest_identity, identity_from_der
+from loom.security.tls import server_context
+from loom.wire import catalog, routes
+from loom.wire.codec import PROTOCOL_VERSION, SUPPORTED_VERSIONS
+from loom.wire.codec import Request as Message
+from loom.wire.errors import (
+    BadRequest,
+    Busy,
+    LoomError,
+    NotFound,
+    Status,
+    Unauthenticated,
+    Unavailable,
+    UnsupportedVersion,
+)
+
+if TYPE_CHECKING:
+    import ssl
+
+    from loom.node.server import Node
+
+__all__ = ["HttpDoor", "HttpSession", "advertised_http_addr", "http_context"]
+
+log = logging.getLogger("loom.http.door")
+
+JSON = "application/json"
+OCTETS = "application/octet-stream"
+_CANONICAL = {b"x-auth-user": "X-Auth-User", b"x-auth-roles": "X-Auth-Roles"}
+_PROBES = ("/healthz", "/readyz")
+MAX_IDENTITY_CACHE = 1024
+
+
+def http_context(cfg: NodeConfig) -> ssl.SSLContext:
+    """The client listener's TLS, except that a certificate is requested, never required at
+    the handshake: the door itself refuses requests without one (all but the two probes)."""
+    t = cfg.tls
+    return server_context(t.ca, t.cert, t.key, require_client_auth=False, crl=t.crl)
+
+
+def advertised_http_addr(cfg: NodeConfig) -> str:
+    """The HTTP address peers learn from this node's PEER_HELLO, to redirect writes to it
+    when it leads: `http.listen` as configured ("" when off or on port 0)."""
+    if not cfg.http.listen or parse_host_port(cfg.http.listen, "http.listen")[1] == 0:
+        return ""
+    return cfg.http.listen
+
+
+class HttpSession:
+    """The dispatcher's `Session` for one HTTP request (HTTP has no HELLO: the version is the
+    protocol's, and `client_id` is set only by an Idempotency-Key)."""
+
+    __slots__ = ("client_id", "conn_id", "feed", "identity", "version")
+
+    def __init__(self, conn_id: str, identity: Identity, client_id: str = "") -> None:
+        self.conn_id = conn_id
+        self.identity = identity
+        self.client_id = client_id
+        self.version = PROTOCOL_VERSION
+        self.feed: TopicFeed | None = None
+
+    def subscribe(self, topic: str, request_id: int, from_seq: int | None) -> int:
+        self.feed = TopicFeed(topic, from_seq)
+        return request_id
+
+    def unsubscribe(self, subscription: int) -> bool:
+        return False  # an HTTP subscription ends with its response
+
+
+class HttpDoor:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.cfg = node.cfg
+        h = node.cfg.http
+        self.server = HTTPServer(self.handle, http_context(node.cfg), name="http listener",
+                                 limits=ServerLimits(
+                                     max_connections=h.max_connections,
+                                     handshake_timeout_s=h.handshake_timeout_s,
+                                     idle_timeout_s=h.idle_timeout_s,
+                                     request_timeout_s=h.request_timeout_s,
+                                     max_header_bytes=h.max_header_bytes,
+                                     max_header_count=h.max_header_count,
+                                     max_body_bytes=node.cfg.limits.max_frame_bytes,
+                                     shutdown_grace_s=node.cfg.limits.shutdown_grace_s))
+        self.port = 0
+        self.in_flight = 0
+        self.stopped = trio.Event()
+        self._ids = itertools.count(1)
+        self._identities: dict[bytes, Identity] = {}
+
+    async def serve(self, stop: trio.Event, *,
+                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until `stop` is set, then shut down gracefully (in-flight requests get
+        `limits.shutdown_grace_s`); `stopped` is set once the listener is gone."""
+        host, port = parse_host_port(self.cfg.http.listen, "http.listen")
+        try:
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(self.server.serve_tcp, host, port)
+                self.port = listeners[0].socket.getsockname()[1]
+                log.info("node %s serving HTTP on %s:%d", self.cfg.node_id, host, self.port)
+                task_status.started(self.port)
+                await stop.wait()
+                self.server.shutdown()
+        finally:
+            self.stopped.set()
+
+    # -- one request ------------------------------------------------------------------------
+    async def handle(self, request: Request) -> Response | StreamingResponse:
+        if request.path in _PROBES:
+            return self._probe(request)
+        if self.in_flight >= self.cfg.http.max_requests_in_flight:
+            return _problem(Busy("too many HTTP requests in flight; retry later",
+                                 retry_after_ms=1000))
+        self.in_flight += 1
+        try:
+            return await self._handle(request)
+        except LoomError as e:
+            return _problem(e)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle(self, request: Request) -> Response | StreamingResponse:
+        identity = self._identity(request)
+        m = routes.match(request.method, request.path)
+        if not isinstance(m, routes.Match):
+            if m:
+                return _problem(BadRequest(f"{request.method} is not allowed here"), 405,
+                                [("allow", ", ".join(m))])
+            return _problem(NotFound(f"no route {request.path[:100]!r}"))
+        if self.node.stopping:
+            raise Unavailable("the node is shutting down")
+        msg, sess = self._message(request, m, identity)
+        if m.mt.name == "HELLO":
+            return self._hello(msg)
+        d = self.node.dispatcher
+        step = d.start(sess, msg)
+        if not isinstance(step, dict):
+            if step.waits:
+                step = await d.run(step)
+            else:
+                step = await _submitted(d, step)
+        if step["s"] == Status.OK and sess.feed is not None:
+            return await self._topic(request, sess.feed)
+        return self._answer(request, m, step)
+
+    def _identity(self, request: Request) -> Identity:
+        der = request.peer_certificate
+        if not der:
+            if self.cfg.require_client_auth:
+                raise Unauthenticated("this listener requires a client certificate")
+            return guest_identity(self.cfg.trust_domain)
+        ident = self._identities.get(der)
+        if ident is None:
+            try:
+                ident = identity_from_der(der, self.cfg.trust_domain)
+            except IdentityError as e:
+                self.node.dispatcher.audit.emit(
+                    {"client_id": _conn_id(request), "event": "certificate_refused",
+                     "reason": str(e), "result": "denied"}, priority=True)
+                raise Unauthenticated(f"certificate refused: {e}") from None
+            if len(self._identities) >= MAX_IDENTITY_CACHE:
+                self._identities.clear()
+            self._identities[der] = ident
+        return ident
+
+    def _message(self, request: Request, m: routes.Match, identity: Identity
+                 ) -> tuple[Message, HttpSession]:
+        try:
+            query = request.query_params()
+        except ValueError as e:
+            raise BadRequest(f"bad query string: {e}") from None
+        stale = False
+        for k, v in query:
+            if k == "stale":
+                if v not in ("true", "false"):
+                    raise BadRequest("stale must be true or false")
+                stale = v == "true"
+            elif k == "wait_ms" and not (m.route is not None and m.route.stream):
+                raise BadRequest("wait_ms applies to topic reads only")
+        ctype = _media_type(request)
+        if m.route is None:  # POST /v1/call/{TYPE}
+            if any(k not in routes.RESERVED_QUERY for k, _ in query):
+                raise BadRequest("/v1/call takes its fields in a JSON body")
+            body: dict[str, Any] = {}
+            if request.body:
+                if ctype != JSON:
+                    raise BadRequest(f"/v1/call takes a {JSON} body")
+                body = with_bytes(m.mt, parse_json_object(request.body))
+        else:
+            value: bytes | None = None
+            fields = None
+            if m.route.value is not None:
+                if ctype == JSON:
+                    check_json(request.body)  # a value sent as JSON must be JSON
+                value = request.body
+            elif request.body:
+                if ctype != JSON:
+                    raise BadRequest(f"this route takes no value; fields go in the query or "
+                                     f"a {JSON} object")
+                fields = with_bytes(m.mt, parse_json_object(request.body))
+            body = routes.to_body(m, query, value, fields)
+        seq, client_id = 0, ""
+        key = _one(request, "idempotency-key")
+        if key is not None and m.mt.is_write:
+            client_id, seq = idempotency_client(key), 1
+        headers = []
+        for name, raw in request.headers:
+            norm = name.strip().lower().replace(b"_", b"-")
+            if norm in _CANONICAL:
+                # Undecodable bytes become lone surrogates, which gateway.py refuses as
+                # unprintable: never guessed, never dropped.
+                headers.append((_CANONICAL.get(name, name.decode("latin-1")),
+                                raw.decode("utf-8", "surrogateescape")))
+        trace = trace_id(_one(request, "traceparent", quiet=True))
+        sess = HttpSession(_conn_id(request), identity, client_id)
+        msg = Message(PROTOCOL_VERSION, next(self._ids), m.mt.opcode, body, {}, seq, stale,
+                      trace)
+        msg.headers = headers  # type: ignore[assignment]  # pairs keep repeats visible
+        return msg, sess
+
+    def _hello(self, msg: Message) -> Response:
+        body = catalog.validate_body(catalog.BY_NAME["HELLO"], msg.body)
+        common = [v for v in SUPPORTED_VERSIONS
+                  if body["min_version"] <= v <= body["max_version"]]
+        if not common:
+            raise UnsupportedVersion(f"server speaks protocol versions {list(SUPPORTED_VERSIONS)}")
+        return _json(200, {"result": {"version": max(common), "node": self.cfg.node_id,
+                                      "max_frame": self.cfg.limits.max_frame_bytes}})
+
+    async def _topic(self, request: Request, feed: TopicFeed) -> Response | StreamingResponse:
+        state = self.node.state
+        listeners = self.node.dispatcher.topic_listeners
+        accept = _one(request, "accept", quiet=True) or b""
+        if b"text/event-stream" in accept:
+            last = _one(request, "last-event-id", quiet=True)
+            if last is not None:
+                try:
+                    feed.from_seq = int(last.decode("ascii")) + 1
+                except ValueError:
+                    raise BadRequest("Last-Event-ID must be a sequence number") from None
+            feed.start(state, listeners)
+            h = self.cfg.http
+            return StreamingResponse(200, [("content-type", "text/event-stream"),
+                                           ("cache-control", "no-store")],
+                                     sse_stream(feed, listeners, h.sse_keepalive_s,
+                                                h.max_stream_s))
+        wait_ms = 0
+        for k, v in request.query_params():
+            if k == "wait_ms":
+                if not v.isdigit() or int(v) > 300_000:
+                    raise BadRequest("wait_ms must be 0..300000")
+                wait_ms = int(v)
+        feed.start(state, listeners)
+        return _json(200, {"result": await long_poll(feed, listeners, wait_ms / 1000)})
+
+    def _answer(self, request: Request, m: routes.Match, answer: dict[str, Any]) -> Response:
+        if answer["s"] == Status.OK:
+            result = answer["r"]
+            accept = _one(request, "accept", quiet=True) or b""
+            if OCTETS.encode() in accept and m.route is not None and request.method == "GET":
+                if isinstance(result, bytes):
+                    return Response(200, [("content-type", OCTETS)], result)
+                if result is None:
+                    return _problem(NotFound("no value"))
+            return _json(200, {"result": result})
+        err = answer["e"]
+        status = Status(answer["s"])
+        details = {k: v for k, v in err.items() if k not in ("code", "msg")}
+        if status is Status.NOT_LEADER:
+            return self._not_leader(request, err["msg"], details)
+        if status is Status.TIMEOUT:
+            details["indeterminate"] = m.mt.is_write
+        return _error(status, err["msg"], details)
+
+    def _not_leader(self, request: Request, msg: str, details: dict[str, Any]) -> Response:
+        leader = details.get("leader")
+        transport = self.node.log.transport
+        addr = (transport.http_addr_of(leader)
+                if transport is not None and isinstance(leader, str) else None)
+        if addr:
+            location = f"https://{addr}{request.target}"
+            return Response(307, [("location", location), ("content-type", JSON)],
+                            reply_json({"leader": leader, "location": location}))
+        details["leader_http_addr"] = None
+        return _error(Status.NOT_LEADER, msg, details)
+
+    def _probe(self, request: Request) -> Response:
+        if request.method != "GET":
+            return _problem(BadRequest("probes answer GET only"), 405, [("allow", "GET")])
+        if request.path == "/healthz":
+            return _json(200, {"status": "ok"})
+        ready = self.ready()
+        return _json(200 if ready else 503, {"ready": ready})
+
+    def ready(self) -> bool:
+        """A member, a leader known, and the applied index within `http.ready_max_lag`
+        entries of the commit index."""
+        if self.node.stopping:
+            return False
+        st = self.node.log.cluster_status()
+        member = any(m["id"] == self.cfg.node_id for m in st["members"])
+        return (member and st["leader"] is not None
+                and st["commit_index"] - st["applied_index"] <= self.cfg.http.ready_max_lag)
+
+
+async def _submitted(d: Any, call: Any) -> dict[str, Any]:
+    """Hand a call to the log and wait for its callback (which runs exactly once)."""
+    done = trio.Event()
+    box: list[dict[str, Any]] = []
+
+    def deliver(answer: dict[str, Any]) -> None:
+        box.append(answer)
+        done.set()
+
+    d.submit(call, deliver)
+    await done.wait()
+    return box[0]
+
+
+def _conn_id(request: Request) -> str:
+    return f"http:{request.remote}"
+
+
+def _one(request: Request, name: str, *, quiet: bool = False) -> bytes | None:
+    """A header that may appear once; a repeat is refused (or, `quiet`, taken as absent)."""
+    try:
+        return request.header(name)
+    except ValueError:
+        if quiet:
+            return None
+        raise BadRequest(f"header {name} is repeated") from None
+
+
+def _media_type(request: Request) -> str:
+    raw = _one(request, "content-type")
+    if raw is None:
+        return ""
+    return raw.split(b";", 1)[0].strip().lower().decode("latin-1")
+
+
+def _json(status: int, obj: Any) -> Response:
+    return Response(status, [("content-type", JSON)], reply_json(obj))
+
+
+def _error(status: Status, msg: str, details: dict[str, Any]) -> Response:
+    http = STATUS_OF[status]
+    headers = [("retry-after", str(retry_after_s(details)))] if http in (429, 503) else []
+    extra = {"code": status.name, **jsonable(details)}
+    for k in ("type", "title", "status", "detail", "instance"):
+        extra.pop(k, None)
+    return Problem(http, title=status.name, detail=msg, type=f"urn:loom:error:{status.name}",
+                   extra=extra).response(headers)
+
+
+def _problem(e: LoomError, http: int | None = None,
+             headers: list[tuple[str, str]] | None = None) -> Response:
+    if http is None:
+        return _error(e.status, e.message, {k: v for k, v in e.details.items()
+                                           if k != "request_id"})
+    return Problem(http, detail=e.message, extra={"code": e.status.name}).response(headers or [])

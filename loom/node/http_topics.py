@@ -1,0 +1,117 @@
+"""Topic reads over HTTP: server-sent events and long-poll, after TOPIC_SUBSCRIBE was allowed.
+
+The dispatcher decides (ACL, audit) exactly as for a binary TOPIC_SUBSCRIBE; the `HttpSession`
+then holds a `TopicFeed`, and this module turns it into a response.
+
+Invariants:
+- Replay from `from_seq` and registration as a listener happen without yielding, so nothing
+  published in between is missed or duplicated; what the topic's ring no longer holds is
+  reported as `lost` ([first, last] sequence numbers), never silently skipped.
+- A feed holds at most MAX_BUFFERED messages. A reader slower than the publishers overflows
+  it: the long-poll answers what it has, the event stream ends after what it has, and the
+  client resumes from the next sequence number (`Last-Event-ID`); the ring replays what it
+  still holds, and reports the rest as lost.
+- A feed is removed from the listeners however its response ends (finally blocks).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import trio
+
+from loom.node.http_codec import reply_json
+
+__all__ = ["MAX_BUFFERED", "TopicFeed", "long_poll", "sse_stream"]
+
+MAX_BUFFERED = 1024
+Listener = Callable[[str, int, bytes], None]
+
+
+class TopicFeed:
+    def __init__(self, topic: str, from_seq: int | None) -> None:
+        self.topic = topic
+        self.from_seq = from_seq
+        self.buffer: deque[tuple[int, bytes]] = deque()
+        self.lost: list[int] | None = None
+        self.overflowed = False
+        self.next_seq = from_seq or 0
+        self._event = trio.Event()
+
+    def deliver(self, name: str, seq: int, value: bytes) -> None:
+        if name != self.topic or self.overflowed:
+            return
+        if len(self.buffer) >= MAX_BUFFERED:
+            self.overflowed = True
+        else:
+            self.buffer.append((seq, value))
+        self._event.set()
+
+    def start(self, state: Any, listeners: list[Listener]) -> None:
+        """Replay from `from_seq` (if given) and listen, without yielding."""
+        if self.from_seq is not None:
+            msgs, first = state.topic_since(self.topic, self.from_seq, MAX_BUFFERED)
+            if max(self.from_seq, 1) < first:
+                self.lost = [max(self.from_seq, 1), first - 1]
+            for seq, value in msgs:
+                self.deliver(self.topic, seq, value)
+        listeners.append(self.deliver)
+
+    def stop(self, listeners: list[Listener]) -> None:
+        if self.deliver in listeners:
+            listeners.remove(self.deliver)
+
+    async def wait(self) -> None:
+        if not self.buffer and not self.overflowed:
+            await self._event.wait()
+        self._event = trio.Event()
+
+    def take(self) -> list[dict[str, Any]]:
+        out = [{"seq": seq, "value": value} for seq, value in self.buffer]
+        if self.buffer:
+            self.next_seq = self.buffer[-1][0] + 1
+        self.buffer.clear()
+        return out
+
+
+async def long_poll(feed: TopicFeed, listeners: list[Listener], wait_s: float
+                    ) -> dict[str, Any]:
+    """What the feed has, waiting up to `wait_s` for a first message."""
+    try:
+        if not feed.buffer and wait_s > 0:
+            with trio.move_on_after(wait_s):
+                await feed.wait()
+        out: dict[str, Any] = {"topic": feed.topic, "messages": feed.take()}
+    finally:
+        feed.stop(listeners)
+    out["next_seq"] = feed.next_seq or None
+    if feed.lost:
+        out["lost"] = feed.lost
+    if feed.overflowed:
+        out["truncated"] = True  # more came than one answer holds: ask again from next_seq
+    return out
+
+
+async def sse_stream(feed: TopicFeed, listeners: list[Listener], keepalive_s: float,
+                     max_s: float) -> AsyncIterator[bytes]:
+    """Server-sent events: `id` is the sequence number (Last-Event-ID resumes after it), a
+    comment every `keepalive_s` on a quiet stream (a gone client is found at that write)."""
+    try:
+        if feed.lost:
+            yield b"event: lost\ndata: " + reply_json({"first": feed.lost[0],
+                                                       "last": feed.lost[1]}) + b"\n\n"
+        with trio.move_on_after(max_s):
+            while True:
+                for m in feed.take():
+                    yield (b"id: %d\nevent: message\ndata: " % m["seq"]
+                           + reply_json({"topic": feed.topic, **m}) + b"\n\n")
+                if feed.overflowed:
+                    return
+                with trio.move_on_after(keepalive_s) as idle:
+                    await feed.wait()
+                if idle.cancelled_caught:
+                    yield b": keepalive\n\n"
+    finally:
+        feed.stop(listeners)
