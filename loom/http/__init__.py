@@ -14,7 +14,7 @@ from loom.http.client import (
 )
 from loom.http.connection import Handler
 from loom.http.limits import ClientLimits, ServerLimits
-from loom.http.message import Request, Response, StreamingResponse
+from loom.http.message import RefusedRequest, Request, Response, StreamingResponse
 from loom.http.problem import PROBLEM_CONTENT_TYPE, Problem
 from loom.http.server import HTTPServer, ServerStatistics
 
@@ -28,6 +28,7 @@ __all__ = [
     "Handler",
     "PoolFull",
     "Problem",
+    "RefusedRequest",
     "Request",
     "Response",
     "ResponseTooLarge",

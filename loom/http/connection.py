@@ -28,7 +28,7 @@ import h11
 import trio
 
 from loom.http.limits import ServerLimits
-from loom.http.message import Request, Response, StreamingResponse
+from loom.http.message import RefusedRequest, Request, Response, StreamingResponse
 from loom.http.problem import PROBLEM_CONTENT_TYPE, Problem
 
 __all__ = ["Handler", "ServerConnection", "ServerState"]
@@ -56,8 +56,9 @@ CLOSE_STREAM_S = 1.0
 class ServerState:
     """What all connections of one server share: counters and the draining flag."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_refusal: Callable[[RefusedRequest], None] | None = None) -> None:
         self.draining = False
+        self.on_refusal = on_refusal
         self.requests_served = 0
         self.handler_errors = 0
         self.refused: Counter[str] = Counter()
@@ -142,6 +143,7 @@ class ServerConnection:
             refusal = _Refusal("request_timeout", Problem(
                 408, detail="the request did not arrive in time"))
         if refusal is not None:
+            self._report(refusal, head)
             await self._refuse(refusal)
         elif self._phase == "idle" and not state.draining:
             state.refused["idle_timeout"] += 1
@@ -303,6 +305,20 @@ class ServerConnection:
         a stream lifts the deadline again before it waits for its next chunk)."""
         self._scope.deadline = trio.current_time() + self._limits.write_timeout_s
         await self._stream.send_all(data)
+
+    def _report(self, refusal: _Refusal, head: bytearray) -> None:
+        """Tell the server's `on_refusal` (e.g. to audit a refused identity header); a fault
+        there is logged and never changes the answer."""
+        report = self._state.on_refusal
+        if report is None:
+            return
+        try:
+            report(RefusedRequest(
+                reason=refusal.reason, status=refusal.problem.status,
+                detail=refusal.problem.detail, remote=self._remote,
+                peer_certificate=self._cert, head=bytes(head[:self._limits.max_header_bytes])))
+        except Exception:
+            log.exception("on_refusal failed for a request from %s", self._remote)
 
     async def _refuse(self, refusal: _Refusal) -> None:
         """Answer a refused request (if h11 still lets us), then drain what the client is

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-__all__ = ["Headers", "Request", "Response", "StreamingResponse"]
+__all__ = ["Headers", "RefusedRequest", "Request", "Response", "StreamingResponse"]
 
 Headers = Sequence[tuple[str | bytes, str | bytes]]
 
@@ -80,3 +80,17 @@ class StreamingResponse:
     status: int
     headers: Headers
     chunks: AsyncIterable[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedRequest:
+    """A request the server refused before any handler saw it (`HTTPServer(on_refusal=...)`):
+    the reason it is counted under, the status and detail answered, and the raw bytes of the
+    head as received (at most `max_header_bytes`; unparsed, since it was refused)."""
+
+    reason: str
+    status: int
+    detail: str
+    remote: str
+    peer_certificate: bytes | None
+    head: bytes

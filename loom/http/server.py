@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -23,6 +23,7 @@ import trio
 
 from loom.http.connection import Handler, ServerConnection, ServerState
 from loom.http.limits import ServerLimits
+from loom.http.message import RefusedRequest
 from loom.security.tlsstream import TLSStream
 
 __all__ = ["HTTPServer", "ServerStatistics"]
@@ -46,15 +47,17 @@ class ServerStatistics:
 
 class HTTPServer:
     """Serve `handler` over HTTP/1.1 on TLS. `ssl_context` may be replaced at any time (a
-    reload): new connections use the new one."""
+    reload): new connections use the new one. `on_refusal`, when given, is called (in the
+    connection's task, without awaiting) for every request refused before the handler."""
 
     def __init__(self, handler: Handler, ssl_context: ssl.SSLContext, *,
-                 limits: ServerLimits | None = None, name: str = "http") -> None:
+                 limits: ServerLimits | None = None, name: str = "http",
+                 on_refusal: Callable[[RefusedRequest], None] | None = None) -> None:
         self.ssl_context = ssl_context
         self.limits = limits or ServerLimits()
         self.name = name
         self._handler = handler
-        self._state = ServerState()
+        self._state = ServerState(on_refusal)
         self._stop = trio.Event()
         self._slots = self.limits.max_connections
         self._handshaking = 0

@@ -27,11 +27,20 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from loom.http import HTTPServer, Problem, Request, Response, ServerLimits, StreamingResponse
+from loom.http import (
+    HTTPServer,
+    Problem,
+    RefusedRequest,
+    Request,
+    Response,
+    ServerLimits,
+    StreamingResponse,
+)
 from loom.node.config import NodeConfig, parse_host_port
 from loom.node.http_codec import (
     STATUS_OF,
@@ -74,6 +83,9 @@ JSON = "application/json"
 OCTETS = "application/octet-stream"
 _CANONICAL = {b"x-auth-user": "X-Auth-User", b"x-auth-roles": "X-Auth-Roles"}
 _PROBES = ("/healthz", "/readyz")
+# A header line naming X-Auth-User / X-Auth-Roles in any spelling (case, '-' or '_'), or a
+# folded continuation line right after one: what a refused raw head is searched for.
+_AUTH_LINE = re.compile(rb"(?im)^[ \t]*x[-_]auth[-_](?:user|roles)[ \t]*:")
 MAX_IDENTITY_CACHE = 1024
 
 
@@ -119,7 +131,7 @@ class HttpDoor:
         self.cfg = node.cfg
         h = node.cfg.http
         self.server = HTTPServer(self.handle, http_context(node.cfg), name="http listener",
-                                 limits=ServerLimits(
+                                 on_refusal=self.refused, limits=ServerLimits(
                                      max_connections=h.max_connections,
                                      handshake_timeout_s=h.handshake_timeout_s,
                                      idle_timeout_s=h.idle_timeout_s,
@@ -149,6 +161,23 @@ class HttpDoor:
                 self.server.shutdown()
         finally:
             self.stopped.set()
+
+    def refused(self, r: RefusedRequest) -> None:
+        """A request the HTTP layer refused before routing (obs-fold, control characters,
+        oversize head, ...). When it carried an identity header, the refusal is audited like
+        the dispatcher's own identity refusals: the request never became a message, so this
+        is the one place that sees it."""
+        if not _AUTH_LINE.search(r.head):
+            return
+        try:
+            principal = (identity_from_der(r.peer_certificate, self.cfg.trust_domain).principal
+                         if r.peer_certificate else "guest")
+        except IdentityError:
+            principal = "unidentified"
+        self.node.dispatcher.audit.emit(
+            {"event": "identity_assertion_refused", "client_id": f"http:{r.remote}",
+             "principal": principal, "command": None, "result": "bad_request"
+             if r.status == 400 else f"http_{r.status}", "reason": r.detail}, priority=True)
 
     # -- one request ------------------------------------------------------------------------
     async def handle(self, request: Request) -> Response | StreamingResponse:
