@@ -195,10 +195,12 @@ class Dispatcher:
             try:
                 caller = call.caller = resolve_principal(sess.identity, req.headers,
                                                          self.gateways, policy)
-            except LoomError:
+            except LoomError as e:
                 # A malformed, ambiguous or untrusted assertion: audited whatever the type
-                # (a read included), on the priority lane.
+                # (a read included), on the priority lane; the answer says where it failed.
                 call.identity_refused = bool(req.headers)
+                if call.identity_refused:
+                    e.details["identity_header"] = True
                 raise
             body = call.body = catalog.validate_body(mt, req.body)
             decision = policy.check_request(caller.roles, mt, body)

@@ -345,6 +345,10 @@ class HttpDoor:
             return self._not_leader(request, err["msg"], details)
         if status is Status.TIMEOUT:
             details["indeterminate"] = m.mt.is_write
+        if details.get("identity_header") and status is Status.TOO_LARGE:
+            # An identity header over a bound (too long, too many roles) is a malformed
+            # request to an HTTP client: 400, like every other refused identity header.
+            return _error(status, err["msg"], details, http=400)
         return _error(status, err["msg"], details)
 
     def _not_leader(self, request: Request, msg: str, details: dict[str, Any]) -> Response:
@@ -417,8 +421,8 @@ def _json(status: int, obj: Any) -> Response:
     return Response(status, [("content-type", JSON)], reply_json(obj))
 
 
-def _error(status: Status, msg: str, details: dict[str, Any]) -> Response:
-    http = STATUS_OF[status]
+def _error(status: Status, msg: str, details: dict[str, Any], http: int = 0) -> Response:
+    http = http or STATUS_OF[status]
     headers = [("retry-after", str(retry_after_s(details)))] if http in (429, 503) else []
     extra = {"code": status.name, **jsonable(details)}
     for k in ("type", "title", "status", "detail", "instance"):

@@ -7,7 +7,8 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 import trio
@@ -60,8 +61,14 @@ async def start_http_node(start_node: NodeFactory, **kw: Any) -> Node:
     return node
 
 
+class HasCA(Protocol):
+    @property
+    def ca(self) -> Path: ...
+    def pair(self, name: str) -> tuple[Path, Path]: ...
+
+
 @asynccontextmanager
-async def http_as(pki: PKI, node: Node, name: str | None) -> AsyncIterator[Http]:
+async def http_as(pki: HasCA, node: Node, name: str | None) -> AsyncIterator[Http]:
     ctx = (client_context(pki.ca) if name is None
            else client_context(pki.ca, *pki.pair(name)))
     assert node.http is not None
