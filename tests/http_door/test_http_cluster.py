@@ -1,0 +1,123 @@
+"""The HTTP door on a real 3-process cluster: redirects to the leader's HTTP address, and an
+Idempotency-Key that makes a POST apply once across a leader kill (SIGKILL)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from loom.http import ClientResponse, HTTPClient
+from loom.node.config import HttpConfig, NodeConfig
+from loom.security.tls import client_context
+from tests.cluster.conftest import FAST_RAFT, Cluster, free_ports
+from tests.conftest import PKI
+
+
+class HttpCluster(Cluster):
+    """A `Cluster` whose nodes also serve HTTP, each on its own fixed free port."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.http_ports = dict(zip(self.ids, free_ports(len(self.ids)), strict=True))
+
+    def config_for(self, nid: str) -> NodeConfig:
+        cfg = super().config_for(nid)
+        return replace(cfg, http=HttpConfig(listen=f"127.0.0.1:{self.http_ports[nid]}"))
+
+    def url(self, nid: str, path: str) -> str:
+        return f"https://127.0.0.1:{self.http_ports[nid]}{path}"
+
+
+@pytest.fixture
+async def hcluster(pki: PKI, tmp_path: Path, nursery: trio.Nursery
+                   ) -> AsyncIterator[HttpCluster]:
+    c = HttpCluster(pki, tmp_path / "cluster", nursery, ("n1", "n2", "n3"), FAST_RAFT, False)
+    try:
+        await c.start()
+        yield c
+    finally:
+        await c.aclose()
+        c.dump_logs()
+
+
+async def send(http: HTTPClient, method: str, url: str, key: str) -> ClientResponse:
+    with trio.fail_after(10):
+        return await http.request(method, url, headers=[("idempotency-key", key)])
+
+
+async def post_until_answered(c: HttpCluster, http: HTTPClient, path: str, key: str
+                              ) -> tuple[ClientResponse, int]:
+    """POST with the key to live nodes, following 307s, retrying what has no answer (503, a
+    broken connection): safe only because the key makes the POST idempotent. Bounded."""
+    redirects = 0
+    with trio.fail_after(30):
+        for attempt in range(200):
+            live = c.live()
+            url = c.url(live[attempt % len(live)], path)
+            for _ in range(3):
+                try:
+                    r = await send(http, "POST", url, key)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError,
+                        trio.TooSlowError):
+                    break
+                if r.status == 307:
+                    redirects += 1
+                    url = r.header_values("location")[0].decode()
+                    continue
+                if r.status in (503, 504):
+                    break
+                return r, redirects
+            await trio.sleep(0.1)
+    raise AssertionError("no answer")
+
+
+async def test_redirect_to_leader_and_idempotent_post_across_leader_kill(
+        hcluster: HttpCluster, pki: PKI) -> None:
+    c = hcluster
+    leader = await c.wait_leader()
+    follower = next(n for n in c.ids if n != leader)
+    async with HTTPClient(client_context(pki.ca, *pki.pair("admin"))) as http:
+        # Peers learn each other's HTTP address from PEER_HELLO: a follower redirects.
+        path = "/v1/counters/hits/increment"
+        with trio.fail_after(10):
+            while True:
+                r = await send(http, "POST", c.url(follower, path), "first")
+                if r.status == 307:
+                    break
+                assert r.status == 503, r.body  # the address is learned shortly after start
+                await trio.sleep(0.1)
+        assert r.header_values("location") == [c.url(leader, path).encode()]
+        r = await send(http, "GET", c.url(follower, "/readyz"), "-")
+        assert r.status == 200
+        r, _ = await post_until_answered(c, http, path, "first")
+        assert r.status == 200 and json.loads(r.body) == {"result": 1}
+
+        # A POST whose leader dies under it: its outcome is unknown to the client.
+        async def doomed() -> None:
+            try:
+                await send(http, "POST", c.url(leader, path), "second")
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError,
+                    trio.TooSlowError):
+                pass
+
+        async with trio.open_nursery() as n:
+            n.start_soon(doomed)
+            await trio.sleep(0.02)
+            await c.kill(leader)
+        new_leader = await c.wait_leader(among=[x for x in c.ids if x != leader])
+        assert new_leader != leader
+        # Retried with the same key, it applies at most once and answers one outcome.
+        second, _ = await post_until_answered(c, http, path, "second")
+        assert second.status == 200 and json.loads(second.body) == {"result": 2}
+        again, _ = await post_until_answered(c, http, path, "second")
+        assert json.loads(again.body) == {"result": 2}
+        first, _ = await post_until_answered(c, http, path, "first")  # the first outcome
+        assert json.loads(first.body) == {"result": 1}
+        r = await send(http, "GET", c.url(new_leader, "/v1/counters/hits"), "-")
+        assert json.loads(r.body) == {"result": 2}
