@@ -73,6 +73,7 @@ from loom.wire.errors import (
 if TYPE_CHECKING:
     import ssl
 
+    from loom.node.dispatcher import Call, Dispatcher
     from loom.node.server import Node
 
 __all__ = ["HttpDoor", "HttpSession", "advertised_http_addr", "http_context"]
@@ -278,7 +279,7 @@ class HttpDoor:
         key = _one(request, "idempotency-key")
         if key is not None and m.mt.is_write:
             client_id, seq = idempotency_client(key), 1
-        headers = []
+        headers: list[tuple[str, str]] = []
         for name, raw in request.headers:
             norm = name.strip().lower().replace(b"_", b"-")
             if norm in _CANONICAL:
@@ -288,9 +289,8 @@ class HttpDoor:
                                 raw.decode("utf-8", "surrogateescape")))
         trace = trace_id(_one(request, "traceparent", quiet=True))
         sess = HttpSession(_conn_id(request), identity, client_id)
-        msg = Message(PROTOCOL_VERSION, next(self._ids), m.mt.opcode, body, {}, seq, stale,
-                      trace)
-        msg.headers = headers  # type: ignore[assignment]  # pairs keep repeats visible
+        msg = Message(PROTOCOL_VERSION, next(self._ids), m.mt.opcode, body, headers, seq,
+                      stale, trace)
         return msg, sess
 
     def _hello(self, msg: Message) -> Response:
@@ -382,7 +382,7 @@ class HttpDoor:
                 and st["commit_index"] - st["applied_index"] <= self.cfg.http.ready_max_lag)
 
 
-async def _submitted(d: Any, call: Any) -> dict[str, Any]:
+async def _submitted(d: Dispatcher, call: Call) -> dict[str, Any]:
     """Hand a call to the log and wait for its callback (which runs exactly once)."""
     done = trio.Event()
     box: list[dict[str, Any]] = []

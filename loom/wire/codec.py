@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +122,9 @@ class Request:
     request_id: int
     opcode: int
     body: Any
-    headers: dict[str, str]
+    # A frame's "h" map; the HTTP door gives (name, value) pairs, so that a repeated or
+    # lookalike header stays visible to the gateway rules (security/gateway.py).
+    headers: Mapping[str, str] | Sequence[tuple[str, str]]
     seq: int = 0
     stale: bool = False  # "c": "stale": a read served by any node from its own replica
     # A correlation id the transport vouches for the format of (HTTP: a W3C traceparent); the
