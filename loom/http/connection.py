@@ -187,7 +187,25 @@ class ServerConnection:
         return Request(
             method=req.method.decode("ascii"), target=target, path=path, query=query,
             headers=tuple(req.headers), body=bytes(body), remote=self._remote,
-            peer_certificate=self._cert, http_version=req.http_version.decode("ascii"))
+            peer_certificate=self._cert, http_version=req.http_version.decode("ascii"),
+            client_gone=self._client_gone)
+
+    async def _client_gone(self) -> None:
+        """Return when the client closes the connection (handler phase only: nothing else
+        receives then). Bytes that arrive meanwhile (a pipelined next request) go to h11,
+        which keeps them for the next cycle; past `receive_bytes` of them this stops reading
+        and waits forever, so it never buffers more than a cycle would."""
+        taken = 0
+        while taken < self._limits.receive_bytes:
+            try:
+                data = bytes(await self._stream.receive_some(self._limits.receive_bytes))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            taken += len(data)
+            self._h.receive_data(data)
+        await trio.sleep_forever()
 
     def _check_head(self, event: h11.Request, head: bytearray) -> None:
         """Limits and strictness h11 does not apply itself (pure: refuses by raising)."""

@@ -7,13 +7,19 @@ is merged, decoded or guessed on the handler's behalf.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
+
+import trio
 
 __all__ = ["Headers", "RefusedRequest", "Request", "Response", "StreamingResponse"]
 
 Headers = Sequence[tuple[str | bytes, str | bytes]]
+
+
+async def _never() -> None:
+    await trio.sleep_forever()
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +41,11 @@ class Request:
     remote: str  # "host:port" of the TCP peer
     peer_certificate: bytes | None
     http_version: str = "1.1"
+    # `await request.client_gone()` returns when the client closes the connection while the
+    # handler runs (a handler that waits races its wait against it, to stop waiting for a
+    # client that left). Only one task may await it, and only while the handler runs.
+    client_gone: Callable[[], Awaitable[None]] = field(default=_never, repr=False,
+                                                      compare=False)
 
     def header_values(self, name: str | bytes) -> list[bytes]:
         """Every value of header `name` (case-insensitive), in order; repeats are kept."""

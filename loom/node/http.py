@@ -28,7 +28,9 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -79,6 +81,7 @@ if TYPE_CHECKING:
 __all__ = ["HttpDoor", "HttpSession", "advertised_http_addr", "http_context"]
 
 log = logging.getLogger("loom.http.door")
+T = TypeVar("T")
 
 JSON = "application/json"
 OCTETS = "application/octet-stream"
@@ -212,7 +215,7 @@ class HttpDoor:
         step = d.start(sess, msg)
         if not isinstance(step, dict):
             if step.waits:
-                step = await d.run(step)
+                step = await _unless_gone(request, partial(d.run, step))
             else:
                 step = await _submitted(d, step)
         if step["s"] == Status.OK and sess.feed is not None:
@@ -326,7 +329,8 @@ class HttpDoor:
                     raise BadRequest("wait_ms must be 0..300000")
                 wait_ms = int(v)
         feed.start(state, listeners)
-        return _json(200, {"result": await long_poll(feed, listeners, wait_ms / 1000)})
+        return _json(200, {"result": await _unless_gone(
+            request, partial(long_poll, feed, listeners, wait_ms / 1000))})
 
     def _answer(self, request: Request, m: routes.Match, answer: dict[str, Any]) -> Response:
         if answer["s"] == Status.OK:
@@ -380,6 +384,25 @@ class HttpDoor:
         member = any(m["id"] == self.cfg.node_id for m in st["members"])
         return (member and st["leader"] is not None
                 and st["commit_index"] - st["applied_index"] <= self.cfg.http.ready_max_lag)
+
+
+async def _unless_gone(request: Request, wait: Callable[[], Awaitable[T]]) -> T:
+    """Run a waiting request, cancelled if its client closes the connection meanwhile (as
+    the binary protocol cancels a closed connection's waiters): a QUEUE_POLL then takes
+    nothing for a client that is gone. The answer nobody will read is a 503."""
+    result: list[T] = []
+
+    async def run(cancel: trio.CancelScope) -> None:
+        result.append(await wait())
+        cancel.cancel()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(run, n.cancel_scope)
+        await request.client_gone()
+        n.cancel_scope.cancel()
+    if not result:
+        raise Unavailable("the client closed the connection while the request waited")
+    return result[0]
 
 
 async def _submitted(d: Dispatcher, call: Call) -> dict[str, Any]:

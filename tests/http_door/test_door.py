@@ -253,3 +253,23 @@ async def test_reader_may_not_subscribe_without_grant(hnode: Node, as_: As) -> N
     r = await guestish.call("GET", "/v1/topics/t")
     assert r.status == 200
     assert ADMIN_P.startswith("spiffe://")
+
+
+async def test_a_waiting_poll_whose_client_left_takes_nothing(hnode: Node, as_: As,
+                                                              pki: PKI) -> None:
+    async with http_as(pki, hnode, "admin") as leaving:
+        with trio.move_on_after(0.3):  # the client gives up: its connection is closed
+            await leaving.call("POST", "/v1/queues/q/poll?timeout_ms=10000")
+    for _ in range(200):
+        assert hnode.http is not None
+        if not hnode.http.in_flight:
+            break
+        await trio.sleep(0.01)
+    assert hnode.http is not None and hnode.http.in_flight == 0
+    admin = await as_("admin")
+    assert (await admin.call("POST", "/v1/queues/q", body=b"item")).status == 200
+    await trio.sleep(0.1)
+    assert doc(await admin.call("GET", "/v1/queues/q/size")) == {"result": 1}
+    # A poll whose client stays is answered as usual.
+    r = await admin.call("POST", "/v1/queues/q/poll?timeout_ms=1000")
+    assert doc(r) == {"result": b64(b"item")}
