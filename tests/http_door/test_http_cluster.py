@@ -22,12 +22,15 @@ from tests.conftest import PKI
 class HttpCluster(Cluster):
     """A `Cluster` whose nodes also serve HTTP, each on its own fixed free port."""
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
+    def __init__(self, *args: Any, without_http: tuple[str, ...] = (), **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.http_ports = dict(zip(self.ids, free_ports(len(self.ids)), strict=True))
+        self.without_http = without_http
 
     def config_for(self, nid: str) -> NodeConfig:
         cfg = super().config_for(nid)
+        if nid in self.without_http:
+            return cfg
         return replace(cfg, http=HttpConfig(listen=f"127.0.0.1:{self.http_ports[nid]}"))
 
     def url(self, nid: str, path: str) -> str:
@@ -121,3 +124,31 @@ async def test_redirect_to_leader_and_idempotent_post_across_leader_kill(
         assert json.loads(first.body) == {"result": 1}
         r = await send(http, "GET", c.url(new_leader, "/v1/counters/hits"), "-")
         assert json.loads(r.body) == {"result": 2}
+
+
+async def test_not_leader_is_503_naming_the_leader_when_its_http_address_is_unknown(
+        pki: PKI, tmp_path: Path, nursery: trio.Nursery) -> None:
+    c = HttpCluster(pki, tmp_path / "cluster", nursery, ("n1", "n2", "n3"), FAST_RAFT, False,
+                    without_http=("n3",))
+    try:
+        await c.start()
+        await c.wait_leader()
+        admin = c.client()
+        with trio.fail_after(30):
+            while (await c.wait_leader()) != "n3":
+                await admin.call("LEADER_TRANSFER", to="n3")
+                await trio.sleep(0.2)
+        async with HTTPClient(client_context(pki.ca, *pki.pair("admin"))) as http:
+            r = await send(http, "POST", c.url("n1", "/v1/counters/c/increment"), "k")
+            assert r.status == 503, r.body
+            p = json.loads(r.body)
+            assert p["code"] == "NOT_LEADER" and p["leader"] == "n3"
+            assert p["leader_http_addr"] is None
+            assert p["leader_addr"] == c.nodes["n3"].client_addr  # the binary address
+            assert r.header_values("retry-after") == [b"1"]
+            # Stale reads are served by the follower itself.
+            r = await send(http, "GET", c.url("n1", "/v1/counters/c?stale=true"), "-")
+            assert r.status == 200
+    finally:
+        await c.aclose()
+        c.dump_logs()
