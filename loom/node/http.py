@@ -56,10 +56,10 @@ from loom.node.http_codec import (
     with_bytes,
 )
 from loom.node.http_topics import TopicFeed, long_poll, sse_stream
-from loom.security.identity import Identity, IdentityError, guest_identity, identity_from_der
+from loom.security.identity import Identity, IdentityError, identity_from_der, identity_or_guest
 from loom.security.tls import server_context
-from loom.wire import catalog, routes
-from loom.wire.codec import PROTOCOL_VERSION, SUPPORTED_VERSIONS
+from loom.wire import routes
+from loom.wire.codec import PROTOCOL_VERSION
 from loom.wire.codec import Request as Message
 from loom.wire.errors import (
     BadRequest,
@@ -69,8 +69,8 @@ from loom.wire.errors import (
     Status,
     Unauthenticated,
     Unavailable,
-    UnsupportedVersion,
 )
+from loom.wire.session import accept_hello
 
 if TYPE_CHECKING:
     import ssl
@@ -223,15 +223,15 @@ class HttpDoor:
         return self._answer(request, m, step)
 
     def _identity(self, request: Request) -> Identity:
+        """The client listener's rule (security/identity.py `identity_or_guest`); the
+        certificate is required here rather than at the handshake, for the probes' sake."""
         der = request.peer_certificate
-        if not der:
-            if self.cfg.require_client_auth:
-                raise Unauthenticated("this listener requires a client certificate")
-            return guest_identity(self.cfg.trust_domain)
-        ident = self._identities.get(der)
+        if not der and self.cfg.require_client_auth:
+            raise Unauthenticated("this listener requires a client certificate")
+        ident = self._identities.get(der or b"")
         if ident is None:
             try:
-                ident = identity_from_der(der, self.cfg.trust_domain)
+                ident = identity_or_guest(der, self.cfg.trust_domain)
             except IdentityError as e:
                 self.node.dispatcher.audit.emit(
                     {"client_id": _conn_id(request), "event": "certificate_refused",
@@ -239,7 +239,7 @@ class HttpDoor:
                 raise Unauthenticated(f"certificate refused: {e}") from None
             if len(self._identities) >= MAX_IDENTITY_CACHE:
                 self._identities.clear()
-            self._identities[der] = ident
+            self._identities[der or b""] = ident
         return ident
 
     def _message(self, request: Request, m: routes.Match, identity: Identity
@@ -297,12 +297,10 @@ class HttpDoor:
         return msg, sess
 
     def _hello(self, msg: Message) -> Response:
-        body = catalog.validate_body(catalog.BY_NAME["HELLO"], msg.body)
-        common = [v for v in SUPPORTED_VERSIONS
-                  if body["min_version"] <= v <= body["max_version"]]
-        if not common:
-            raise UnsupportedVersion(f"server speaks protocol versions {list(SUPPORTED_VERSIONS)}")
-        return _json(200, {"result": {"version": max(common), "node": self.cfg.node_id,
+        """HELLO's checks are the session's (wire/session.py); over HTTP it negotiates the
+        version and nothing else (no session outlives the request)."""
+        terms = accept_hello(msg)
+        return _json(200, {"result": {"version": terms.version, "node": self.cfg.node_id,
                                       "max_frame": self.cfg.limits.max_frame_bytes}})
 
     async def _topic(self, request: Request, feed: TopicFeed) -> Response | StreamingResponse:
