@@ -28,34 +28,41 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from loom.http import (
     HTTPServer,
-    Problem,
     RefusedRequest,
     Request,
     Response,
     ServerLimits,
+    ServerStatistics,
     StreamingResponse,
 )
 from loom.node.config import NodeConfig, parse_host_port
 from loom.node.http_codec import (
-    STATUS_OF,
+    JSON,
+    OCTETS,
     check_json,
+    error_response,
     idempotency_client,
-    jsonable,
+    json_response,
+    media_type,
+    one_header,
     parse_json_object,
+    problem_response,
     reply_json,
-    retry_after_s,
     trace_id,
     with_bytes,
 )
-from loom.node.http_topics import TopicFeed, long_poll, sse_stream
+from loom.node.http_topics import TopicFeed, topic_response, unless_gone
 from loom.security.identity import Identity, IdentityError, identity_from_der, identity_or_guest
 from loom.security.tls import server_context
 from loom.wire import routes
@@ -78,13 +85,10 @@ if TYPE_CHECKING:
     from loom.node.dispatcher import Call, Dispatcher
     from loom.node.server import Node
 
-__all__ = ["HttpDoor", "HttpSession", "advertised_http_addr", "http_context"]
+__all__ = ["DoorStatistics", "HttpDoor", "HttpSession", "advertised_http_addr", "http_context"]
 
 log = logging.getLogger("loom.http.door")
-T = TypeVar("T")
 
-JSON = "application/json"
-OCTETS = "application/octet-stream"
 _CANONICAL = {b"x-auth-user": "X-Auth-User", b"x-auth-roles": "X-Auth-Roles"}
 _PROBES = ("/healthz", "/readyz")
 # A header line naming X-Auth-User / X-Auth-Roles in any spelling (case, '-' or '_'), or a
@@ -106,6 +110,15 @@ def advertised_http_addr(cfg: NodeConfig) -> str:
     if not cfg.http.listen or parse_host_port(cfg.http.listen, "http.listen")[1] == 0:
         return ""
     return cfg.http.listen
+
+
+@dataclass(frozen=True, slots=True)
+class DoorStatistics:
+    in_flight: int  # requests between routing and answer (event streams: until their head)
+    answered: Mapping[int, int]  # answers by HTTP status, probes and refusals included
+    refused_in_flight: int  # 429s for max_requests_in_flight
+    refusals_audited: int  # heads refused by the HTTP layer that named an identity header
+    server: ServerStatistics  # the listener's own (connections, refusals by reason)
 
 
 class HttpSession:
@@ -149,6 +162,9 @@ class HttpDoor:
         self.stopped = trio.Event()
         self._ids = itertools.count(1)
         self._identities: dict[bytes, Identity] = {}
+        self._answered: Counter[int] = Counter()
+        self._refused_in_flight = 0
+        self._refusals_audited = 0
 
     async def serve(self, stop: trio.Event, *,
                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -178,23 +194,36 @@ class HttpDoor:
                          if r.peer_certificate else "guest")
         except IdentityError:
             principal = "unidentified"
+        self._refusals_audited += 1
         self.node.dispatcher.audit.emit(
             {"event": "identity_assertion_refused", "client_id": f"http:{r.remote}",
              "principal": principal, "command": None, "result": "bad_request"
              if r.status == 400 else f"http_{r.status}", "reason": r.detail}, priority=True)
 
     # -- one request ------------------------------------------------------------------------
+    def statistics(self) -> DoorStatistics:
+        return DoorStatistics(
+            in_flight=self.in_flight, answered=MappingProxyType(dict(self._answered)),
+            refused_in_flight=self._refused_in_flight,
+            refusals_audited=self._refusals_audited, server=self.server.statistics())
+
     async def handle(self, request: Request) -> Response | StreamingResponse:
+        answer = await self._handle_counted(request)
+        self._answered[answer.status] += 1
+        return answer
+
+    async def _handle_counted(self, request: Request) -> Response | StreamingResponse:
         if request.path in _PROBES:
             return self._probe(request)
         if self.in_flight >= self.cfg.http.max_requests_in_flight:
-            return _problem(Busy("too many HTTP requests in flight; retry later",
+            self._refused_in_flight += 1
+            return problem_response(Busy("too many HTTP requests in flight; retry later",
                                  retry_after_ms=1000))
         self.in_flight += 1
         try:
             return await self._handle(request)
         except LoomError as e:
-            return _problem(e)
+            return problem_response(e)
         finally:
             self.in_flight -= 1
 
@@ -203,9 +232,9 @@ class HttpDoor:
         m = routes.match(request.method, request.path)
         if not isinstance(m, routes.Match):
             if m:
-                return _problem(BadRequest(f"{request.method} is not allowed here"), 405,
+                return problem_response(BadRequest(f"{request.method} is not allowed here"), 405,
                                 [("allow", ", ".join(m))])
-            return _problem(NotFound(f"no route {request.path[:100]!r}"))
+            return problem_response(NotFound(f"no route {request.path[:100]!r}"))
         if self.node.stopping:
             raise Unavailable("the node is shutting down")
         msg, sess = self._message(request, m, identity)
@@ -215,11 +244,13 @@ class HttpDoor:
         step = d.start(sess, msg)
         if not isinstance(step, dict):
             if step.waits:
-                step = await _unless_gone(request, partial(d.run, step))
+                step = await unless_gone(request, partial(d.run, step))
             else:
                 step = await _submitted(d, step)
         if step["s"] == Status.OK and sess.feed is not None:
-            return await self._topic(request, sess.feed)
+            h = self.cfg.http
+            return await topic_response(request, sess.feed, self.node.state,
+                                        d.topic_listeners, h.sse_keepalive_s, h.max_stream_s)
         return self._answer(request, m, step)
 
     def _identity(self, request: Request) -> Identity:
@@ -256,7 +287,7 @@ class HttpDoor:
                 stale = v == "true"
             elif k == "wait_ms" and not (m.route is not None and m.route.stream):
                 raise BadRequest("wait_ms applies to topic reads only")
-        ctype = _media_type(request)
+        ctype = media_type(request)
         if m.route is None:  # POST /v1/call/{TYPE}
             if any(k not in routes.RESERVED_QUERY for k, _ in query):
                 raise BadRequest("/v1/call takes its fields in a JSON body")
@@ -279,7 +310,7 @@ class HttpDoor:
                 fields = with_bytes(m.mt, parse_json_object(request.body))
             body = routes.to_body(m, query, value, fields)
         seq, client_id = 0, ""
-        key = _one(request, "idempotency-key")
+        key = one_header(request, "idempotency-key")
         if key is not None and m.mt.is_write:
             client_id, seq = idempotency_client(key), 1
         headers: list[tuple[str, str]] = []
@@ -290,7 +321,7 @@ class HttpDoor:
                 # unprintable: never guessed, never dropped.
                 headers.append((_CANONICAL.get(name, name.decode("latin-1")),
                                 raw.decode("utf-8", "surrogateescape")))
-        trace = trace_id(_one(request, "traceparent", quiet=True))
+        trace = trace_id(one_header(request, "traceparent", quiet=True))
         sess = HttpSession(_conn_id(request), identity, client_id)
         msg = Message(PROTOCOL_VERSION, next(self._ids), m.mt.opcode, body, headers, seq,
                       stale, trace)
@@ -300,46 +331,19 @@ class HttpDoor:
         """HELLO's checks are the session's (wire/session.py); over HTTP it negotiates the
         version and nothing else (no session outlives the request)."""
         terms = accept_hello(msg)
-        return _json(200, {"result": {"version": terms.version, "node": self.cfg.node_id,
+        return json_response(200, {"result": {"version": terms.version, "node": self.cfg.node_id,
                                       "max_frame": self.cfg.limits.max_frame_bytes}})
-
-    async def _topic(self, request: Request, feed: TopicFeed) -> Response | StreamingResponse:
-        state = self.node.state
-        listeners = self.node.dispatcher.topic_listeners
-        accept = _one(request, "accept", quiet=True) or b""
-        if b"text/event-stream" in accept:
-            last = _one(request, "last-event-id", quiet=True)
-            if last is not None:
-                try:
-                    feed.from_seq = int(last.decode("ascii")) + 1
-                except ValueError:
-                    raise BadRequest("Last-Event-ID must be a sequence number") from None
-            feed.start(state, listeners)
-            h = self.cfg.http
-            return StreamingResponse(200, [("content-type", "text/event-stream"),
-                                           ("cache-control", "no-store")],
-                                     sse_stream(feed, listeners, h.sse_keepalive_s,
-                                                h.max_stream_s))
-        wait_ms = 0
-        for k, v in request.query_params():
-            if k == "wait_ms":
-                if not v.isdigit() or int(v) > 300_000:
-                    raise BadRequest("wait_ms must be 0..300000")
-                wait_ms = int(v)
-        feed.start(state, listeners)
-        return _json(200, {"result": await _unless_gone(
-            request, partial(long_poll, feed, listeners, wait_ms / 1000))})
 
     def _answer(self, request: Request, m: routes.Match, answer: dict[str, Any]) -> Response:
         if answer["s"] == Status.OK:
             result = answer["r"]
-            accept = _one(request, "accept", quiet=True) or b""
+            accept = one_header(request, "accept", quiet=True) or b""
             if OCTETS.encode() in accept and m.route is not None and request.method == "GET":
                 if isinstance(result, bytes):
                     return Response(200, [("content-type", OCTETS)], result)
                 if result is None:
-                    return _problem(NotFound("no value"))
-            return _json(200, {"result": result})
+                    return problem_response(NotFound("no value"))
+            return json_response(200, {"result": result})
         err = answer["e"]
         status = Status(answer["s"])
         details = {k: v for k, v in err.items() if k not in ("code", "msg")}
@@ -350,8 +354,8 @@ class HttpDoor:
         if details.get("identity_header") and status is Status.TOO_LARGE:
             # An identity header over a bound (too long, too many roles) is a malformed
             # request to an HTTP client: 400, like every other refused identity header.
-            return _error(status, err["msg"], details, http=400)
-        return _error(status, err["msg"], details)
+            return error_response(status, err["msg"], details, http=400)
+        return error_response(status, err["msg"], details)
 
     def _not_leader(self, request: Request, msg: str, details: dict[str, Any]) -> Response:
         leader = details.get("leader")
@@ -363,15 +367,15 @@ class HttpDoor:
             return Response(307, [("location", location), ("content-type", JSON)],
                             reply_json({"leader": leader, "location": location}))
         details["leader_http_addr"] = None
-        return _error(Status.NOT_LEADER, msg, details)
+        return error_response(Status.NOT_LEADER, msg, details)
 
     def _probe(self, request: Request) -> Response:
         if request.method != "GET":
-            return _problem(BadRequest("probes answer GET only"), 405, [("allow", "GET")])
+            return problem_response(BadRequest("probes answer GET only"), 405, [("allow", "GET")])
         if request.path == "/healthz":
-            return _json(200, {"status": "ok"})
+            return json_response(200, {"status": "ok"})
         ready = self.ready()
-        return _json(200 if ready else 503, {"ready": ready})
+        return json_response(200 if ready else 503, {"ready": ready})
 
     def ready(self) -> bool:
         """A member, a leader known, and the applied index within `http.ready_max_lag`
@@ -382,25 +386,6 @@ class HttpDoor:
         member = any(m["id"] == self.cfg.node_id for m in st["members"])
         return (member and st["leader"] is not None
                 and st["commit_index"] - st["applied_index"] <= self.cfg.http.ready_max_lag)
-
-
-async def _unless_gone(request: Request, wait: Callable[[], Awaitable[T]]) -> T:
-    """Run a waiting request, cancelled if its client closes the connection meanwhile (as
-    the binary protocol cancels a closed connection's waiters): a QUEUE_POLL then takes
-    nothing for a client that is gone. The answer nobody will read is a 503."""
-    result: list[T] = []
-
-    async def run(cancel: trio.CancelScope) -> None:
-        result.append(await wait())
-        cancel.cancel()
-
-    async with trio.open_nursery() as n:
-        n.start_soon(run, n.cancel_scope)
-        await request.client_gone()
-        n.cancel_scope.cancel()
-    if not result:
-        raise Unavailable("the client closed the connection while the request waited")
-    return result[0]
 
 
 async def _submitted(d: Dispatcher, call: Call) -> dict[str, Any]:
@@ -419,42 +404,3 @@ async def _submitted(d: Dispatcher, call: Call) -> dict[str, Any]:
 
 def _conn_id(request: Request) -> str:
     return f"http:{request.remote}"
-
-
-def _one(request: Request, name: str, *, quiet: bool = False) -> bytes | None:
-    """A header that may appear once; a repeat is refused (or, `quiet`, taken as absent)."""
-    try:
-        return request.header(name)
-    except ValueError:
-        if quiet:
-            return None
-        raise BadRequest(f"header {name} is repeated") from None
-
-
-def _media_type(request: Request) -> str:
-    raw = _one(request, "content-type")
-    if raw is None:
-        return ""
-    return raw.split(b";", 1)[0].strip().lower().decode("latin-1")
-
-
-def _json(status: int, obj: Any) -> Response:
-    return Response(status, [("content-type", JSON)], reply_json(obj))
-
-
-def _error(status: Status, msg: str, details: dict[str, Any], http: int = 0) -> Response:
-    http = http or STATUS_OF[status]
-    headers = [("retry-after", str(retry_after_s(details)))] if http in (429, 503) else []
-    extra = {"code": status.name, **jsonable(details)}
-    for k in ("type", "title", "status", "detail", "instance"):
-        extra.pop(k, None)
-    return Problem(http, title=status.name, detail=msg, type=f"urn:loom:error:{status.name}",
-                   extra=extra).response(headers)
-
-
-def _problem(e: LoomError, http: int | None = None,
-             headers: list[tuple[str, str]] | None = None) -> Response:
-    if http is None:
-        return _error(e.status, e.message, {k: v for k, v in e.details.items()
-                                           if k != "request_id"})
-    return Problem(http, detail=e.message, extra={"code": e.status.name}).response(headers or [])

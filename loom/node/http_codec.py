@@ -5,8 +5,9 @@
   `/v1/call` body is exactly the binary protocol's body once decoded.
 - JSON replies out: bytes become base64 strings (standard alphabet, padded), everywhere.
 - One HTTP status per error code (`STATUS_OF`), as docs/http.md lists them.
-- Header values the door reads itself: `Idempotency-Key` (-> a dedupe client id) and W3C
-  `traceparent` (-> the audit record's request id).
+- The JSON and problem+json answers; the header values the door reads itself:
+  `Idempotency-Key` (-> a dedupe client id) and W3C `traceparent` (-> the audit record's
+  request id).
 """
 
 from __future__ import annotations
@@ -20,17 +21,25 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from loom.http import Problem, Request, Response
 from loom.wire import catalog
 from loom.wire.catalog import MessageType
-from loom.wire.errors import BadRequest, Status
+from loom.wire.errors import BadRequest, LoomError, Status
 from loom.wire.schema import Field, Kind
 
 __all__ = [
+    "JSON",
+    "OCTETS",
     "STATUS_OF",
     "check_json",
+    "error_response",
     "idempotency_client",
+    "json_response",
     "jsonable",
+    "media_type",
+    "one_header",
     "parse_json_object",
+    "problem_response",
     "reply_json",
     "retry_after_s",
     "trace_id",
@@ -47,6 +56,8 @@ STATUS_OF: dict[Status, int] = {
 }
 assert set(STATUS_OF) == set(Status) - {Status.OK}
 
+JSON = "application/json"
+OCTETS = "application/octet-stream"
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 _TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
@@ -173,3 +184,45 @@ def trace_id(value: bytes | None) -> str:
     if m is None or m[1] == "ff" or set(m[2]) == {"0"} or set(m[3]) == {"0"}:
         return ""
     return m[0]
+
+
+# -- requests and answers ----------------------------------------------------------------
+def one_header(request: Request, name: str, *, quiet: bool = False) -> bytes | None:
+    """A header that may appear once; a repeat is refused (or, `quiet`, taken as absent)."""
+    try:
+        return request.header(name)
+    except ValueError:
+        if quiet:
+            return None
+        raise BadRequest(f"header {name} is repeated") from None
+
+
+def media_type(request: Request) -> str:
+    raw = one_header(request, "content-type")
+    if raw is None:
+        return ""
+    return raw.split(b";", 1)[0].strip().lower().decode("latin-1")
+
+
+def json_response(status: int, obj: Any) -> Response:
+    return Response(status, [("content-type", JSON)], reply_json(obj))
+
+
+def error_response(status: Status, msg: str, details: dict[str, Any], http: int = 0
+                   ) -> Response:
+    """The problem+json answer of an error code (`http` overrides its status)."""
+    http = http or STATUS_OF[status]
+    headers = [("retry-after", str(retry_after_s(details)))] if http in (429, 503) else []
+    extra = {"code": status.name, **jsonable(details)}
+    for k in ("type", "title", "status", "detail", "instance"):
+        extra.pop(k, None)
+    return Problem(http, title=status.name, detail=msg, type=f"urn:loom:error:{status.name}",
+                   extra=extra).response(headers)
+
+
+def problem_response(e: LoomError, http: int | None = None,
+             headers: list[tuple[str, str]] | None = None) -> Response:
+    if http is None:
+        return error_response(e.status, e.message, {k: v for k, v in e.details.items()
+                                           if k != "request_id"})
+    return Problem(http, detail=e.message, extra={"code": e.status.name}).response(headers or [])

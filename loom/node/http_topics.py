@@ -17,17 +17,23 @@ Invariants:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
 
 import trio
 
-from loom.node.http_codec import reply_json
+from loom.http import Request, Response, StreamingResponse
+from loom.node.http_codec import json_response, one_header, reply_json
+from loom.wire.errors import BadRequest, Unavailable
 
-__all__ = ["MAX_BUFFERED", "TopicFeed", "long_poll", "sse_stream"]
+__all__ = ["MAX_BUFFERED", "TopicFeed", "long_poll", "sse_stream", "topic_response",
+           "unless_gone"]
 
 MAX_BUFFERED = 1024
 Listener = Callable[[str, int, bytes], None]
+T = TypeVar("T")
+MAX_WAIT_MS = 300_000
 
 
 class TopicFeed:
@@ -115,3 +121,49 @@ async def sse_stream(feed: TopicFeed, listeners: list[Listener], keepalive_s: fl
                     yield b": keepalive\n\n"
     finally:
         feed.stop(listeners)
+
+
+async def topic_response(request: Request, feed: TopicFeed, state: Any,
+                         listeners: list[Listener], keepalive_s: float, max_stream_s: float
+                         ) -> Response | StreamingResponse:
+    """The answer to an allowed topic read: an event stream when the client accepts one
+    (resuming after `Last-Event-ID`), else a long-poll of up to `wait_ms`."""
+    accept = one_header(request, "accept", quiet=True) or b""
+    if b"text/event-stream" in accept:
+        last = one_header(request, "last-event-id", quiet=True)
+        if last is not None:
+            if not last.isdigit():
+                raise BadRequest("Last-Event-ID must be a sequence number")
+            feed.from_seq = int(last) + 1
+        feed.start(state, listeners)
+        return StreamingResponse(200, [("content-type", "text/event-stream"),
+                                       ("cache-control", "no-store")],
+                                 sse_stream(feed, listeners, keepalive_s, max_stream_s))
+    wait_ms = 0
+    for k, v in request.query_params():
+        if k == "wait_ms":
+            if not v.isdigit() or int(v) > MAX_WAIT_MS:
+                raise BadRequest(f"wait_ms must be 0..{MAX_WAIT_MS}")
+            wait_ms = int(v)
+    feed.start(state, listeners)
+    result = await unless_gone(request, partial(long_poll, feed, listeners, wait_ms / 1000))
+    return json_response(200, {"result": result})
+
+
+async def unless_gone(request: Request, wait: Callable[[], Awaitable[T]]) -> T:
+    """Run a waiting request, cancelled if its client closes the connection meanwhile (as
+    the binary protocol cancels a closed connection's waiters): a QUEUE_POLL then takes
+    nothing for a client that is gone. The answer nobody will read is a 503."""
+    result: list[T] = []
+
+    async def run(cancel: trio.CancelScope) -> None:
+        result.append(await wait())
+        cancel.cancel()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(run, n.cancel_scope)
+        await request.client_gone()
+        n.cancel_scope.cancel()
+    if not result:
+        raise Unavailable("the client closed the connection while the request waited")
+    return result[0]

@@ -192,6 +192,10 @@ async def test_busy_when_requests_in_flight_are_exhausted(start_node: NodeFactor
         r = await b.call("GET", "/v1/maps/m/k")
         assert r.status == 429 and header(r, "retry-after") == "1"
         assert doc(r)["code"] == "BUSY"
+        assert node.http is not None
+        st = node.http.statistics()
+        assert st.refused_in_flight == 1 and st.in_flight == 1 and st.answered[429] == 1
+        assert st.server.connections_open == 2
 
 
 async def test_topic_long_poll_and_server_sent_events(start_node: NodeFactory,
