@@ -200,6 +200,14 @@ for _route in ROUTES:
     _check(_route)
 assert len({_shape(r) for r in ROUTES}) == len(ROUTES), "two routes share a method and shape"
 assert not any(r.pattern.startswith(CALL_PREFIX) for r in ROUTES)
+assert all(not s.startswith("{") for r in ROUTES for s in r.segments[:2])
+
+# The candidates for a path: by segment count and the two literal segments every route
+# starts with ("v1", the resource), so matching looks at a handful of routes, not all.
+_BY_PREFIX: dict[tuple[int, str], list[Route]] = {}
+for _route in ROUTES:
+    _BY_PREFIX.setdefault((len(_route.segments), "/".join(_route.segments[:2])), []).append(
+        _route)
 
 
 def match(method: str, path: str) -> Match | tuple[str, ...]:
@@ -221,9 +229,7 @@ def match(method: str, path: str) -> Match | tuple[str, ...]:
             return ()
         return Match(None, mt, {}) if method == "POST" else ("POST",)
     allowed: list[str] = []
-    for route in ROUTES:
-        if len(route.segments) != len(segs):
-            continue
+    for route in _BY_PREFIX.get((len(segs), "/".join(segs[:2])), ()):
         fields: dict[str, str] = {}
         for pat, seg in zip(route.segments, segs, strict=True):
             if pat.startswith("{"):

@@ -149,6 +149,15 @@ async def test_not_leader_is_503_naming_the_leader_when_its_http_address_is_unkn
             # Stale reads are served by the follower itself.
             r = await send(http, "GET", c.url("n1", "/v1/counters/c?stale=true"), "-")
             assert r.status == 200
+            # Without a majority no leader is known: not ready, still alive, nothing more said.
+            await c.kill("n3")
+            await c.kill("n2")
+            with trio.fail_after(15):
+                while (r := await send(http, "GET", c.url("n1", "/readyz"), "-")).status == 200:
+                    await trio.sleep(0.1)
+            assert r.status == 503 and json.loads(r.body) == {"ready": False}
+            r = await send(http, "GET", c.url("n1", "/healthz"), "-")
+            assert r.status == 200 and json.loads(r.body) == {"status": "ok"}
     finally:
         await c.aclose()
         c.dump_logs()
