@@ -2,15 +2,25 @@
 
     request task --emit()--> [priority lane | data lane] --drainer task--> sink (file/stdout)
 
-`emit` is synchronous and uses `send_nowait` only: a full lane drops the record, counts it, and
-the *next* record that gets through (either lane) carries `"dropped": [[first, last], ...]`, the
-sequence numbers lost since the previous report. Every record gets the next per-node `seq` at
-emit time, so the log itself proves completeness: each seq is either present or covered by a
-`dropped` range on a later record (and `statistics().dropped` equals the records missing).
+Every record gets the next per-node `seq` at emit time (and the node's `run`, a random id per
+start, since `seq` starts again at 1), so the log itself proves completeness: each seq of a run
+is either present or covered by a `dropped` range on a later record, and
+`statistics().dropped` equals the records missing. A record is lost in one of three places,
+and each one reports it in-band:
+
+- a full lane (`emit` never waits): the next record that gets through carries the range;
+- the sink (a write error, a full disk): the sink says exactly which lines reached it
+  (loom/node/auditsink.py); the others, and the ranges they carried, ride on the first record
+  of the next write that succeeds;
+- shutdown: what is still unreported when the drainer stops (at the end of a clean flush, or
+  when `close`'s grace deadline passes while the sink is stalled) goes into one final
+  `"event": "audit_lost"` record, written with its own short bound, and the loss is logged.
 
 Denials, spoofing attempts and admin commands use the priority lane, which data traffic cannot
-fill. Sink writes are blocking file I/O and run in a worker thread, in batches: the drainer
-lingers `LINGER_S` after the first record so that a trickle of records still shares writes.
+fill. Sink writes are blocking I/O and run in a worker thread, in batches: the drainer lingers
+`LINGER_S` after the first record so that a trickle of records still shares writes. Records are
+in seq order within a write; between writes a priority record may precede data records with
+lower seqs that were still queued (`loomctl audit verify` checks completeness in any order).
 """
 
 from __future__ import annotations
@@ -18,80 +28,33 @@ from __future__ import annotations
 import json
 import logging
 import operator
-import os
-import sys
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import trio
+
+from loom.node.auditsink import (
+    FileSink,
+    NullSink,
+    Sink,
+    SinkConfigError,
+    SinkError,
+    StreamSink,
+    make_sink,
+)
+
+__all__ = ["AuditLog", "AuditStatistics", "FileSink", "NullSink", "Sink", "SinkConfigError",
+           "StreamSink", "make_sink"]
 
 log = logging.getLogger("loom.audit")
 
 MAX_BATCH = 512  # records per sink write
 LINGER_S = 0.005  # the drainer waits this long after a first record before writing
-
-
-class Sink(Protocol):
-    def write_lines(self, lines: list[str]) -> None: ...  # blocking; called from a thread
-    def close(self) -> None: ...
-
-
-class StreamSink:
-    def __init__(self, stream: Any = None) -> None:
-        self._stream = stream or sys.stdout
-
-    def write_lines(self, lines: list[str]) -> None:
-        self._stream.write("".join(line + "\n" for line in lines))
-        self._stream.flush()
-
-    def close(self) -> None:
-        pass
-
-
-class FileSink:
-    """JSON lines appended to a file, rotated by size: path -> path.1 -> ... -> path.N."""
-
-    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
-        self.path, self.max_bytes, self.backups = path, max_bytes, backups
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = self._open()
-
-    def _open(self) -> Any:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        return os.fdopen(fd, "a", encoding="utf-8")
-
-    def write_lines(self, lines: list[str]) -> None:
-        self._f.write("".join(line + "\n" for line in lines))
-        self._f.flush()
-        if self._f.tell() >= self.max_bytes:
-            self._rotate()
-
-    def _rotate(self) -> None:
-        self._f.close()
-        for i in range(self.backups - 1, 0, -1):
-            src = self.path.with_name(f"{self.path.name}.{i}")
-            if src.exists():
-                src.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
-        if self.backups > 0:
-            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-        else:
-            self.path.unlink()
-        self._f = self._open()
-
-    def close(self) -> None:
-        self._f.close()
-
-
-class NullSink:
-    def write_lines(self, lines: list[str]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+FINAL_WRITE_S = 1.0  # the bound on writing the final `audit_lost` record at shutdown
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +64,7 @@ class AuditStatistics:
     dropped: int
     queued_data: int
     queued_priority: int
+    lost_at_shutdown: int  # records the final flush could not write (included in `dropped`)
 
 
 _by_seq = operator.itemgetter("seq")
@@ -120,12 +84,40 @@ def _now_rfc3339() -> str:
     return _last_stamp[1]
 
 
+def _add_range(ranges: list[list[int]], lo: int, hi: int) -> None:
+    """Add [lo, hi] to sorted, disjoint, non-adjacent `ranges` (small lists: a linear merge)."""
+    out: list[list[int]] = []
+    placed = False
+    for a, b in ranges:
+        if b + 1 < lo:
+            out.append([a, b])
+        elif hi + 1 < a:
+            if not placed:
+                out.append([lo, hi])
+                placed = True
+            out.append([a, b])
+        else:
+            lo, hi = min(lo, a), max(hi, b)
+    if not placed:
+        out.append([lo, hi])
+    ranges[:] = sorted(out)
+
+
+def _lost_ranges(ranges: list[list[int]], lost: Iterable[dict[str, Any]]) -> None:
+    """A record that never reached the sink: its own seq and every range it carried."""
+    for rec in lost:
+        _add_range(ranges, rec["seq"], rec["seq"])
+        for lo, hi in rec.get("dropped", ()):
+            _add_range(ranges, lo, hi)
+
+
 class AuditLog:
     def __init__(
         self, node_id: str, sink: Sink, *, queue_size: int, priority_queue_size: int,
         clock: Callable[[], str] = _now_rfc3339, linger_s: float = LINGER_S,
     ) -> None:
         self.node_id = node_id
+        self.run_id = secrets.token_hex(4)
         self._linger_s = linger_s
         self._sink = sink
         self._clock = clock
@@ -137,16 +129,21 @@ class AuditLog:
         self._bell_send, self._bell_recv = trio.open_memory_channel[None](1)
         self._bell_rung = False
         self._seq = 0
-        self._dropped_ranges: list[list[int]] = []
-        self._emitted = self._written = self._dropped = 0
+        self._dropped_ranges: list[list[int]] = []  # lost at a lane, not yet on a queued record
+        self._sink_lost: list[list[int]] = []  # lost at the sink, not yet on a written record
+        self._inflight: list[dict[str, Any]] | None = None  # the batch the sink is writing
+        self._emitted = self._written = self._dropped = self._lost_at_shutdown = 0
         self._closed = False
+        # Cancelled when close()'s grace deadline passes with records still unwritten.
+        self._drain_scope = trio.CancelScope()
 
     def emit(self, record: dict[str, Any], *, priority: bool = False) -> None:
         """Queue a record without ever waiting. Safe to call from any task of this trio run."""
         self._seq += 1
         seq = self._seq
         self._emitted += 1
-        rec = {"ts": self._clock(), "node": self.node_id, "seq": seq, **record}
+        rec = {"ts": self._clock(), "node": self.node_id, "run": self.run_id, "seq": seq,
+               **record}
         if self._dropped_ranges:
             rec["dropped"] = self._dropped_ranges
         chan = self._prio_send if priority else self._data_send
@@ -176,6 +173,7 @@ class AuditLog:
             self._emitted, self._written, self._dropped,
             self._data_send.statistics().current_buffer_used,
             self._prio_send.statistics().current_buffer_used,
+            self._lost_at_shutdown,
         )
 
     def _take_batch(self) -> list[dict[str, Any]]:
@@ -190,18 +188,47 @@ class AuditLog:
         return batch
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
+        if self._sink_lost:
+            # Ranges the sink lost earlier ride on this batch's first record (with what it
+            # already carries); if that record is lost too, they are lost with it, below.
+            first = batch[0]
+            carried = [list(r) for r in first.get("dropped", ())]
+            for lo, hi in self._sink_lost:
+                _add_range(carried, lo, hi)
+            first["dropped"] = carried
+            self._sink_lost = []
         lines = [_encode(r) for r in batch]
+        self._inflight = batch
         try:
             await trio.to_thread.run_sync(self._sink.write_lines, lines, abandon_on_cancel=True)
-        except OSError as e:
-            log.error("audit sink write failed, %d records lost: %s", len(batch), e)
-            self._dropped += len(batch)
-            return
-        self._written += len(batch)
+            done = len(batch)
+        except SinkError as e:
+            done = e.written
+            log.error("audit sink write failed, %d of %d records lost (reported on the next "
+                      "record written): %s", len(batch) - done, len(batch), e)
+        except OSError as e:  # a sink that cannot say how far it got: none of it counts
+            done = 0
+            log.error("audit sink write failed, %d records lost (reported on the next record "
+                      "written): %s", len(batch), e)
+        self._inflight = None
+        self._written += done
+        if done < len(batch):
+            self._dropped += len(batch) - done
+            _lost_ranges(self._sink_lost, batch[done:])
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The drainer: the only reader of both lanes. Returns after `close()` and a flush."""
+        """The drainer: the only reader of both lanes. Returns after `close()` and a flush, or
+        when close()'s grace deadline passes; either way every loss is accounted for."""
         task_status.started()
+        with self._drain_scope:
+            await self._drain()
+        if self._drain_scope.cancelled_caught:
+            self._abandon()
+        await self._final_record()
+        with trio.move_on_after(FINAL_WRITE_S):
+            await trio.to_thread.run_sync(self._sink.close, abandon_on_cancel=True)
+
+    async def _drain(self) -> None:
         async with self._bell_recv:
             while True:
                 batch = self._take_batch()
@@ -220,19 +247,69 @@ class AuditLog:
                     # thread hop per record would cost the node more than the write itself.
                     await trio.sleep(self._linger_s)
                 self._bell_rung = False  # records emitted from now on ring again
-        await trio.to_thread.run_sync(self._sink.close)
 
-    def close(self) -> None:
-        """Stop accepting records; the drainer flushes what is queued and returns."""
+    def _abandon(self) -> None:
+        """The grace deadline passed: the batch being written and all still queued are lost."""
+        lost: list[dict[str, Any]] = []
+        if self._inflight is not None:
+            abandon = getattr(self._sink, "abandon", None)
+            done = abandon() if callable(abandon) else 0
+            self._written += done
+            lost += self._inflight[done:]
+            self._inflight = None
+        for chan in (self._prio_recv, self._data_recv):
+            while True:
+                try:
+                    lost.append(chan.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+        self._dropped += len(lost)
+        self._lost_at_shutdown += len(lost)
+        _lost_ranges(self._sink_lost, lost)
+        log.error("audit: shutdown grace deadline passed with the sink stalled: %d records "
+                  "not written", len(lost))
+
+    async def _final_record(self) -> None:
+        """Report what no written record reports: one last record, or at least the log."""
+        ranges = self._sink_lost
+        for lo, hi in self._dropped_ranges:
+            _add_range(ranges, lo, hi)
+        self._dropped_ranges, self._sink_lost = [], []
+        if not ranges:
+            return
+        self._seq += 1
+        self._emitted += 1
+        rec: dict[str, Any] = {"ts": self._clock(), "node": self.node_id, "run": self.run_id,
+                               "seq": self._seq, "event": "audit_lost", "dropped": ranges}
+        line = _encode(rec)
+        final = getattr(self._sink, "write_final", None)
+        written = False
+        with trio.move_on_after(FINAL_WRITE_S):
+            try:
+                await trio.to_thread.run_sync(
+                    final if callable(final) else self._sink.write_lines, [line],
+                    abandon_on_cancel=True)
+                written = True
+            except (OSError, SinkError, SinkConfigError) as e:
+                log.error("audit: the final record could not be written: %s", e)
+        lost = sum(hi - lo + 1 for lo, hi in ranges)
+        if written:
+            self._written += 1
+            log.error("audit: %d records lost, reported in a final record (seq %d): %s",
+                      lost, rec["seq"], ranges)
+        else:
+            self._dropped += 1
+            self._lost_at_shutdown += 1
+            _add_range(ranges, rec["seq"], rec["seq"])
+            log.error("audit: %d records lost and the final record could not be written: "
+                      "run %s, seq ranges %s", lost + 1, self.run_id, ranges)
+
+    def close(self, grace_s: float | None = None) -> None:
+        """Stop accepting records; the drainer flushes what is queued and returns, at the
+        latest `grace_s` from now (then what is left is counted lost and reported)."""
         if not self._closed:
             self._closed = True
             self._bell_send.close()
-
-
-def make_sink(kind: str, path: Path | None, max_bytes: int, backups: int) -> Sink:
-    if kind == "file":
-        assert path is not None
-        return FileSink(path, max_bytes, backups)
-    if kind == "stdout":
-        return StreamSink()
-    return NullSink()
+        if grace_s is not None:
+            self._drain_scope.deadline = min(self._drain_scope.deadline,
+                                             trio.current_time() + grace_s)

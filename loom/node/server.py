@@ -14,7 +14,8 @@ are loaded and checked before any port is opened, so nothing is ever served half
 Shutdown (`shutdown()`), after hypercorn: stop accepting; stop reading new requests on every
 connection while in-flight ones finish and their replies are flushed, within
 `limits.shutdown_grace_s`; then cancel what is left; then drain the log driver and flush the
-audit log; then return (loomd exits 0).
+audit log, again within `limits.shutdown_grace_s` (a stalled sink's unwritten records are
+counted lost and reported: loom/node/audit.py); then return (loomd exits 0).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import trio
 
 from loom.node import sdnotify
-from loom.node.audit import AuditLog, make_sink
+from loom.node.audit import AuditLog, SinkConfigError, make_sink
 from loom.node.clock import ProposalClock
 from loom.node.config import ConfigError, NodeConfig, load
 from loom.node.connection import Connection
@@ -63,8 +64,11 @@ class Node:
             self.seed_policy = Policy.from_config(cfg.acl)
         except PolicyError as e:
             raise ConfigError(f"acl: {e}") from None
-        sink = audit_sink or make_sink(cfg.audit.sink, cfg.audit.path, cfg.audit.max_bytes,
-                                       cfg.audit.backups)
+        try:
+            sink = audit_sink or make_sink(cfg.audit.sink, cfg.audit.path, cfg.audit.max_bytes,
+                                           cfg.audit.backups)
+        except SinkConfigError as e:
+            raise ConfigError(str(e)) from None
         self.audit = AuditLog(cfg.node_id, sink, queue_size=cfg.audit.queue_size,
                               priority_queue_size=cfg.audit.priority_queue_size)
         self.storage = self._open_storage(cfg)
@@ -175,12 +179,15 @@ class Node:
             sdnotify.notify("STOPPING=1")
             await self.log.transfer_before_stop()
             self.log.stop()
-            self.audit.close()
+            self.audit.close(grace_s=self.cfg.limits.shutdown_grace_s)
             signals_scope.cancel()
             transport_scope.cancel()  # after the hand-over: nothing more to tell the peers
         await trio.to_thread.run_sync(self.storage.close)
         # The log driver and drainer have returned: queued writes applied, audit flushed.
-        log.info("node %s stopped", self.cfg.node_id)
+        st = self.audit.statistics()
+        log.log(logging.ERROR if st.lost_at_shutdown else logging.INFO,
+                "node %s stopped (audit: %d records written, %d dropped, %d of them lost at "
+                "shutdown)", self.cfg.node_id, st.written, st.dropped, st.lost_at_shutdown)
 
     def shutdown(self) -> None:
         self._stop.set()
