@@ -1,4 +1,5 @@
-"""Offline tools (no connection): the development PKI, the write-ahead log, keyrings.
+"""Offline tools (no connection): the development PKI, the write-ahead log, keyrings, the
+audit log verifier.
 
 The storage and PKI code is imported by the command that needs it, so a network command never
 loads it."""
@@ -62,6 +63,12 @@ def wal_verify(c: Ctx, a: argparse.Namespace) -> Any:
                        "CRC only; pass --keyring FILE to authenticate every record",
                        {**r, "ok": False})
     return r
+
+
+def audit_verify(c: Ctx, a: argparse.Namespace) -> Any:
+    from loom.security.auditverify import check_files
+
+    return check_files(Path(f) for f in a.files)
 
 
 def keys_create(c: Ctx, a: argparse.Namespace) -> Any:

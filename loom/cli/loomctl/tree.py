@@ -240,6 +240,8 @@ TREE: tuple[Group | Cmd, ...] = (
     cmd("keys create", "create keyring FILE", tool(offline.keys_create), "file"),
     cmd("keys rotate", "add a new current key to FILE; prints its id",
         tool(offline.keys_rotate), "file"),
-    # Reserved: Group("audit", ...) and cmd("audit verify", ...), the audit log verifier
-    # (its logic lives in loom/security/), go here.
+    Group("audit", "audit log tools (offline)"),
+    cmd("audit verify", "check that every seq in FILES (a log and its rotated copies) is "
+                        "present or inside a dropped range (exit 1 otherwise)",
+        tool(offline.audit_verify), "files+"),
 )
