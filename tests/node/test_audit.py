@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from loom.node.config import AuditConfig
+from loom.node.audit import FileSink
+from loom.node.config import AuditConfig, ConfigError, Limits, to_toml
 from loom.node.server import Node
-from tests.conftest import MemorySink, NodeFactory
+from loom.security.auditverify import RunReport, verify_files
+from tests.conftest import PKI, MemorySink, NodeFactory, RawConn, make_config, tls_client_ctx
 from tests.node.conftest import (
     BAD_REQUEST,
     FORBIDDEN,
@@ -26,6 +38,8 @@ from tests.node.conftest import (
 FIELDS = {"ts", "node", "seq", "client_id", "principal", "roles", "command", "result",
           "duration_ms"}
 SECRET = b"SECRET-VALUE-7f3a9c"
+LOOMD = [sys.executable, "-m", "loom.cli.loomd"]
+LOOMCTL = [sys.executable, "-m", "loom.cli.loomctl"]
 
 
 async def test_one_record_per_write_outcome(node: Node, dial: Dial) -> None:
@@ -231,3 +245,202 @@ async def test_no_drops_at_nominal_load(start_node: NodeFactory, dial: Dial) -> 
     assert [x["seq"] for x in recs] == list(range(1, 201))
     assert not any("dropped" in x for x in recs)
     assert node.audit.statistics().dropped == 0
+
+
+# -- Every loss in-band, on every path: real files, each result checked by `audit verify` ------
+def _verify(*paths: Path) -> RunReport:
+    """`loomctl audit verify` on the files (exit 0 asserted) and the one run they hold."""
+    out = subprocess.run([*LOOMCTL, "audit", "verify", *map(str, paths)],
+                         check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (run,) = verify_files(paths).runs
+    return run
+
+
+@contextmanager
+def _tmpfs(d: Path, size: str) -> Iterator[Path]:
+    """A small tmpfs at `d` (needs root), unmounted on the way out."""
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                        str(d)], check=False, capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs for the disk-full test (root needed): {r.stderr}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False, capture_output=True, timeout=30)
+
+
+async def _writes(conn: Any, n: int, prefix: str) -> None:
+    for i in range(n):
+        assert (await conn.request("MAP_PUT", name="m", key=f"{prefix}{i}", value=b"v"))["s"] \
+            == OK
+
+
+async def test_disk_full_turns_exactly_the_lost_records_into_ranges(
+        pki: PKI, tmp_path: Path, dial: Dial) -> None:
+    with _tmpfs(tmp_path / "fs", "64k") as fs:
+        filler = fs / "filler"
+        filler.write_bytes(b"\0" * (52 << 10))  # about 12 KiB left: 35 records or so
+        path = fs / "audit.log"
+        node = Node(make_config(pki, tmp_path, audit=AuditConfig(sink="off", queue_size=4096)),
+                    audit_sink=FileSink(path, max_bytes=1 << 30, backups=0))
+        async with trio.open_nursery() as n:
+            await n.start(node.run)
+            w = await dial(node, "writer")
+            await _writes(w, 150, "a")  # the disk fills up part-way (a short write, then ENOSPC)
+            await audit_flushed(node)
+            full = node.audit.statistics()
+            assert full.dropped > 50 and full.written > 10, full
+            filler.unlink()
+            await _writes(w, 20, "b")  # the first of these carries the ranges lost at the sink
+            await audit_flushed(node)
+            await w.aclose()
+            node.shutdown()
+        st = node.audit.statistics()
+        run = _verify(path)
+        # The file holds exactly the records counted written; the ranges exactly those counted
+        # dropped (no Python buffer between the two counts), and nothing is left to report.
+        assert (run.present, run.dropped) == (st.written, st.dropped), (run, st)
+        assert run.first == 1 and run.last == st.emitted
+        assert st.lost_at_shutdown == 0
+        assert not any('"audit_lost"' in x for x in path.read_text().splitlines())
+
+
+async def test_disk_full_until_shutdown_is_reported_at_the_end(
+        pki: PKI, tmp_path: Path, dial: Dial, caplog: pytest.LogCaptureFixture) -> None:
+    with _tmpfs(tmp_path / "fs", "64k") as fs:
+        (fs / "filler").write_bytes(b"\0" * (52 << 10))
+        path = fs / "audit.log"
+        node = Node(make_config(pki, tmp_path, audit=AuditConfig(sink="off", queue_size=4096)),
+                    audit_sink=FileSink(path, max_bytes=1 << 30, backups=0))
+        async with trio.open_nursery() as n:
+            await n.start(node.run)
+            w = await dial(node, "writer")
+            await _writes(w, 150, "a")
+            await audit_flushed(node)
+            _fill(fs / "filler2")  # not a byte left, even for a final record
+            await w.aclose()
+            node.shutdown()
+        st = node.audit.statistics()
+        report = verify_files([path])
+        (run,) = report.runs
+        assert report.bad_lines == 0 and not run.present_and_dropped
+        assert (run.present, st.emitted) == (st.written, st.written + st.dropped)
+        logged = [r.getMessage() for r in caplog.records
+                  if "final record could not be written" in r.getMessage()]
+        if not logged:  # it fit in the slack of the file's last page: the file says it all
+            assert run.last == st.emitted
+            _verify(path)
+            return
+        # The final record is lost too: the log names exactly what the file does not hold.
+        ranges = json.loads(logged[0].split("seq ranges ")[1])
+        assert [tuple(r) for r in ranges] == list(run.missing), (ranges, run.missing)
+        assert run.last < st.emitted == ranges[-1][1]  # the final record's own seq included
+
+
+def _fill(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for _ in range(10_000):  # bounded: the tmpfs is 64 KiB
+            os.write(fd, b"\0" * 512)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def test_file_sink_refuses_a_fifo(pki: PKI, tmp_path: Path) -> None:
+    fifo = tmp_path / "audit.fifo"
+    os.mkfifo(fifo)
+    cfg = make_config(pki, tmp_path, audit=AuditConfig(sink="file", path=fifo))
+    with pytest.raises(ConfigError, match="FIFO"):  # no reader: refused, not hung
+        Node(cfg)
+    rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(ConfigError, match="FIFO"):  # with a reader: refused all the same
+            Node(cfg)
+    finally:
+        os.close(rfd)
+    # loomd says so in one line and exits 2, at once.
+    conf = tmp_path / "loomd.toml"
+    conf.write_text(to_toml(cfg), encoding="utf-8")
+    out = subprocess.run([*LOOMD, "--config", str(conf)], check=False, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "is a FIFO" in out.stderr and "audit.path" in out.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_sigterm_with_a_stopped_fifo_reader_exits_and_accounts_for_every_record(
+        pki: PKI, tmp_path: Path) -> None:
+    """loomd's stdout sink streams into a FIFO whose reader is stopped (SIGSTOP): writes go on,
+    SIGTERM ends the process within the grace period, and every record the reader never got
+    is reported: in a final record if it fit in the pipe, else in the exit log line."""
+    port = _free_port()
+    cfg = make_config(pki, tmp_path, client_listen=f"127.0.0.1:{port}",
+                      audit=AuditConfig(sink="stdout", queue_size=64, priority_queue_size=16),
+                      limits=Limits(shutdown_grace_s=1))
+    conf = tmp_path / "loomd.toml"
+    conf.write_text(to_toml(cfg), encoding="utf-8")
+    fifo, out, err = tmp_path / "audit.fifo", tmp_path / "audit.out", tmp_path / "loomd.err"
+    os.mkfifo(fifo)
+    with open(out, "wb") as out_f, open(err, "wb") as err_f:
+        reader = await trio.lowlevel.open_process(["cat", str(fifo)], stdout=out_f)
+        with trio.fail_after(30):  # opens once cat has the FIFO open for reading
+            wfd = await trio.to_thread.run_sync(os.open, fifo, os.O_WRONLY)
+        proc = await trio.lowlevel.open_process([*LOOMD, "--config", str(conf)], stdout=wfd,
+                                                stderr=err_f)
+        os.close(wfd)
+    w = None
+    try:
+        for _ in range(300):  # bounded: up to ~15 s for the interpreter to start
+            assert proc.poll() is None, err.read_text()
+            try:
+                tcp = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.05)
+                continue
+            w = RawConn(trio.SSLStream(tcp, tls_client_ctx(pki, "writer"),
+                                       server_hostname="localhost"))
+            assert (await w.hello())["s"] == OK
+            break
+        assert w is not None, "loomd never accepted a connection"
+        await _writes(w, 20, "a")
+        reader.send_signal(signal.SIGSTOP)
+        await _writes(w, 1500, "b")  # fills the pipe, then the lane: drops while stalled
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):  # before the fix: never, while the reader stays stopped
+            rc = await proc.wait()
+        assert rc == 0, err.read_text()
+    finally:
+        if w is not None:
+            await trio.aclose_forcefully(w.stream)
+        reader.send_signal(signal.SIGCONT)
+        if proc.returncode is None:
+            proc.kill()
+        with trio.move_on_after(10) as cs:
+            cs.shield = True
+            await proc.wait()
+            await reader.wait()
+    log_text = err.read_text()
+    assert "grace deadline passed" in log_text, log_text
+    stopped = re.search(r"audit: (\d+) records written, (\d+) dropped, (\d+) of them lost",
+                        log_text)
+    assert stopped is not None and int(stopped[3]) > 0, log_text
+    report = verify_files([out])
+    (run,) = report.runs
+    assert report.bad_lines == 0 and not run.present_and_dropped and not run.duplicates
+    assert run.present == int(stopped[1])
+    if run.missing:  # the final record did not fit: the exit log names exactly what is missing
+        m = re.search(r"run (\w+), seq ranges (\[.*\])", log_text)
+        assert m is not None and m[1] == run.run, log_text
+        assert [tuple(r) for r in json.loads(m[2])] == list(run.missing), (m[2], run.missing)
+    else:
+        assert '"event":"audit_lost"' in out.read_text()
+        _verify(out)
