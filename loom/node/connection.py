@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +35,10 @@ import trio
 from loom.security.identity import Identity, IdentityError, guest_identity, identity_or_guest
 from loom.security.tlsstream import TLSStream
 from loom.wire.codec import (
+    DecodeBudget,
     FrameError,
     Request,
+    client_item_limits,
     decode_payload,
     encode,
     error_response,
@@ -100,6 +103,10 @@ class Connection:
         self._lost: dict[int, list[int]] = {}
         self._after_answer: dict[int, Callable[[], None]] = {}
         self.reader_scope = trio.CancelScope()
+        # Decoding work per frame is bounded by item limits, per connection by a share of the
+        # event loop (wire/codec.py): a connection over its share pauses before its next frame.
+        self._decode_budget = DecodeBudget()
+        self._decode_pause = 0.0
 
     # -- Session protocol for the dispatcher ----------------------------------------------------
     def subscribe(self, topic: str, request_id: int, from_seq: int | None) -> int:
@@ -241,6 +248,9 @@ class Connection:
         return self.stream.receive_some(READ_CHUNK)
 
     async def _handle_payload(self, payload: bytes) -> None:
+        if self._decode_pause:
+            pause, self._decode_pause = self._decode_pause, 0.0
+            await trio.sleep(pause)
         # Take a slot without yielding when one is free, so every request of a chunk is
         # started before any of them runs: their answers then leave in one TLS write.
         try:
@@ -250,12 +260,18 @@ class Connection:
         session = self._frames.session
         rid = 0
         try:
-            obj = decode_payload(payload)
+            t0 = time.perf_counter()
+            try:
+                obj = decode_payload(payload, limits=client_item_limits())
+            finally:
+                t1 = time.perf_counter()
+                self._decode_pause = self._decode_budget.charge(t1, t1 - t0)
             if isinstance(obj, dict) and isinstance(obj.get("id"), int):
                 rid = obj["id"]
             req = parse_request(obj)
         except (FrameError, LoomError) as e:
-            err = e if isinstance(e, LoomError) else BadRequest(str(e))
+            err = (e if isinstance(e, LoomError) else TooLarge(str(e))
+                   if e.status.name == "TOO_LARGE" else BadRequest(str(e)))
             self._reply(error_response(rid, err))
             if not session.open:  # before HELLO a malformed frame ends the session
                 session.protocol_error(str(e))

@@ -18,6 +18,7 @@ framed (`fatal=True`) and the connection must be closed.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,34 @@ _BUILTIN_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256,
                  1004, 43000, 55799)
 
 
+@dataclass(frozen=True, slots=True)
+class ItemLimits:
+    """How many CBOR data items one frame may make the decoder build (SECURITY-CATALOGUE F2).
+
+    Size and depth do not bound decoding work: a 1 MiB frame of 1-byte empty arrays holds a
+    million items and took 0.2-0.3 s to decode, on the event loop, before any ACL check.
+    `scan_items` counts items from the CBOR headers alone (strings are skipped by their length)
+    and stops at the first limit exceeded, so a refused frame costs at most `per_frame` header
+    reads, and cbor2 never sees it. Every data item counts: scalars, strings, containers, and
+    both the key and the value of a map entry.
+
+    `per_frame`: items in the whole frame; `per_container`: elements of one array or entries of
+    one map; `body`: opcode -> items the body ("b") of that type may hold, from the catalog's
+    schemas, checked when "op" precedes "b" in the request map (as every Loom client writes
+    it); otherwise only `per_frame` applies to the body."""
+
+    per_frame: int
+    per_container: int
+    body: Mapping[int, int] | None = None
+
+    @property
+    def scan_above(self) -> int:
+        """Payloads of at most this many bytes are not scanned: every item takes at least a
+        byte, so they cannot exceed `per_frame`, and decoding them costs no more than a
+        scan would (the scan, in Python, costs about 0.2 us per item; cbor2 about 0.07)."""
+        return self.per_frame
+
+
 class FrameError(Exception):
     def __init__(self, message: str, *, fatal: bool, status: Status = Status.BAD_REQUEST):
         super().__init__(message)
@@ -63,8 +92,151 @@ def encode(obj: Any) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
-def decode_payload(payload: bytes, max_depth: int = MAX_DEPTH) -> Any:
-    """Strictly decode one CBOR item that must fill `payload` exactly."""
+_HEAD = (struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I"), struct.Struct(">Q"))
+
+
+def _too_many(what: str) -> FrameError:
+    return FrameError(what, fatal=False, status=Status.TOO_LARGE)
+
+
+def scan_items(payload: bytes, limits: ItemLimits) -> int:
+    """Count the data items of the one CBOR item in `payload` from its headers; return the count.
+
+    FrameError (TOO_LARGE) as soon as a limit is exceeded; FrameError (BAD_REQUEST) for what
+    the strict decoder refuses anyway (tags, indefinite lengths, truncation, trailing bytes).
+    Exact: the count is the number of items cbor2 would build. Bounded: at most
+    `per_frame` + 1 headers are read, whatever the payload declares; nesting is left to
+    cbor2's `max_depth` (the stack here grows by at most one per item read)."""
+    n = len(payload)
+    per_frame, per_container, body = limits.per_frame, limits.per_container, limits.body
+    pos = items = 0
+    left = [1]  # items still to read in each open container, innermost last
+    key: Any = None  # the top-level map's key just read (None: a key comes next)
+    budget = -1  # items the body may hold: known once "op" was read (-1: unchecked)
+    body_from = -1  # `items` before the body's first item while inside it, else -1
+    while left:
+        if pos >= n:
+            raise FrameError("malformed CBOR: truncated", fatal=False)
+        ib = payload[pos]
+        pos += 1
+        major, info = ib >> 5, ib & 31
+        if info < 24:
+            arg = info
+        elif info < 28:
+            size = 1 << (info - 24)
+            if pos + size > n:
+                raise FrameError("malformed CBOR: truncated", fatal=False)
+            arg = _HEAD[info - 24].unpack_from(payload, pos)[0]
+            pos += size
+        else:
+            raise FrameError("malformed CBOR: indefinite-length or reserved item", fatal=False)
+        items += 1
+        if items > per_frame:
+            raise _too_many(f"more than {per_frame} CBOR items in one frame")
+        if body_from >= 0 and items - body_from > budget:
+            raise _too_many(f"the request body holds more items than its type allows "
+                            f"({budget})")
+        depth = len(left)  # 1: the top-level item; 2: a key or value of the top-level map
+        left[-1] -= 1
+        value: Any = None
+        if major in {2, 3}:
+            pos += arg
+            if pos > n:
+                raise FrameError("malformed CBOR: truncated", fatal=False)
+            if major == 3 and arg <= 2:
+                value = payload[pos - arg:pos]
+        elif major in {4, 5}:
+            if arg > per_container:
+                raise _too_many(f"a CBOR container of {arg} items (at most {per_container})")
+            if arg:
+                left.append(arg * 2 if major == 5 else arg)
+        elif major == 6:
+            raise FrameError("malformed CBOR: CBOR tags are not allowed", fatal=False)
+        elif major == 0:
+            value = arg
+        if depth == 2 and body is not None:  # the request map: {"op": ..., "b": {...}, ...}
+            if key is None:
+                key = b"" if value is None else value
+            else:
+                if key == b"op" and major == 0:
+                    budget = body.get(arg, -1)
+                elif key == b"b" and budget >= 0 and len(left) > depth:
+                    body_from = items - 1
+                    if (arg * 2 if major == 5 else arg) >= budget:
+                        raise _too_many(f"the request body holds more items than its type "
+                                        f"allows ({budget})")
+                key = None
+        while left and left[-1] == 0:
+            left.pop()
+        if body_from >= 0 and len(left) <= 2:
+            body_from = -1  # the body is complete
+    if pos != n:
+        raise FrameError(f"{n - pos} trailing bytes after the CBOR item", fatal=False)
+    return items
+
+
+# Per frame: a MAP_PUT_ALL of 1,024 entries is 2,060 items, so it fits with room to spare.
+# Scanning and decoding this many items takes about 1 ms (bench/hostile_frames_bench.py).
+MAX_FRAME_ITEMS = 4096
+
+
+@functools.cache
+def client_item_limits() -> ItemLimits:
+    """The limits for requests on the client listener, from the catalog's schemas."""
+    from loom.wire import catalog  # the catalog imports nothing of the codec
+    from loom.wire.schema import MAX_LIST_ITEMS, max_body_items
+
+    batchable = [mt for mt in catalog.client_types()
+                 if mt.access is catalog.Access.WRITE and not mt.waits and mt.has_structure]
+    # One batched op: its map, "op" and the type name, "b" and the body.
+    op_items = 5 + max(max_body_items(mt.schema) or MAX_FRAME_ITEMS for mt in batchable)
+    body: dict[int, int] = {}
+    for mt in catalog.client_types():
+        n = max_body_items(mt.schema, op_items)
+        if n is not None:
+            body[mt.opcode] = n
+    return ItemLimits(per_frame=MAX_FRAME_ITEMS, per_container=MAX_LIST_ITEMS, body=body)
+
+
+class DecodeBudget:
+    """A connection's share of the event loop for decoding: a token bucket of seconds.
+
+    Item limits bound what one frame costs (about 1 ms at most); they cannot stop a connection
+    from sending such frames back to back, and decoding runs on the event loop that every
+    other connection, the Raft driver and the audit drainer share. Each connection may spend
+    `share` of wall time decoding, with bursts up to `burst_s`; past that, `charge` returns how
+    long the connection must stop reading (TCP backpressure does the rest). A client sending
+    ordinary requests uses a few percent at its fastest (a 300-byte MAP_PUT decodes in 2 us).
+    Pure: the caller passes the time."""
+
+    def __init__(self, share: float = 0.1, burst_s: float = 0.05) -> None:
+        if not 0 < share <= 1 or burst_s <= 0:
+            raise ValueError("DecodeBudget: share must be in (0, 1] and burst_s positive")
+        self.share, self.burst_s = share, burst_s
+        self._tokens = burst_s
+        self._at: float | None = None
+        self.paused_s = 0.0  # total pause imposed (statistics)
+
+    def charge(self, now: float, spent_s: float) -> float:
+        """Account `spent_s` seconds of decoding ending at `now`; return the pause owed."""
+        if self._at is not None:
+            self._tokens = min(self.burst_s, self._tokens + (now - self._at) * self.share)
+        self._at = now
+        self._tokens -= spent_s
+        if self._tokens >= 0:
+            return 0.0
+        pause = -self._tokens / self.share
+        self.paused_s += pause
+        return pause
+
+
+def decode_payload(payload: bytes, max_depth: int = MAX_DEPTH,
+                   limits: ItemLimits | None = None) -> Any:
+    """Strictly decode one CBOR item that must fill `payload` exactly. With `limits`, a
+    payload that could exceed them (more bytes than the smallest limit: every item takes at
+    least one byte) is first counted by `scan_items`."""
+    if limits is not None and len(payload) > limits.scan_above:
+        scan_items(payload, limits)
     fp = io.BytesIO(payload)
     try:
         dec = cbor2.CBORDecoder(

@@ -139,6 +139,34 @@ def check_value(f: Field, v: Any, where: str) -> Any:
     raise AssertionError(f"unhandled kind {k}")  # pragma: no cover
 
 
+def max_items(f: Field, op_items: int = 0) -> int | None:
+    """The most CBOR data items a valid value of `f` holds (itself included); None: unbounded
+    (ANY). `op_items`: the most one batched operation holds (OPS only; the catalog knows it)."""
+    k = f.kind
+    n = f.max or MAX_LIST_ITEMS
+    if k in (Kind.KEYS, Kind.VALUES):
+        return 1 + n
+    if k is Kind.ENTRIES:
+        return 1 + 2 * n
+    if k is Kind.OPS:
+        return 1 + n * op_items
+    if k is Kind.ANY:
+        return None
+    return 1
+
+
+def max_body_items(schema: Mapping[str, Field], op_items: int = 0) -> int | None:
+    """The most CBOR data items a valid body of `schema` holds: the map, every field name and
+    value (codec.ItemLimits: a body with more is refused before it is decoded)."""
+    total = 1
+    for f in schema.values():
+        n = max_items(f, op_items)
+        if n is None:
+            return None
+        total += 1 + n
+    return total
+
+
 def validate(schema: Mapping[str, Field], body: Any, what: str) -> dict[str, Any]:
     """Validate a request body against its schema; return the normalised body."""
     if not isinstance(body, dict):
