@@ -9,10 +9,16 @@ from __future__ import annotations
 import sys
 
 from loom.wire import catalog
-from loom.wire.codec import DEFAULT_MAX_FRAME, MAX_DEPTH, PRE_HELLO_MAX_FRAME, PROTOCOL_VERSION
+from loom.wire.codec import (
+    DEFAULT_MAX_FRAME,
+    MAX_DEPTH,
+    MAX_FRAME_ITEMS,
+    PRE_HELLO_MAX_FRAME,
+    PROTOCOL_VERSION,
+)
 from loom.wire.errors import Status
 from loom.wire.glob import DIALECT
-from loom.wire.schema import Field
+from loom.wire.schema import MAX_LIST_ITEMS, Field
 
 HEAD = f"""# Loom wire protocol (version {PROTOCOL_VERSION})
 
@@ -39,6 +45,12 @@ A frame is a 4-byte big-endian payload length followed by exactly one CBOR map.
   duplicate map keys, no CBOR tags, no bytes after the map, no unknown fields, exact types.
   A malformed payload is answered with `BAD_REQUEST` (request id 0 if unreadable); a bad length
   prefix (zero or over the limit) is answered once and the connection is closed.
+- Decoding work is bounded: a request holds at most {MAX_FRAME_ITEMS} CBOR data items (every
+  scalar, string and container, map keys included), a container at most {MAX_LIST_ITEMS}
+  elements or entries, and, when `op` precedes `b` in the request map (as Loom's clients
+  write it), a body no more than its type's schema allows; such payloads are refused with
+  `TOO_LARGE` before they are decoded. A connection that spends more than a tenth of the
+  server's time decoding is paused before its next frame.
 - `h` carries `X-Auth-User` / `X-Auth-Roles`, honoured only from a configured gateway identity.
 - `q` is a per-client sequence number for writes: with HELLO's `client_id` it makes a retried
   write apply exactly once.
