@@ -168,13 +168,13 @@ class Outcome:
     refused: int = 0  # FrameError / LoomError
     too_many: int = 0  # refused by the item limits
     seconds: float = 0.0
-    max_frame_s: float = 0.0
+    max_frame_s: float = 0.0  # the most CPU one frame's check took
 
 
 def check_one(payload: bytes, out: Outcome) -> None:
     """Raise AssertionError if the decode path misbehaves on `payload`."""
     limits = client_item_limits()
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU: on a shared machine wall time measures the neighbours
     try:
         obj = decode_payload(payload, limits=limits)
         req = parse_request(obj)
@@ -192,7 +192,7 @@ def check_one(payload: bytes, out: Outcome) -> None:
     else:
         if len(payload) > limits.scan_above:  # whatever got through holds a bounded count
             assert scan_items(payload, limits) <= MAX_FRAME_ITEMS
-    out.max_frame_s = max(out.max_frame_s, time.perf_counter() - t0)
+    out.max_frame_s = max(out.max_frame_s, time.process_time() - t0)
 
 
 def run(frames: int, seed: int, seconds: float = float("inf")) -> Outcome:
@@ -218,7 +218,7 @@ def main() -> int:
     out = run(a.frames, a.seed, a.seconds)
     print(f"{out.frames} frames in {out.seconds:.1f} s ({out.frames / out.seconds:,.0f}/s): "
           f"{out.accepted} accepted, {out.refused} refused ({out.too_many} by item limits); "
-          f"slowest frame {out.max_frame_s * 1000:.2f} ms; no crash")
+          f"most CPU for one frame {out.max_frame_s * 1000:.2f} ms; no crash")
     return 0
 
 
