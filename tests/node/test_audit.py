@@ -449,12 +449,12 @@ async def test_sigterm_with_a_stopped_fifo_reader_exits_and_accounts_for_every_r
 async def test_rotated_files_together_account_for_every_record(
         pki: PKI, tmp_path: Path, dial: Dial) -> None:
     path = tmp_path / "audit" / "audit.log"
-    node = Node(make_config(pki, tmp_path, audit=AuditConfig(sink="off", queue_size=32)),
-                audit_sink=FileSink(path, max_bytes=4096, backups=100))
+    node = Node(make_config(pki, tmp_path, audit=AuditConfig(sink="off", queue_size=16)),
+                audit_sink=FileSink(path, max_bytes=2048, backups=1000))
     async with trio.open_nursery() as n:
         await n.start(node.run)
         w = await dial(node, "writer")
-        # Pipelined: the 32-record lane overflows, so ranges cross file boundaries.
+        # Pipelined: the 16-record lane overflows, so ranges cross file boundaries.
         for batch in range(10):
             await w.send_raw(b"".join(frame("MAP_PUT", {"name": "m", "key": f"k{batch}-{i}",
                                                         "value": b"v"}, rid=i + 1)
@@ -466,8 +466,8 @@ async def test_rotated_files_together_account_for_every_record(
         await w.aclose()
         node.shutdown()
     files = sorted(path.parent.iterdir())
-    assert len(files) > 5  # rotated many times
     st = node.audit.statistics()
+    assert len(files) > 3  # rotated many times
     assert st.dropped > 0
     run = _verify(*files)
     assert (run.first, run.last) == (1, st.emitted)
