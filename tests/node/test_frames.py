@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Any
 
@@ -244,7 +245,9 @@ def _fuzz_examples(n: int) -> list[tuple[list[bytes], bool]]:
 async def test_fuzz_frames_never_crash(node: Node, dial: Dial) -> None:
     h = await dial(node, "admin")
     conn: RawConn | None = None
-    cases = _fuzz_examples(200)
+    # LOOM_FUZZ_CASES: more cases over the real connection; the decode path alone runs
+    # millions with `python -m tests.security.fuzzframes` (tests/security/test_sec_decoder.py).
+    cases = _fuzz_examples(int(os.environ.get("LOOM_FUZZ_CASES", "200")))
     assert len(cases) >= 100
     for payloads, raw_prefix in cases:
         if conn is None:
