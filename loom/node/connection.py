@@ -77,6 +77,8 @@ _ENDINGS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OS
 
 
 class Connection:
+    listener = "client"  # metrics label (loom.obs.metrics.LISTENERS)
+
     def __init__(self, node: Node, stream: TLSStream, conn_id: str,
                  peer: str) -> None:
         self.node = node

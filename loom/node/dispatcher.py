@@ -16,7 +16,8 @@ response map to send. The order of the checks is the security contract, and this
     log writes are proposed; cluster administration goes to the Raft driver. A request that
     cannot wait is handed over with a callback (`Replicator.submit`) and costs no task; a
     waiting type (timeout_ms) or cluster administration runs in its caller's task;
- 7. exactly one audit record for every write/admin outcome and every denial.
+ 7. exactly one audit record for every write/admin outcome and every denial; and, in the same
+    place, every answer counted in the node's metrics (type, listener, result, duration).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import trio
 
 from loom.node.audit import AuditLog
 from loom.node.replicator import Applied, Replicator
+from loom.obs.metrics import NodeMetrics
 from loom.security.acl import Decision, Policy, PolicyError
 from loom.security.audit import AuditRecord, lane, record_for, result_of, should_audit
 from loom.security.gateway import Caller, SpoofAttempt, resolve_principal
@@ -94,6 +96,7 @@ class Session(Protocol):
     identity: Identity
     client_id: str  # from HELLO, scopes retry deduplication
     version: int
+    listener: str  # the listener it came through: a loom.obs.metrics.LISTENERS entry
 
     def subscribe(self, topic: str, request_id: int, from_seq: int | None) -> int: ...
     def unsubscribe(self, subscription: int) -> bool: ...
@@ -147,6 +150,7 @@ class Dispatcher:
         self._policy: Policy | None = None
         self._policy_version = -1
         self.topic_listeners: list[Callable[[str, int, bytes], None]] = []
+        self.metrics = NodeMetrics(self.node_statistics)
 
     # -- the policy in force: the replicated document, else the configured seed ----------------
     def policy(self) -> Policy:
@@ -336,6 +340,13 @@ class Dispatcher:
 
     def _node_stats(self, body: dict[str, Any], caller: Caller, sess: Session,
                     req: Request) -> Any:
+        return self.node_statistics()
+
+    def _metrics(self, body: dict[str, Any], caller: Caller, sess: Session, req: Request) -> Any:
+        return self.metrics.exposition()
+
+    def node_statistics(self) -> dict[str, Any]:
+        """The NODE_STATS document; also what the metrics' scrape-time readings read."""
         st = self.audit.statistics()
         out: dict[str, Any] = {
             "node": self.node_id, "requests": self.stats.requests,
@@ -371,7 +382,7 @@ class Dispatcher:
     # Every LOCAL type of the catalog but HELLO, which the connection answers before dispatch
     # (checked at the end of this module).
     _LOCAL: dict[str, Callable[[Dispatcher, dict[str, Any], Caller, Session, Request], Any]] = {
-        "PING": _ping, "WHOAMI": _whoami, "NODE_STATS": _node_stats,
+        "PING": _ping, "WHOAMI": _whoami, "NODE_STATS": _node_stats, "METRICS_GET": _metrics,
         "CLUSTER_STATUS": _cluster_status, "MEMBER_LIST": _member_list,
         "TOPIC_SUBSCRIBE": _subscribe, "TOPIC_UNSUBSCRIBE": _unsubscribe,
     }
@@ -380,6 +391,9 @@ class Dispatcher:
     def _audit(self, call: Call, err: LoomError | None) -> None:
         result = "ok" if err is None else result_of(err.status)
         mt, caller, sess, req = call.mt, call.caller, call.sess, call.req
+        duration_s = trio.current_time() - call.t0
+        self.metrics.observe(mt.name if mt is not None else "unknown", sess.listener, result,
+                             duration_s)
         if not call.identity_refused and not should_audit(mt, result,
                                                           audit_reads=self.audit_reads):
             return
@@ -389,7 +403,7 @@ class Dispatcher:
             roles=caller.roles if caller else (),
             via_gateway=caller.via_gateway if caller else None,
             mt=mt, body=call.body if mt is not None and call.body else None, result=result,
-            duration_ms=(trio.current_time() - call.t0) * 1000,
+            duration_ms=duration_s * 1000,
             reason=err.message if err is not None else None,
             command=None if mt else f"UNKNOWN({req.opcode})",
         )

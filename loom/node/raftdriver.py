@@ -216,6 +216,7 @@ class RaftDriver:
             node=self.id, role=self.role.value, term=self.core.term, leader=self.leader,
             commit_index=self.core.log.committed, applied_index=self._sm.applied_index,
             last_index=self.core.log.last_index, snapshot_index=snaps.last_index,
+            proposals_pending=len(self._waiters.proposals),
             batches=self.batches, entries_persisted=self.entries_persisted,
             entries_per_batch=round(self.entries_persisted / self.batches, 2)
             if self.batches else 0.0,

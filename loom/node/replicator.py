@@ -48,6 +48,7 @@ class LogStatistics:
     applied_index: int  # the state machine's (its commands only)
     last_index: int
     snapshot_index: int  # of the newest snapshot taken or installed
+    proposals_pending: int  # writes proposed, waiting for their entry to apply here
     batches: int  # Ready batches that persisted entries
     entries_persisted: int
     entries_per_batch: float  # group commit at work: entries per persisted batch

@@ -133,6 +133,11 @@ class Node:
     def _stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"connections": len(self._conns),
                                "refused_connections": self.refused_connections}
+        if self.http is not None:
+            h = self.http.server.statistics()
+            out["http"] = {"connections": h.connections_open,
+                           "requests_served": h.requests_served,
+                           "refused": dict(h.refused)}
         if self.log.transport is not None:
             out["peer"] = self.log.transport.statistics()
         return out

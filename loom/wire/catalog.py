@@ -384,6 +384,9 @@ _t(0x0F05, "ACL_SET", C.ADMIN, A,
 _t(0x0F06, "NODE_STATS", C.ADMIN, A, {},
    "This node's counters: connections, requests, audit records, the log, the peer plane.",
    runs=LOCAL)
+_t(0x0F07, "METRICS_GET", C.ADMIN, A, {},
+   "This node's metrics in the Prometheus text format (bytes; over HTTP: GET /metrics). "
+   "Grant it alone to a scraper.", runs=LOCAL)
 
 # -- RAFT (peer listener only; bodies are validated by loom.raft.messages.from_wire) -----------
 # tests/test_catalog.py checks this list against loom.raft.messages.RAFT_MESSAGE_NAMES.

@@ -213,6 +213,7 @@ SAMPLES: dict[str, Sample] = {
     "ACL_GET": S(),
     "ACL_SET": S(policy=TEST_ACL),  # the same policy: later requests see the same rules
     "NODE_STATS": S(),
+    "METRICS_GET": S(),
 }
 
 

@@ -1,0 +1,1 @@
+"""Observability: what a node exports about itself (metrics: `loom.obs.metrics`)."""

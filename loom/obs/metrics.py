@@ -1,0 +1,195 @@
+"""Every metric a node exports, defined in one place, in the Prometheus text exposition.
+
+Two kinds, two costs:
+
+- Request metrics are counted where the dispatcher records a request's outcome and duration
+  (`Dispatcher._audit`, the one place every answer passes): `observe(type, listener, result,
+  seconds)` is a dict lookup and two increments, with the label children cached.
+- Everything else is read when a scraper asks: `READINGS` is a table of rows, each naming a
+  value in the node's existing statistics (the NODE_STATS document). Nothing is copied or
+  updated on the request path for them. Adding a metric is one row.
+
+Naming follows Prometheus' rules: a `loom_` prefix, base units (`_seconds`, plain counts), a
+counter's family named without `_total` (the client library appends it). Labels are bounded:
+a message type name from the catalog (or "unknown"), a listener from `LISTENERS`, a result
+from `loom.security.audit.result_of` (one per status code), a role from `ROLES`. No key,
+principal or structure name is ever a label.
+
+The format itself is `prometheus_client.generate_latest` over a registry of this node's own
+(never the process-global one): two nodes in one process export their own values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "CONTENT_TYPE",
+    "LISTENERS",
+    "READINGS",
+    "ROLES",
+    "NodeMetrics",
+    "Reading",
+]
+
+# The text format version 0.0.4 every Prometheus server (and promtool) reads.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+LISTENERS = ("client", "http")
+ROLES = ("follower", "pre_candidate", "candidate", "leader", "learner")
+# Request latency buckets, seconds: from a local answer (~50 us) to a write that waited for a
+# slow quorum or a long-poll (timeout_ms up to 300 s lands in +Inf).
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+Stats = Mapping[str, Any]
+# A reading: one value, or one value per label value (e.g. {"client": 3, "http": 1}).
+Value = float | Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A metric read at scrape time from the NODE_STATS document.
+
+    `read` is a dotted path into it ("log.term"), or a function of it; a reading with a
+    `label` returns one value per label value. A path that is absent (a node without an
+    HTTP listener has no "http" part) exports nothing rather than a made-up zero."""
+
+    name: str
+    doc: str
+    read: str | Callable[[Stats], Value | None]
+    kind: str = "gauge"  # or "counter" (monotonic; exported as name_total)
+    label: str | None = None
+
+
+def _path(stats: Stats, dotted: str) -> Any:
+    v: Any = stats
+    for part in dotted.split("."):
+        if not isinstance(v, Mapping) or part not in v:
+            return None
+        v = v[part]
+    return v
+
+
+def _role(stats: Stats) -> Mapping[str, float] | None:
+    role = _path(stats, "log.role")
+    return None if role is None else {r: float(r == role) for r in ROLES}
+
+
+def _connections(stats: Stats) -> Mapping[str, float]:
+    out = {"client": _path(stats, "connections"), "http": _path(stats, "http.connections")}
+    return {k: float(v) for k, v in out.items() if v is not None}
+
+
+def _audit_queued(stats: Stats) -> Mapping[str, float] | None:
+    a = _path(stats, "audit")
+    return None if a is None else {"data": a["queued_data"], "priority": a["queued_priority"]}
+
+
+# Every metric read at scrape time. One row per metric.
+READINGS: tuple[Reading, ...] = (
+    Reading("loom_raft_term", "The current Raft term.", "log.term"),
+    Reading("loom_raft_role", "1 for this node's Raft role, 0 for the others.", _role,
+            label="role"),
+    Reading("loom_raft_commit_index", "The highest log index known committed.",
+            "log.commit_index"),
+    Reading("loom_raft_applied_index", "The highest log index applied to the state machine.",
+            "log.applied_index"),
+    Reading("loom_raft_last_index", "The last index of this node's log.", "log.last_index"),
+    Reading("loom_raft_proposals_pending", "Proposals waiting for their entry to apply.",
+            "log.proposals_pending"),
+    Reading("loom_raft_entries_persisted", "Log entries written to storage.",
+            "log.entries_persisted", kind="counter"),
+    Reading("loom_audit_queued", "Audit records queued for the sink, by lane.", _audit_queued,
+            label="lane"),
+    Reading("loom_audit_written", "Audit records written to the sink.", "audit.written",
+            kind="counter"),
+    Reading("loom_audit_dropped", "Audit records lost (a full lane or a failed sink write).",
+            "audit.dropped", kind="counter"),
+    Reading("loom_connections", "Open connections, by listener.", _connections,
+            label="listener"),
+    Reading("loom_connections_refused", "Client connections refused at max_connections.",
+            "refused_connections", kind="counter"),
+)
+
+
+class _Readings(Collector):
+    """A prometheus_client collector: the READINGS, read from one statistics document per
+    scrape (so the values of one scrape are taken together)."""
+
+    def __init__(self, stats: Callable[[], Stats], readings: tuple[Reading, ...]) -> None:
+        self._stats = stats
+        self._readings = readings
+
+    def describe(self) -> list[Metric]:
+        return []  # families are known only at scrape time; the registry then never asks
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        for r in self._readings:
+            v = _path(stats, r.read) if isinstance(r.read, str) else r.read(stats)
+            if v is None:
+                continue
+            family: GaugeMetricFamily | CounterMetricFamily
+            if r.kind == "counter":
+                family = CounterMetricFamily(r.name, r.doc, labels=[r.label] if r.label else None)
+            else:
+                family = GaugeMetricFamily(r.name, r.doc, labels=[r.label] if r.label else None)
+            if isinstance(v, Mapping):
+                assert r.label is not None, f"{r.name}: several values need a label"
+                for lv, x in v.items():
+                    family.add_metric([lv], float(x))
+            else:
+                family.add_metric([], float(v))
+            yield family
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsStatistics:
+    observed: int  # requests counted (every answer the dispatcher gave)
+    series: int  # request label combinations seen (bounded: types x listeners x results)
+
+
+class NodeMetrics:
+    """One node's registry: request counters and latency histograms, plus the READINGS
+    taken from `stats` (a function returning the NODE_STATS document) at each scrape."""
+
+    def __init__(self, stats: Callable[[], Stats],
+                 readings: tuple[Reading, ...] = READINGS) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._requests = Counter(
+            "loom_requests", "Requests answered by the dispatcher, by message type, listener "
+            "and result.", ["type", "listener", "result"], registry=self.registry)
+        self._latency = Histogram(
+            "loom_request_duration_seconds", "Time from a request reaching the dispatcher to "
+            "its answer, by message type and listener.", ["type", "listener"],
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(_Readings(stats, readings))
+        # Label children, cached: `labels()` takes a lock and builds a tuple on every call.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._observed = 0
+
+    def observe(self, type_name: str, listener: str, result: str, seconds: float) -> None:
+        """One answered request. The label values are bounded by the caller's vocabulary (a
+        catalog type name or "unknown", a LISTENERS entry, an audit result)."""
+        key = (type_name, listener, result)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = (self._requests.labels(*key),
+                                       self._latency.labels(type_name, listener))
+        c[0].inc()
+        c[1].observe(seconds)
+        self._observed += 1
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format (`CONTENT_TYPE`)."""
+        return generate_latest(self.registry)
+
+    def statistics(self) -> MetricsStatistics:
+        return MetricsStatistics(self._observed, len(self._children))
