@@ -126,6 +126,7 @@ class HttpSession:
     protocol's, and `client_id` is set only by an Idempotency-Key)."""
 
     __slots__ = ("client_id", "conn_id", "feed", "identity", "version")
+    listener = "http"  # metrics label (loom.obs.metrics.LISTENERS)
 
     def __init__(self, conn_id: str, identity: Identity, client_id: str = "") -> None:
         self.conn_id = conn_id
@@ -337,6 +338,8 @@ class HttpDoor:
     def _answer(self, request: Request, m: routes.Match, answer: dict[str, Any]) -> Response:
         if answer["s"] == Status.OK:
             result = answer["r"]
+            if m.route is not None and m.route.media is not None and isinstance(result, bytes):
+                return Response(200, [("content-type", m.route.media)], result)
             accept = one_header(request, "accept", quiet=True) or b""
             if OCTETS.encode() in accept and m.route is not None and request.method == "GET":
                 if isinstance(result, bytes):

@@ -51,6 +51,7 @@ CALL_PREFIX = "/v1/call/"
 # long-poll waits for a first message.
 RESERVED_QUERY = frozenset({"stale", "wait_ms"})
 MAX_PATH_SEGMENTS = 8
+METRICS_MEDIA = "text/plain; version=0.0.4; charset=utf-8"  # = loom.obs.metrics.CONTENT_TYPE
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,9 @@ class Route:
     query: tuple[str, ...] = ()
     defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     stream: bool = False  # a topic read: server-sent events or long-poll (see docs/http.md)
+    # The reply is the type's result itself (bytes) with this media type, not a JSON document
+    # (GET /metrics: the Prometheus text format, which scrapers read as is).
+    media: str | None = None
     segments: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -80,8 +84,10 @@ class Route:
 
 
 def _r(method: str, pattern: str, name: str, doc: str, *, value: str | None = None,
-       query: tuple[str, ...] = (), stream: bool = False, **defaults: Any) -> Route:
-    return Route(method, pattern, name, doc, value, query, MappingProxyType(defaults), stream)
+       query: tuple[str, ...] = (), stream: bool = False, media: str | None = None,
+       **defaults: Any) -> Route:
+    return Route(method, pattern, name, doc, value, query, MappingProxyType(defaults), stream,
+                 media)
 
 
 _PAGE = ("cursor", "limit")
@@ -152,6 +158,9 @@ ROUTES: tuple[Route, ...] = (
        query=("ops",)),
     _r("GET", "/v1/cluster", "CLUSTER_STATUS", "This node's view of the cluster."),
     _r("GET", "/v1/cluster/members", "MEMBER_LIST", "Members and their addresses."),
+    # -- observability
+    _r("GET", "/metrics", "METRICS_GET", "This node's metrics, Prometheus text format "
+       "(`text/plain; version=0.0.4`).", media=METRICS_MEDIA),
 )
 
 # POST /v1/call/{TYPE}: every client type, by name. TOPIC_SUBSCRIBE streams as its GET route.
@@ -188,6 +197,8 @@ def _check(route: Route) -> None:
     for name, fld in mt.schema.items():
         if fld.required and name not in named:
             raise ValueError(f"{where}: required field {name!r} has no source")
+    if route.media is not None and route.method != "GET":
+        raise ValueError(f"{where}: only a GET answers with its own media type")
     if RESERVED_QUERY & set(route.query):
         raise ValueError(f"{where}: reserved query parameter")
 
