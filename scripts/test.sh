@@ -3,6 +3,19 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
+# The gateway tests (tests/e2e/test_nginx_gateway.py) run a real nginx from Debian's packages,
+# and htpasswd from apache2-utils for its Basic users. Installed here when missing and possible
+# (root with apt-get); otherwise those tests skip and say why.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] || ! command -v htpasswd >/dev/null; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing nginx and apache2-utils for the gateway tests (apt-get)"
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx apache2-utils \
+      || echo "apt-get could not install nginx: the gateway tests will skip" >&2
+  else
+    echo "nginx or htpasswd missing and apt-get cannot run here (not root): the gateway tests" \
+         "will skip; install them with: sudo apt-get install -y nginx apache2-utils" >&2
+  fi
+fi
 set -e
 echo "== ruff"; $BIN/ruff check loom tests bench scripts
 echo "== mypy"; $BIN/mypy
