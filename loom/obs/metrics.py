@@ -11,9 +11,9 @@ Two kinds, two costs:
 
 Naming follows Prometheus' rules: a `loom_` prefix, base units (`_seconds`, plain counts), a
 counter's family named without `_total` (the client library appends it). Labels are bounded:
-a message type name from the catalog (or "unknown"), a listener from `LISTENERS`, a result
-from `loom.security.audit.result_of` (one per status code), a role from `ROLES`. No key,
-principal or structure name is ever a label.
+a message type name from the catalog (or "unknown"), a listener from `LISTENERS` (connections
+add "peer"), a result from `loom.security.audit.result_of` (one per status code), a role from
+`ROLES`, an audit lane. No key, principal or structure name is ever a label.
 
 The format itself is `prometheus_client.generate_latest` over a registry of this node's own
 (never the process-global one): two nodes in one process export their own values.
@@ -84,6 +84,9 @@ def _role(stats: Stats) -> Mapping[str, float] | None:
 
 def _connections(stats: Stats) -> Mapping[str, float]:
     out = {"client": _path(stats, "connections"), "http": _path(stats, "http.connections")}
+    peers = _path(stats, "peer.peers")  # the peer listener: authenticated inbound links
+    if isinstance(peers, Mapping):
+        out["peer"] = sum(1 for p in peers.values() if p.get("inbound"))
     return {k: float(v) for k, v in out.items() if v is not None}
 
 
@@ -112,7 +115,7 @@ READINGS: tuple[Reading, ...] = (
             kind="counter"),
     Reading("loom_audit_dropped", "Audit records lost (a full lane or a failed sink write).",
             "audit.dropped", kind="counter"),
-    Reading("loom_connections", "Open connections, by listener.", _connections,
+    Reading("loom_connections", "Open connections, by listener (client, http, peer).", _connections,
             label="listener"),
     Reading("loom_connections_refused", "Client connections refused at max_connections.",
             "refused_connections", kind="counter"),

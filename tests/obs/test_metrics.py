@@ -50,6 +50,8 @@ def test_a_reading_is_one_row_and_absent_values_export_nothing() -> None:
     assert value(s, "loom_raft_role", role="follower") == 0
     assert value(s, "loom_connections", listener="client") == 2
     assert value(s, "loom_connections", listener="http") is None  # no HTTP part: not made up
+    stats["peer"] = {"peers": {"n2": {"inbound": True}, "n3": {"inbound": False}}}
+    assert value(samples(m.exposition().decode()), "loom_connections", listener="peer") == 1
     assert value(s, "loom_test_things") is None
     stats["log"]["things"] = 3  # read at scrape time, from the document of that moment
     assert value(samples(m.exposition().decode()), "loom_test_things") == 3
