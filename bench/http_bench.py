@@ -232,7 +232,7 @@ async def run_topology(nodes: Nodes, args: argparse.Namespace) -> list[Row]:
     port = int(nodes.client[leader].rsplit(":", 1)[1])
     await run_load(port, ctx, "MAP_PUT", lambda i: {"name": "bench", "key": f"k{i % KEYS}",
                                                      "value": VALUE},
-                   clients=4, window=64, total=KEYS, max_seconds=60)  # every GET hits
+                   clients=1, window=64, total=KEYS, max_seconds=60)  # every GET hits
     rows = []
     for op in ("MAP_PUT", "MAP_GET"):
         for clients in args.clients:

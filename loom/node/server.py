@@ -134,10 +134,11 @@ class Node:
         out: dict[str, Any] = {"connections": len(self._conns),
                                "refused_connections": self.refused_connections}
         if self.http is not None:
-            h = self.http.server.statistics()
-            out["http"] = {"connections": h.connections_open,
-                           "requests_served": h.requests_served,
-                           "refused": dict(h.refused)}
+            d = self.http.statistics()
+            out["http"] = {"connections": d.server.connections_open, "in_flight": d.in_flight,
+                           "answered": {str(k): v for k, v in d.answered.items()},
+                           "refused": dict(d.server.refused),
+                           "refused_in_flight": d.refused_in_flight}
         if self.log.transport is not None:
             out["peer"] = self.log.transport.statistics()
         return out

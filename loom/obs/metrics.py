@@ -117,6 +117,10 @@ READINGS: tuple[Reading, ...] = (
             "audit.dropped", kind="counter"),
     Reading("loom_connections", "Open connections, by listener (client, http, peer).", _connections,
             label="listener"),
+    Reading("loom_http_requests_in_flight", "HTTP requests between routing and answer.",
+            "http.in_flight"),
+    Reading("loom_http_responses", "HTTP answers by status code, refusals and probes included.",
+            "http.answered", kind="counter", label="code"),
     Reading("loom_connections_refused", "Client connections refused at max_connections.",
             "refused_connections", kind="counter"),
 )

@@ -99,6 +99,8 @@ async def test_metrics_over_http_count_both_listeners(as_: As, hnode: Node, dial
     assert value(s, "loom_raft_proposals_pending") == 0
     assert value(s, "loom_connections", listener="http") == 1
     assert value(s, "loom_connections", listener="client") == 1
+    assert value(s, "loom_http_requests_in_flight") == 1  # this scrape
+    assert value(s, "loom_http_responses_total", code="200") == 3
     assert value(s, "loom_audit_dropped_total") == 0
     assert value(s, "loom_audit_queued", lane="priority") is not None
     # Labels are bounded: no key, structure or principal ever becomes one.
