@@ -40,6 +40,7 @@ TEMPLATE = ROOT / "deploy" / "nginx" / "loom-gateway.conf.template"
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
 HTPASSWD = shutil.which("htpasswd")
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw"}  # alice: reader; bob: data-writer
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 pytestmark = pytest.mark.skipif(
     NGINX is None or HTPASSWD is None,
@@ -187,9 +188,19 @@ def _audit(node: Node, command: str) -> list[dict[str, Any]]:
 
 
 async def test_an_allowed_write_runs_as_the_end_user(gateway: Gateway) -> None:
+    # The allow-list passes traceparent on (it becomes the audit record's request_id).
     r = await _request(gateway, "PUT", "/basic/v1/maps/orders/o%2F17", body=b"\x00raw",
-                       headers=[_basic("bob"), ("content-type", "application/octet-stream")])
+                       headers=[_basic("bob"), ("content-type", "application/octet-stream"),
+                                ("traceparent", TRACE)])
     assert r.status == 200, r.body
+    # ... and Idempotency-Key: a retried POST answers the first outcome and applies once.
+    retry = [_basic("bob"), ("idempotency-key", "order-17-count")]
+    for _ in range(2):
+        r = await _request(gateway, "POST", "/basic/v1/counters/c/increment", headers=retry)
+        assert r.status == 200 and doc(r) == {"result": 1}, r.body
+    r = await _request(gateway, "POST", "/basic/v1/counters/c/increment",
+                       headers=[_basic("bob"), ("idempotency-key", "order-18-count")])
+    assert doc(r) == {"result": 2}
     # The certificate location, another end user; the raw URI (a %2F in the key) kept.
     r = await _request(gateway, "GET", "/cert/v1/maps/orders/o%2F17", cert=gateway.carol,
                        headers=[("accept", "application/octet-stream")])
@@ -198,7 +209,7 @@ async def test_an_allowed_write_runs_as_the_end_user(gateway: Gateway) -> None:
     [put] = _audit(gateway.node, "MAP_PUT")
     assert put["principal"] == "user:bob" and put["via_gateway"] == EDGE_GW_P
     assert put["result"] == "ok" and put["key"] == "o/17"
-    assert put["roles"] == ["data-writer", "reader"]
+    assert put["roles"] == ["data-writer", "reader"] and put["request_id"] == TRACE
 
 
 async def test_a_denied_write_is_403_and_audited_as_the_end_user(gateway: Gateway) -> None:
