@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -65,7 +65,7 @@ class Reading:
     name: str
     doc: str
     read: str | Callable[[Stats], Value | None]
-    kind: str = "gauge"  # or "counter" (monotonic; exported as name_total)
+    kind: Literal["gauge", "counter"] = "gauge"  # a counter is monotonic: name_total
     label: str | None = None
 
 
