@@ -29,6 +29,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "http": {"security"},  # security/tlsstream.py only: shared by the node and the gateway
     "obs": set(),  # metric definitions; fed by the node, never importing it
     "node": {"wire", "raft", "storage", "state", "security", "http", "obs"},
+    "gateway": {"wire", "security", "http", "obs"},  # a separate process: never node or below
     "cli": {"wire", "raft", "storage", "state", "security", "http", "obs", "node", "client"},
 }
 PURE = ("wire", "raft", "state", "security", "sim")
