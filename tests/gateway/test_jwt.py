@@ -158,8 +158,8 @@ async def test_a_thousand_made_up_kids_refetch_at_most_once_per_cooldown(
             kid = odd[i] if i < len(odd) else f"{rng.getrandbits(64):x}"
             refused(await auth.authenticate(bearer(idp.token("ec-1", headers={"kid": kid}))))
         assert idp.calls["/jwks"] == 2 + round_  # one refetch for the 1,000
-    assert auth.issuers[idp.issuer][1] is not None
-    assert auth.issuers[idp.issuer][1].statistics().refused_by_cooldown == 1998
+    keys = auth.issuers[idp.issuer][1]
+    assert keys is not None and keys.statistics().refused_by_cooldown == 1998
 
 
 async def test_the_provider_down_still_serves_known_kids(idp: IdP,
