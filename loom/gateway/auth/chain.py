@@ -37,7 +37,7 @@ class Chain:
         return route.methods or self._default
 
     def _missing(self, order: tuple[str, ...]) -> AuthFailure:
-        challenges = [c for m in order if (c := self.methods[m].challenge)]
+        challenges = dict.fromkeys(c for m in order if (c := self.methods[m].challenge))
         return AuthFailure(401, "credentials required", ", ".join(challenges) or None)
 
     async def authenticate(self, route: RouteAuth,
