@@ -78,7 +78,8 @@ async def chain_for(tmp_path: Path, fetcher: HTTPSFetcher | None, idp: IdP | Non
     return cfg, build(cfg, fetcher)
 
 
-async def test_public_routes_need_nothing_and_private_ones_do(tmp_path: Path, fetcher: HTTPSFetcher) -> None:
+async def test_public_routes_need_nothing_and_private_ones_do(
+        tmp_path: Path, fetcher: HTTPSFetcher) -> None:
     cfg, chain = await chain_for(tmp_path, fetcher)
     assert await chain.authenticate(route(cfg, "/public/x"), req()) is None
     # even a wrong credential is not looked at on a public route
@@ -116,7 +117,8 @@ async def test_an_opaque_token_falls_through_to_introspection(
     assert isinstance(r, AuthFailure) and r.status == 401
 
 
-async def test_403_for_a_caller_the_route_does_not_admit(tmp_path: Path, fetcher: HTTPSFetcher) -> None:
+async def test_403_for_a_caller_the_route_does_not_admit(
+        tmp_path: Path, fetcher: HTTPSFetcher) -> None:
     cfg, chain = await chain_for(tmp_path, fetcher)
     admin = route(cfg, "/admin/x")
     # valid API key, but /admin accepts jwt only: authenticated, not admitted
@@ -132,7 +134,8 @@ async def test_403_for_a_caller_the_route_does_not_admit(tmp_path: Path, fetcher
     assert isinstance(r, AuthFailure) and r.status == 401
 
 
-async def test_require_all_needs_every_method(tmp_path: Path, fetcher: HTTPSFetcher) -> None:
+async def test_require_all_needs_every_method(
+        tmp_path: Path, fetcher: HTTPSFetcher) -> None:
     cfg, chain = await chain_for(tmp_path, fetcher, chain="[jwt, api_key]", require_any="false")
     api = route(cfg, "/api/x")
     r = await chain.authenticate(api, req((b"x-api-key", API_KEY.encode())))
@@ -143,7 +146,8 @@ async def test_require_all_needs_every_method(tmp_path: Path, fetcher: HTTPSFetc
     assert who.roles == ("writer", "reader")
 
 
-async def test_noop_is_guest_mode(tmp_path: Path, fetcher: HTTPSFetcher) -> None:
+async def test_noop_is_guest_mode(
+        tmp_path: Path, fetcher: HTTPSFetcher) -> None:
     cfg = load(write_config(tmp_path, extra_auth="    guest_roles: [reader]"),
                env={"AUTH_TYPE": "noop"})
     chain = build(cfg, fetcher)
@@ -183,7 +187,8 @@ async def test_a_custom_method_from_its_entry_point(tmp_path: Path, fetcher: HTT
     assert isinstance(r, AuthFailure) and r.status == 401
 
 
-async def test_a_custom_method_that_is_not_installed_stops_the_start(tmp_path: Path, fetcher: HTTPSFetcher) -> None:
+async def test_a_custom_method_that_is_not_installed_stops_the_start(
+        tmp_path: Path, fetcher: HTTPSFetcher) -> None:
     cfg = load(write_config(tmp_path, extra_auth=PLUGIN.replace("shared_token", "absent")),
                env={})
     with pytest.raises(ConfigError, match=r"middleware\.auth\.custom\.absent"):
