@@ -26,6 +26,7 @@ import stat
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Literal
 
@@ -713,8 +714,12 @@ def _rate_limit(s: _Section) -> RateLimitConfig:
 
 
 def parse(raw: object, *, base: Path = Path("."), world_readable: bool = False,
-          env: Mapping[str, str] | None = None, source: Path | None = None) -> GatewayConfig:
-    """A configuration from an already-decoded document (YAML or TOML give the same shape)."""
+          env: Mapping[str, str] | None = None, source: Path | None = None,
+          allow_insecure_guest: bool = False) -> GatewayConfig:
+    """A configuration from an already-decoded document (YAML or TOML give the same shape).
+    Guest mode (`noop`) is refused on a listener that is not loopback unless
+    `allow_insecure_guest` (the `--allow-insecure-guest` flag): an open door must be local or
+    deliberate (Redis's protected mode; SECURITY-CATALOGUE lesson 7)."""
     env = os.environ if env is None else env
     ctx = _Ctx(base, world_readable, [])
     top = _Section(raw if raw is not None else {}, "")
@@ -736,6 +741,10 @@ def parse(raw: object, *, base: Path = Path("."), world_readable: bool = False,
     rate = _rate_limit(top.section("rate_limit")) if top.has("rate_limit") else RateLimitConfig()
     top.done()
     if auth.type == "noop":
+        for i, lst in enumerate(listeners):
+            if not lst.loopback and not allow_insecure_guest:
+                raise ConfigError(f"listeners[{i}].address", "AUTH_TYPE noop (guest mode) on a "
+                                  "non-loopback listener; use --allow-insecure-guest to force")
         ctx.warnings.append("AUTH_TYPE noop: every request passes as the guest identity")
     return GatewayConfig(listeners, auth, routes, upstreams, rate, source, tuple(ctx.warnings))
 
@@ -753,7 +762,8 @@ def _decode(path: Path, data: bytes) -> object:
         raise ConfigError("", f"{path}: not valid YAML: {e}") from None
 
 
-def load(path: Path | str, *, env: Mapping[str, str] | None = None) -> GatewayConfig:
+def load(path: Path | str, *, env: Mapping[str, str] | None = None,
+         allow_insecure_guest: bool = False) -> GatewayConfig:
     """Read and check a configuration file (`.toml` is TOML, anything else YAML)."""
     path = Path(path)
     try:
@@ -765,14 +775,20 @@ def load(path: Path | str, *, env: Mapping[str, str] | None = None) -> GatewayCo
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError("", f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
     return parse(_decode(path, data), base=path.parent,
-                 world_readable=bool(st.st_mode & stat.S_IROTH), env=env, source=path)
+                 world_readable=bool(st.st_mode & stat.S_IROTH), env=env, source=path,
+                 allow_insecure_guest=allow_insecure_guest)
 
 
-def check(path: Path | str, *, env: Mapping[str, str] | None = None) -> list[str]:
+def check(path: Path | str, *, env: Mapping[str, str] | None = None,
+          allow_insecure_guest: bool = False) -> list[str]:
     """The problems `load` would refuse the file for (empty when it is usable). Checking stops
     at the first problem: later keys may depend on it, so a second message could mislead."""
     try:
-        load(path, env=env)
+        cfg = load(path, env=env, allow_insecure_guest=allow_insecure_guest)
     except ConfigError as e:
         return [str(e)]
-    return []
+    # A custom method's plugin must be installed (it is loaded, and its options checked, at
+    # start; here only its presence, so that checking runs no plugin code).
+    return [f"middleware.auth.custom.{name}: no installed plugin provides {name!r}"
+            for name in cfg.auth.custom
+            if not entry_points(group="loom.gateway.auth", name=name)]
