@@ -172,7 +172,7 @@ def test_durations() -> None:
     assert parse_duration("5m", "k") == 300 and parse_duration("250ms", "k") == 0.25
     assert parse_duration(12, "k") == 12 and parse_duration("1h", "k") == 3600
     for bad in ("5x", "-1s", True, "m"):
-        with pytest.raises(ConfigError, match="^k:"):
+        with pytest.raises(ConfigError, match=r"^k:"):
             parse_duration(bad, "k")
 
 
