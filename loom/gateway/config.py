@@ -397,6 +397,7 @@ class _Ctx:
     base: Path  # relative file names are relative to the configuration's directory
     world_readable: bool  # the configuration file itself
     warnings: list[str]
+    verify_listener: bool = False  # some listener has client_auth: verify
 
     def file(self, s: _Section, name: str, *, required: bool = False) -> Path | None:
         v = s.opt_str(name)
@@ -628,7 +629,8 @@ def _auth(s: _Section, ctx: _Ctx, env_type: str | None) -> AuthConfig:
     jwt = _jwt(s.section("jwt"), ctx, auth_type) if s.has("jwt") else JwtConfig()
     oauth = _oauth(s.section("oauth"), ctx) if s.has("oauth") else OAuthConfig()
     m = s.section("mtls")
-    mtls = MtlsConfig(m.bool_("enabled", bool(m.raw)), m.strs("roles"))
+    # A listener with client_auth verify makes the certificate an identity: mtls is on.
+    mtls = MtlsConfig(m.bool_("enabled", bool(m.raw) or ctx.verify_listener), m.strs("roles"))
     m.done()
     c = s.section("custom")
     custom: dict[str, Mapping[str, object]] = {}
@@ -727,6 +729,8 @@ def parse(raw: object, *, base: Path = Path("."), world_readable: bool = False,
     names = [x.name for x in listeners]
     if len(set(names)) != len(names):
         raise ConfigError("listeners", "two listeners have the same name")
+    ctx.verify_listener = any(x.tls is not None and x.tls.client_auth == "verify"
+                              for x in listeners)
     mw = top.section("middleware")
     env_type = env.get("AUTH_TYPE")
     auth = _auth(mw.section("auth"), ctx, env_type.strip().lower() if env_type else None)

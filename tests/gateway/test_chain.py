@@ -9,10 +9,14 @@ from pathlib import Path
 
 import jwt
 import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from loom.gateway.auth import AuthFailure, AuthRequest, Chain, Identity, build
 from loom.gateway.auth.fetch import HTTPSFetcher
 from loom.gateway.config import ConfigError, GatewayConfig, RouteAuth, load
+from tests.conftest import PKI
 from tests.gateway.conftest import CLIENT_ID, CLIENT_SECRET, IdP
 
 pytestmark = pytest.mark.timeout(60)
@@ -193,3 +197,23 @@ async def test_a_custom_method_that_is_not_installed_stops_the_start(
                env={})
     with pytest.raises(ConfigError, match=r"middleware\.auth\.custom\.absent"):
         build(cfg, fetcher)
+
+
+async def test_a_verify_listener_makes_the_certificate_the_identity(
+        tmp_path: Path, fetcher: HTTPSFetcher, pki: PKI) -> None:
+    f = write_config(tmp_path)
+    doc = yaml.safe_load(f.read_text())
+    doc["listeners"] = [{"name": "edge", "address": "127.0.0.1:0", "tls": {
+        "cert_file": "c.pem", "key_file": "c.key", "client_auth": "verify",
+        "ca_file": "ca.pem"}}]
+    f.write_text(yaml.safe_dump(doc))
+    cfg = load(f, env={})
+    assert cfg.auth.mtls.enabled
+    chain = build(cfg, fetcher)
+    der = x509.load_pem_x509_certificate(pki.pair("admin")[0].read_bytes()).public_bytes(
+        serialization.Encoding.DER)
+    request = AuthRequest(((b"x-api-key", API_KEY.encode()),), peer_certificate=der)
+    who = await chain.authenticate(route(cfg, "/api/x"), request, certificate_is_identity=True)
+    assert isinstance(who, Identity) and who.method == "mtls"
+    who = await chain.authenticate(route(cfg, "/api/x"), request)
+    assert isinstance(who, Identity) and who.method == "api_key"

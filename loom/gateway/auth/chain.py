@@ -40,15 +40,19 @@ class Chain:
         challenges = dict.fromkeys(c for m in order if (c := self.methods[m].challenge))
         return AuthFailure(401, "credentials required", ", ".join(challenges) or None)
 
-    async def authenticate(self, route: RouteAuth,
-                           request: AuthRequest) -> Identity | AuthFailure | None:
+    async def authenticate(self, route: RouteAuth, request: AuthRequest, *,
+                           certificate_is_identity: bool = False,
+                           ) -> Identity | AuthFailure | None:
         """The caller's identity, a failure to answer with, or None: anonymous on a route
-        that requires nothing."""
+        that requires nothing. `certificate_is_identity` (a listener with `client_auth:
+        verify`) puts `mtls` first on every route that requires authentication."""
         if self.config.type == "noop":
             return self.guest
         if not route.require:
             return None
         order = self.order(route)
+        if certificate_is_identity and "mtls" in self.methods:
+            order = ("mtls", *(m for m in order if m != "mtls"))
         if self.config.require_any:
             result = await self._any(order, request)
         else:
