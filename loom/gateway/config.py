@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote
 
 import yaml
 
@@ -278,11 +279,36 @@ class GatewayConfig:
     warnings: tuple[str, ...] = ()
 
     def route_for(self, path: str) -> Route | None:
-        """The first route whose path matches, in file order."""
+        """The first route whose path matches, in file order; None for no route and for a
+        path that is not canonical (`canonical_path`), which must be answered 400 or 404."""
+        if not canonical_path(path):
+            return None
         for r in self.routes:
             if r.matches(path):
                 return r
         return None
+
+
+def canonical_path(path: str) -> bool:
+    """Whether a raw request path means one thing to every reader. Routes match the raw path,
+    so a path that some component could read as another one is refused rather than matched:
+    dot segments (`/public/../admin`), empty segments (`//admin`), a backslash, and a segment
+    that percent-decodes to a dot segment (`/public/..%2Fadmin`, `/public/%2e%2e/admin`):
+    the skip-auth bypasses of oauth2-proxy and others (SECURITY-CATALOGUE lesson 3). An
+    encoded slash inside a segment stays legal: loomd reads `%2F` as part of a key."""
+    if not path.startswith("/") or "\\" in path:
+        return False
+    segments = path[1:].split("/")
+    if "" in segments[:-1]:
+        return False
+    for seg in segments:
+        try:
+            decoded = unquote(seg, errors="strict") if "%" in seg else seg
+        except UnicodeDecodeError:
+            return False
+        if any(part in (".", "..") for part in re.split(r"[/\\]", decoded)):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

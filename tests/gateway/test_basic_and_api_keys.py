@@ -164,3 +164,26 @@ async def test_no_secret_reaches_any_log_at_any_level(caplog: pytest.LogCaptureF
     texts = caplog.text + "".join(repr(r) for r in results)
     for secret in (password, KEY, base64.b64encode(f"u:{password}".encode()).decode()):
         assert secret not in texts
+
+
+async def test_every_key_digest_is_compared_whichever_matches(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Catalogue E3: constant-time comparison, and no early exit that would show in the time
+    taken which key matched."""
+    import loom.gateway.auth.api_key as module
+
+    compared: list[int] = []
+    real = module.hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        compared.append(1)
+        return real(a, b)
+
+    monkeypatch.setattr(module.hmac, "compare_digest", counting)
+    digests = tuple(ApiKey(f"k{i}", hashlib.sha256(f"key-{i}".encode()).digest())
+                    for i in range(7))
+    auth = ApiKeyAuthenticator(ApiKeyConfig(True, "X-API-Key", None, digests))
+    for presented in (b"key-0", b"key-6", b"wrong"):
+        compared.clear()
+        await auth.authenticate(AuthRequest(((b"x-api-key", presented),)))
+        assert len(compared) == 7

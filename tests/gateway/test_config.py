@@ -11,7 +11,7 @@ import pytest
 import tomli_w
 import yaml
 
-from loom.gateway.config import ConfigError, check, load, parse, parse_duration
+from loom.gateway.config import ConfigError, canonical_path, check, load, parse, parse_duration
 
 DIGEST = hashlib.sha256(b"production-key").hexdigest()
 HASH = "$2y$05$QDyNJ3es5/D5c5Jx3tmQ5u1Vehi2Ez9TU8rd1FQ74yer1YH2ashl6"
@@ -206,3 +206,16 @@ def test_check_names_a_missing_plugin(tmp_path: Path) -> None:
         "middleware.auth.custom.not_installed: no installed plugin provides 'not_installed'"]
     (tmp_path / "bad.yaml").write_text("listeners: [\n")
     assert "not valid YAML" in check(tmp_path / "bad.yaml", env={})[0]
+
+
+def test_routes_match_only_canonical_paths(secret_dir: Path) -> None:
+    """A path some component could read as another one matches no route (the skip-auth
+    bypasses of SECURITY-CATALOGUE lesson 3): /public/../admin must not be /public/*."""
+    cfg = load(write(secret_dir, example()), env={})
+    assert cfg.route_for("/public/x") is not None
+    assert cfg.route_for("/public/users%2F1") is not None  # an encoded slash inside a key
+    for path in ("/public/../api/x", "/public/./x", "/public//x", "/public/..%2Fapi",
+                 "/public/%2e%2e/api", "/public/%2E%2e%5capi", "/public\\..\\api",
+                 "/public/%ff%fe", "public/x"):
+        assert canonical_path(path) is False, path
+        assert cfg.route_for(path) is None, path

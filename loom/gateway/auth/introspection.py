@@ -69,7 +69,8 @@ class IntrospectionAuthenticator:
         if len(values) > 1:
             return bad_request(f"more than one {self.config.header} header")
         token = ours[0][len(self._prefix):].strip()
-        if not token or len(token) > 8192:
+        if not token or len(token) > 8192 or not token.isascii() or not token.decode(
+                "ascii").isprintable():
             return self._fail("malformed token")
         return await self.introspect(token)
 
@@ -83,7 +84,7 @@ class IntrospectionAuthenticator:
                 self._hits += 1
                 return hit[1]
             del self._cache[key]
-        body = urlencode({"token": token.decode("ascii", "replace"),
+        body = urlencode({"token": token.decode("ascii"),
                           "token_type_hint": "access_token"}).encode()
         self._calls += 1
         try:
