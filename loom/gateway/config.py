@@ -216,6 +216,9 @@ class AuthConfig:
     chain: tuple[str, ...] = ()
     require_any: bool = True
     guest_roles: tuple[str, ...] = ()
+    # CA bundle for the identity provider's HTTPS (JWKS, discovery, introspection); None: the
+    # system's trust store.
+    provider_ca_file: Path | None = None
 
     def enabled_methods(self) -> tuple[str, ...]:
         on = [m for m in BUILTIN_METHODS if getattr(self, m).enabled]
@@ -668,7 +671,8 @@ def _auth(s: _Section, ctx: _Ctx, env_type: str | None) -> AuthConfig:
         opts.used.update(opts.raw)
     c.done()
     out = AuthConfig(auth_type, api_key, basic, jwt, oauth, mtls, custom,  # type: ignore[arg-type]
-                     s.strs("chain"), s.bool_("require_any", True), s.strs("guest_roles"))
+                     s.strs("chain"), s.bool_("require_any", True), s.strs("guest_roles"),
+                     ctx.file(s, "provider_ca_file"))
     enabled = out.enabled_methods()
     for i, method in enumerate(out.chain):
         if method not in enabled:

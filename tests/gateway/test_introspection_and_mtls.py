@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from loom.gateway.auth.base import AuthFailure, AuthRequest, Identity
-from loom.gateway.auth.fetch import HTTPSFetcher
+from loom.gateway.auth.fetch import HTTPSFetcher, provider_context
 from loom.gateway.auth.introspection import IntrospectionAuthenticator
 from loom.gateway.auth.mtls import MtlsAuthenticator
 from loom.gateway.config import ClientCertHeaders, MtlsConfig, OAuthConfig
@@ -104,3 +104,19 @@ async def test_mtls_identity_from_the_verified_certificate(pki: PKI) -> None:
     assert int(headers["X-Client-Serial"], 16) == cert.serial_number
     assert headers["X-Client-Fingerprint"] == hashlib.sha256(der).hexdigest()
     assert await auth.authenticate(AuthRequest(())) is None
+
+
+async def test_the_provider_context_verifies_against_the_configured_ca(idp: IdP,
+                                                                       pki: PKI) -> None:
+    idp.active["tok"] = {"active": True, "sub": "alice"}
+    cfg = OAuthConfig(True, "idp", idp.introspection_url, CLIENT_ID, CLIENT_SECRET.encode())
+    good = HTTPSFetcher(provider_context(pki.ca))
+    wrong = HTTPSFetcher(provider_context(pki.other / "ca.pem"))
+    try:
+        ok = await IntrospectionAuthenticator(cfg, good).authenticate(bearer("tok"))
+        assert isinstance(ok, Identity)
+        r = await IntrospectionAuthenticator(cfg, wrong).authenticate(bearer("tok"))
+        assert isinstance(r, AuthFailure) and r.status == 503  # unverified: never a pass
+    finally:
+        await good.aclose()
+        await wrong.aclose()

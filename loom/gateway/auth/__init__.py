@@ -10,7 +10,7 @@ from loom.gateway.auth.api_key import ApiKeyAuthenticator
 from loom.gateway.auth.base import Authenticator, AuthFailure, AuthRequest, Identity
 from loom.gateway.auth.basic import BasicAuthenticator
 from loom.gateway.auth.chain import GUEST, Chain
-from loom.gateway.auth.fetch import Fetch, FetchError, HTTPSFetcher
+from loom.gateway.auth.fetch import Fetch, FetchError, HTTPSFetcher, provider_context
 from loom.gateway.auth.introspection import IntrospectionAuthenticator
 from loom.gateway.auth.jwt import JwtAuthenticator
 from loom.gateway.auth.mtls import MtlsAuthenticator
@@ -28,6 +28,7 @@ __all__ = [
     "HTTPSFetcher",
     "Identity",
     "build",
+    "provider_context",
 ]
 
 

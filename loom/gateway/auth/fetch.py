@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import h11
 import trio
@@ -16,13 +17,22 @@ import trio
 from loom.http import ClientLimits, HTTPClient
 from loom.http.client import PoolFull, ResponseTooLarge
 
-__all__ = ["Fetch", "FetchError", "HTTPSFetcher"]
+__all__ = ["Fetch", "FetchError", "HTTPSFetcher", "provider_context"]
 
 Fetch = Callable[[str, str, Sequence[tuple[str, str]], bytes], Awaitable[tuple[int, bytes]]]
 
 
 class FetchError(Exception):
     """The identity provider could not be reached or answered nonsense."""
+
+
+def provider_context(ca_file: Path | None) -> ssl.SSLContext:
+    """TLS for the identity provider: its certificate verified against `ca_file`, or the
+    system's trust store (a public provider), with the host name checked. TLS 1.2 is the
+    floor here, not 1.3 as on Loom's own links: the provider is not ours to configure."""
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 class HTTPSFetcher:
