@@ -575,6 +575,12 @@ class RaftCore:
         pr.probe_sent = False
         if pr.match < self.log.last_index:
             self._send_append(msg.frm)
+        elif msg.frm == self.lead_transferee:
+            # The caught-up target is alive but has not campaigned: its TimeoutNow was lost, or
+            # it arrived while the target's own timer had fired (a pre-candidate ignores it).
+            # Ask again, every heartbeat round until the transfer window closes. A repeat is
+            # harmless: a target that did campaign is in a later term and drops it.
+            self._send(m.TimeoutNow(msg.frm, self.id, self.term))
 
     def _maybe_commit(self) -> bool:
         matches = sorted(
