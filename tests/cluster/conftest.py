@@ -40,7 +40,7 @@ from tests.conftest import PKI, make_config, tls_client_ctx
 
 LOOMD = [sys.executable, "-m", "loom.cli.loomd"]
 
-OK, BUSY, TIMEOUT, UNAVAILABLE, NOT_LEADER = 0, 7, 8, 9, 10
+OK, CONFLICT, BUSY, TIMEOUT, UNAVAILABLE, NOT_LEADER = 0, 5, 7, 8, 9, 10
 LOST = -1  # synthetic: the connection broke after the request was sent (outcome unknown)
 INDETERMINATE = frozenset({TIMEOUT, LOST})
 
@@ -526,6 +526,35 @@ class Cluster:
                 await trio.sleep(0.05)
         raise AssertionError(f"no leader within {timeout} s: {last}")
 
+    async def transfer_leadership(self, c: Client, to: str, timeout: float = 40.0,
+                                  per_try: float = 5.0) -> None:
+        """LEADER_TRANSFER to `to` until `to` leads (it says so and another node follows it
+        in its term).
+
+        OK only means the transfer began: the old leader is still in office when the answer
+        arrives, and Raft gives a transfer up when the target has not won within an election
+        timeout (a target stalled on a loaded machine), after which the old leader, or a
+        third node elected meanwhile, leads on. So each try waits `per_try` seconds for `to`
+        to lead and then asks again (of whoever leads), within `timeout` in all."""
+        last: dict[str, dict[str, Any]] = {}
+        r: dict[str, Any] | None = None
+        with trio.move_on_after(timeout):
+            for _ in range(20):
+                r = await c.call("LEADER_TRANSFER", to=to, retry_unknown=True)
+                if r["s"] == CONFLICT:  # asked of `to` itself: it has just taken office?
+                    last = await self.statuses()
+                    assert _leads(last, to), r
+                    return
+                assert r["s"] == OK, r
+                with trio.move_on_after(per_try):
+                    for _ in range(1000):
+                        last = await self.statuses()
+                        if _leads(last, to):
+                            return
+                        await trio.sleep(0.05)
+        raise AssertionError(f"{to} does not lead after {timeout} s of transfers (last answer "
+                             f"{r}): { {k: _brief(v) for k, v in last.items()} }")
+
     async def wait_converged(self, ids: list[str] | None = None, timeout: float = 30.0
                              ) -> dict[str, dict[str, Any]]:
         """All of `ids` agree on the leader and have applied the same index (the leader's
@@ -545,6 +574,12 @@ class Cluster:
                 await trio.sleep(0.1)
         raise AssertionError(f"not converged within {timeout} s: "
                              f"{ {k: _brief(v) for k, v in last.items()} }")
+
+
+def _leads(sts: dict[str, dict[str, Any]], nid: str) -> bool:
+    st = sts.get(nid)
+    return st is not None and st["role"] == "leader" and any(
+        o != nid and s["leader"] == nid and s["term"] == st["term"] for o, s in sts.items())
 
 
 def _brief(st: dict[str, Any]) -> dict[str, Any]:

@@ -169,9 +169,7 @@ async def test_grow_promote_transfer_then_remove_a_follower(cluster: Cluster) ->
         await wait_members(cluster, nid, ["n1", "n2", "n3", "n4"], [])
     await wait_members(cluster, "n4", ["n1", "n2", "n3", "n4"], [])
 
-    r = await c.call("LEADER_TRANSFER", to="n4")
-    assert r["s"] == OK, r
-    assert await cluster.wait_leader(not_in=tuple(cluster.ids)) == "n4"
+    await cluster.transfer_leadership(c, "n4")
     for i in range(10):
         await put(c, f"under-n4-{i}", b"u%d" % i)
     assert c.node == "n4", f"writes went to {c.node}"
@@ -200,9 +198,7 @@ async def test_removed_follower_cannot_disturb_and_stays_refused_until_readmitte
         assert r["s"] == OK and r["r"] == b"v%d" % i, r
     # Leadership still moves between the remaining voters.
     to = next(nid for nid in cluster.ids if nid not in (leader, gone))
-    r = await c.call("LEADER_TRANSFER", to=to, retry_unknown=True)
-    assert r["s"] == OK, r
-    assert await cluster.wait_leader(among=[leader, to], not_in=(leader,)) == to
+    await cluster.transfer_leadership(c, to)
     stats = await cluster.stats(leader)  # counted where it began (a retry may count again)
     assert stats is not None and stats["log"]["transfers_started"] >= 1, stats
     await put(c, "under-new-leader", b"x")
@@ -225,9 +221,7 @@ async def test_removed_follower_cannot_disturb_and_stays_refused_until_readmitte
     for nid in cluster.ids:
         await wait_members(cluster, nid, sorted(cluster.ids), [])
     await cluster.wait_converged()
-    r = await c.call("LEADER_TRANSFER", to=gone, retry_unknown=True)  # it can even lead
-    assert r["s"] == OK, r
-    assert await cluster.wait_leader(not_in=(leader, to)) == gone
+    await cluster.transfer_leadership(c, gone)  # it can even lead
     got = await cluster.request(gone, "MAP_GET", timeout=10, name="m", key="after-readmit")
     assert got is not None and got["s"] == OK and got["r"] == b"y", got
 

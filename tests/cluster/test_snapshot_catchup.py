@@ -56,9 +56,7 @@ async def test_stopped_follower_catches_up_from_a_snapshot(
 
     # The installed snapshot holds the data: with the follower leading, every write reads back.
     admin = cluster.client()
-    r = await admin.call("LEADER_TRANSFER", to=follower, retry_unknown=True)
-    assert r["s"] == OK, r
-    assert await cluster.wait_leader(timeout=20, among=list(cluster.ids)) == follower
+    await cluster.transfer_leadership(admin, follower)
     # A write first: a new leader serves reads only after its next write is applied (see
     # test_new_leader_serves_linearizable_reads_before_any_new_write).
     assert (await admin.call("MAP_PUT", name="m", key="after", value=b"x"))["s"] == OK
