@@ -6,7 +6,7 @@
     │                          applies; with peers, the peer transport (peer.py) beside it
     ├── client listener        accept loop; each connection in its own task (connection.py)
     ├── http listener          when [http] listen is set: the HTTP door (http.py), same dispatcher
-    └── signal watcher         SIGTERM/SIGINT: shut down; SIGHUP: reload certificates and ACLs
+    └── signal watcher         SIGTERM/SIGINT: shut down; SIGHUP: reload certificates, gateways
 
 Start-up order is a security property (SECURITY-CATALOGUE B4): TLS material and the ACL policy
 are loaded and checked before any port is opened, so nothing is ever served half-configured.
@@ -297,29 +297,44 @@ class Node:
         out.raise_for_status()
 
     async def reload(self) -> None:
-        """SIGHUP: new TLS material for new connections (existing ones keep theirs) and the
-        config file's ACL policy proposed through the log if it differs from the one in force."""
+        """SIGHUP: re-read the config file and apply, all or nothing, exactly this:
+
+        - TLS material (certificate, key, CA bundle, CRL) of the client listener, the HTTP
+          listener, the peer listener and the outbound peer links, for every new connection;
+        - the gateway allow-list (`[gateway] identities`), for every request from now on;
+        - the log level.
+
+        The ACL policy is NOT reloaded. Its one owner is the replicated document: the config's
+        `[acl]` seeds a new cluster (version 1) and every later change goes through ACL_SET
+        (`loomctl acl set`). A reload that proposed the file's policy would silently undo every
+        change made since, on every node; when the file differs from the policy in force this
+        says so and names the explicit way to push it. Other keys (listen addresses, limits,
+        Raft and storage settings) need a restart."""
         try:
             cfg = load(self.config_path) if self.config_path else self.cfg
             new_ctx = self._load_tls(cfg)
             t = cfg.tls
             peer_ctxs = (peer_server_context(t.ca, t.cert, t.key, crl=t.crl),
                          peer_client_context(t.ca, t.cert, t.key, crl=t.crl))
-            policy = Policy.from_config(cfg.acl)
+            http_ctx = http_context(cfg) if self.http is not None else None
+            file_policy = Policy.from_config(cfg.acl)
         except (ConfigError, PolicyError, OSError, ssl.SSLError, TLSConfigError) as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
         self.ssl_context = new_ctx
-        if self.http is not None:
-            self.http.server.ssl_context = http_context(cfg)
+        if self.http is not None and http_ctx is not None:
+            self.http.server.ssl_context = http_ctx
         if self.log.transport is not None:
             self.log.transport.set_contexts(*peer_ctxs)
-        doc = self.log.state().read(Command("ACL_GET", {}, 0)).value or {}
-        if doc.get("policy") != policy.to_config():
-            await self._propose_acl(policy.to_config())
-            log.info("reload: ACL policy replaced through the log")
+        self.dispatcher.gateways = frozenset(cfg.gateway_identities)
         logging.getLogger().setLevel(cfg.log_level.upper())
-        log.info("reload: certificates reloaded")
+        log.info("reload: certificates, CA, CRL, gateway identities (%d) and log level "
+                 "reloaded", len(cfg.gateway_identities))
+        doc = self.log.state().read(Command("ACL_GET", {}, 0)).value or {}
+        if doc.get("version", 0) and doc.get("policy") != file_policy.to_config():
+            log.warning("reload: the config's [acl] differs from the replicated ACL policy "
+                        "(version %d), which stays in force; to replace it, put the policy in "
+                        "a file of its own and run 'loomctl acl set FILE'", doc["version"])
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:

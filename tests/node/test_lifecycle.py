@@ -19,7 +19,7 @@ import trio
 
 from loom.node.config import AuditConfig, Limits, to_toml
 from tests.conftest import PKI, TEST_ACL, RawConn, make_config, tls_client_ctx
-from tests.node.conftest import FORBIDDEN, OK, policy_with
+from tests.node.conftest import FORBIDDEN, OK, UNAUTHENTICATED, policy_with
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +33,10 @@ def free_port() -> int:
         return port
 
 
-def write_config(pki: PKI, d: Path, port: int, acl: dict[str, Any] = TEST_ACL) -> Path:
+def write_config(pki: PKI, d: Path, port: int, acl: dict[str, Any] = TEST_ACL,
+                 **kw: Any) -> Path:
     cfg = make_config(pki, d, client_listen=f"127.0.0.1:{port}", acl=acl,
-                      audit=AuditConfig(sink="off"), limits=Limits(shutdown_grace_s=5))
+                      audit=AuditConfig(sink="off"), limits=Limits(shutdown_grace_s=5), **kw)
     path = d / "loomd.toml"
     path.write_text(to_toml(cfg), encoding="utf-8")
     return path
@@ -125,39 +126,56 @@ def _frame(conn: RawConn, op: str, **body: Any) -> bytes:
     return encode({"v": 1, "id": rid, "op": catalog.BY_NAME[op].opcode, "b": body})
 
 
-async def test_sighup_reloads_acl_without_dropping_connections(pki: PKI, tmp_path: Path) -> None:
+async def test_sighup_keeps_the_replicated_acl_and_reloads_gateways(pki: PKI,
+                                                                     tmp_path: Path) -> None:
+    """Issue #14 item 1: after `acl set` moved the policy to version 2, SIGHUP (which re-reads
+    a config whose [acl] is still version 1's) keeps version 2 in force, while the gateway
+    allow-list, which SIGHUP does reload, changes on the open connections."""
     port = free_port()
     config = write_config(pki, tmp_path, port)
     async with loomd(pki, config, port) as d:
         admin = await d.connect()
         writer = await d.connect("writer")
+        edge = await d.connect("edge")
         v1 = (await admin.request("ACL_GET"))["r"]["version"]
-        r = await writer.request("MAP_DELETE", name="m", key="k")
-        assert r["s"] == FORBIDDEN, r
+        assert (await writer.request("MAP_DELETE", name="m", key="k"))["s"] == FORBIDDEN
         roles = dict(TEST_ACL["roles"])
         roles["data-writer"] = {"grants": [{"types": ["MAP_PUT", "QUEUE_PUSH",
                                                       "COUNTER_INCREMENT", "MAP_DELETE"]}]}
-        write_config(pki, tmp_path, port, acl=policy_with(roles, {}))
+        r = await admin.request("ACL_SET", policy=policy_with(roles, {}), expected_version=v1)
+        assert r["s"] == OK, r
+        assert (await writer.request("MAP_DELETE", name="m", key="k"))["s"] == OK
+        as_alice = {"X-Auth-User": "alice"}
+        assert (await edge.request("WHOAMI", headers=as_alice))["s"] == OK
+        # The same file's ACL (version 1's), without the gateway: then SIGHUP.
+        write_config(pki, tmp_path, port, gateway_identities=())
+        text = config.read_text(encoding="utf-8")
         d.proc.send_signal(signal.SIGHUP)
-        for _ in range(400):  # bounded polling on the open admin connection
-            doc = (await admin.request("ACL_GET"))["r"]
-            if doc["version"] > v1:
+        for _ in range(400):  # bounded polling on the open gateway connection
+            r = await edge.request("WHOAMI", headers=as_alice)
+            if r["s"] == UNAUTHENTICATED:
                 break
+            assert r["s"] == OK, r
             await trio.sleep(0.025)
         else:
-            raise AssertionError("the new ACL policy never came into force")
-        assert doc["version"] == v1 + 1
-        r = await writer.request("MAP_DELETE", name="m", key="k")  # same open connection
-        assert r["s"] == OK, r
-        # A config that does not load is refused; the policy in force stays.
-        config.write_text(config.read_text() + "\nbogus_key = 1\n", encoding="utf-8")
+            raise AssertionError("the reloaded gateway allow-list never came into force")
+        # The reload is done: the replicated policy stayed at version 2, on the open
+        # connection and on a new one.
+        assert (await admin.request("ACL_GET"))["r"]["version"] == v1 + 1
+        assert (await writer.request("MAP_DELETE", name="m", key="k"))["s"] == OK
+        writer2 = await d.connect("writer")
+        assert (await writer2.request("MAP_DELETE", name="m", key="k"))["s"] == OK
+        # A config that does not load is refused as a whole: the gateway stays refused.
+        config.write_text(text + "\nbogus_key = 1\n", encoding="utf-8")
         d.proc.send_signal(signal.SIGHUP)
         assert (await admin.request("PING"))["s"] == OK
         for _ in range(10):
             await trio.sleep(0.02)
+            r = await edge.request("WHOAMI", headers=as_alice)
+            assert r["s"] == UNAUTHENTICATED, r
             assert (await admin.request("ACL_GET"))["r"]["version"] == v1 + 1
-        await admin.aclose()
-        await writer.aclose()
+        for c in (admin, writer, writer2, edge):
+            await c.aclose()
         d.proc.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             assert await d.proc.wait() == 0
