@@ -117,6 +117,7 @@ class Call:
     waits: bool = False  # may wait (timeout_ms) or administers the cluster: needs `run`
     stale: bool = False  # a read answered from this node's replica (no leader round trip)
     identity_refused: bool = False  # the identity headers were refused (always audited)
+    policy_version: int = -1  # the ACL version `start` decided under
 
 
 @dataclass
@@ -195,23 +196,11 @@ class Dispatcher:
                     f"protocol version {req.version} differs from the negotiated {sess.version}")
             if mt.name == "HELLO":
                 raise BadRequest("HELLO was already done on this connection")
-            policy = self.policy()
-            try:
-                caller = call.caller = resolve_principal(sess.identity, req.headers,
-                                                         self.gateways, policy)
-            except LoomError as e:
-                # A malformed, ambiguous or untrusted assertion: audited whatever the type
-                # (a read included), on the priority lane; the answer says where it failed.
-                call.identity_refused = bool(req.headers)
-                if call.identity_refused:
-                    e.details["identity_header"] = True
-                raise
+            policy = self._resolve(call)
             body = call.body = catalog.validate_body(mt, req.body)
-            decision = policy.check_request(caller.roles, mt, body)
-            if not decision.allowed:
-                self.stats.denied += 1
-                raise _forbidden(caller, mt, body, decision)
-            call.redact, call.redact_ops = decision.redact, decision.redact_ops
+            self._decide(call, policy)
+            caller = call.caller
+            assert caller is not None
             if req.stale and mt.is_write:
                 raise BadRequest(f"only reads can be stale; {mt.name} is a "
                                  f"{mt.execution.value}")
@@ -229,6 +218,44 @@ class Dispatcher:
         except Exception as exc:  # every error becomes an answer
             return self._fail(call, exc)
 
+    def _resolve(self, call: Call) -> Policy:
+        """Step 3 under the policy in force now, which is returned (and its version noted)."""
+        policy = self.policy()
+        call.policy_version = self._policy_version
+        try:
+            call.caller = resolve_principal(call.sess.identity, call.req.headers,
+                                            self.gateways, policy)
+        except LoomError as e:
+            # A malformed, ambiguous or untrusted assertion: audited whatever the type
+            # (a read included), on the priority lane; the answer says where it failed.
+            call.identity_refused = bool(call.req.headers)
+            if call.identity_refused:
+                e.details["identity_header"] = True
+            raise
+        return policy
+
+    def _decide(self, call: Call, policy: Policy) -> None:
+        """Step 5: the ACL decision for the resolved caller and the validated body."""
+        assert call.mt is not None and call.caller is not None
+        caller = call.caller
+        decision = policy.check_request(caller.roles, call.mt, call.body)
+        if not decision.allowed:
+            self.stats.denied += 1
+            raise _forbidden(caller, call.mt, call.body, decision)
+        call.redact, call.redact_ops = decision.redact, decision.redact_ops
+
+    def _reauthorize_read(self, call: Call) -> None:
+        """A linearizable read is served at an index at or past its ReadIndex, which may lie
+        beyond the policy `start` decided under (a follower that had not yet applied a
+        revocation the leader had committed): decide again under the policy the read is served
+        at, so no read is ever allowed on an older policy than the state it returns (D8).
+        A stale read is decided and served in one step, so it needs no second look."""
+        assert call.mt is not None
+        if call.mt.execution is Execution.LOG_READ and not call.stale:
+            self.policy()
+            if self._policy_version != call.policy_version:
+                self._decide(call, self._resolve(call))
+
     def submit(self, call: Call, deliver: Callable[[dict[str, Any]], None]) -> None:
         """Hand a call that cannot wait (`not call.waits`) to the log; `deliver` gets its answer,
         exactly once, possibly before this returns (a read a cluster of one serves at once)."""
@@ -239,6 +266,7 @@ class Dispatcher:
                 if err is not None:
                     raise err
                 assert out is not None
+                self._reauthorize_read(call)
                 answer = self._finish(call, out.raise_for_status())
             except Exception as exc:  # every error becomes an answer
                 answer = self._fail(call, exc)
@@ -262,6 +290,7 @@ class Dispatcher:
                 out = await self._run_waiting(self._command(call),
                                               read=mt.execution is Execution.LOG_READ,
                                               stale=call.stale)
+                self._reauthorize_read(call)
                 result = out.raise_for_status()
         except Exception as exc:  # every error becomes an answer
             return self._fail(call, exc)
