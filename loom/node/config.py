@@ -34,7 +34,14 @@ class TLSConfig:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_connections: int = 1024
+    max_connections: int = 1024  # every client connection, handshaking or established
+    # Connections whose TLS handshake has not produced an identity yet (at most
+    # max_connections), and of those, from one source address: silent or slow connections
+    # cannot take the pool from authenticated ones (admission.py).
+    max_handshaking: int = 128
+    max_handshaking_per_source: int = 32
+    max_connections_per_identity: int = 256  # established connections of one principal
+    max_outstanding_per_identity: int = 2048  # requests in flight across its connections
     max_frame_bytes: int = 1 << 20
     handshake_timeout_s: float = 5.0
     hello_timeout_s: float = 5.0

@@ -1,13 +1,15 @@
-r"""One client connection: TLS handshake, identity, HELLO, then pipelined requests.
+r"""One client connection, after its TLS handshake: HELLO, then pipelined requests.
 
     reader (this task) --> dispatcher.start --> answered at once (refusals, node-local types)
                                             \-> dispatcher.submit --> log --> callback
                                             \-> a task per waiting request (timeout_ms, admin)
     every answer --> outbound channel --> writer (one TLS write per batch)
 
+The listener (clientport.py) admits the connection, runs its handshake and derives its
+identity; the connection gets a narrow `ConnectionContext` (limits, dispatcher, topics, whether
+the node is stopping), never the node, so it imports nothing above it.
+
 Invariants:
-- The handshake runs inside this task under `handshake_timeout_s`, never in the accept loop, so
-  a silent or slow client holds nothing but its own task (SECURITY-CATALOGUE G1).
 - The session protocol (HELLO first, the 4 KiB frame limit before it, version negotiation, the
   HELLO and idle deadlines) is `wire/session.py`'s `Session`, read by `wire/framed.py`'s loop;
   this module only answers what the session hands on.
@@ -28,11 +30,14 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from loom.security.identity import Identity, IdentityError, guest_identity, identity_or_guest
+from loom.node.config import Limits
+from loom.node.topics import Subscription, TopicHub
+from loom.security.identity import Identity
 from loom.security.tlsstream import TLSStream
 from loom.wire.codec import (
     DecodeBudget,
@@ -51,8 +56,7 @@ from loom.wire.framed import FramedReader
 from loom.wire.session import RemoteProtocolError, Session, SessionLimits, accept_hello
 
 if TYPE_CHECKING:
-    from loom.node.dispatcher import Call
-    from loom.node.server import Node
+    from loom.node.dispatcher import Call, Dispatcher
 
 log = logging.getLogger("loom.conn")
 
@@ -76,32 +80,48 @@ _ENDINGS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OS
             _Closing, trio.TooSlowError)
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionContext:
+    """What a connection may use of its node (after hypercorn's `TCPServer(app, config,
+    context, ...)`); `terminated` is set when the node starts shutting down."""
+
+    node_id: str
+    limits: Limits
+    dispatcher: Dispatcher
+    topics: TopicHub
+    terminated: trio.Event
+
+
 class Connection:
     listener = "client"  # metrics label (loom.obs.metrics.LISTENERS)
 
-    def __init__(self, node: Node, stream: TLSStream, conn_id: str,
-                 peer: str) -> None:
-        self.node = node
+    def __init__(self, ctx: ConnectionContext, stream: TLSStream, conn_id: str, peer: str,
+                 identity: Identity, identity_slots: trio.Semaphore) -> None:
+        self.ctx = ctx
         self.stream = stream
         self.conn_id = conn_id
         self.peer = peer
-        self.identity: Identity = guest_identity()
+        self.identity = identity
         self.client_id = ""
         self.version = 0
-        lim = node.cfg.limits
+        lim = ctx.limits
         # (frame, holds a slot): answers hold one until written, pushes do not. A frame of
         # None holds the slot of an answer written directly whose bytes the stream still keeps.
         self._out_send, self._out_recv = trio.open_memory_channel[
             tuple[dict[str, Any] | None, bool]](lim.max_output_buffer_frames)
         self._slots = trio.Semaphore(lim.max_outstanding_per_connection)
         self._max_slots = lim.max_outstanding_per_connection
+        # Shared by every connection of this identity (`max_outstanding_per_identity`): taken
+        # and given back with each slot above, so one identity's flood waits on its own
+        # budget instead of filling the log's inbox for everyone (G2).
+        self._identity_slots = identity_slots
         self._writer_idle = False  # the writer waits on an empty channel
         # The session and its reader start after the TLS handshake (`_reader`); until then a
         # placeholder that is never waiting.
         self._frames: FramedReader = _NOT_READING
         self._requests: trio.Nursery | None = None
         self._push_room = lim.max_output_buffer_frames - lim.max_outstanding_per_connection
-        self._subs: dict[int, tuple[str, Callable[[str, int, bytes], None]]] = {}
+        self._subs: dict[int, Subscription | None] = {}  # None: answer not yet queued
         self._lost: dict[int, list[int]] = {}
         self._after_answer: dict[int, Callable[[], None]] = {}
         self.reader_scope = trio.CancelScope()
@@ -115,10 +135,8 @@ class Connection:
         if len(self._subs) >= 64:
             raise TooLarge("at most 64 subscriptions per connection")
 
-        def deliver(name: str, seq: int, value: bytes) -> None:
-            if name != topic:
-                return
-            payload: dict[str, Any] = {"topic": name, "seq": seq, "value": value}
+        def deliver(seq: int, value: bytes) -> None:
+            payload: dict[str, Any] = {"topic": topic, "seq": seq, "value": value}
             lost = self._lost.get(request_id)
             if lost:
                 payload["lost"] = lost  # [first, last] sequence numbers this subscriber missed
@@ -136,31 +154,27 @@ class Connection:
                 return
             self._lost.pop(request_id, None)
 
-        self._subs[request_id] = (topic, deliver)
+        def lost(first: int, last: int) -> None:
+            self._lost[request_id] = [first, last]
+
+        self._subs[request_id] = None
 
         def start() -> None:
-            # Runs right after the SUBSCRIBE answer is queued, so pushes follow the answer.
-            # Replay and registration happen without yielding: nothing published in between
-            # can be missed or duplicated. What the ring no longer holds is reported as lost.
-            if request_id not in self._subs:
-                return
-            if from_seq is not None:
-                msgs, first = self.node.state.topic_since(topic, from_seq, 1024)
-                if max(from_seq, 1) < first:
-                    self._lost[request_id] = [max(from_seq, 1), first - 1]
-                for seq, value in msgs:
-                    deliver(topic, seq, value)
-            self.node.dispatcher.topic_listeners.append(deliver)
+            # Runs right after the SUBSCRIBE answer is queued, so pushes follow the answer
+            # (the hub replays and registers without yielding: topics.py).
+            if request_id in self._subs:
+                self._subs[request_id] = self.ctx.topics.subscribe(
+                    topic, deliver, from_seq=from_seq, lost=lost)
 
         self._after_answer[request_id] = start
         return request_id
 
     def unsubscribe(self, subscription: int) -> bool:
-        entry = self._subs.pop(subscription, None)
-        if entry is None:
+        if subscription not in self._subs:
             return False
-        if entry[1] in self.node.dispatcher.topic_listeners:
-            self.node.dispatcher.topic_listeners.remove(entry[1])
+        sub = self._subs.pop(subscription)
+        if sub is not None:
+            self.ctx.topics.unsubscribe(sub)
         return True
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -180,10 +194,6 @@ class Connection:
                 await trio.aclose_forcefully(self.stream)
 
     async def _run(self) -> None:
-        lim = self.node.cfg.limits
-        with trio.fail_after(lim.handshake_timeout_s):
-            await self.stream.do_handshake()
-        self.identity = self._identify()
         closing: _Closing | None = None
         async with trio.open_nursery() as outer:
             outer.start_soon(self._writer)
@@ -210,27 +220,12 @@ class Connection:
             # Every answer is queued: the writer sends them, then ends (bounded in time).
             self._out_send.close()
             outer.cancel_scope.deadline = (trio.current_time()
-                                           + self.node.cfg.limits.write_stall_timeout_s)
+                                           + self.ctx.limits.write_stall_timeout_s)
         if closing is not None:
             raise closing
 
-    def _identify(self) -> Identity:
-        """The identity rule (security/identity.py, the same for every listener): a verified
-        certificate names the caller; none is the guest, where certificates are optional."""
-        der = self.stream.getpeercert(binary_form=True)
-        if not der and self.node.cfg.require_client_auth:
-            raise _Closing("no client certificate")  # the TLS layer refuses first; belt and braces
-        try:
-            return identity_or_guest(der, self.node.cfg.trust_domain)
-        except IdentityError as e:
-            log.warning("%s %s: refused certificate: %s", self.conn_id, self.peer, e)
-            self.node.dispatcher.audit.emit(
-                {"client_id": self.conn_id, "event": "certificate_refused", "reason": str(e),
-                 "result": "denied"}, priority=True)
-            raise _Closing(str(e)) from None
-
     async def _reader(self, nursery: trio.Nursery) -> None:
-        lim = self.node.cfg.limits
+        lim = self.ctx.limits
         session = Session(SessionLimits(
             max_frame=lim.max_frame_bytes, hello_timeout_s=lim.hello_timeout_s,
             idle_timeout_s=lim.idle_timeout_s), now=trio.current_time())
@@ -253,12 +248,7 @@ class Connection:
         if self._decode_pause:
             pause, self._decode_pause = self._decode_pause, 0.0
             await trio.sleep(pause)
-        # Take a slot without yielding when one is free, so every request of a chunk is
-        # started before any of them runs: their answers then leave in one TLS write.
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            await self._slots.acquire()
+        await self._take_slot()
         session = self._frames.session
         rid = 0
         try:
@@ -285,10 +275,10 @@ class Connection:
             if not accepted:
                 raise _Closing("HELLO refused")
             return
-        if self.node.stopping:
+        if self.ctx.terminated.is_set():
             self._reply(error_response(req.request_id, Unavailable("the node is shutting down")))
             return
-        dispatcher = self.node.dispatcher
+        dispatcher = self.ctx.dispatcher
         step = dispatcher.start(self, req)
         if isinstance(step, dict):
             self._reply(step)
@@ -303,16 +293,36 @@ class Connection:
 
     async def _serve_waiting(self, call: Call) -> None:
         try:
-            resp = await self.node.dispatcher.run(call)
+            resp = await self.ctx.dispatcher.run(call)
         except BaseException:  # cancelled: the connection is closing, no answer will follow
-            self._slots.release()
+            self._give_slot()
             raise
         self._reply(resp)
 
     async def _answer(self, resp: dict[str, Any]) -> None:
         """An answer from the reader itself, outside any request: it takes a slot too."""
-        await self._slots.acquire()
+        await self._take_slot()
         self._reply(resp)
+
+    async def _take_slot(self) -> None:
+        # Take the slots without yielding when they are free, so every request of a chunk is
+        # started before any of them runs: their answers then leave in one TLS write.
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._slots.acquire()
+        try:
+            self._identity_slots.acquire_nowait()
+        except trio.WouldBlock:
+            try:
+                await self._identity_slots.acquire()
+            except BaseException:  # cancelled (shutdown, close): hold nothing
+                self._slots.release()
+                raise
+
+    def _give_slot(self) -> None:
+        self._slots.release()
+        self._identity_slots.release()
 
     def _reply(self, resp: dict[str, Any]) -> None:
         """Send or queue the answer of a request holding a slot; the slot is released once the
@@ -329,7 +339,7 @@ class Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 done = True  # the connection is gone; its reader and writer will see it too
             if done:
-                self._slots.release()
+                self._give_slot()
                 return
             resp_or_rest: dict[str, Any] | None = None  # the stream keeps the rest: flush it
         else:
@@ -337,7 +347,7 @@ class Connection:
         try:
             self._out_send.send_nowait((resp_or_rest, True))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            self._slots.release()  # the connection is gone; a late answer has no reader
+            self._give_slot()  # the connection is gone; a late answer has no reader
 
     def _hello(self, req: Request, session: Session) -> tuple[dict[str, Any], bool]:
         """The answer to the first request, and whether it was an accepted HELLO (the session
@@ -351,16 +361,16 @@ class Connection:
         session.hello_accepted()
         self.version = terms.version
         self.client_id = terms.client_id
-        policy = self.node.dispatcher.policy()
+        policy = self.ctx.dispatcher.policy()
         return ok_response(req.request_id, {
-            "version": self.version, "node": self.node.cfg.node_id,
+            "version": self.version, "node": self.ctx.node_id,
             "max_frame": session.max_frame, "principal": self.identity.principal,
             "roles": list(policy.roles_for(self.identity.principal)),
             "connection": self.conn_id,
         }), True
 
     async def _writer(self) -> None:
-        stall = self.node.cfg.limits.write_stall_timeout_s
+        stall = self.ctx.limits.write_stall_timeout_s
         async with self._out_recv:
             while True:
                 self._writer_idle = True
@@ -391,4 +401,4 @@ class Connection:
                     raise _Closing("write stalled") from None
                 for _, holds_slot in batch:
                     if holds_slot:
-                        self._slots.release()
+                        self._give_slot()

@@ -150,7 +150,6 @@ class Dispatcher:
         self._seed_policy = seed_policy
         self._policy: Policy | None = None
         self._policy_version = -1
-        self.topic_listeners: list[Callable[[str, int, bytes], None]] = []
         self.metrics = NodeMetrics(self.node_statistics)
 
     # -- the policy in force: the replicated document, else the configured seed ----------------
@@ -170,10 +169,6 @@ class Dispatcher:
         op = applied.cmd.op
         if op == "ACL_SET" and applied.outcome.status is Status.OK:
             self._policy = None  # re-read lazily: the replicated document changed
-        elif op == "TOPIC_PUBLISH" and applied.outcome.status is Status.OK:
-            seq = applied.outcome.value["seq"]
-            for listener in self.topic_listeners:
-                listener(applied.cmd.body["name"], seq, applied.cmd.body["value"])
 
     # -- the request path ----------------------------------------------------------------------
     #

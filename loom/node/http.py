@@ -250,8 +250,8 @@ class HttpDoor:
                 step = await _submitted(d, step)
         if step["s"] == Status.OK and sess.feed is not None:
             h = self.cfg.http
-            return await topic_response(request, sess.feed, self.node.state,
-                                        d.topic_listeners, h.sse_keepalive_s, h.max_stream_s)
+            return await topic_response(request, sess.feed, self.node.topics,
+                                        h.sse_keepalive_s, h.max_stream_s)
         return self._answer(request, m, step)
 
     def _identity(self, request: Request) -> Identity:

@@ -4,14 +4,15 @@ The dispatcher decides (ACL, audit) exactly as for a binary TOPIC_SUBSCRIBE; the
 then holds a `TopicFeed`, and this module turns it into a response.
 
 Invariants:
-- Replay from `from_seq` and registration as a listener happen without yielding, so nothing
-  published in between is missed or duplicated; what the topic's ring no longer holds is
-  reported as `lost` ([first, last] sequence numbers), never silently skipped.
+- Replay from `from_seq` and registration happen in the node's one topic hub
+  (node/topics.py), without yielding, so nothing published in between is missed or
+  duplicated; what the topic's ring no longer holds is reported as `lost` ([first, last]
+  sequence numbers), never silently skipped.
 - A feed holds at most MAX_BUFFERED messages. A reader slower than the publishers overflows
   it: the long-poll answers what it has, the event stream ends after what it has, and the
   client resumes from the next sequence number (`Last-Event-ID`); the ring replays what it
   still holds, and reports the rest as lost.
-- A feed is removed from the listeners however its response ends (finally blocks).
+- A feed is removed from the hub however its response ends (finally blocks).
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ import trio
 
 from loom.http import Request, Response, StreamingResponse
 from loom.node.http_codec import json_response, one_header, reply_json
+from loom.node.topics import REPLAY_LIMIT, Subscription, TopicHub
 from loom.wire.errors import BadRequest, Unavailable
 
 __all__ = ["MAX_BUFFERED", "TopicFeed", "long_poll", "sse_stream", "topic_response",
            "unless_gone"]
 
-MAX_BUFFERED = 1024
-Listener = Callable[[str, int, bytes], None]
+MAX_BUFFERED = REPLAY_LIMIT  # a resume's replay always fits
 T = TypeVar("T")
 MAX_WAIT_MS = 300_000
 
@@ -45,9 +46,10 @@ class TopicFeed:
         self.overflowed = False
         self.next_seq = from_seq or 0
         self._event = trio.Event()
+        self._sub: Subscription | None = None
 
-    def deliver(self, name: str, seq: int, value: bytes) -> None:
-        if name != self.topic or self.overflowed:
+    def deliver(self, seq: int, value: bytes) -> None:
+        if self.overflowed:
             return
         if len(self.buffer) >= MAX_BUFFERED:
             self.overflowed = True
@@ -55,19 +57,18 @@ class TopicFeed:
             self.buffer.append((seq, value))
         self._event.set()
 
-    def start(self, state: Any, listeners: list[Listener]) -> None:
+    def start(self, hub: TopicHub) -> None:
         """Replay from `from_seq` (if given) and listen, without yielding."""
-        if self.from_seq is not None:
-            msgs, first = state.topic_since(self.topic, self.from_seq, MAX_BUFFERED)
-            if max(self.from_seq, 1) < first:
-                self.lost = [max(self.from_seq, 1), first - 1]
-            for seq, value in msgs:
-                self.deliver(self.topic, seq, value)
-        listeners.append(self.deliver)
 
-    def stop(self, listeners: list[Listener]) -> None:
-        if self.deliver in listeners:
-            listeners.remove(self.deliver)
+        def lost(first: int, last: int) -> None:
+            self.lost = [first, last]
+
+        self._sub = hub.subscribe(self.topic, self.deliver, from_seq=self.from_seq, lost=lost)
+
+    def stop(self, hub: TopicHub) -> None:
+        if self._sub is not None:
+            hub.unsubscribe(self._sub)
+            self._sub = None
 
     async def wait(self) -> None:
         if not self.buffer and not self.overflowed:
@@ -82,8 +83,7 @@ class TopicFeed:
         return out
 
 
-async def long_poll(feed: TopicFeed, listeners: list[Listener], wait_s: float
-                    ) -> dict[str, Any]:
+async def long_poll(feed: TopicFeed, hub: TopicHub, wait_s: float) -> dict[str, Any]:
     """What the feed has, waiting up to `wait_s` for a first message."""
     try:
         if not feed.buffer and wait_s > 0:
@@ -91,7 +91,7 @@ async def long_poll(feed: TopicFeed, listeners: list[Listener], wait_s: float
                 await feed.wait()
         out: dict[str, Any] = {"topic": feed.topic, "messages": feed.take()}
     finally:
-        feed.stop(listeners)
+        feed.stop(hub)
     out["next_seq"] = feed.next_seq or None
     if feed.lost:
         out["lost"] = feed.lost
@@ -100,7 +100,7 @@ async def long_poll(feed: TopicFeed, listeners: list[Listener], wait_s: float
     return out
 
 
-async def sse_stream(feed: TopicFeed, listeners: list[Listener], keepalive_s: float,
+async def sse_stream(feed: TopicFeed, hub: TopicHub, keepalive_s: float,
                      max_s: float) -> AsyncIterator[bytes]:
     """Server-sent events: `id` is the sequence number (Last-Event-ID resumes after it), a
     comment every `keepalive_s` on a quiet stream (a gone client is found at that write)."""
@@ -120,11 +120,11 @@ async def sse_stream(feed: TopicFeed, listeners: list[Listener], keepalive_s: fl
                 if idle.cancelled_caught:
                     yield b": keepalive\n\n"
     finally:
-        feed.stop(listeners)
+        feed.stop(hub)
 
 
-async def topic_response(request: Request, feed: TopicFeed, state: Any,
-                         listeners: list[Listener], keepalive_s: float, max_stream_s: float
+async def topic_response(request: Request, feed: TopicFeed, hub: TopicHub,
+                         keepalive_s: float, max_stream_s: float
                          ) -> Response | StreamingResponse:
     """The answer to an allowed topic read: an event stream when the client accepts one
     (resuming after `Last-Event-ID`), else a long-poll of up to `wait_ms`."""
@@ -135,18 +135,18 @@ async def topic_response(request: Request, feed: TopicFeed, state: Any,
             if not last.isdigit():
                 raise BadRequest("Last-Event-ID must be a sequence number")
             feed.from_seq = int(last) + 1
-        feed.start(state, listeners)
+        feed.start(hub)
         return StreamingResponse(200, [("content-type", "text/event-stream"),
                                        ("cache-control", "no-store")],
-                                 sse_stream(feed, listeners, keepalive_s, max_stream_s))
+                                 sse_stream(feed, hub, keepalive_s, max_stream_s))
     wait_ms = 0
     for k, v in request.query_params():
         if k == "wait_ms":
             if not v.isdigit() or int(v) > MAX_WAIT_MS:
                 raise BadRequest(f"wait_ms must be 0..{MAX_WAIT_MS}")
             wait_ms = int(v)
-    feed.start(state, listeners)
-    result = await unless_gone(request, partial(long_poll, feed, listeners, wait_ms / 1000))
+    feed.start(hub)
+    result = await unless_gone(request, partial(long_poll, feed, hub, wait_ms / 1000))
     return json_response(200, {"result": result})
 
 

@@ -20,11 +20,10 @@ counted lost and reported: loom/node/audit.py); then return (loomd exits 0).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import signal
-import socket
 import ssl
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,14 @@ import trio
 
 from loom.node import sdnotify
 from loom.node.audit import AuditLog, SinkConfigError, make_sink
+from loom.node.clientport import ClientListener
 from loom.node.clock import ProposalClock
 from loom.node.config import ConfigError, NodeConfig, load
-from loom.node.connection import Connection
+from loom.node.connection import ConnectionContext
 from loom.node.dispatcher import Dispatcher
 from loom.node.http import HttpDoor, advertised_http_addr, http_context
-from loom.node.listen import accept
 from loom.node.raftdriver import RaftDriver, prepare_storage
+from loom.node.topics import TopicHub
 from loom.security.acl import Policy, PolicyError
 from loom.security.tls import (
     TLSConfigError,
@@ -46,7 +46,6 @@ from loom.security.tls import (
     peer_server_context,
     server_context,
 )
-from loom.security.tlsstream import TLSStream
 from loom.state.command import Command
 from loom.storage.storage import Storage
 
@@ -87,13 +86,16 @@ class Node:
             gateways=frozenset(cfg.gateway_identities), seed_policy=self.seed_policy,
             audit_reads=cfg.audit.audit_reads, extra_stats=self._stats,
             clock_ms=self.clock.now_ms)
-        self.stopping = False
+        self.topics = TopicHub(self.log.state)
+        self.terminated = trio.Event()  # set when shutdown begins: connections stop reading
+        self.clients = ClientListener(
+            ConnectionContext(node_id=cfg.node_id, limits=cfg.limits,
+                              dispatcher=self.dispatcher, topics=self.topics,
+                              terminated=self.terminated),
+            ssl_context=lambda: self.ssl_context, audit=self.audit,
+            trust_domain=cfg.trust_domain, require_client_auth=cfg.require_client_auth)
         self.port = 0
-        self._conn_ids = itertools.count(1)
-        self._conns: set[Connection] = set()
-        self._conn_slots = trio.Semaphore(cfg.limits.max_connections)
         self._stop = trio.Event()
-        self.refused_connections = 0
         self.http: HttpDoor | None = HttpDoor(self) if cfg.http.listen else None
 
     def _open_storage(self, cfg: NodeConfig) -> Storage:
@@ -117,12 +119,18 @@ class Node:
             raise ConfigError(f"tls: {e}") from None
 
     @property
+    def stopping(self) -> bool:
+        """Shutdown has begun: new requests are answered UNAVAILABLE (both doors)."""
+        return self.terminated.is_set()
+
+    @property
     def state(self) -> Any:
         """The state machine in force (replaced wholesale when a snapshot is installed)."""
         return self.log.state()
 
     def _on_applied(self, applied: Any) -> None:
         self.dispatcher.on_applied(applied)
+        self.topics.on_applied(applied)
 
     def _on_leader(self) -> None:
         self.clock.anchor()
@@ -131,8 +139,10 @@ class Node:
             self._nursery.start_soon(self._seed_acl)
 
     def _stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"connections": len(self._conns),
-                               "refused_connections": self.refused_connections}
+        adm = self.clients.statistics()
+        out: dict[str, Any] = {"connections": adm.connections, "refused_connections": adm.refused,
+                               "admission": asdict(adm),
+                               "topics": asdict(self.topics.statistics())}
         if self.http is not None:
             d = self.http.statistics()
             out["http"] = {"connections": d.server.connections_open, "in_flight": d.in_flight,
@@ -201,47 +211,16 @@ class Node:
     async def _serve(self, listeners: list[trio.SocketListener]) -> None:
         grace = self.cfg.limits.shutdown_grace_s
         async with trio.open_nursery() as conns:
-            async with trio.open_nursery() as accept:
-                for lst in listeners:
-                    accept.start_soon(self._accept_loop, lst, conns)
+            async with trio.open_nursery() as accepting:
+                accepting.start_soon(self.clients.serve, listeners, conns)
                 await self._stop.wait()
-                accept.cancel_scope.cancel()
+                accepting.cancel_scope.cancel()
             for lst in listeners:
                 await lst.aclose()
             # Stop reading new requests; in-flight ones finish and flush within the grace period.
-            self.stopping = True
-            for c in list(self._conns):
-                c.reader_scope.cancel()
+            self.terminated.set()
+            self.clients.stop_reading()
             conns.cancel_scope.deadline = trio.current_time() + grace
-
-    async def _accept_loop(self, listener: trio.SocketListener, conns: trio.Nursery) -> None:
-        while True:
-            tcp = await accept(listener, "client listener")
-            if self._conn_slots.value == 0:
-                self.refused_connections += 1
-                await trio.aclose_forcefully(tcp)
-                continue
-            self._conn_slots.acquire_nowait()
-            conns.start_soon(self._connection, tcp)
-
-    async def _connection(self, tcp: trio.SocketStream) -> None:
-        try:
-            host, port = tcp.socket.getpeername()[:2]
-            peer = f"{host}:{port}"
-        except OSError:
-            peer = "?"
-        try:
-            tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        except OSError:
-            pass
-        stream = TLSStream(tcp, self.ssl_context, server_side=True)
-        conn = Connection(self, stream, f"c{next(self._conn_ids)}", peer)
-        self._conns.add(conn)
-        try:
-            await conn.run()
-        finally:
-            self._conns.discard(conn)
-            self._conn_slots.release()
 
     def _admits_peer(self, node: str) -> bool:
         """Peers admitted on the peer listener: the current members. A node that joins an

@@ -122,7 +122,7 @@ READINGS: tuple[Reading, ...] = (
             "http.in_flight"),
     Reading("loom_http_responses", "HTTP answers by status code, refusals and probes included.",
             "http.answered", kind="counter", label="code"),
-    Reading("loom_connections_refused", "Client connections refused at max_connections.",
+    Reading("loom_connections_refused", "Client connections refused by a connection budget.",
             "refused_connections", kind="counter"),
 )
 

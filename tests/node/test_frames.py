@@ -270,8 +270,12 @@ async def test_fuzz_frames_never_crash(node: Node, dial: Dial) -> None:
 
 
 # -- G1: slowloris ---------------------------------------------------------------------------------
-async def _silent_tcp(node: Node, n: int) -> list[trio.SocketStream]:
-    return [await trio.open_tcp_stream("127.0.0.1", node.port) for _ in range(n)]
+async def _silent_tcp(node: Node, n: int, source: str = "127.0.0.2"
+                      ) -> list[trio.SocketStream]:
+    """n connections that never start TLS, from `source` (the clients dial from 127.0.0.1:
+    a source address's own handshake budget is `max_handshaking_per_source`)."""
+    return [await trio.open_tcp_stream("127.0.0.1", node.port, local_address=source)
+            for _ in range(n)]
 
 
 async def test_silent_connections_do_not_block_others(node: Node, dial: Dial) -> None:
@@ -279,6 +283,9 @@ async def test_silent_connections_do_not_block_others(node: Node, dial: Dial) ->
     try:
         c = await dial(node, "admin")
         await healthy(c)
+        st = node.clients.statistics()  # 32 handshaking from 127.0.0.2, the rest refused
+        assert st.handshaking == node.cfg.limits.max_handshaking_per_source, st
+        assert st.refused_by["max_handshaking_per_source"] == 50 - st.handshaking, st
     finally:
         for s in silent:
             await s.aclose()

@@ -55,11 +55,14 @@ class Daemon:
 
 
 @asynccontextmanager
-async def loomd(pki: PKI, config: Path, port: int,
-                env: dict[str, str] | None = None) -> AsyncIterator[Daemon]:
-    proc = await trio.lowlevel.open_process(
-        [*LOOMD, "--config", str(config)], env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+async def loomd(pki: PKI, config: Path, port: int, env: dict[str, str] | None = None,
+                log: Path | None = None) -> AsyncIterator[Daemon]:
+    """A loomd process serving `config`; its output goes to `log` if given."""
+    with open(log or os.devnull, "ab") as out:  # the child keeps its own descriptor
+        proc = await trio.lowlevel.open_process(
+            [*LOOMD, "--config", str(config)],
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            stdout=out, stderr=subprocess.STDOUT)
     try:
         d = Daemon(proc, port, pki)
         for _ in range(300):  # bounded: up to ~15 s for the interpreter to start

@@ -87,7 +87,7 @@ async def test_connections_reset_at_once_leave_the_listener_serving(node: Node,
         s.close()
     await _still_serves(dial, node)
     with trio.fail_after(10):  # every reset connection gave its slot back (one is still open)
-        while node._conn_slots.value < node.cfg.limits.max_connections - 1:
+        while node.clients.statistics().connections > 1:
             await trio.sleep(0.01)
 
 
