@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import socket
 import ssl
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from loom.node.connection import Connection, ConnectionContext
 from loom.node.listen import accept
 from loom.node.ratelog import RateLimitedLog
 from loom.security.identity import Identity, IdentityError, identity_or_guest
+from loom.security.revocation import Revocation, seconds_left
 from loom.security.tlsstream import TLSStream
 
 log = logging.getLogger("loom.conn")
@@ -76,6 +78,7 @@ class ClientListener:
         self._identity_slots: dict[str, trio.Semaphore] = {}  # principal -> shared budget
         self._outsider_log = RateLimitedLog(log, burst=LOG_BURST, window_s=LOG_WINDOW_S,
                                             clock=trio.current_time)
+        self.revocation = Revocation()
         self.revoked = 0  # open connections closed because their certificate stopped passing
 
     @property
@@ -164,13 +167,37 @@ class ClientListener:
                 self.ctx.limits.max_outstanding_per_identity)
         return sem
 
+    def set_revocation(self, revocation: Revocation) -> None:
+        """A new CRL or deny list (SIGHUP): every open connection whose certificate it revokes
+        is closed now (its in-flight requests are abandoned, as when a client disconnects);
+        new ones are refused at the handshake."""
+        self.revocation = revocation
+        for o in list(self._open.values()):
+            why = revocation.reason(o.der)
+            if why is not None:
+                self._revoke(o, why)
+
+    def _revoke(self, o: _Open, why: str) -> None:
+        self.revoked += 1
+        log.warning("%s %s (%s): closing, %s", o.conn.conn_id, o.conn.peer,
+                    o.conn.identity.principal, why)
+        self._audit.emit({"client_id": o.conn.conn_id, "event": "certificate_revoked",
+                          "principal": o.conn.identity.principal, "reason": why,
+                          "result": "denied"}, priority=True)
+        o.scope.cancel()
+
     async def _run(self, conn: Connection, der: bytes) -> None:
-        with trio.CancelScope() as scope:
+        # The certificate holds the connection until it expires, no longer (a guest has none).
+        deadline = trio.current_time() + seconds_left(der) if der else math.inf
+        with trio.CancelScope(deadline=deadline) as scope:
             self._open[conn.conn_id] = _Open(conn, scope, der)
             try:
                 await conn.run()
             finally:
                 del self._open[conn.conn_id]
+        if scope.cancelled_caught and not scope.cancel_called:
+            log.info("%s %s (%s): certificate expired, connection closed", conn.conn_id,
+                     conn.peer, conn.identity.principal)
 
     def _identify(self, stream: TLSStream, conn_id: str, peer: str) -> Identity:
         """The identity rule (security/identity.py, the same for every listener): a verified
@@ -179,6 +206,9 @@ class ClientListener:
         if not der and self._require_client_auth:
             raise _Refused("no client certificate")  # the TLS layer refuses first; belt and braces
         try:
+            why = self.revocation.reason(der or b"")
+            if why is not None:
+                raise IdentityError(why)
             return identity_or_guest(der, self._trust_domain)
         except IdentityError as e:
             log.warning("%s %s: refused certificate: %s", conn_id, peer, e)

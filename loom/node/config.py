@@ -16,6 +16,7 @@ from typing import Any
 import tomli_w
 
 from loom.raft import RaftConfig
+from loom.security.revocation import RevocationError, parse_serial
 from loom.state.limits import StateLimits
 from loom.storage import StorageOptions
 
@@ -30,6 +31,9 @@ class TLSConfig:
     cert: Path = Path("certs-dev/n1.pem")
     key: Path = Path("certs-dev/n1.key")
     crl: Path | None = None
+    # Certificates refused even though they verify, by serial number (hex): checked at every
+    # handshake and, on reload, against every open connection (security/revocation.py).
+    denied_serials: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +354,11 @@ def validate(cfg: NodeConfig) -> NodeConfig:
     if cfg.peer_listen:
         parse_host_port(cfg.peer_listen, "peer_listen")
     _validate_http(cfg)
+    for serial in cfg.tls.denied_serials:
+        try:
+            parse_serial(serial)
+        except RevocationError as e:
+            raise ConfigError(f"tls.denied_serials: {e}") from None
     if cfg.audit.queue_size < 1 or cfg.audit.priority_queue_size < 1:
         raise ConfigError("audit.queue_size: must be positive")
     if not cfg.require_client_auth and not is_loopback(host) and not cfg.allow_insecure_guest_bind:

@@ -44,6 +44,7 @@ from loom.node.peerlink import READ_CHUNK, Link, PeerStats
 from loom.node.ratelog import RateLimitedLog
 from loom.raft.messages import MalformedMessage, Message, from_wire
 from loom.security.identity import IdentityError, check_peer, identity_from_der
+from loom.security.revocation import Revocation, seconds_left
 from loom.security.tlsstream import TLSStream
 from loom.wire import catalog
 from loom.wire.catalog import Listener
@@ -96,6 +97,8 @@ class PeerTransport:
         self._client_addrs: dict[str, str] = {}
         self._http_addrs: dict[str, str] = {}
         self._inbound_scopes: dict[str, trio.CancelScope] = {}  # node id -> its current connection
+        self._inbound_der: dict[str, bytes] = {}  # node id -> its connection's certificate
+        self._revocation = Revocation()
         self._inbound_slots = trio.Semaphore(limits.max_inbound_connections)
         self._conn_ids = itertools.count(1)
         self.refused = 0  # inbound connections refused, all reasons
@@ -142,6 +145,7 @@ class PeerTransport:
                             client_addr=self.client_addr, client_ctx=self._client_ctx,
                             trust_domain=self._td, limits=self.limits, stats=self._stat(pid),
                             http_addr=self.http_addr)
+                link.revocation = self._revocation
                 self._links[pid] = link
                 if self._nursery is not None:
                     self._nursery.start_soon(link.run)
@@ -154,6 +158,19 @@ class PeerTransport:
         self._server_ctx, self._client_ctx = server_ctx, client_ctx
         for link in self._links.values():
             link.set_context(client_ctx)
+
+    def set_revocation(self, revocation: Revocation) -> None:
+        """A new CRL or deny list (SIGHUP): open connections, in and out, whose peer
+        certificate it revokes are closed now; new ones are refused."""
+        self._revocation = revocation
+        for node, der in list(self._inbound_der.items()):
+            why = revocation.reason(der)
+            if why is not None:
+                log.warning("peer connection from %s: closing, %s", node, why)
+                self._inbound_scopes[node].cancel()
+        for link in self._links.values():
+            link.revocation = revocation
+            link.recheck()
 
     def client_addr_of(self, node_id: str) -> str | None:
         return self._client_addrs.get(node_id)
@@ -272,12 +289,16 @@ class PeerTransport:
             raise _Refused(f"tls handshake failed: {_cause(e)}") from None
         except trio.TooSlowError:
             raise _Refused("tls handshake failed: timed out") from None
+        der = stream.getpeercert(binary_form=True) or b""
         try:
-            ident = identity_from_der(stream.getpeercert(binary_form=True), self._td)
+            ident = identity_from_der(der, self._td)
             check_peer(ident)
         except IdentityError as e:
             raise _Refused(f"not a node identity: {e}") from None
         node = ident.name
+        revoked = self._revocation.reason(der)
+        if revoked is not None:
+            raise _Refused(f"certificate revoked: {revoked}", node)
         if node == self.node_id:
             raise _Refused("our own node id", node)
         if not self._is_member(node):
@@ -290,11 +311,13 @@ class PeerTransport:
                               trio.CancelScope(), trio.current_time)
         scope: trio.CancelScope | None = None  # set once admitted; a newer connection cancels it
         try:
-            with trio.CancelScope() as scope:
+            # The certificate holds the connection until it expires, no longer.
+            with trio.CancelScope(deadline=trio.current_time() + seconds_left(der)) as scope:
                 admission = scope
                 try:
                     ended = await frames.run(
-                        lambda payload: self._payload(payload, session, node, admission, where))
+                        lambda payload: self._payload(payload, session, node, admission, where,
+                                                      der))
                 except RemoteProtocolError as e:
                     if not session.greeted:
                         raise _Refused(f"bad first frame: {e}", node) from None
@@ -305,14 +328,16 @@ class PeerTransport:
                     raise _Refused("no PEER_HELLO in time", node)
                 log.info("peer connection %s (%s): idle, closing", where, node)
                 return
-            log.info("peer connection %s (%s): replaced by a newer connection", where, node)
+            log.info("peer connection %s (%s): ended (replaced by a newer connection, or its "
+                     "certificate revoked or expired)", where, node)
         finally:
             if scope is not None and self._inbound_scopes.get(node) is scope:
                 del self._inbound_scopes[node]
+                self._inbound_der.pop(node, None)
                 self._stat(node).inbound = False
 
     def _payload(self, payload: bytes, session: Session, node: str, scope: trio.CancelScope,
-                 where: str) -> None:
+                 where: str, der: bytes) -> None:
         """One frame of an inbound connection: PEER_HELLO first (admission), then Raft."""
         if not self._is_member(node):
             session.close("no longer a member")
@@ -331,6 +356,7 @@ class PeerTransport:
             raise _Refused(f"bad PEER_HELLO: {e}", node) from None
         session.hello_accepted()
         self._admit(node, scope, where)
+        self._inbound_der[node] = der  # checked again when the CRL or deny list changes
 
     def _admit(self, node: str, scope: trio.CancelScope, where: str) -> None:
         old = self._inbound_scopes.get(node)

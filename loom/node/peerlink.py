@@ -42,6 +42,7 @@ import trio
 from loom.node.config import ConfigError, PeerLimits, parse_host_port
 from loom.raft.messages import AppendEntries, InstallSnapshot, Message
 from loom.security.identity import IdentityError, check_peer, identity_from_der
+from loom.security.revocation import Revocation, seconds_left
 from loom.security.tlsstream import TLSStream
 from loom.wire import catalog
 from loom.wire.codec import PROTOCOL_VERSION, encode
@@ -124,6 +125,8 @@ class Link:
         self._parked: TLSStream | None = None
         self._unflushed = 0  # messages `flush` left to the writer to finish writing
         self._failed: BaseException | None = None  # a direct write failed: the writer ends
+        self.revocation = Revocation()  # set by the transport (SIGHUP)
+        self._peer_der = b""  # the certificate of the peer we are connected to, if any
 
     # -- called synchronously from the transport (trio thread) ----------------------------------
     def enqueue(self, msg: Message) -> bool:
@@ -171,6 +174,14 @@ class Link:
     def set_context(self, ctx: ssl.SSLContext) -> None:
         """The next dial uses `ctx` (certificates reloaded)."""
         self._ctx = ctx
+
+    def recheck(self) -> None:
+        """The revocation list changed: drop the connection if the peer's certificate is no
+        longer good (every later dial is refused at the handshake or just after it)."""
+        why = self.revocation.reason(self._peer_der) if self._peer_der else None
+        if why is not None and self._attempt is not None:
+            log.warning("peer link %s (%s): closing, %s", self.peer_id, self.addr, why)
+            self._attempt.cancel()
 
     def retarget(self, addr: str) -> None:
         """The peer moved: abandon the current connection or backoff sleep and dial `addr`."""
@@ -229,19 +240,27 @@ class Link:
                 await self._close(stream)
                 raise
         try:
-            ident = identity_from_der(stream.getpeercert(binary_form=True), self._td)
+            der = stream.getpeercert(binary_form=True) or b""
+            ident = identity_from_der(der, self._td)
             check_peer(ident, expected=self.peer_id)  # A5: before a single byte is written
+            why = self.revocation.reason(der)
+            if why is not None:
+                raise IdentityError(why)
+            self._peer_der = der
             self._why = "closed"
             self.stats.connected = True
             self.stats.connects += 1
             self._connected_at = trio.current_time()
             log.info("peer link %s (%s) connected", self.peer_id, self.addr)
             async with trio.open_nursery() as nursery:
+                # The peer's certificate holds the connection until it expires, no longer.
+                nursery.cancel_scope.deadline = trio.current_time() + seconds_left(der)
                 nursery.start_soon(self._guarded, self._watch_eof, stream, nursery.cancel_scope)
                 await self._guarded(self._writer, stream, nursery.cancel_scope)
             # Both halves are done: the reason was recorded by whichever ended first.
             raise _LinkClosed(self._why)
         finally:
+            self._peer_der = b""
             await self._close(stream)
 
     _why = "closed"

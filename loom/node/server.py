@@ -40,6 +40,7 @@ from loom.node.http import HttpDoor, advertised_http_addr, http_context
 from loom.node.raftdriver import RaftDriver, prepare_storage
 from loom.node.topics import TopicHub
 from loom.security.acl import Policy, PolicyError
+from loom.security.revocation import Revocation, RevocationError
 from loom.security.tls import (
     TLSConfigError,
     peer_client_context,
@@ -94,6 +95,8 @@ class Node:
                               terminated=self.terminated),
             ssl_context=lambda: self.ssl_context, audit=self.audit,
             trust_domain=cfg.trust_domain, require_client_auth=cfg.require_client_auth)
+        self.revocation = self._load_revocation(cfg)
+        self.clients.set_revocation(self.revocation)
         self.port = 0
         self._stop = trio.Event()
         self.http: HttpDoor | None = HttpDoor(self) if cfg.http.listen else None
@@ -116,6 +119,17 @@ class Node:
             return server_context(t.ca, t.cert, t.key,
                                   require_client_auth=cfg.require_client_auth, crl=t.crl)
         except TLSConfigError as e:
+            raise ConfigError(f"tls: {e}") from None
+
+    @staticmethod
+    def _load_revocation(cfg: NodeConfig) -> Revocation:
+        """The CRL and deny list, also checked against open connections (revocation.py)."""
+        try:
+            crl = cfg.tls.crl.read_bytes() if cfg.tls.crl else None
+            return Revocation(crl_pem=crl, denied_serials=cfg.tls.denied_serials)
+        except OSError as e:
+            raise ConfigError(f"tls.crl: {e}") from None
+        except RevocationError as e:
             raise ConfigError(f"tls: {e}") from None
 
     @property
@@ -141,6 +155,7 @@ class Node:
     def _stats(self) -> dict[str, Any]:
         adm = self.clients.statistics()
         out: dict[str, Any] = {"connections": adm.connections, "refused_connections": adm.refused,
+                               "revoked_connections": self.clients.revoked,
                                "admission": asdict(adm),
                                "topics": asdict(self.topics.statistics())}
         if self.http is not None:
@@ -162,6 +177,7 @@ class Node:
             await nursery.start(self.audit.run)
             if self.cfg.peers:
                 self.log.transport = self._make_transport()
+                self.log.transport.set_revocation(self.revocation)
                 await nursery.start(self._run_transport, transport_scope)
                 self.log.transport.set_peers({n: a for n, a in self.cfg.peers.items()
                                               if n != self.cfg.node_id})
@@ -297,14 +313,18 @@ class Node:
                          peer_client_context(t.ca, t.cert, t.key, crl=t.crl))
             http_ctx = http_context(cfg) if self.http is not None else None
             file_policy = Policy.from_config(cfg.acl)
+            revocation = self._load_revocation(cfg)
         except (ConfigError, PolicyError, OSError, ssl.SSLError, TLSConfigError) as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
         self.ssl_context = new_ctx
+        self.revocation = revocation
+        self.clients.set_revocation(revocation)  # open connections too
         if self.http is not None and http_ctx is not None:
             self.http.server.ssl_context = http_ctx
         if self.log.transport is not None:
             self.log.transport.set_contexts(*peer_ctxs)
+            self.log.transport.set_revocation(revocation)
         self.dispatcher.gateways = frozenset(cfg.gateway_identities)
         logging.getLogger().setLevel(cfg.log_level.upper())
         log.info("reload: certificates, CA, CRL, gateway identities (%d) and log level "
