@@ -45,7 +45,7 @@ class Limits:
     max_handshaking: int = 128
     max_handshaking_per_source: int = 32
     max_connections_per_identity: int = 256  # established connections of one principal
-    max_outstanding_per_identity: int = 2048  # requests in flight across its connections
+    max_outstanding_per_identity: int = 4096  # requests in flight across its connections
     max_frame_bytes: int = 1 << 20
     handshake_timeout_s: float = 5.0
     hello_timeout_s: float = 5.0
