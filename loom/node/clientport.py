@@ -111,7 +111,11 @@ class ClientListener:
                 self._log_refusal(ticket, source)
                 await trio.aclose_forcefully(tcp)
                 continue
-            conns.start_soon(self._connection, tcp, ticket)
+            # The handshake's scope exists before its task runs: an eviction that comes first
+            # ends the task as soon as it starts.
+            handshake = trio.CancelScope()
+            ticket.evict = handshake.cancel
+            conns.start_soon(self._connection, tcp, ticket, handshake)
 
     def _log_refusal(self, why: Refusal, who: str, evicted: bool = False) -> None:
         what = "ended a handshaking connection of" if evicted else "refused a connection from"
@@ -119,7 +123,8 @@ class ClientListener:
             why.value, "client listener: %s %s: %s reached (refused so far: %d)", what, who,
             why.value, self.admission.statistics().refused)
 
-    async def _connection(self, tcp: trio.SocketStream, ticket: Ticket) -> None:
+    async def _connection(self, tcp: trio.SocketStream, ticket: Ticket,
+                          handshake: trio.CancelScope) -> None:
         conn_id = f"c{next(self._ids)}"
         try:
             host, port = tcp.socket.getpeername()[:2]
@@ -133,9 +138,7 @@ class ClientListener:
         stream = TLSStream(tcp, self._ssl_context(), server_side=True)
         try:
             try:
-                with trio.fail_after(self.ctx.limits.handshake_timeout_s), \
-                        trio.CancelScope() as handshake:
-                    ticket.evict = handshake.cancel
+                with trio.fail_after(self.ctx.limits.handshake_timeout_s), handshake:
                     await stream.do_handshake()
                     identity = self._identify(stream, conn_id, peer)
                 ticket.evict = None
@@ -145,8 +148,9 @@ class ClientListener:
                 log.debug("%s %s: handshake failed: %r", conn_id, peer, e)
                 return
             refusal = self.admission.establish(ticket, identity.principal)
-            if refusal is not None:
+            if refusal is Refusal.PER_IDENTITY:
                 self._log_refusal(refusal, identity.principal)
+            if refusal is not None:  # or evicted while finishing its handshake (logged then)
                 return
             await self._run(Connection(self.ctx, stream, conn_id, peer, identity,
                                        self._slots_of(identity.principal)),
