@@ -60,6 +60,7 @@ class Node:
         self.config_path = config_path
         # Everything that can fail on bad input fails here, before a port is opened.
         self.ssl_context = self._load_tls(cfg)
+        self.revocation = self._load_revocation(cfg)
         try:
             self.seed_policy = Policy.from_config(cfg.acl)
         except PolicyError as e:
@@ -95,7 +96,6 @@ class Node:
                               terminated=self.terminated),
             ssl_context=lambda: self.ssl_context, audit=self.audit,
             trust_domain=cfg.trust_domain, require_client_auth=cfg.require_client_auth)
-        self.revocation = self._load_revocation(cfg)
         self.clients.set_revocation(self.revocation)
         self.port = 0
         self._stop = trio.Event()
