@@ -1,12 +1,14 @@
 """SECURITY-CATALOGUE G2 (dos-flood-isolation) with real processes: one identity floods the
-leader's client port with pipelined writes over several connections; its requests in flight
-are bounded by `max_outstanding_per_identity` (beyond, it is not read and TCP pushes back), so
-another identity's latency stays bounded, nothing it sends is shed as BUSY, and the peer
-plane is unaffected: no election happens.
+leader's client port with pipelined writes over 48 connections; its requests in flight are
+bounded by `max_outstanding_per_identity` (beyond, it is not read and TCP pushes back), so
+another identity's writes all succeed with a bounded p99 and the peer plane is unaffected: no
+election happens, with the default Raft timing.
 
-Without the identity budget (48 connections x 256 slots each, more than the log's inbox) the
-same run answered the other identity NOT_LEADER: the leader lost its leadership under the
-flood."""
+The exact throttle (no more than the budget started) is asserted in
+tests/node/test_admission.py; this test is the end-to-end bound. Measured on a shared 2-core
+machine: with the budget (128) the other identity's p99 was 74-282 ms over six runs; without
+it, 390-450 ms over three runs, and under the fast test Raft profile (elections after
+200-400 ms) the unbudgeted flood cost the leader its leadership."""
 
 from __future__ import annotations
 
@@ -57,7 +59,9 @@ async def flood(conn: Conn, stop: trio.Event, answered: list[int]) -> None:
 
 async def test_one_identitys_flood_leaves_others_served_and_no_election(
         cluster_factory: ClusterFactory) -> None:
-    c = await cluster_factory(start=False)
+    # The default Raft timing (50 ms ticks: elections after 0.5-1 s of silence), not the
+    # fast test profile: the claim is that a flood causes no election with what operators run.
+    c = await cluster_factory(start=False, tick_ms=50)
     for nid, n in c.nodes.items():
         n.dir.mkdir(parents=True, exist_ok=True)
         cfg = c.config_for(nid)

@@ -134,6 +134,40 @@ async def test_one_identity_cannot_take_the_pool(start_node: NodeFactory, dial: 
     assert (await w.request("PING"))["s"] == OK
 
 
+async def test_one_identitys_requests_in_flight_are_bounded(start_node: NodeFactory,
+                                                            dial: Dial) -> None:
+    """G2's throttle, observed exactly: an identity pipelining waiting requests over three
+    connections has at most `max_outstanding_per_identity` of them started; the rest wait
+    unread (TCP pushes back) and start as earlier ones finish, while another identity is
+    served at once."""
+    node: Node = await start_node(limits=Limits(max_outstanding_per_identity=4))
+    flooders = [await dial(node, "admin") for _ in range(3)]
+    reader = await dial(node, "reader")
+    for c in flooders:
+        for j in range(6):  # 18 polls that wait for an item
+            await c.send_raw(frame("QUEUE_POLL", {"name": "jobs", "timeout_ms": 20_000},
+                                   rid=100 + j))
+
+    def started() -> int:
+        return node.dispatcher.stats.by_type.get("QUEUE_POLL", 0)
+
+    with trio.fail_after(5):
+        while started() < 4:
+            await trio.sleep(0.01)
+    await trio.sleep(0.2)
+    assert started() == 4  # the budget, across the identity's connections
+    with trio.fail_after(2):  # another identity is not behind the flood
+        assert (await reader.request("MAP_GET", name="m", key="k"))["s"] == OK
+    pusher = await dial(node, "writer")
+    for k in range(3):  # three polls are answered: three more start, no more
+        assert (await pusher.request("QUEUE_PUSH", name="jobs", value=bytes([k])))["s"] == OK
+    with trio.fail_after(5):
+        while started() < 7:
+            await trio.sleep(0.01)
+    await trio.sleep(0.2)
+    assert started() == 7
+
+
 FLOOD = 5000
 
 
