@@ -332,8 +332,9 @@ class Node:
         doc = self.log.state().read(Command("ACL_GET", {}, 0)).value or {}
         if doc.get("version", 0) and doc.get("policy") != file_policy.to_config():
             log.warning("reload: the config's [acl] differs from the replicated ACL policy "
-                        "(version %d), which stays in force; to replace it, put the policy in "
-                        "a file of its own and run 'loomctl acl set FILE'", doc["version"])
+                        "(version %d), which stays in force; to make the file's the cluster's, "
+                        "run 'loomctl acl set %s'", doc["version"],
+                        self.config_path or "CONFIG.toml")
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:

@@ -177,6 +177,18 @@ async def test_sighup_keeps_the_replicated_acl_and_reloads_gateways(pki: PKI,
             r = await edge.request("WHOAMI", headers=as_alice)
             assert r["s"] == UNAUTHENTICATED, r
             assert (await admin.request("ACL_GET"))["r"]["version"] == v1 + 1
+        # The explicit way to make the file's policy the cluster's: loomctl acl set CONFIG.
+        write_config(pki, tmp_path, port, gateway_identities=())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
+        env.update(LOOM_ENDPOINTS=f"127.0.0.1:{port}", LOOM_CA=str(pki.ca),
+                   LOOM_CERT=str(pki.dir / "admin.pem"), LOOM_KEY=str(pki.dir / "admin.key"))
+        with trio.fail_after(60):
+            p = await trio.run_process([sys.executable, "-m", "loom.cli.loomctl", "acl", "set",
+                                        str(config)], env=env, capture_stdout=True,
+                                       capture_stderr=True, check=False)
+        assert p.returncode == 0, p.stderr
+        assert (await admin.request("ACL_GET"))["r"]["version"] == v1 + 2
+        assert (await writer.request("MAP_DELETE", name="m", key="k"))["s"] == FORBIDDEN
         for c in (admin, writer, writer2, edge):
             await c.aclose()
         d.proc.send_signal(signal.SIGTERM)

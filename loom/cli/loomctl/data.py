@@ -125,6 +125,10 @@ def batch(c: Ctx, a: argparse.Namespace) -> Any:
 
 def acl_set(c: Ctx, a: argparse.Namespace) -> Any:
     policy = _document(a.file, "policy document")
+    if isinstance(policy, dict) and isinstance(policy.get("acl"), dict) and "roles" not in policy:
+        # A loomd config file: its [acl] table is the policy. This is the explicit way to make
+        # the file's version the cluster's; a reload never does (docs/security.md "Reload").
+        policy = policy["acl"]
     return ok(c.call("ACL_SET", policy=policy, expected_version=a.expected_version))
 
 
