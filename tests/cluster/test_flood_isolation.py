@@ -39,7 +39,7 @@ async def flood(conn: Conn, stop: trio.Event, answered: list[int]) -> None:
 
     async def receive() -> None:
         while True:
-            p = conn.decoder.next_payload()
+            p = conn.session.next_payload()
             if p is not None:
                 obj = decode_payload(p)
                 assert isinstance(obj, dict)
@@ -48,7 +48,7 @@ async def flood(conn: Conn, stop: trio.Event, answered: list[int]) -> None:
             data = await conn.stream.receive_some(65536)
             if not data:
                 return
-            conn.decoder.feed(data)
+            conn.session.receive_data(data)
 
     async with trio.open_nursery() as n:
         n.start_soon(send)
