@@ -7,8 +7,9 @@
         │   the `max_handshaking` slots (SECURITY-CATALOGUE G1)
         ├── identity from the verified certificate (identity.py); refused -> audited, closed
         ├── the identity's budget (max_connections_per_identity) -> Connection.run
-        └── every open connection in its own cancel scope: `revoke` closes the ones whose
-            certificate no longer passes (a new CRL, the deny list, expiry)
+        └── every open connection in its own cancel scope, whose deadline is its certificate's
+            expiry; `set_revocation` (a reload) cancels the ones whose certificate a new CRL
+            or deny list revokes (security/revocation.py)
 
 Every refusal is counted (`statistics()`, NODE_STATS `admission`) and logged, at most
 `LOG_BURST` lines per budget a minute: whoever reaches the port can cause one.
@@ -159,7 +160,7 @@ class ClientListener:
             self.admission.close(ticket)
             if ticket.principal is not None and not self.admission.established(
                     ticket.principal):
-                del self._identity_slots[ticket.principal]  # its last connection ended
+                self._identity_slots.pop(ticket.principal, None)  # its last one ended
             with trio.move_on_after(1) as cs:
                 cs.shield = True
                 await trio.aclose_forcefully(stream)
