@@ -26,8 +26,9 @@ class RevocationError(ValueError):
 
 
 def parse_serial(s: str) -> int:
-    """A serial number written in hex, with or without colons ("1a:2b", "0x1A2B")."""
-    t = s.strip().lower().removeprefix("0x").replace(":", "")
+    """A serial number written in hex, with or without colons ("1a:2b", "0x1A2B"), or as
+    `openssl x509 -noout -serial` prints it ("serial=1A2B")."""
+    t = s.strip().lower().removeprefix("serial=").removeprefix("0x").replace(":", "")
     try:
         if not t:
             raise ValueError

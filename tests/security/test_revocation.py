@@ -44,7 +44,8 @@ def test_crl_deny_list_expiry_and_guests(pki: PKI) -> None:
 
 
 def test_serials_and_config_errors(pki: PKI, tmp_path: Path) -> None:
-    assert parse_serial("1a:2B") == parse_serial("0x1a2b") == 0x1A2B
+    assert parse_serial("1a:2B") == parse_serial("0x1a2b") == parse_serial("serial=1A2B") \
+        == 0x1A2B
     for bad in ("", "xyz", "0x"):
         with pytest.raises(RevocationError):
             parse_serial(bad)
