@@ -244,12 +244,12 @@ async def _topics(hnode: Node, admin: Http, pki: PKI) -> None:
     event = buf.split(b"\n\n")[0].split(b"\n")
     assert event[0] == b"id: 4" and event[1] == b"event: message"
     assert json.loads(event[2][len(b"data: "):])["value"] == b64(b"later")
-    # The listeners of finished reads are gone (the stream's at its next keepalive).
+    # The subscriptions of finished reads are gone (the stream's at its next keepalive).
     for _ in range(100):
-        if not hnode.dispatcher.topic_listeners:
+        if not hnode.topics.statistics().subscriptions:
             break
         await trio.sleep(0.02)
-    assert hnode.dispatcher.topic_listeners == []
+    assert hnode.topics.statistics().subscriptions == 0
 
 
 async def test_reader_may_not_subscribe_without_grant(hnode: Node, as_: As) -> None:
