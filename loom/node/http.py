@@ -260,6 +260,12 @@ class HttpDoor:
         der = request.peer_certificate
         if not der and self.cfg.require_client_auth:
             raise Unauthenticated("this listener requires a client certificate")
+        revoked = self.node.revocation.reason(der or b"")  # deny list, CRL, expiry: per request
+        if revoked is not None:
+            self.node.dispatcher.audit.emit(
+                {"client_id": _conn_id(request), "event": "certificate_refused",
+                 "reason": revoked, "result": "denied"}, priority=True)
+            raise Unauthenticated(f"certificate refused: {revoked}")
         ident = self._identities.get(der or b"")
         if ident is None:
             try:

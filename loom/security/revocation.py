@@ -37,6 +37,9 @@ def parse_serial(s: str) -> int:
         raise RevocationError(f"not a hex serial number: {s!r}") from None
 
 
+MAX_CACHED = 1024  # parsed certificates kept (a per-request check parses each one once)
+
+
 class Revocation:
     def __init__(self, *, crl_pem: bytes | None = None, denied_serials: Iterable[str] = ()
                  ) -> None:
@@ -47,13 +50,18 @@ class Revocation:
             except ValueError as e:
                 raise RevocationError(f"cannot read the CRL: {e}") from None
         self.denied = frozenset(parse_serial(s) for s in denied_serials)
+        self._parsed: dict[bytes, x509.Certificate] = {}
 
     def reason(self, der: bytes, now: dt.datetime | None = None) -> str | None:
         """Why the certificate `der` may no longer hold a connection, or None. An empty `der`
         (a guest: no certificate) is never revoked."""
         if not der:
             return None
-        cert = x509.load_der_x509_certificate(der)
+        cert = self._parsed.get(der)
+        if cert is None:
+            if len(self._parsed) >= MAX_CACHED:
+                self._parsed.clear()
+            cert = self._parsed[der] = x509.load_der_x509_certificate(der)
         serial = cert.serial_number
         if serial in self.denied:
             return f"certificate serial {serial:x} is on the deny list"
@@ -61,7 +69,7 @@ class Revocation:
         if crl is not None and crl.issuer == cert.issuer and \
                 crl.get_revoked_certificate_by_serial_number(serial) is not None:
             return f"certificate serial {serial:x} is revoked by the CRL"
-        if (now or dt.datetime.now(dt.UTC)) >= not_after(der):
+        if (now or dt.datetime.now(dt.UTC)) >= cert.not_valid_after_utc:
             return "certificate expired"
         return None
 

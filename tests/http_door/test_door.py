@@ -277,3 +277,21 @@ async def test_a_waiting_poll_whose_client_left_takes_nothing(hnode: Node, as_: 
     # A poll whose client stays is answered as usual.
     r = await admin.call("POST", "/v1/queues/q/poll?timeout_ms=1000")
     assert doc(r) == {"result": b64(b"item")}
+
+
+async def test_a_denied_certificate_is_refused_on_an_open_http_connection(
+        hnode: Node, as_: As, pki: PKI) -> None:
+    """The deny list reaches the HTTP door per request, open keep-alive connections included
+    (docs/security.md "Revocation"); other certificates are untouched."""
+    from cryptography import x509
+
+    from loom.security.revocation import Revocation
+
+    writer, admin = await as_("writer"), await as_("admin")
+    assert (await admin.call("PUT", "/v1/maps/m/k", body=b"v")).status in (200, 201, 204)
+    assert (await writer.call("GET", "/v1/maps/m/k")).status == 200
+    serial = x509.load_pem_x509_certificate((pki.dir / "writer.pem").read_bytes()).serial_number
+    hnode.revocation = Revocation(denied_serials=[f"{serial:x}"])  # as a reload sets it
+    r = await writer.call("GET", "/v1/maps/m/k")  # the same client, its connection pooled
+    assert r.status == 401 and b"deny list" in r.body, (r.status, r.body)
+    assert (await admin.call("GET", "/v1/maps/m/k")).status == 200
