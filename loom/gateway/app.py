@@ -1,0 +1,295 @@
+"""The gateway process: one nursery tree of listeners over one routing, auth and forwarding
+state, with graceful shutdown and a reload of what can change safely.
+
+This module owns (docs/gateway.md, "Listeners" and "Operations"):
+
+- The listener TLS modes (`listener_context`). Every listener is TLS 1.3. A presented client
+  certificate is always verified against `ca_file` in the handshake, and one that fails
+  verification fails the handshake: it is never taken for an absent certificate.
+  - `none`: no certificate is asked for; requests never carry one.
+  - `request`: a certificate is asked for and optional (CERT_OPTIONAL).
+  - `require`: the same handshake; a request without a certificate is answered 401
+    (problem+json, so the client is told why) and never routed.
+  - `verify`: a certificate is mandatory in the handshake itself (CERT_REQUIRED): a client
+    without one never completes TLS.
+- `AUTH_TYPE=noop` (guest mode) only on loopback listeners, unless allowed explicitly
+  (`check_guest_listeners`).
+- The order of one request: route (400 for a path that is not canonical, 404 without a route)
+  -> listener `require` -> authentication per route (`auth.Chain`) -> rate limit (429 with
+  Retry-After and RateLimit headers; the allowed answer carries the RateLimit headers too) ->
+  forwarding (`proxy.Forwarder`; 502/503 when the upstream cannot answer).
+- Reload (`Gateway.reload`, SIGHUP): routes, authentication, rate limits and the listeners' TLS
+  files are replaced at once for new requests; a change of listeners' addresses or of upstreams
+  needs a restart, so such a file is refused whole and the running state kept. Rate-limit
+  buckets survive a reload that leaves `rate_limit` unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import trio
+
+from loom.gateway.auth import AuthFailure, AuthRequest, Chain, HTTPSFetcher, Identity, build
+from loom.gateway.config import ConfigError, GatewayConfig, Listener, Upstream
+from loom.gateway.proxy import Forwarder, ForwarderStatistics, UpstreamUnavailable
+from loom.gateway.ratelimit import RateLimiter, RateLimitStatistics, bucket_key
+from loom.gateway.routes import NotCanonical, route_for
+from loom.http import (
+    ClientLimits,
+    HTTPClient,
+    HTTPServer,
+    Problem,
+    Request,
+    Response,
+    ServerLimits,
+    ServerStatistics,
+    StreamingResponse,
+)
+from loom.security.tls import TLSConfigError, client_context, server_context
+
+__all__ = [
+    "Gateway",
+    "GatewayStatistics",
+    "check_guest_listeners",
+    "listener_context",
+    "upstream_context",
+]
+
+log = logging.getLogger("loom.gateway")
+
+
+def check_guest_listeners(config: GatewayConfig, allow_insecure_guest: bool) -> None:
+    """Guest mode lets everyone in as the guest identity: only where only this machine can
+    connect, unless the operator says otherwise (and is warned loudly)."""
+    if config.auth.type != "noop":
+        return
+    exposed = [x for x in config.listeners if not x.loopback]
+    if exposed and not allow_insecure_guest:
+        i = config.listeners.index(exposed[0])
+        raise ConfigError(f"listeners[{i}].address", f"AUTH_TYPE=noop lets every request in "
+                          f"as the guest; {exposed[0].host} is not a loopback address "
+                          "(--allow-insecure-guest to do it anyway)")
+    where = ", ".join(f"{x.host}:{x.port}" for x in config.listeners)
+    log.warning("AUTH_TYPE=noop: NO AUTHENTICATION. Every request on %s passes as the guest "
+                "with roles %s", where, list(config.auth.guest_roles))
+
+
+def listener_context(listener: Listener) -> ssl.SSLContext:
+    """The server TLS context of a listener (module docstring: the four modes)."""
+    tls = listener.tls
+    if tls is None:
+        raise ConfigError(f"listeners.{listener.name}.tls", "every listener is TLS: give "
+                          "cert_file and key_file")
+    if tls.client_auth == "none":
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.options |= ssl.OP_NO_COMPRESSION
+        ctx.verify_mode = ssl.CERT_NONE
+        try:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        except (OSError, ssl.SSLError) as e:
+            raise TLSConfigError(f"cannot load {tls.cert_file} / {tls.key_file}: {e}") from e
+        return ctx
+    assert tls.ca_file is not None  # the schema requires it for every other mode
+    return server_context(tls.ca_file, tls.cert_file, tls.key_file,
+                          require_client_auth=tls.client_auth == "verify")
+
+
+def upstream_context(upstream: Upstream) -> ssl.SSLContext:
+    """Mutual TLS with the gateway certificate when one is configured (always for loom)."""
+    t = upstream.tls
+    if t.ca_file is None:
+        ctx = ssl.create_default_context()
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if t.cert_file is not None and t.key_file is not None:
+            ctx.load_cert_chain(str(t.cert_file), str(t.key_file))
+        return ctx
+    return client_context(t.ca_file, t.cert_file, t.key_file)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStatistics:
+    listeners: Mapping[str, ServerStatistics]
+    upstreams: Mapping[str, ForwarderStatistics]
+    rate_limit: RateLimitStatistics | None
+    # Requests answered by the gateway itself, by reason: bad_path, no_route,
+    # certificate_required, auth_<status>, rate_limited, upstream_<status>.
+    answered: Mapping[str, int] = field(default_factory=dict)
+    reloads: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """Everything a request reads, replaced as one value on reload (never mutated)."""
+
+    config: GatewayConfig
+    chain: Chain
+    limiter: RateLimiter | None
+
+
+def _limiter(config: GatewayConfig) -> RateLimiter | None:
+    r = config.rate_limit
+    per_key = any(k.rate_limit for k in config.auth.api_key.keys)
+    if not (r.enabled or per_key):
+        return None
+    return RateLimiter(r.rate, r.burst, max_buckets=r.max_buckets, idle_s=r.idle_s)
+
+
+class Gateway:
+    """Build with a checked configuration, then `await run()` (in a nursery: `nursery.start`
+    returns when every listener listens). `fetch_context` verifies the identity provider
+    (JWKS, discovery, introspection); by default the system's trust store."""
+
+    def __init__(self, config: GatewayConfig, *, allow_insecure_guest: bool = False,
+                 fetch_context: ssl.SSLContext | None = None,
+                 server_limits: ServerLimits | None = None,
+                 client_limits: ClientLimits | None = None, max_redirects: int = 3) -> None:
+        check_guest_listeners(config, allow_insecure_guest)
+        self.allow_insecure_guest = allow_insecure_guest
+        self._fetch = HTTPSFetcher(fetch_context or ssl.create_default_context())
+        self._servers = {x.name: HTTPServer(self._handler_for(x), listener_context(x),
+                                            limits=server_limits, name=f"gateway.{x.name}")
+                         for x in config.listeners}
+        self._clients = {u.name: HTTPClient(upstream_context(u), limits=client_limits)
+                         for u in config.upstreams}
+        cert_headers = next((x.tls.client_cert_headers for x in config.listeners if x.tls),
+                            None)
+        claims = tuple(config.auth.jwt.claims_to_headers.values())
+        self._forwarders = {u.name: Forwarder(u, self._clients[u.name],
+                                              max_redirects=max_redirects,
+                                              cert_headers=cert_headers, gateway_set=claims)
+                            for u in config.upstreams}
+        self._state = _State(config, build(config, self._fetch, cert_headers=cert_headers),
+                             _limiter(config))
+        self._answered: Counter[str] = Counter()
+        self._reloads = 0
+        self.ports: dict[str, int] = {}  # listener name -> bound port (0 in the file: a free one)
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self._state.config
+
+    def statistics(self) -> GatewayStatistics:
+        lim = self._state.limiter
+        return GatewayStatistics(
+            MappingProxyType({n: s.statistics() for n, s in self._servers.items()}),
+            MappingProxyType({n: f.statistics() for n, f in self._forwarders.items()}),
+            lim.statistics() if lim else None, MappingProxyType(dict(self._answered)),
+            self._reloads)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Serve every listener until `shutdown()`; then close the upstream pools."""
+        try:
+            async with trio.open_nursery() as nursery:
+                for x in self.config.listeners:
+                    socks = await nursery.start(self._servers[x.name].serve_tcp, x.host, x.port)
+                    self.ports[x.name] = socks[0].socket.getsockname()[1]
+                    log.info("listener %s on %s:%d (client_auth %s)", x.name, x.host,
+                             self.ports[x.name], x.tls.client_auth if x.tls else "-")
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                for c in self._clients.values():
+                    await c.aclose()
+                await self._fetch.aclose()
+
+    def shutdown(self) -> None:
+        """Stop accepting; requests in flight get the server's grace period."""
+        for s in self._servers.values():
+            s.shutdown()
+
+    def reload(self, config: GatewayConfig) -> None:
+        """Apply a new configuration (module docstring: what may change). Raises ConfigError
+        (the running state is kept) when it changes what needs a restart."""
+        old = self._state.config
+        if [(x.name, x.host, x.port) for x in config.listeners] != [
+                (x.name, x.host, x.port) for x in old.listeners]:
+            raise ConfigError("listeners", "addresses changed: restart the gateway")
+        if config.upstreams != old.upstreams:
+            raise ConfigError("upstreams", "upstreams changed: restart the gateway")
+        check_guest_listeners(config, self.allow_insecure_guest)
+        contexts = {x.name: listener_context(x) for x in config.listeners}
+        cert_headers = next((x.tls.client_cert_headers for x in config.listeners if x.tls),
+                            None)
+        chain = build(config, self._fetch, cert_headers=cert_headers)
+        limiter = self._state.limiter
+        if config.rate_limit != old.rate_limit or limiter is None:
+            limiter = _limiter(config)
+        for name, ctx in contexts.items():
+            self._servers[name].ssl_context = ctx
+        self._state = _State(config, chain, limiter)
+        self._reloads += 1
+        log.info("configuration reloaded from %s", config.source)
+
+    # -- one request ---------------------------------------------------------------------------
+
+    def _handler_for(self, listener: Listener) -> _Handler:
+        return _Handler(self, listener)
+
+    def _refuse(self, reason: str, status: int, detail: str,
+                headers: list[tuple[str, str]] | None = None) -> Response:
+        self._answered[reason] += 1
+        return Problem(status, detail=detail).response(headers or [])
+
+    async def handle(self, listener: Listener, request: Request
+                     ) -> Response | StreamingResponse:
+        st = self._state
+        try:
+            route = route_for(st.config, request.path)
+        except NotCanonical:
+            return self._refuse("bad_path", 400, "the path is not in canonical form")
+        if route is None:
+            return self._refuse("no_route", 404, "no route for this path")
+        if (listener.tls is not None and listener.tls.client_auth == "require"
+                and request.peer_certificate is None):
+            return self._refuse("certificate_required", 401,
+                                "this listener requires a client certificate")
+        forwarder = self._forwarders[route.upstream]
+        result = await st.chain.authenticate(route.auth, AuthRequest(
+            request.headers, request.query, request.peer_certificate, request.remote))
+        if isinstance(result, AuthFailure):
+            return self._refuse(f"auth_{result.status}", result.status, result.reason,
+                                result.headers())
+        identity: Identity | None = result
+        if identity is None and forwarder.loom:
+            identity = st.chain.guest  # loomd refuses a gateway request without a user
+        extra: list[tuple[str, str]] = []
+        if st.limiter is not None:
+            per_key = identity.rate_limit if identity is not None else None
+            if per_key is not None or st.config.rate_limit.enabled:
+                key = bucket_key(st.config.rate_limit.key, identity, request.headers,
+                                 request.remote)
+                verdict = st.limiter.check(key, trio.current_time(), rate=per_key)
+                extra = verdict.headers()
+                if not verdict.allowed:
+                    return self._refuse("rate_limited", 429, "too many requests", extra)
+        try:
+            answer = await forwarder.forward(request, identity)
+        except UpstreamUnavailable as e:
+            log.warning("route %s: %s", route.id, e)
+            return self._refuse(f"upstream_{e.status}", e.status, str(e))
+        if extra:
+            answer = StreamingResponse(answer.status, [*answer.headers, *extra], answer.chunks)
+        return answer
+
+
+class _Handler:
+    """The `Handler` of one listener's server: the gateway's `handle` with that listener."""
+
+    __slots__ = ("gateway", "listener")
+
+    def __init__(self, gateway: Gateway, listener: Listener) -> None:
+        self.gateway = gateway
+        self.listener = listener
+
+    async def __call__(self, request: Request) -> Response | StreamingResponse:
+        return await self.gateway.handle(self.listener, request)
