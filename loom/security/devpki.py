@@ -288,10 +288,13 @@ def create_dev_pki(
     write_key(out / "ca.key", ca_key)
     write_cert(out / "ca.pem", ca)
     for role, name in plan:
-        node = role is Role.NODE
+        # Nodes and gateways serve TLS on loopback (a gateway's listeners use its one
+        # certificate, which also authenticates it to loomd): serverAuth and localhost SANs.
+        serves = role in (Role.NODE, Role.GATEWAY)
         cert, key = issue_cert(
             ca, ca_key, role=role, name=name, trust_domain=trust_domain,
-            dns=("localhost",) if node else (), ips=("127.0.0.1", "::1") if node else (),
+            dns=("localhost",) if serves else (), ips=("127.0.0.1", "::1") if serves else (),
+            server=serves,
         )
         write_key(out / f"{name}.key", key)
         write_cert(out / f"{name}.pem", cert)

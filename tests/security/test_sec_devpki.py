@@ -44,7 +44,8 @@ def test_files_modes_and_identities(tmp_path: Path) -> None:
         assert (ident.role, ident.name) == (role, name)
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         assert ExtendedKeyUsageOID.CLIENT_AUTH in eku
-        assert (ExtendedKeyUsageOID.SERVER_AUTH in eku) == (role is Role.NODE)
+        # Nodes and gateways serve TLS; clients never do.
+        assert (ExtendedKeyUsageOID.SERVER_AUTH in eku) == (role in (Role.NODE, Role.GATEWAY))
         if role is Role.NODE:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             assert san.get_values_for_type(x509.DNSName) == ["localhost"]
