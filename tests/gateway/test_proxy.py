@@ -1,0 +1,215 @@
+"""The gateway in process with real TLS both sides: routing, admission, rate limits and what a
+plain HTTPS upstream receives (hop-by-hop rules, X-Auth-* replaced, X-Forwarded-*,
+traceparent, client certificate and claims headers), and a live event stream."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from loom.gateway.app import Gateway, check_guest_listeners
+from loom.gateway.config import ConfigError, load
+from loom.gateway.proxy import trace_parent
+from loom.http import ClientResponse, HTTPClient
+from loom.security.tls import client_context
+from tests.conftest import PKI
+from tests.gateway.proxy_support import (
+    API_KEYS,
+    EchoUpstream,
+    dev_token,
+    echoed,
+    gateway_config,
+    write_config,
+)
+
+
+async def start(pki: PKI, tmp_path: Path, nursery: trio.Nursery, **kw: Any
+                ) -> tuple[Gateway, EchoUpstream]:
+    echo = EchoUpstream(pki)
+    await echo.start(nursery)
+    raw = gateway_config(pki, tmp_path / "gw", upstream={
+        "kind": "http", "endpoints": [echo.url], "tls": {"ca_file": str(pki.ca)}}, **kw)
+    gw = Gateway(load(write_config(tmp_path / "gw", raw), env={}))
+    await nursery.start(gw.run)
+    return gw, echo
+
+
+@pytest.fixture
+async def gateway(pki: PKI, tmp_path: Path, nursery: trio.Nursery
+                  ) -> AsyncIterator[tuple[Gateway, EchoUpstream]]:
+    gw, echo = await start(pki, tmp_path, nursery, rate=2.0, burst=3.0)
+    yield gw, echo
+    gw.shutdown()
+    echo.server.shutdown()
+
+
+def url(gw: Gateway, path: str) -> str:
+    return f"https://127.0.0.1:{gw.ports['https']}{path}"
+
+
+async def get(http: HTTPClient, gw: Gateway, path: str, headers: list[tuple[str, str]] | None
+              = None) -> ClientResponse:
+    with trio.fail_after(10):
+        return await http.request("GET", url(gw, path), headers=headers or [])
+
+
+def key(name: str) -> list[tuple[str, str]]:
+    return [("x-api-key", API_KEYS[name])]
+
+
+async def test_identity_headers_are_the_gateways_alone(
+        gateway: tuple[Gateway, EchoUpstream], pki: PKI) -> None:
+    gw, _ = gateway
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with HTTPClient(client_context(pki.ca)) as http:
+        r = await get(http, gw, "/api/x?y=1", [
+            *key("alice"), ("X-Auth-User", "root"), ("x_auth_roles", "admin"),
+            ("X-Auth-Other", "z"), ("connection", "x-secret, close"), ("x-secret", "s"),
+            ("keep-alive", "1"), ("te", "trailers"), ("proxy-authorization", "p"),
+            ("x-forwarded-for", "6.6.6.6"), ("x-user-id", "forged"), ("traceparent", tp),
+            ("x-client-subject", "CN=forged")])
+        assert r.status == 200, r.body
+        h = echoed(r.body)
+        assert json.loads(r.body)["target"] == "/api/x?y=1"
+        assert h["x-auth-user"] == ["apikey:alice"]
+        assert h["x-auth-roles"] == ["data-writer,reader"]
+        for gone in ("x_auth_roles", "x-auth-other", "x-secret", "keep-alive", "te",
+                     "proxy-authorization", "x-user-id", "x-client-subject"):
+            assert gone not in h, gone
+        assert h["x-forwarded-for"] == ["127.0.0.1"] and h["x-forwarded-proto"] == ["https"]
+        assert h["traceparent"] == [tp]
+        # Response hop-by-hop fields are not passed on either.
+        assert r.header_values("keep-alive") == []
+
+        r = await get(http, gw, "/api/x", key("alice"))
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", echoed(r.body)["traceparent"][0])
+
+
+async def test_jwt_claims_and_client_certificate_headers_reach_a_plain_upstream(
+        gateway: tuple[Gateway, EchoUpstream], pki: PKI) -> None:
+    gw, _ = gateway
+    token = dev_token("ada", ["reader"])
+    async with HTTPClient(client_context(pki.ca, *pki.pair("admin"))) as http:
+        r = await get(http, gw, "/api/me", [("authorization", f"Bearer {token}")])
+        assert r.status == 200, r.body
+        h = echoed(r.body)
+        assert h["x-auth-user"] == ["dev:ada"] and h["x-auth-roles"] == ["reader"]
+        assert h["x-user-id"] == ["ada"]
+        der = x509.load_pem_x509_certificate(pki.pair("admin")[0].read_bytes()).public_bytes(
+            Encoding.DER)
+        assert h["x-client-fingerprint"] == [hashlib.sha256(der).hexdigest()]
+        assert h["x-client-subject"] == ["CN=admin"]
+
+
+async def test_public_private_and_role_routes(gateway: tuple[Gateway, EchoUpstream],
+                                              pki: PKI) -> None:
+    gw, echo = gateway
+    async with HTTPClient(client_context(pki.ca)) as http:
+        r = await get(http, gw, "/public/page", [("x-auth-user", "root")])
+        assert r.status == 200
+        assert "x-auth-user" not in echoed(r.body)  # public to a plain upstream: nobody
+        r = await get(http, gw, "/api/x")
+        assert r.status == 401
+        assert r.header_values("www-authenticate")[0].startswith(b"Bearer")
+        r = await get(http, gw, "/api/x", [("authorization", "Bearer not.a.token")])
+        assert r.status == 401
+        assert b'error="invalid_token"' in r.header_values("www-authenticate")[0]
+        r = await get(http, gw, "/api/x", [("x-api-key", "wrong")])
+        assert r.status == 401
+        r = await get(http, gw, "/api/x?api_key=" + API_KEYS["bob"])
+        assert r.status == 200
+        assert echoed(r.body)["x-auth-user"] == ["apikey:bob"]
+        r = await get(http, gw, "/admin/x", key("alice"))
+        assert r.status == 403
+        r = await get(http, gw, "/admin/x", key("root"))
+        assert r.status == 200
+        seen = len(echo.seen)
+        for bad in ("/public/../api/x", "/public/%2e%2e/api", "/public//x", "/public/a%2fb"):
+            r = await get(http, gw, bad, key("alice"))
+            assert r.status == 400, bad
+        assert len(echo.seen) == seen  # never forwarded
+    answered = gw.statistics().answered
+    assert answered["bad_path"] == 4 and answered["auth_403"] == 1
+
+
+async def test_429_for_the_noisy_identity_only(gateway: tuple[Gateway, EchoUpstream],
+                                               pki: PKI) -> None:
+    gw, _ = gateway  # rate 2/s, burst 3, by identity
+    async with HTTPClient(client_context(pki.ca)) as http:
+        statuses = [(await get(http, gw, "/api/x", key("alice"))).status for _ in range(8)]
+        assert statuses[:3] == [200, 200, 200] and statuses.count(429) >= 4
+        r = await get(http, gw, "/api/x", key("alice"))
+        assert r.status == 429
+        assert int(r.header_values("retry-after")[0]) >= 1
+        assert r.header_values("ratelimit")[0].startswith(b'"default";r=0')
+        r = await get(http, gw, "/api/x", key("bob"))  # another identity is served
+        assert r.status == 200
+        assert r.header_values("ratelimit-policy") == [b'"default";q=3;w=2']
+
+
+async def test_event_stream_is_forwarded_without_buffering(
+        gateway: tuple[Gateway, EchoUpstream], pki: PKI) -> None:
+    gw, echo = gateway
+    async with HTTPClient(client_context(pki.ca)) as http:
+        with trio.fail_after(10):
+            async with http.stream("GET", url(gw, "/api/events"), headers=key("alice")) as r:
+                assert r.status == 200
+                assert r.header_values("content-type") == [b"text/event-stream"]
+                assert r.header_values("x-upstream-private") == []  # Connection-listed
+                chunks = r.chunks()
+                # The second event does not exist yet: the first must arrive alone.
+                assert await chunks.__anext__() == b"data: one\n\n"
+                echo.release.set()
+                assert await chunks.__anext__() == b"data: two\n\n"
+                async for _ in chunks:
+                    pass
+
+
+async def test_client_auth_modes(pki: PKI, tmp_path: Path, nursery: trio.Nursery) -> None:
+    other = client_context(pki.ca, pki.other / "admin.pem", pki.other / "admin.key")
+    for mode in ("request", "require", "verify"):
+        gw, _ = await start(pki, tmp_path / mode, nursery, client_auth=mode)
+        async with HTTPClient(client_context(pki.ca)) as anon, \
+                HTTPClient(client_context(pki.ca, *pki.pair("admin"))) as cert, \
+                HTTPClient(other) as forged:
+            if mode == "verify":
+                with pytest.raises((trio.BrokenResourceError, ssl.SSLError, OSError)):
+                    await get(anon, gw, "/public/x")
+            else:
+                r = await get(anon, gw, "/public/x")
+                assert r.status == (401 if mode == "require" else 200), mode
+            assert (await get(cert, gw, "/public/x")).status == 200
+            # A certificate that fails verification is refused, never taken for "none".
+            with pytest.raises((trio.BrokenResourceError, ssl.SSLError, OSError)):
+                await get(forged, gw, "/public/x")
+        gw.shutdown()
+
+
+def test_noop_only_on_loopback(pki: PKI, tmp_path: Path) -> None:
+    raw = gateway_config(pki, tmp_path, upstream={
+        "kind": "http", "endpoints": ["https://127.0.0.1:1"]}, address="0.0.0.0:8443")
+    config = load(write_config(tmp_path, raw), env={"AUTH_TYPE": "noop"})
+    with pytest.raises(ConfigError, match="loopback"):
+        check_guest_listeners(config, allow_insecure_guest=False)
+    check_guest_listeners(config, allow_insecure_guest=True)
+    raw["listeners"][0]["address"] = "127.0.0.1:8443"
+    check_guest_listeners(load(write_config(tmp_path, raw), env={"AUTH_TYPE": "noop"}), False)
+
+
+def test_traceparent_is_validated() -> None:
+    good = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert trace_parent(good) == good
+    for bad in (b"00-" + b"0" * 32 + b"-00f067aa0ba902b7-01", b"zz", b"00-XYZ",
+                good + b"\r\nx: 1", None):
+        fresh = trace_parent(bad)
+        assert fresh != bad and re.fullmatch(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-01", fresh)
