@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from loom.gateway.app import Gateway, check_guest_listeners, listener_context, upstream_context
+from loom.gateway.app import Gateway, listener_context, upstream_context
 from loom.gateway.config import ConfigError, load
 from loom.security.tls import TLSConfigError
 
@@ -51,23 +51,21 @@ def check(path: Path, allow_insecure_guest: bool) -> list[str]:
     """Every problem that would stop `run` from starting, without listening or connecting:
     the schema, the TLS files of listeners and upstreams, guest mode on a public address."""
     try:
-        config = load(path)
+        config = load(path, allow_insecure_guest=allow_insecure_guest)
         for x in config.listeners:
             listener_context(x)
         for u in config.upstreams:
             upstream_context(u)
-        check_guest_listeners(config, allow_insecure_guest)
     except (ConfigError, TLSConfigError, ssl.SSLError, OSError) as e:
         return [str(e)]
     return [f"warning: {w}" for w in config.warnings]
 
 
 async def _serve(path: Path, allow_insecure_guest: bool) -> None:
-    config = load(path)
+    config = load(path, allow_insecure_guest=allow_insecure_guest)
     for w in config.warnings:
         log.warning("%s", w)
-    gateway = Gateway(config, allow_insecure_guest=allow_insecure_guest,
-                      fetch_context=_fetch_context())
+    gateway = Gateway(config, fetch_context=_fetch_context())
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(gateway.run)
@@ -78,7 +76,7 @@ async def _serve(path: Path, allow_insecure_guest: bool) -> None:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         try:
-                            gateway.reload(load(path))
+                            gateway.reload(load(path, allow_insecure_guest=allow_insecure_guest))
                         except (ConfigError, TLSConfigError, ssl.SSLError, OSError) as e:
                             log.error("reload refused, running state kept: %s", e)
                         continue

@@ -3,19 +3,15 @@ state, with graceful shutdown and a reload of what can change safely.
 
 This module owns (docs/gateway.md, "Listeners" and "Operations"):
 
-- The listener TLS modes (`listener_context`). Every listener is TLS 1.3. A presented client
-  certificate is always verified against `ca_file` in the handshake, and one that fails
-  verification fails the handshake: it is never taken for an absent certificate.
-  - `none`: no certificate is asked for; requests never carry one.
-  - `request`: a certificate is asked for and optional (CERT_OPTIONAL).
-  - `require`: the same handshake; a request without a certificate is answered 401
-    (problem+json, so the client is told why) and never routed.
-  - `verify`: a certificate is mandatory in the handshake itself (CERT_REQUIRED): a client
-    without one never completes TLS.
-- `AUTH_TYPE=noop` (guest mode) only on loopback listeners, unless allowed explicitly
-  (`check_guest_listeners`).
+- The listener TLS contexts (`listener_context`; the modes are defined in docs/gateway.md,
+  "Listener client certificates"). Every listener is TLS 1.3. In every mode but `none` a
+  presented client certificate is verified against `ca_file` in the handshake, and one that
+  fails verification fails the handshake: it is never taken for an absent certificate.
+  `request` is CERT_OPTIONAL; `require` and `verify` are CERT_REQUIRED (`verify` also makes
+  the certificate an identity: the configuration turns `mtls` on).
+- The loud warning of guest mode at start (the refusal off loopback is the configuration's).
 - The order of one request: route (400 for a path that is not canonical, 404 without a route)
-  -> listener `require` -> authentication per route (`auth.Chain`) -> rate limit (429 with
+  -> authentication per route (`auth.Chain`) -> rate limit (429 with
   Retry-After and RateLimit headers; the allowed answer carries the RateLimit headers too) ->
   forwarding (`proxy.Forwarder`; 502/503 when the upstream cannot answer).
 - Reload (`Gateway.reload`, SIGHUP): routes, authentication, rate limits and the listeners' TLS
@@ -56,25 +52,19 @@ from loom.security.tls import TLSConfigError, client_context, server_context
 __all__ = [
     "Gateway",
     "GatewayStatistics",
-    "check_guest_listeners",
     "listener_context",
     "upstream_context",
+    "warn_guest",
 ]
 
 log = logging.getLogger("loom.gateway")
 
 
-def check_guest_listeners(config: GatewayConfig, allow_insecure_guest: bool) -> None:
-    """Guest mode lets everyone in as the guest identity: only where only this machine can
-    connect, unless the operator says otherwise (and is warned loudly)."""
+def warn_guest(config: GatewayConfig) -> None:
+    """Guest mode lets everyone in as the guest identity: say so loudly at every start (the
+    configuration already refused it off loopback unless it was allowed explicitly)."""
     if config.auth.type != "noop":
         return
-    exposed = [x for x in config.listeners if not x.loopback]
-    if exposed and not allow_insecure_guest:
-        i = config.listeners.index(exposed[0])
-        raise ConfigError(f"listeners[{i}].address", f"AUTH_TYPE=noop lets every request in "
-                          f"as the guest; {exposed[0].host} is not a loopback address "
-                          "(--allow-insecure-guest to do it anyway)")
     where = ", ".join(f"{x.host}:{x.port}" for x in config.listeners)
     log.warning("AUTH_TYPE=noop: NO AUTHENTICATION. Every request on %s passes as the guest "
                 "with roles %s", where, list(config.auth.guest_roles))
@@ -98,7 +88,7 @@ def listener_context(listener: Listener) -> ssl.SSLContext:
         return ctx
     assert tls.ca_file is not None  # the schema requires it for every other mode
     return server_context(tls.ca_file, tls.cert_file, tls.key_file,
-                          require_client_auth=tls.client_auth == "verify")
+                          require_client_auth=tls.client_auth in ("require", "verify"))
 
 
 def upstream_context(upstream: Upstream) -> ssl.SSLContext:
@@ -119,7 +109,7 @@ class GatewayStatistics:
     upstreams: Mapping[str, ForwarderStatistics]
     rate_limit: RateLimitStatistics | None
     # Requests answered by the gateway itself, by reason: bad_path, no_route,
-    # certificate_required, auth_<status>, rate_limited, upstream_<status>.
+    # auth_<status>, rate_limited, upstream_<status>.
     answered: Mapping[str, int] = field(default_factory=dict)
     reloads: int = 0
 
@@ -146,12 +136,11 @@ class Gateway:
     returns when every listener listens). `fetch_context` verifies the identity provider
     (JWKS, discovery, introspection); by default the system's trust store."""
 
-    def __init__(self, config: GatewayConfig, *, allow_insecure_guest: bool = False,
+    def __init__(self, config: GatewayConfig, *,
                  fetch_context: ssl.SSLContext | None = None,
                  server_limits: ServerLimits | None = None,
                  client_limits: ClientLimits | None = None, max_redirects: int = 3) -> None:
-        check_guest_listeners(config, allow_insecure_guest)
-        self.allow_insecure_guest = allow_insecure_guest
+        warn_guest(config)
         self._fetch = HTTPSFetcher(fetch_context or ssl.create_default_context())
         self._servers = {x.name: HTTPServer(self._handler_for(x), listener_context(x),
                                             limits=server_limits, name=f"gateway.{x.name}")
@@ -216,7 +205,7 @@ class Gateway:
             raise ConfigError("listeners", "addresses changed: restart the gateway")
         if config.upstreams != old.upstreams:
             raise ConfigError("upstreams", "upstreams changed: restart the gateway")
-        check_guest_listeners(config, self.allow_insecure_guest)
+        warn_guest(config)
         contexts = {x.name: listener_context(x) for x in config.listeners}
         cert_headers = next((x.tls.client_cert_headers for x in config.listeners if x.tls),
                             None)
@@ -249,10 +238,6 @@ class Gateway:
             return self._refuse("bad_path", 400, "the path is not in canonical form")
         if route is None:
             return self._refuse("no_route", 404, "no route for this path")
-        if (listener.tls is not None and listener.tls.client_auth == "require"
-                and request.peer_certificate is None):
-            return self._refuse("certificate_required", 401,
-                                "this listener requires a client certificate")
         forwarder = self._forwarders[route.upstream]
         result = await st.chain.authenticate(route.auth, AuthRequest(
             request.headers, request.query, request.peer_certificate, request.remote))
