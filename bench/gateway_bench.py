@@ -129,7 +129,8 @@ def gateway_config(d: Path, certs: Path, port: int, idp: int, leader_http: str) 
             "api_key": {"enabled": True, "keys": [{
                 "name": "bench", "key_sha256": hashlib.sha256(API_KEY.encode()).hexdigest(),
                 "roles": ["reader"]}]},
-            "chain": ["jwt", "oauth", "api_key"]}},
+            "chain": ["jwt", "oauth", "api_key"],
+            "provider_ca_file": str(certs / "ca.pem")}},
         "routes": [{"id": "api", "path": "/*", "upstream": "loom", "auth": {"require": True}}],
         "upstreams": [{"name": "loom", "kind": "loom", "endpoints": [f"https://{leader_http}"],
                        "tls": {"ca_file": str(certs / "ca.pem"),
@@ -142,8 +143,8 @@ def gateway_config(d: Path, certs: Path, port: int, idp: int, leader_http: str) 
     return path
 
 
-def start_gateway(cfg: Path, log: Path, certs: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "LOOM_GATEWAY_IDP_CA": str(certs / "ca.pem")}
+def start_gateway(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
     env.pop("AUTH_TYPE", None)
     with log.open("wb") as out:  # own session: stopped by PID below, also on Ctrl-C
         return subprocess.Popen([str(BIN / "loom-gateway"), "run", str(cfg), "--log-level",
@@ -224,7 +225,7 @@ async def bench(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             leader = await wait_leader(cluster, direct)
             (gport,) = free_ports(1)
             cfg = gateway_config(work, certs, gport, idp.port, cluster.http[leader])
-            gw = start_gateway(cfg, work / "gateway.log", certs)
+            gw = start_gateway(cfg, work / "gateway.log")
             try:
                 results = await run_all(args, cluster, leader, direct, idp, gport, gw.pid,
                                         certs, limits)

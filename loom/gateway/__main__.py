@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import ssl
 import sys
@@ -41,12 +40,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fetch_context() -> ssl.SSLContext | None:
-    """The identity provider's trust: the system store, or LOOM_GATEWAY_IDP_CA (a PEM file)."""
-    ca = os.environ.get("LOOM_GATEWAY_IDP_CA")
-    return ssl.create_default_context(cafile=ca) if ca else None
-
-
 def check(path: Path, allow_insecure_guest: bool) -> list[str]:
     """Every problem that would stop `run` from starting, without listening or connecting:
     the schema, the TLS files of listeners and upstreams, guest mode on a public address."""
@@ -65,7 +58,7 @@ async def _serve(path: Path, allow_insecure_guest: bool) -> None:
     config = load(path, allow_insecure_guest=allow_insecure_guest)
     for w in config.warnings:
         log.warning("%s", w)
-    gateway = Gateway(config, fetch_context=_fetch_context())
+    gateway = Gateway(config)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(gateway.run)

@@ -10,7 +10,8 @@ This module owns (docs/gateway.md, "Listeners" and "Operations"):
   `request` is CERT_OPTIONAL; `require` and `verify` are CERT_REQUIRED (`verify` also makes
   the certificate an identity: the configuration turns `mtls` on).
 - The loud warning of guest mode at start (the refusal off loopback is the configuration's).
-- The order of one request: route (400 for a path that is not canonical, 404 without a route)
+- The order of one request: route (400 for a path that is not canonical, `canonical_path` in
+  the configuration module; 404 without a route)
   -> authentication per route (`auth.Chain`) -> rate limit (429 with
   Retry-After and RateLimit headers; the allowed answer carries the RateLimit headers too) ->
   forwarding (`proxy.Forwarder`; 502/503 when the upstream cannot answer).
@@ -31,11 +32,24 @@ from types import MappingProxyType
 
 import trio
 
-from loom.gateway.auth import AuthFailure, AuthRequest, Chain, HTTPSFetcher, Identity, build
-from loom.gateway.config import ConfigError, GatewayConfig, Listener, Upstream
+from loom.gateway.auth import (
+    AuthFailure,
+    AuthRequest,
+    Chain,
+    HTTPSFetcher,
+    Identity,
+    build,
+    provider_context,
+)
+from loom.gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    Listener,
+    Upstream,
+    canonical_path,
+)
 from loom.gateway.proxy import Forwarder, ForwarderStatistics, UpstreamUnavailable
 from loom.gateway.ratelimit import RateLimiter, RateLimitStatistics, bucket_key
-from loom.gateway.routes import NotCanonical, route_for
 from loom.http import (
     ClientLimits,
     HTTPClient,
@@ -133,15 +147,14 @@ def _limiter(config: GatewayConfig) -> RateLimiter | None:
 
 class Gateway:
     """Build with a checked configuration, then `await run()` (in a nursery: `nursery.start`
-    returns when every listener listens). `fetch_context` verifies the identity provider
-    (JWKS, discovery, introspection); by default the system's trust store."""
+    returns when every listener listens). The identity provider (JWKS, discovery,
+    introspection) is verified against `provider_ca_file`, or the system's trust store."""
 
     def __init__(self, config: GatewayConfig, *,
-                 fetch_context: ssl.SSLContext | None = None,
                  server_limits: ServerLimits | None = None,
                  client_limits: ClientLimits | None = None, max_redirects: int = 3) -> None:
         warn_guest(config)
-        self._fetch = HTTPSFetcher(fetch_context or ssl.create_default_context())
+        self._fetch = HTTPSFetcher(provider_context(config.auth.provider_ca_file))
         self._servers = {x.name: HTTPServer(self._handler_for(x), listener_context(x),
                                             limits=server_limits, name=f"gateway.{x.name}")
                          for x in config.listeners}
@@ -232,10 +245,9 @@ class Gateway:
     async def handle(self, listener: Listener, request: Request
                      ) -> Response | StreamingResponse:
         st = self._state
-        try:
-            route = route_for(st.config, request.path)
-        except NotCanonical:
+        if not canonical_path(request.path):  # the rule is the configuration's
             return self._refuse("bad_path", 400, "the path is not in canonical form")
+        route = st.config.route_for(request.path)
         if route is None:
             return self._refuse("no_route", 404, "no route for this path")
         forwarder = self._forwarders[route.upstream]

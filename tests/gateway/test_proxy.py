@@ -134,7 +134,7 @@ async def test_public_private_and_role_routes(gateway: tuple[Gateway, EchoUpstre
         r = await get(http, gw, "/admin/x", key("root"))
         assert r.status == 200
         seen = len(echo.seen)
-        for bad in ("/public/../api/x", "/public/%2e%2e/api", "/public//x", "/public/a%2fb"):
+        for bad in ("/public/../api/x", "/public/%2e%2e/api", "/public//x", "/public/..%2Fapi"):
             r = await get(http, gw, bad, key("alice"))
             assert r.status == 400, bad
         assert len(echo.seen) == seen  # never forwarded
