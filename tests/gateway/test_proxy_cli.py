@@ -115,3 +115,13 @@ async def test_sighup_reloads_a_running_process(pki: PKI, tmp_path: Path) -> Non
         proc.send_signal(signal.SIGTERM)
         with trio.fail_after(15):
             assert await proc.wait() == 0, log.read_text()
+
+
+def test_the_deploy_example_is_a_valid_configuration() -> None:
+    import yaml
+
+    from loom.gateway.config import parse
+
+    example = Path(__file__).resolve().parents[2] / "deploy" / "loom-gateway.yaml"
+    config = parse(yaml.safe_load(example.read_text()), base=example.parent, env={})
+    assert config.upstreams[0].kind == "loom" and config.routes[-1].auth.require
