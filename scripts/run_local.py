@@ -1,9 +1,11 @@
 """`make run`: a local three-node Loom cluster on loopback with the development PKI.
 
 Creates certs-dev/ when missing, writes run/<node>.toml for n1..n3 (client ports 6001-6003,
-peer ports 7001-7003), starts `loomd` for each node, waits (at most 30 s) until
-`loomctl cluster status` shows a leader, prints the status table and how to talk to the
-cluster, and stops every node when it stops itself.
+peer ports 7001-7003, HTTP doors 8001-8003), starts `loomd` for each node, waits (at most 30 s)
+until `loomctl cluster status` shows a leader, then starts `loom-gateway` on 127.0.0.1:8443 in
+front of the doors (run/gateway.yaml: an API key and a static-HS256 JWT issuer whose secrets
+are generated under run/, and a dev token minted into run/dev-token.jwt), prints the status
+table and how to talk to the cluster, and stops every process when it stops itself.
 
 The runner owns its nodes:
 - Only one runner per run directory: it holds an exclusive lock on run/run_local.pid (which
@@ -40,6 +42,9 @@ CLUSTER_NAME = "loom-dev"
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 PID_FILE = "run_local.pid"
+GATEWAY_ID = "spiffe://loom.dev/gateway/edge"
+DEV_ISSUER = "https://dev.loom.local"
+TOKEN_HOURS = 12
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -60,9 +65,9 @@ def _say(text: str, stream: IO[str] = sys.stdout) -> None:
         pass
 
 
-def write_configs(run: Path, client_base: int, peer_base: int) -> list[Path]:
+def write_configs(run: Path, client_base: int, peer_base: int, http_base: int) -> list[Path]:
     from loom.cli.loomd import EXAMPLE_ACL
-    from loom.node.config import AuditConfig, NodeConfig, TLSConfig, to_toml
+    from loom.node.config import AuditConfig, HttpConfig, NodeConfig, TLSConfig, to_toml
 
     peers = {n: f"127.0.0.1:{peer_base + i}" for i, n in enumerate(NODES)}
     paths = []
@@ -76,13 +81,79 @@ def write_configs(run: Path, client_base: int, peer_base: int) -> list[Path]:
             tls=TLSConfig(ca=CERTS / "ca.pem", cert=CERTS / f"{node}.pem",
                           key=CERTS / f"{node}.key"),
             audit=AuditConfig(sink="file", path=run / f"{node}-audit.jsonl"),
-            gateway_identities=("spiffe://loom.dev/gateway/edge",),
+            gateway_identities=(GATEWAY_ID,),
             acl=EXAMPLE_ACL,
+            http=HttpConfig(listen=f"127.0.0.1:{http_base + i}"),
         )
         path = run / f"{node}.toml"
         path.write_text(to_toml(cfg))
         paths.append(path)
     return paths
+
+
+def _private(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return path
+
+
+def dev_token(run: Path, sub: str = "ada", roles: tuple[str, ...] = ("data-writer", "reader")
+              ) -> str:
+    """A token of the dev issuer (HS256 with run/gateway-jwt.secret), as an identity provider
+    would issue it: the gateway forwards it as X-Auth-User dev:<sub>."""
+    import jwt
+
+    now = int(time.time())
+    claims = {"iss": DEV_ISSUER, "aud": "loom", "sub": sub, "roles": list(roles), "iat": now,
+              "exp": now + TOKEN_HOURS * 3600}
+    return jwt.encode(claims, (run / "gateway-jwt.secret").read_bytes(), algorithm="HS256")
+
+
+def write_gateway_config(run: Path, port: int, http_base: int) -> Path:
+    """run/gateway.yaml with fresh secrets: an API key (run/gateway-api-key, its digest in the
+    file) and an HS256 issuer (run/gateway-jwt.secret); a public /healthz, everything else
+    authenticated."""
+    import hashlib
+    import secrets
+
+    import yaml
+
+    api_key = secrets.token_urlsafe(24)
+    _private(run / "gateway-api-key", api_key.encode())
+    secret = _private(run / "gateway-jwt.secret", secrets.token_bytes(32).hex().encode())
+    edge = {"ca_file": str(CERTS / "ca.pem"), "cert_file": str(CERTS / "edge.pem"),
+            "key_file": str(CERTS / "edge.key")}
+    config = {
+        "listeners": [{"name": "https", "address": f"127.0.0.1:{port}", "tls": {
+            "cert_file": edge["cert_file"], "key_file": edge["key_file"]}}],
+        "middleware": {"auth": {
+            "jwt": {"enabled": True, "issuers": [{
+                "name": "dev", "issuer": DEV_ISSUER, "algorithms": ["HS256"],
+                "secret_file": str(secret)}], "audience": ["loom"], "roles_claim": "roles",
+                "claims_to_headers": {"sub": "X-User-ID"}},
+            "api_key": {"enabled": True, "header": "X-API-Key", "keys": [{
+                "name": "dev", "key_sha256": hashlib.sha256(api_key.encode()).hexdigest(),
+                "roles": ["data-writer", "reader"]}]},
+            "chain": ["jwt", "api_key"], "guest_roles": ["guest"]}},
+        "routes": [{"id": "health", "path": "/healthz", "upstream": "loom"},
+                   {"id": "api", "path": "/*", "upstream": "loom", "auth": {"require": True}}],
+        "upstreams": [{"name": "loom", "kind": "loom", "tls": edge, "endpoints": [
+            f"https://127.0.0.1:{http_base + i}" for i in range(len(NODES))]}],
+        "rate_limit": {"enabled": True, "key": "identity", "rate": 100, "burst": 200},
+    }
+    path = _private(run / "gateway.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+    _private(run / "dev-token.jwt", dev_token(run).encode())
+    return path
+
+
+def serves_tls(cert: Path) -> bool:
+    """Whether a certificate may serve TLS (certs-dev/ made before gateways did cannot)."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    c = x509.load_pem_x509_certificate(cert.read_bytes())
+    eku = c.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    return ExtendedKeyUsageOID.SERVER_AUTH in eku
 
 
 @contextmanager
@@ -117,11 +188,21 @@ def _die_with_parent() -> None:
 
 
 def start_node(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    return _start([str(BIN / "loomd"), "--config", str(config)], log)
+
+
+def start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    return _start([str(BIN / "loom-gateway"), "run", str(config)], log,
+                  {k: v for k, v in os.environ.items() if k != "AUTH_TYPE"})
+
+
+def _start(argv: list[str], log: Path, env: dict[str, str] | None = None
+           ) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         # A session of its own: the terminal's SIGHUP (and Ctrl-C's SIGINT) go to the runner
-        # only, which then stops the node with SIGTERM.
-        return subprocess.Popen([str(BIN / "loomd"), "--config", str(config)], stdout=out,
-                                stderr=out, stdin=subprocess.DEVNULL, start_new_session=True,
+        # only, which then stops the process with SIGTERM.
+        return subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env,
                                 preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads here
 
 
@@ -151,7 +232,7 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         try:
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _say(f"loomd (pid {p.pid}) did not stop in time; killing it", sys.stderr)
+            _say(f"pid {p.pid} did not stop in time; killing it", sys.stderr)
             p.kill()
             p.wait()
 
@@ -168,6 +249,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="n1's client port; n2 and n3 take the next two (default 6001)")
     p.add_argument("--peer-port", type=int, default=7001,
                    help="n1's peer port; n2 and n3 take the next two (default 7001)")
+    p.add_argument("--http-port", type=int, default=8001,
+                   help="n1's HTTP door; n2 and n3 take the next two (default 8001)")
+    p.add_argument("--gateway-port", type=int, default=8443,
+                   help="loom-gateway's port (default 8443)")
     return p.parse_args(argv)
 
 
@@ -185,14 +270,19 @@ def main(argv: list[str] | None = None) -> int:
             if not (CERTS / "ca.pem").exists():
                 create_dev_pki(CERTS)
                 _say(f"created development certificates in {CERTS}")
-            paths = write_configs(run, args.client_port, args.peer_port)
+            elif (CERTS / "edge.pem").exists() and not serves_tls(CERTS / "edge.pem"):
+                create_dev_pki(CERTS, force=True)
+                _say(f"recreated the development certificates in {CERTS}: the gateway's "
+                     "could not serve TLS")
+            paths = write_configs(run, args.client_port, args.peer_port, args.http_port)
+            gateway = write_gateway_config(run, args.gateway_port, args.http_port)
             endpoints = ",".join(f"127.0.0.1:{args.client_port + i}" for i in range(len(NODES)))
             env = {**os.environ, "LOOM_ENDPOINTS": endpoints, "LOOM_CA": str(CERTS / "ca.pem"),
                    "LOOM_CERT": str(CERTS / "admin.pem"), "LOOM_KEY": str(CERTS / "admin.key")}
             try:
                 for node, path in zip(NODES, paths, strict=True):
                     procs.append(start_node(path, run / f"{node}.log"))
-                return serve(procs, env, endpoints, run)
+                return serve(procs, env, endpoints, run, gateway, args.gateway_port)
             finally:
                 # Further signals must not interrupt the stop; it is bounded by itself.
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -203,8 +293,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def gateway_ready(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def serve(procs: list[subprocess.Popen[bytes]], env: dict[str, str], endpoints: str,
-          run: Path) -> int:
+          run: Path, gateway: Path, gateway_port: int) -> int:
     deadline = time.monotonic() + READY_TIMEOUT
     while not has_leader(env):
         if any(p.poll() is not None for p in procs):
@@ -214,7 +314,14 @@ def serve(procs: list[subprocess.Popen[bytes]], env: dict[str, str], endpoints: 
             _say(f"no leader within {READY_TIMEOUT:g} s; see {run}/*.log", sys.stderr)
             return 1
         time.sleep(0.3)
+    procs.append(start_gateway(gateway, run / "gateway.log"))
+    while not gateway_ready(gateway_port):
+        if procs[-1].poll() is not None or time.monotonic() >= deadline + 15:
+            _say(f"loom-gateway did not start; see {run}/gateway.log", sys.stderr)
+            return 1
+        time.sleep(0.1)
     table = loomctl(env, "cluster", "status").stdout.rstrip()
+    gw = f"https://127.0.0.1:{gateway_port}"
     _say(f"""
 Loom is running: cluster {CLUSTER_NAME!r}, {len(NODES)} nodes on {endpoints}
 (mutual TLS, development certificates). Logs and audit records: {run}/
@@ -231,10 +338,18 @@ In another shell:
   {BIN}/loomctl leader transfer && {BIN}/loomctl cluster status
   tail -n 1 {run}/n*-audit.jsonl
 
-Ctrl-C (or closing this terminal) stops the cluster.""")
+Through loom-gateway ({gw}; a dev JWT for 'ada', valid {TOKEN_HOURS} h, is in
+{run}/dev-token.jwt; the API key in {run}/gateway-api-key):
+  curl --cacert {CERTS}/ca.pem -X POST -H "Authorization: Bearer $(cat {run}/dev-token.jwt)" \\
+       {gw}/v1/counters/visits/increment
+  curl --cacert {CERTS}/ca.pem -H "X-API-Key: $(cat {run}/gateway-api-key)" \\
+       {gw}/v1/counters/visits
+  tail -n 1 {run}/n*-audit.jsonl   # "principal":"user:dev:ada", "via_gateway":"{GATEWAY_ID}"
+
+Ctrl-C (or closing this terminal) stops the cluster and the gateway.""")
     while all(p.poll() is None for p in procs):
         time.sleep(0.5)
-    _say(f"a loomd exited; see {run}/*.log", sys.stderr)
+    _say(f"a process exited; see {run}/*.log", sys.stderr)
     return 1
 
 

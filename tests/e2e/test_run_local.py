@@ -56,15 +56,16 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def runner(tmp_path: Path) -> Iterator[tuple[list[str], Path]]:
-    base = _free_block(6)
+    base = _free_block(10)
     argv = [sys.executable, str(SCRIPT), "--run-dir", str(tmp_path / "run"),
-            "--client-port", str(base), "--peer-port", str(base + 3)]
+            "--client-port", str(base), "--peer-port", str(base + 3),
+            "--http-port", str(base + 6), "--gateway-port", str(base + 9)]
     yield argv, tmp_path / "run"
 
 
 def _start(argv: list[str]) -> tuple[subprocess.Popen[str], list[int]]:
     """The runner, in a session of its own as a shell would start it in a terminal; returns
-    once it says the cluster is running, with the pids of its three nodes."""
+    once it says the cluster is running, with the pids of its three nodes and its gateway."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     assert proc.stdout is not None
@@ -75,9 +76,11 @@ def _start(argv: list[str]) -> tuple[subprocess.Popen[str], list[int]]:
             break
     else:
         raise AssertionError("runner ended: " + "".join(seen))
-    nodes = [c for c in _children(proc.pid) if "loomd" in Path(f"/proc/{c}/cmdline").read_text()]
-    assert len(nodes) == 3, nodes
-    return proc, nodes
+    cmdlines = {c: Path(f"/proc/{c}/cmdline").read_text() for c in _children(proc.pid)}
+    nodes = [c for c, cmd in cmdlines.items() if "loomd" in cmd]
+    gateways = [c for c, cmd in cmdlines.items() if "loom-gateway" in cmd]
+    assert len(nodes) == 3 and len(gateways) == 1, cmdlines
+    return proc, nodes + gateways
 
 
 def _gone_within(pids: list[int], seconds: float) -> bool:
