@@ -18,6 +18,9 @@ This module owns the forwarding rules (docs/gateway.md, "Forwarding"):
   answers (307 to the leader's HTTP address, or 503 naming the leader) are followed here, at
   most `max_redirects` times: NOT_LEADER means the node executed nothing, so sending again is
   safe for every method. The leader found becomes the preferred endpoint.
+- A request goes to another endpoint after a failure only when that cannot execute it twice:
+  the connection was refused (nothing was sent), or repeating is safe (an idempotent method,
+  or a POST with an Idempotency-Key). Anything else that broke is 502.
 - Responses are streamed, never buffered: the head is answered as soon as it arrives and each
   body piece is sent on as it comes (server-sent events reach the client live). Hop-by-hop
   response fields are dropped too.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -40,6 +44,7 @@ import trio
 from loom.gateway.auth.mtls import certificate_fields
 from loom.gateway.config import ClientCertHeaders, Upstream
 from loom.http import HTTPClient, Request, ResponseTooLarge, StreamedResponse, StreamingResponse
+from loom.http.client import IDEMPOTENT
 
 __all__ = [
     "ForwardIdentity",
@@ -194,13 +199,13 @@ class Forwarder:
     """Forward to one upstream through a shared pooled client (`HTTPClient`)."""
 
     def __init__(self, upstream: Upstream, client: HTTPClient, *, max_redirects: int = 3,
-                 connect_timeout_s: float = 10.0,
+                 head_timeout_s: float = 120.0,
                  cert_headers: ClientCertHeaders | None = None,
                  gateway_set: Iterable[str] = ()) -> None:
         self.upstream = upstream
         self.client = client
         self.max_redirects = max_redirects
-        self.connect_timeout_s = connect_timeout_s
+        self.head_timeout_s = head_timeout_s
         self.cert_headers = cert_headers
         self.gateway_set = tuple(gateway_set)
         self._preferred = 0  # index into endpoints, or the leader's origin below
@@ -231,25 +236,37 @@ class Forwarder:
         origins = self._origins()
         target = request.target
         url = origins[0] + target
+        # Safe to send again (to this or another endpoint) after a failure that may have
+        # reached the upstream: by method, or a POST carrying an Idempotency-Key (loomd applies
+        # it once). A refused connection never reached it, so any request may go elsewhere.
+        again = request.method in IDEMPOTENT or len(
+            [v for k, v in request.headers if k == b"idempotency-key"]) == 1
         tried = 0
         redirects = 0
         last = "no endpoint answered"
         while True:
             stack = AsyncExitStack()
             try:
-                with trio.fail_after(self.connect_timeout_s):
+                with trio.fail_after(self.head_timeout_s):
                     r = await stack.enter_async_context(self.client.stream(
                         request.method, url, headers=headers, body=request.body,
-                        idempotent=False))
+                        idempotent=again))
+            except trio.TooSlowError:
+                await stack.aclose()
+                self._errors += 1
+                raise UpstreamUnavailable(504, f"upstream {self.upstream.name}: no answer "
+                                          f"within {self.head_timeout_s:g} s") from None
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
-                    trio.TooSlowError, h11.RemoteProtocolError, ResponseTooLarge) as e:
+                    h11.RemoteProtocolError, ResponseTooLarge) as e:
                 await stack.aclose()
                 self._errors += 1
                 last = f"{urlsplit(url).netloc}: {type(e).__name__}"
                 if self._leader is not None and url.startswith(self._leader):
                     self._leader = None  # the leader we knew is gone
                 tried += 1
-                if tried >= len(origins):
+                # Broken after sending: the upstream may have executed it; only ever once.
+                unsent = isinstance(e, OSError) and not isinstance(e, ssl.SSLError)
+                if tried >= len(origins) or not (again or unsent):
                     raise UpstreamUnavailable(502, f"upstream {self.upstream.name}: "
                                               f"{last}") from None
                 url = origins[tried] + target

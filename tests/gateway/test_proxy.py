@@ -9,6 +9,7 @@ import json
 import re
 import ssl
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from loom.gateway.app import Gateway
 from loom.gateway.config import ConfigError, load
 from loom.gateway.proxy import trace_parent
 from loom.http import ClientResponse, HTTPClient
-from loom.security.tls import client_context
+from loom.security.tls import client_context, server_context
+from tests.cluster.conftest import free_ports
 from tests.conftest import PKI
 from tests.gateway.proxy_support import (
     API_KEYS,
@@ -211,3 +213,44 @@ def test_traceparent_is_validated() -> None:
                 good + b"\r\nx: 1", None):
         fresh = trace_parent(bad)
         assert fresh != bad and re.fullmatch(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-01", fresh)
+
+
+async def test_a_request_that_may_have_run_is_never_sent_twice(
+        pki: PKI, tmp_path: Path, nursery: trio.Nursery) -> None:
+    """Endpoints: a refused port, one that takes the request and drops the connection, then a
+    working one. A refused connection moves any request on; a dropped one moves on only a
+    request that is safe to repeat (GET, or a POST with an Idempotency-Key)."""
+    echo = EchoUpstream(pki)
+    await echo.start(nursery)
+    ctx = server_context(pki.ca, *pki.pair("n1"), require_client_auth=False)
+    taken: list[bytes] = []
+
+    async def drop(tcp: trio.SocketStream) -> None:
+        tls = trio.SSLStream(tcp, ctx, server_side=True)
+        try:
+            taken.append(await tls.receive_some(65536))
+        except trio.BrokenResourceError:
+            pass
+        await trio.aclose_forcefully(tls)
+
+    (dropper,) = await nursery.start(partial(trio.serve_tcp, drop, 0, host="127.0.0.1"))
+    (refused,) = free_ports(1)
+    endpoints = [f"https://127.0.0.1:{refused}",
+                 f"https://127.0.0.1:{dropper.socket.getsockname()[1]}", echo.url]
+    raw = gateway_config(pki, tmp_path / "gw", upstream={
+        "kind": "http", "endpoints": endpoints, "tls": {"ca_file": str(pki.ca)}})
+    gw = Gateway(load(write_config(tmp_path / "gw", raw), env={}))
+    await nursery.start(gw.run)
+    async with HTTPClient(client_context(pki.ca)) as http:
+        with trio.fail_after(10):
+            r = await http.request("POST", url(gw, "/api/once"), headers=key("alice"),
+                                   body=b"x")
+            assert r.status == 502 and len(taken) == 1
+            assert not [s for s in echo.seen if s.path == "/api/once"]
+            r = await http.request("POST", url(gw, "/api/keyed"), body=b"x", headers=[
+                *key("alice"), ("idempotency-key", "k1")])
+            assert r.status == 200 and len(taken) == 2
+            r = await http.request("GET", url(gw, "/api/get"), headers=key("alice"))
+            assert r.status == 200 and len(taken) == 3
+    gw.shutdown()
+    echo.server.shutdown()
