@@ -1,7 +1,7 @@
 """The gateway process: one nursery tree of listeners over one routing, auth and forwarding
 state, with graceful shutdown and a reload of what can change safely.
 
-This module owns (docs/gateway.md, "Listeners" and "Operations"):
+This module owns (docs/gateway.md, "Running it" and "One request"):
 
 - The listener TLS contexts (`listener_context`; the modes are defined in docs/gateway.md,
   "Listener client certificates"). Every listener is TLS 1.3. In every mode but `none` a
@@ -10,11 +10,11 @@ This module owns (docs/gateway.md, "Listeners" and "Operations"):
   `request` is CERT_OPTIONAL; `require` and `verify` are CERT_REQUIRED (`verify` also makes
   the certificate an identity: the configuration turns `mtls` on).
 - The loud warning of guest mode at start (the refusal off loopback is the configuration's).
-- The order of one request: route (400 for a path that is not canonical, `canonical_path` in
-  the configuration module; 404 without a route)
-  -> authentication per route (`auth.Chain`) -> rate limit (429 with
-  Retry-After and RateLimit headers; the allowed answer carries the RateLimit headers too) ->
-  forwarding (`proxy.Forwarder`; 502/503 when the upstream cannot answer).
+- The order of one request: route (400 for a path that is not canonical, a rule of the
+  configuration module; 404 without a route) -> authentication per route (`auth.Chain`) ->
+  rate limit (429 with Retry-After and RateLimit headers; an admitted request's answer carries
+  the RateLimit headers too) -> forwarding (`proxy.Forwarder`; 502/503/504 when the upstream
+  cannot answer).
 - Reload (`Gateway.reload`, SIGHUP): routes, authentication, rate limits and the listeners' TLS
   files are replaced at once for new requests; a change of listeners' addresses or of upstreams
   needs a restart, so such a file is refused whole and the running state kept. Rate-limit
