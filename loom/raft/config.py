@@ -15,6 +15,8 @@ MUTANTS: dict[str, str] = {
     "lease_expired": "serve lease reads without checking the lease has not expired",
     "ack_before_sync": "send messages before the Ready's writes are synced (driver-level)",
     "skip_log_matching": "accept AppendEntries without checking the previous entry's term",
+    "ignore_joining": "treat a node that started empty as caught up: it campaigns, votes and "
+                      "is counted from the first entries it holds",
 }
 
 

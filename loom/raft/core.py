@@ -21,7 +21,25 @@ Safety rules and where they live:
   * lease: a read may skip the round while the lease holds: a heartbeat round acknowledged by
     a majority was sent less than `election_tick_min - lease_drift_ticks` ticks ago (those
     voters will refuse other candidates for `election_tick_min` of their own ticks). A leader
-    that sent TimeoutNow never uses its lease again in that term (`_lease_valid`).
+    that sent TimeoutNow never uses its lease again in that term (`_lease_valid`);
+  * joining: a node that started empty without being a founder (a new node, or one that
+    lost its disk and came back under its old name) is `joining`. While joining it never
+    campaigns (`promotable`), never grants a vote or pre-vote (`_handle_vote`), and marks
+    every acknowledgement it sends `joining`, so no leader counts it for a commit, a read
+    round, the lease or check-quorum (`_counted`). It stops joining only once its commit
+    index reaches a read index R it obtained, after it started, from a leader
+    (`_join_floor`, `_maybe_joined`).
+
+Invariant (joining): a node counts in no quorum, neither by itself nor in a leader's tally,
+before its log holds every entry committed before it started empty. Proof: R answers a
+ReadIndex request sent after the node started, so R is at least the index of every entry
+committed before then (the ReadIndex rule above, whose quorum counts no joining node); the
+node's commit index reaching R means its log holds that whole committed prefix (log
+matching). Without this rule a wiped node replaying the log from index 1 passes through the
+cluster's old configurations, some of which count it (the bootstrap's first entry makes it
+the only voter), and its lost votes and acknowledgements no longer hold up the majorities
+that committed later entries. Founders start from the bootstrap entries, never empty; the
+driver keeps the joining flag durable until `joining` turns False.
 """
 
 from __future__ import annotations
@@ -39,6 +57,9 @@ from loom.raft.ready import Busy, NotLeader, ReadState, Ready, Role, Snapshot, S
 from loom.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 
 _VOTE_REQS = (m.RequestVote, m.PreVote)
+# The context of the read a joining node asks for (see "Joining" above); never an
+# application's (those are surfaced as ReadStates; this one is consumed by the core).
+JOIN_READ_CTX = b"\x00loom:join"
 
 
 class _PendingRead:
@@ -57,6 +78,7 @@ class RaftCore:
         snapshot: SnapshotMeta | None = None,
         entries: Sequence[Entry] = (),
         snapshot_data: bytes = b"",
+        joining: bool = False,
     ) -> None:
         hs = hard_state or HardState()
         snap = snapshot or SnapshotMeta()
@@ -86,6 +108,11 @@ class RaftCore:
         self._pending_conf_index = 0
         self._uncommitted_bytes = 0
         self._need_bcast = False
+        # Joining (see the module docstring): True until the commit index reaches the read
+        # index `_join_floor` a leader answered after this node started empty.
+        self.joining = joining and config.mutant != "ignore_joining"
+        self._join_floor: int | None = None
+        self._join_asked: int | None = None  # tick of the last request for the floor
         # ReadIndex / lease state (leader only)
         self._hb_seq = 0
         # Ticks at which the recent heartbeat rounds were sent: round `_hb_base + i` at
@@ -119,7 +146,15 @@ class RaftCore:
         return len(self.conf.voters) // 2 + 1
 
     def promotable(self) -> bool:
-        return self.id in self.conf.voters
+        """Whether this node may campaign: a voter of its configuration, and not joining."""
+        return not self.joining and self.id in self.conf.voters
+
+    def _counted(self, peer: str) -> bool:
+        """Whether the leader counts `peer`'s acknowledgements (itself always: a leader never
+        joins). A joining follower's acknowledgements are true about the entries it holds but
+        it may have forgotten a vote or a newer term: they confirm nothing."""
+        pr = self.progress.get(peer)
+        return pr is not None and not pr.joining
 
     def _peers(self) -> list[str]:
         return sorted(p for p in self.progress if p != self.id)
@@ -229,6 +264,8 @@ class RaftCore:
             self._booting = False
         if self.role is Role.LEADER:
             self._tick_leader()
+        elif self.joining:
+            self._ask_join_floor()
         elif self.election_elapsed >= self._timeout and self.promotable():
             self._campaign(pre=self.cfg.pre_vote, transfer=False)
 
@@ -243,7 +280,7 @@ class RaftCore:
             if self.cfg.check_quorum:
                 active = sum(
                     1 for v in self.conf.voters
-                    if v == self.id or (v in self.progress and self.progress[v].recent_active)
+                    if self._counted(v) and (v == self.id or self.progress[v].recent_active)
                 )
                 for pr in self.progress.values():
                     pr.recent_active = False
@@ -269,7 +306,7 @@ class RaftCore:
                 pr = self.progress.get(cc.node)
                 if cc.node not in self.conf.learners or pr is None:
                     why = "add the node as a learner first"
-                elif pr.match < self.log.committed:
+                elif pr.match < self.log.committed or pr.joining:
                     why = "learner has not caught up"
             if why is not None:
                 return Busy(why)
@@ -394,7 +431,7 @@ class RaftCore:
             or (pre and msg.term > self.term)
         )
         if (can_vote and self.log.is_up_to_date(msg.last_index, msg.last_term)
-                and self._voter_in_own_log()):
+                and self._voter_in_own_log() and not self.joining):
             if pre:
                 self._send(m.PreVoteResponse(msg.frm, self.id, msg.term, False))
             else:
@@ -444,7 +481,7 @@ class RaftCore:
         elif isinstance(msg, m.Heartbeat):
             self.election_elapsed, self.leader = 0, msg.frm
             self.log.commit_to(min(msg.commit, self.log.last_index))
-            self._send(m.HeartbeatResponse(msg.frm, self.id, self.term, msg.seq))
+            self._send(m.HeartbeatResponse(msg.frm, self.id, self.term, msg.seq, self.joining))
         elif isinstance(msg, m.InstallSnapshot):
             self.election_elapsed, self.leader = 0, msg.frm
             self._handle_snapshot(msg)
@@ -452,12 +489,43 @@ class RaftCore:
             if self.promotable():
                 self._campaign(pre=False, transfer=True)
         elif isinstance(msg, m.ReadIndexResponse):
-            self._read_states.append(ReadState(msg.ctx, msg.index))
+            if msg.ctx == JOIN_READ_CTX:
+                if self.joining:
+                    self._join_floor = max(self._join_floor or 0, msg.index)
+            else:
+                self._read_states.append(ReadState(msg.ctx, msg.index))
+        if self.joining:
+            self._maybe_joined()
+
+    def _ack(self, to: str, index: int, *, reject_hint: int | None = None,
+             log_term: int = 0) -> None:
+        """An AppendResponse: accepted up to `index`, or (with `reject_hint`) a rejection of
+        the append whose previous index was `index`. It says whether we are joining."""
+        self._send(m.AppendResponse(to, self.id, self.term, index, reject_hint is not None,
+                                    reject_hint or 0, log_term, self.joining))
+
+    def _ask_join_floor(self) -> None:
+        """While joining, ask the leader we follow for a read index (again every
+        election_tick_min ticks: the request or its answer may be lost)."""
+        if self.leader is None or self.role is not Role.FOLLOWER:
+            return
+        if self._join_asked is not None and (
+                self.ticks - self._join_asked < self.cfg.election_tick_min):
+            return
+        self._join_asked = self.ticks
+        self._send(m.ReadIndex(self.leader, self.id, self.term, JOIN_READ_CTX))
+
+    def _maybe_joined(self) -> None:
+        if self._join_floor is not None and self.log.committed >= self._join_floor:
+            self.joining = False
+            self._join_floor = self._join_asked = None
+        elif self._join_asked is None:
+            self._ask_join_floor()  # the first leader we hear of: ask at once
 
     def _handle_append(self, msg: m.AppendEntries) -> None:
         log = self.log
         if msg.index < log.committed:
-            self._send(m.AppendResponse(msg.frm, self.id, self.term, log.committed, False, 0, 0))
+            self._ack(msg.frm, log.committed)
             return
         ok = log.match_term(msg.index, msg.log_term)
         if self.cfg.mutant == "skip_log_matching":
@@ -468,17 +536,15 @@ class RaftCore:
             if ci:
                 log.truncate_and_append(list(msg.entries[ci - msg.index - 1 :]))
             log.commit_to(min(msg.commit, last_new))
-            self._send(m.AppendResponse(msg.frm, self.id, self.term, last_new, False, 0, 0))
+            self._ack(msg.frm, last_new)
             return
         hint = log.find_conflict_by_term(min(msg.index, log.last_index), msg.log_term)
-        self._send(m.AppendResponse(msg.frm, self.id, self.term, msg.index, True, hint,
-                                    log.term(hint) or 0))
+        self._ack(msg.frm, msg.index, reject_hint=hint, log_term=log.term(hint) or 0)
 
     def _handle_snapshot(self, msg: m.InstallSnapshot) -> None:
         if msg.snap_index <= self.log.committed:
             self._snap_rx = None
-            self._send(m.AppendResponse(msg.frm, self.id, self.term, self.log.committed,
-                                        False, 0, 0))
+            self._ack(msg.frm, self.log.committed)
             return
         key = (msg.frm, msg.term, msg.snap_index)
         if self._snap_rx != key:
@@ -503,7 +569,7 @@ class RaftCore:
             self.conf = conf
             self._conf_history = [(msg.snap_index, conf)]
             self.snapshot = self._install = Snapshot(meta, data)
-        self._send(m.AppendResponse(msg.frm, self.id, self.term, msg.snap_index, False, 0, 0))
+        self._ack(msg.frm, msg.snap_index)
 
     # ------------------------------------------------------------------ leader
     def _step_leader(self, msg: m.Message) -> None:
@@ -518,6 +584,13 @@ class RaftCore:
         if pr is None:
             return
         pr.recent_active = True
+        if isinstance(msg, m.AppendResponse | m.HeartbeatResponse):
+            was, pr.joining = pr.joining, msg.joining
+            if (isinstance(msg, m.AppendResponse) and msg.joining and msg.reject
+                    and msg.reject_hint < pr.match):
+                pr.forget_match(msg.reject_hint)  # it lost its disk: its old acks are void
+            if was and not msg.joining and self._maybe_commit():  # caught up: counted again
+                self._broadcast_append(send_empty=False)
         if isinstance(msg, m.AppendResponse):
             self._on_append_response(msg, pr)
         elif isinstance(msg, m.HeartbeatResponse):
@@ -559,7 +632,8 @@ class RaftCore:
             self._send_append(msg.frm)
 
     def _on_heartbeat_response(self, msg: m.HeartbeatResponse, pr: Progress) -> None:
-        if msg.frm in self.conf.voters and msg.seq > self._acked_seq.get(msg.frm, 0):
+        if (msg.frm in self.conf.voters and not pr.joining
+                and msg.seq > self._acked_seq.get(msg.frm, 0)):
             self._acked_seq[msg.frm] = msg.seq
             self._acks += 1
             self._acked_order[msg.frm] = self._acks
@@ -584,7 +658,7 @@ class RaftCore:
 
     def _maybe_commit(self) -> bool:
         matches = sorted(
-            (self.progress[v].match if v in self.progress else 0 for v in self.conf.voters),
+            (self.progress[v].match if self._counted(v) else 0 for v in self.conf.voters),
             reverse=True,
         )
         if not matches:
@@ -675,14 +749,14 @@ class RaftCore:
         """The quorum - 1 other voters that acknowledged the newest round, first come first
         (then by id: the choice is deterministic)."""
         acked, order = self._acked_seq, self._acked_order
-        voters = sorted((v for v in self.conf.voters if v != self.id and v in self.progress),
+        voters = sorted((v for v in self.conf.voters if v != self.id and self._counted(v)),
                         key=lambda v: (-acked.get(v, 0), order.get(v, 0), v))
         return voters[: self._quorum() - 1]
 
     def _confirmed_seq(self) -> int:
         acks = sorted(
-            (self._hb_seq if v == self.id else self._acked_seq.get(v, 0)
-             for v in self.conf.voters),
+            (self._hb_seq if v == self.id else self._acked_seq.get(v, 0) if self._counted(v)
+             else 0 for v in self.conf.voters),
             reverse=True,
         )
         return acks[self._quorum() - 1] if acks else 0

@@ -107,6 +107,7 @@ _DECODERS: dict[str, Callable[[object], object]] = {
     "total": _uint,
     "done": _bool,
     "ctx": _bytes,
+    "joining": _bool,
 }
 
 
@@ -120,7 +121,10 @@ class Message:
     def to_wire(self) -> dict[str, object]:
         d: dict[str, object] = {"kind": self.KIND}
         for name in _BY_KIND[self.KIND][1]:  # the field names, in order
-            d[name] = _wire_value(getattr(self, name))
+            v = getattr(self, name)
+            if name == "joining" and not v:
+                continue  # the common case costs no bytes on every acknowledgement
+            d[name] = _wire_value(v)
         return d
 
 
@@ -140,6 +144,7 @@ class AppendResponse(Message):
     reject: bool
     reject_hint: int  # on reject: an index at or below which the follower's log may match
     log_term: int  # on reject: the follower's term at reject_hint
+    joining: bool = False  # the follower started empty and has not caught up (never counted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +186,7 @@ class Heartbeat(Message):
 class HeartbeatResponse(Message):
     KIND: ClassVar[str] = "RAFT_HEARTBEAT_RESPONSE"
     seq: int
+    joining: bool = False  # as in AppendResponse: this acknowledgement confirms nothing
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@ REPLICATE: optimistic pipelining; `next` runs ahead of `match`, at most `max_inf
 SNAPSHOT: the follower is behind the log's compaction point; the snapshot `snap_index` is
   streamed in chunks, at most `snapshot_window` unacknowledged, from byte `snap_acked`.
 
-Invariant: match < next. `match` never decreases within one leadership term.
+Invariant: match < next. `match` never decreases within one leadership term, except when the
+follower answers that it is joining (it lost its disk and restarted empty): `forget_match`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ class PState(Enum):
 
 
 class Progress:
-    __slots__ = ("inflight", "match", "max_inflight", "next", "probe_sent", "recent_active",
-                 "snap_acked", "snap_index", "snap_sent", "state")
+    __slots__ = ("inflight", "joining", "match", "max_inflight", "next", "probe_sent",
+                 "recent_active", "snap_acked", "snap_index", "snap_sent", "state")
 
     def __init__(self, next_index: int, max_inflight: int) -> None:
         self.match = 0
@@ -32,6 +33,9 @@ class Progress:
         self.state = PState.PROBE
         self.probe_sent = False
         self.recent_active = False  # heard from since the last check-quorum round
+        # the follower's last answer said it started empty and has not caught up: its
+        # acknowledgements are never counted (see "Joining" in loom.raft.core)
+        self.joining = False
         self.inflight: deque[int] = deque()
         self.max_inflight = max_inflight
         self.snap_index = 0
@@ -84,6 +88,12 @@ class Progress:
         while self.inflight and self.inflight[0] <= index:
             self.inflight.popleft()
         return updated
+
+    def forget_match(self, hint: int) -> None:
+        """The follower lost its disk: what it acknowledged before is gone. Probe from `hint`."""
+        self.match = min(self.match, hint)
+        self.become_probe()
+        self.next = min(self.next, hint + 1)
 
     def maybe_decrease(self, rejected: int, hint: int) -> bool:
         """A rejection of the append whose previous index was `rejected`. False if stale."""

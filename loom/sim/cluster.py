@@ -50,6 +50,7 @@ DRIFT = 0.04  # clock rate spread; RaftConfig.lease_drift_ticks must cover it (s
 TRACE_LEN = 60
 DISK_MODES = ("sim", "wal", "mix")  # mix: every WAL_EVERY-th seed on the real storage code
 WAL_EVERY = 4
+REJOIN_EVERY = 10  # seeds k*10+5 run the "rejoin" profile (see SimParams.from_seed)
 _TICK, _DELIVER, _CLIENT, _TIMEOUT, _NEMESIS, _RESTART, _RESUME, _HEAL, _CALL = range(9)
 
 
@@ -81,9 +82,21 @@ class SimParams:
     disk: str = "sim"  # "sim": SimDisk; "wal": loom.storage.Storage over FaultFS
     sync_fail_rate: float = 0.0  # wal only: chance an fsync fails (the node fail-stops)
     slow_sync_rate: float = 0.0  # wal only: chance an fsync is slow (holds back sends)
+    rejoin: bool = False  # aim at a wiped node readmitted under its old name (see from_seed)
 
     @staticmethod
-    def from_seed(rng: random.Random, mutant: str | None) -> SimParams:
+    def from_seed(rng: random.Random, mutant: str | None, rejoin: bool = False) -> SimParams:
+        if rejoin:
+            # "rejoin" profile (seeds k * REJOIN_EVERY + 5): founders are removed, wiped and
+            # readmitted under their old names (n1 first: the bootstrap's first entry makes it
+            # the only voter), the leader crashes while it replays the log's first entries to
+            # the empty node, and that node's clock jumps: a node that counted itself before
+            # catching up would elect itself from a stale prefix (loom.raft.core, "joining")
+            return SimParams(
+                nodes=5, max_entries_per_append=rng.choice((1, 1, 4)), snapshot_every=1000,
+                nemesis_every=rng.choice((6.0, 10.0)), rejoin=True,
+                pre_vote=rng.random() < 0.5, mutant=mutant,
+            )
         if rng.random() < 0.25:
             # "figure 8" profile: five nodes, one entry per append, leaders crash right after
             # committing, and right after winning with their first entry durable but unsent,
@@ -144,6 +157,9 @@ class SimNode:
     removed: bool = False
     last_vote: tuple[int, str | None] = (0, None)
     synced: HardState = field(default_factory=HardState)  # last made durable (ready.plan)
+    # started empty and not yet caught up (RaftCore.joining); kept across crashes like the
+    # disk, cleared once the core reports it caught up
+    joining: bool = False
 
 
 class Simulation:
@@ -154,7 +170,8 @@ class Simulation:
         self.seed = seed
         self.rng = random.Random(seed)
         if params is None:
-            params = SimParams.from_seed(self.rng, mutant)
+            params = SimParams.from_seed(self.rng, mutant,
+                                         rejoin=seed % REJOIN_EVERY == REJOIN_EVERY // 2)
             if disk == "wal" or (disk == "mix" and seed % WAL_EVERY == WAL_EVERY - 1):
                 params.disk = "wal"
                 # crashes between the WAL write and its fsync: torn tails for recovery to cut
@@ -175,7 +192,8 @@ class Simulation:
         self.steps = 0
         self.stats = {"crashes": 0, "fail_stops": 0, "elections": 0, "acked": 0, "reads": 0,
                       "snapshots": 0, "transfers": 0, "conf_changes": 0, "partitions": 0,
-                      "wipes": 0, "readmits": 0, "puts": 0}
+                      "wipes": 0, "readmits": 0, "puts": 0, "joined": 0,
+                      "rejoin_chaos": 0}
         voters = tuple(f"n{i}" for i in range(1, self.p.nodes + 1))
         self.next_node = self.p.nodes + 1
         hs, ents = bootstrap(voters)
@@ -214,7 +232,8 @@ class Simulation:
     def _add_node(self, nid: str, start: bool = True) -> SimNode:
         node = SimNode(nid, self._new_disk(), 1.0 + self.rng.uniform(-DRIFT, DRIFT))
         self.nodes[nid] = node
-        if start:
+        if start:  # not a founder: it starts empty and joins
+            node.joining = True
             self._start(node)
         return node
 
@@ -222,7 +241,8 @@ class Simulation:
         rec = node.disk.load()
         node.inc += 1
         node.core = RaftCore(self._cfg(node.id), random.Random(self.rng.getrandbits(64)),
-                             rec.hard_state, rec.snapshot.meta, rec.entries, rec.snapshot.data)
+                             rec.hard_state, rec.snapshot.meta, rec.entries, rec.snapshot.data,
+                             joining=node.joining)
         node.kv = dict(json.loads(rec.snapshot.data))
         node.applied = rec.snapshot.meta.index
         node.commit = node.core.log.committed
@@ -238,7 +258,11 @@ class Simulation:
         self.trace.append((self.now, "wipe", node.id))
         self._halt(node)
         node.disk = self._new_disk()
+        node.joining = True
         self._start(node)
+        if self.p.rejoin:
+            for _ in range(3):  # while the leader replays the first entries to it
+                self._at(self.now + self.rng.uniform(1, 8), _CALL, ("rejoin_chaos", node.id))
 
     @staticmethod
     def _halt(node: SimNode) -> None:
@@ -335,6 +359,10 @@ class Simulation:
                 self._apply(node, core, rd)
             self._serve_reads(node, rd)
             core.advance(rd)
+            if node.joining and not core.joining:
+                # after the write: the entries that brought it up to date are durable now
+                node.joining = False
+                self.stats["joined"] += 1
             if node.applied - core.snapshot.meta.index >= self.p.snapshot_every:
                 try:
                     self._take_snapshot(node, core)
@@ -558,7 +586,7 @@ class Simulation:
             # An operator re-admits a removed node: with its old disk, or wiped (a new
             # machine under the old name), which must not let it vote twice in a term.
             nid = self.rng.choice(back)
-            if self.rng.random() < 0.5:
+            if self.p.rejoin or self.rng.random() < 0.5:
                 self._wipe(self.nodes[nid])
             cc = ConfChange(ConfChangeType.READMIT, nid)
         elif len(conf.voters) < 5 and len(self.nodes) < 9:
@@ -566,9 +594,10 @@ class Simulation:
             self.next_node += 1
             self._add_node(nid)
             cc = ConfChange(ConfChangeType.ADD_LEARNER, nid)
-        elif len(conf.voters) > 3:
+        elif len(conf.voters) > 3 or (self.p.rejoin and len(conf.voters) > 2):
             cands = [v for v in conf.voters if v != leader]
-            cc = ConfChange(ConfChangeType.REMOVE, self.rng.choice(cands))
+            victim = min(cands) if self.p.rejoin else self.rng.choice(cands)
+            cc = ConfChange(ConfChangeType.REMOVE, victim)
         if cc is not None:
             res = core.propose_conf_change(cc)
             self.trace.append((self.now, "conf_change", (cc, res)))
@@ -636,6 +665,8 @@ class Simulation:
                     continue
                 if what == "stop" and node.core.role is not Role.LEADER:
                     self._crash(node)  # graceful stop after handing leadership over
+                elif what == "rejoin_chaos" and t < self.p.duration:
+                    self._rejoin_chaos(node)
                 elif what == "chaos" and t < self.p.duration:
                     if self.rng.random() < 0.5:
                         self._crash(node, tear=True)
@@ -651,6 +682,19 @@ class Simulation:
         for op in list(self.in_flight.values()):
             self._timeout(op)
         self.check_history()
+
+    def _rejoin_chaos(self, node: SimNode) -> None:
+        """The empty node holds only the log's first entries: crash its leader and jump its
+        clock, so that it would campaign at once on what it holds if it were allowed to."""
+        core = node.core
+        leader = self.leader()
+        if core is None or not 0 < core.log.last_index <= 8 or leader is None:
+            return
+        self.stats["rejoin_chaos"] += 1
+        self._crash(self.nodes[leader])
+        jump = self.rng.randrange(20, 40)
+        self.trace.append((self.now, "clock_jump", (node.id, jump)))
+        self._ticks(node, jump)
 
     def _resume(self, node: SimNode) -> None:
         if not node.paused or node.core is None:

@@ -6,6 +6,7 @@ output to the expected text checked in next to the script. Every Ready is carrie
 messages left before the write, the write itself (snapshot, hard state, entries, must_sync),
 the applied entries and the reads made ready. Messages are printed when delivered. Commands:
 
+  limit max-entries-per-append N   for the cores started from here on
   add-nodes N                  founders n1..nN (bootstrap log), seed 0 randomness
   tick NODE [K]                K ticks on NODE
   campaign NODE                tick NODE until it starts an election
@@ -14,11 +15,12 @@ the applied entries and the reads made ready. Messages are printed when delivere
   transfer NODE TO             leadership transfer
   compact NODE INDEX           snapshot at INDEX (must be applied) and compact
   conf NODE add-learner|add-voter|remove ID
-  add-node ID                  start an empty node (to be added as a learner)
+  add-node ID                  start an empty node, joining (to be added as a learner)
   partition A,B / C,D          cut every link between the two groups
   heal                         restore all links
   crash NODE                   drop NODE's unsynced state and in-flight messages, restart it
   wipe NODE                    NODE loses its whole disk and in-flight messages, restarts empty
+                               and joining (RaftCore.joining)
   deliver [FROM]               deliver every queued message once (one round), print them;
                                with FROM, only what FROM sent (the rest stays queued)
   stabilize                    deliver rounds until no message is left (bounded)
@@ -41,10 +43,13 @@ MAX_ROUNDS = 100
 
 
 class Script:
-    def __init__(self) -> None:
+    def __init__(self, mutant: str | None = None) -> None:
+        self.mutant = mutant  # a planted bug (loom.raft.config.MUTANTS) in every core
+        self.max_entries = 4
         self.cores: dict[str, RaftCore] = {}
         self.disks: dict[str, SimDisk] = {}
         self.synced: dict[str, HardState] = {}  # per node: the hard state last synced
+        self.joining: set[str] = set()  # started empty; durable until the core caught up
         self.queue: list[m.Message] = []
         self.blocked: set[tuple[str, str]] = set()
         self.out: list[str] = []
@@ -52,15 +57,16 @@ class Script:
         self.rng = random.Random(0)
 
     def _cfg(self, nid: str) -> RaftConfig:
-        return RaftConfig(node_id=nid, max_entries_per_append=4, trailing_entries=0,
-                          snapshot_chunk_bytes=8, snapshot_window=2)
+        return RaftConfig(node_id=nid, max_entries_per_append=self.max_entries,
+                          trailing_entries=0, snapshot_chunk_bytes=8, snapshot_window=2,
+                          mutant=self.mutant)
 
     def _start(self, nid: str) -> None:
         rec = self.disks[nid].load()
         self.synced[nid] = rec.hard_state
         self.cores[nid] = RaftCore(self._cfg(nid), random.Random(self.rng.getrandbits(32)),
                                    rec.hard_state, rec.snapshot.meta, rec.entries,
-                                   rec.snapshot.data)
+                                   rec.snapshot.data, joining=nid in self.joining)
         self._drain(nid)
 
     def _drain(self, nid: str) -> None:
@@ -129,7 +135,9 @@ class Script:
 
     def _command(self, args: list[str]) -> None:
         cmd, rest = args[0], args[1:]
-        if cmd == "add-nodes":
+        if cmd == "limit" and rest[0] == "max-entries-per-append":
+            self.max_entries = int(rest[1])
+        elif cmd == "add-nodes":
             voters = tuple(f"n{i}" for i in range(1, int(rest[0]) + 1))
             hs, ents = bootstrap(voters)
             for v in voters:
@@ -139,6 +147,7 @@ class Script:
                 self._start(v)
         elif cmd == "add-node":
             self.disks[rest[0]] = SimDisk(Snapshot(SnapshotMeta(), b""))
+            self.joining.add(rest[0])
             self._start(rest[0])
         elif cmd == "tick":
             for _ in range(int(rest[1]) if len(rest) > 1 else 1):
@@ -181,10 +190,13 @@ class Script:
         elif cmd == "heal":
             self.blocked.clear()
         elif cmd in ("crash", "wipe"):
+            if not self.cores[rest[0]].joining:
+                self.joining.discard(rest[0])
             if cmd == "crash":
                 self.disks[rest[0]].crash(random.Random(0), tear=False)
             else:
                 self.disks[rest[0]] = SimDisk(Snapshot(SnapshotMeta(), b""))
+                self.joining.add(rest[0])
             self.queue = [q for q in self.queue if rest[0] not in (q.to, q.frm)]
             self._start(rest[0])
         elif cmd == "deliver":

@@ -27,3 +27,11 @@ def test_script(path: Path) -> None:
 
 def test_scripts_exist() -> None:
     assert len(SCRIPTS) >= 4
+
+
+def test_rejoin_script_catches_the_planted_bug() -> None:
+    """The stale-prefix election the rejoin script rules out happens once the joining rule is
+    planted away: the script is a regression test that can fail."""
+    text = (DATA / "rejoin_stale_prefix.txt").read_text()
+    assert "n1 becomes leader" not in Script().run(text)
+    assert "n1 becomes leader (term 3" in Script(mutant="ignore_joining").run(text)
