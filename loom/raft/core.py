@@ -28,18 +28,23 @@ Safety rules and where they live:
     every acknowledgement it sends `joining`, so no leader counts it for a commit, a read
     round, the lease or check-quorum (`_counted`). It stops joining only once its commit
     index reaches a read index R it obtained, after it started, from a leader
-    (`_join_floor`, `_maybe_joined`).
+    (`_join_floor`, `_maybe_joined`), and only if its log then does not count it as a
+    voter: a member that lost its data comes back only as a learner (removed, then added or
+    re-admitted), since it may also have forgotten a vote;
 
 Invariant (joining): a node counts in no quorum, neither by itself nor in a leader's tally,
-before its log holds every entry committed before it started empty. Proof: R answers a
-ReadIndex request sent after the node started, so R is at least the index of every entry
-committed before then (the ReadIndex rule above, whose quorum counts no joining node); the
-node's commit index reaching R means its log holds that whole committed prefix (log
-matching). Without this rule a wiped node replaying the log from index 1 passes through the
-cluster's old configurations, some of which count it (the bootstrap's first entry makes it
-the only voter), and its lost votes and acknowledgements no longer hold up the majorities
-that committed later entries. Founders start from the bootstrap entries, never empty; the
-driver keeps the joining flag durable until `joining` turns False.
+before its log holds every entry committed before it started empty, nor ever again in a
+configuration that counted it before it lost its data. Proof: R answers a ReadIndex request
+sent after the node started, so R is at least the index of every entry committed before then
+(the ReadIndex rule above, whose quorum counts no joining node); the node's commit index
+reaching R means its log holds that whole committed prefix (log matching); and it leaves
+joining only as a learner or a non-member, so any configuration that counts it again comes
+from a promotion committed after that. Without this rule a wiped node replaying the log from
+index 1 passes through the cluster's old configurations, some of which count it (the
+bootstrap's first entry makes it the only voter), and its lost votes and acknowledgements no
+longer hold up the majorities that committed later entries. Founders start from the
+bootstrap entries, never empty; the driver keeps the joining flag durable until `joining`
+turns False.
 """
 
 from __future__ import annotations
@@ -516,11 +521,17 @@ class RaftCore:
         self._send(m.ReadIndex(self.leader, self.id, self.term, JOIN_READ_CTX))
 
     def _maybe_joined(self) -> None:
-        if self._join_floor is not None and self.log.committed >= self._join_floor:
-            self.joining = False
-            self._join_floor = self._join_asked = None
-        elif self._join_asked is None:
-            self._ask_join_floor()  # the first leader we hear of: ask at once
+        if self._join_floor is None or self.log.committed < self._join_floor:
+            if self._join_asked is None:
+                self._ask_join_floor()  # the first leader we hear of: ask at once
+            return
+        if self._voter_in_own_log():
+            # Caught up, but still a voter of the configuration it lost its data in: it may
+            # have voted in a term it no longer knows. It is counted again only as a new
+            # member: removed, then added or re-admitted as a learner, then promoted.
+            return
+        self.joining = False
+        self._join_floor = self._join_asked = None
 
     def _handle_append(self, msg: m.AppendEntries) -> None:
         log = self.log

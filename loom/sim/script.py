@@ -212,6 +212,7 @@ class Script:
                     f"{nid}: {c.role.value} term={c.term} leader={c.leader} "
                     f"commit={c.log.committed} applied={c.log.applied} last={c.log.last_index} "
                     f"voters={','.join(c.conf.voters)} learners={','.join(c.conf.learners)}"
+                    + (" joining" if c.joining else "")
                 )
         else:
             raise ValueError(f"unknown command {cmd!r}")
