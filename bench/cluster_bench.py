@@ -241,7 +241,8 @@ class LoomCluster:
                 log = (d / "loomd.log").open("wb")
                 # own session: Ctrl-C reaches this process only; nodes are stopped by PID below
                 self.procs[n] = subprocess.Popen(
-                    [sys.executable, "-m", "loom.cli.loomd", "--config", str(cfg)],
+                    [sys.executable, "-m", "loom.cli.loomd", "--config", str(cfg),
+                     "--initial-cluster-state", "new"],  # founders; ignored once they have a log
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                 log.close()
             yield self

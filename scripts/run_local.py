@@ -187,8 +187,9 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
-def start_node(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return _start([str(BIN / "loomd"), "--config", str(config)], log)
+def start_node(config: Path, log: Path, found: bool = False) -> subprocess.Popen[bytes]:
+    new = ["--initial-cluster-state", "new"] if found else []
+    return _start([str(BIN / "loomd"), "--config", str(config), *new], log)
 
 
 def start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -281,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
                    "LOOM_CERT": str(CERTS / "admin.pem"), "LOOM_KEY": str(CERTS / "admin.key")}
             try:
                 for node, path in zip(NODES, paths, strict=True):
-                    procs.append(start_node(path, run / f"{node}.log"))
+                    # a founder's first start founds the cluster; later ones resume their logs
+                    first = not (run / "data" / node).exists()
+                    procs.append(start_node(path, run / f"{node}.log", found=first))
                 return serve(procs, env, endpoints, run, gateway, args.gateway_port)
             finally:
                 # Further signals must not interrupt the stop; it is bounded by itself.

@@ -1,7 +1,8 @@
 """`loomd`: run a node (`loomd --config F` or flags), or print a config (`loomd init ...`).
 
-Exit codes: 0 clean shutdown (SIGTERM), 2 bad configuration (one line naming the key),
-1 a fatal runtime error.
+Exit codes: 0 clean shutdown (SIGTERM), 2 bad configuration (one line naming the key) or an
+empty data directory it may not found a cluster on (see loom.node.bootstrap), 1 a fatal
+runtime error.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def _parser(command: str = "run") -> argparse.ArgumentParser:
     p.add_argument("--join", action="store_true", default=None,
                    help="start empty and wait to be added with 'loomctl members add' "
                         "(instead of founding a cluster from --peers)")
+    p.add_argument("--initial-cluster-state", choices=["new", "existing"], default="existing",
+                   help="new: on an empty data directory, found the cluster of --peers (every "
+                        "founder's first start only). existing (default): an empty data "
+                        "directory without --join is refused, since a member that lost its "
+                        "data must not come back as a founder. Ignored once the node has a log")
     p.add_argument("--tls-ca")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
@@ -116,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         check_node_certificate(cfg)
         warn, notice = acl_notice(cfg, has_log=(cfg.data_dir / "raft").is_dir())
         logging.getLogger("loomd").log(logging.WARNING if warn else logging.INFO, "%s", notice)
-        node = Node(cfg, config_path=args.config)
+        node = Node(cfg, config_path=args.config,
+                    initial_cluster_state=args.initial_cluster_state)
         # Everything alive now (code, configuration, the recovered log and state) lives about
         # as long as the process: frozen, a full collection no longer walks it. On the
         # benchmark machine that took full collections under load from 15-19 ms to under 4 ms.

@@ -90,6 +90,8 @@ class RaftDriver:
         on_applied: Callable[[Applied], None] | None = None,
         on_leader: Callable[[], None] | None = None,
         limits: StateLimits = StateLimits(),  # noqa: B008 - immutable
+        joining: bool = False,
+        on_joined: Callable[[], None] | None = None,
     ) -> None:
         self.s = settings
         self.id = node_id
@@ -111,7 +113,10 @@ class RaftDriver:
         rcfg = raft_config(node_id, settings)
         seed = int.from_bytes(os.urandom(8), "big")  # election jitter only; never in apply
         self.core = RaftCore(rcfg, random.Random(seed), recovered.hard_state, recovered.snapshot,
-                             recovered.entries, snap_data)
+                             recovered.entries, snap_data, joining=joining)
+        # started empty (loom.node.bootstrap): told once the core caught up, after the Ready
+        # that got it there is persisted
+        self._on_joined = on_joined if joining else None
         snap_index = recovered.snapshot.index if recovered.snapshot else 0
         self._synced = recovered.hard_state  # the hard state last made durable
         self._inbox = Inbox(inbox)
@@ -362,6 +367,9 @@ class RaftDriver:
                 waiters.read_state(rs.ctx, rs.index)
             waiters.serve_reads(self._applied, self._sm)
             core.advance(rd)  # the core's configuration is current from here on
+            if self._on_joined is not None and not core.joining:
+                self._on_joined()  # after _persist: what brought it up to date is durable
+                self._on_joined = None
             if (conf_changed or rd.snapshot is not None) and self.transport is not None:
                 self.transport.set_peers(self.membership.link_peers(self.member_addr))
             if rd.soft_state is not None:

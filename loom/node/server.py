@@ -31,6 +31,7 @@ import trio
 
 from loom.node import sdnotify
 from loom.node.audit import AuditLog, SinkConfigError, make_sink
+from loom.node.bootstrap import StartMode, clear_joining, is_joining, mark_joining, start_mode
 from loom.node.clientport import ClientListener
 from loom.node.clock import ProposalClock
 from loom.node.config import ConfigError, NodeConfig, load
@@ -55,8 +56,12 @@ log = logging.getLogger("loom.node")
 
 class Node:
     def __init__(self, cfg: NodeConfig, *, config_path: Path | None = None,
-                 audit_sink: Any = None) -> None:
+                 audit_sink: Any = None, initial_cluster_state: str = "new") -> None:
+        """`initial_cluster_state` only matters for an empty data directory without `join`
+        (loom.node.bootstrap): "new" founds the cluster of `peers`, "existing" refuses (the
+        default of `loomd`, which says "new" only when told to)."""
         self.cfg = cfg
+        self._initial_cluster_state = initial_cluster_state
         self.config_path = config_path
         # Everything that can fail on bad input fails here, before a port is opened.
         self.ssl_context = self._load_tls(cfg)
@@ -79,6 +84,7 @@ class Node:
             client_addr=f"{host}:{port}", inbox=cfg.limits.max_pending_proposals,
             member_addrs=dict(cfg.peers),
             on_applied=self._on_applied, on_leader=self._on_leader,
+            joining=self._joining, on_joined=lambda: clear_joining(cfg.data_dir),
             limits=cfg.to_state_limits())
         self._nursery: trio.Nursery | None = None
         self._seeding = False
@@ -106,10 +112,21 @@ class Node:
         served. A corrupt log stops here with the file and offset; the node never skips it."""
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         storage, recovered = Storage.open(str(cfg.data_dir / "raft"), cfg.to_storage_options())
-        founders: list[str] | None = sorted(cfg.peers) if cfg.peers else [cfg.node_id]
-        if cfg.join:
-            founders = None
-        self._recovered = prepare_storage(storage, recovered, founders)
+        founders = sorted(cfg.peers) if cfg.peers else [cfg.node_id]
+        empty = (recovered.hard_state.term == 0 and not recovered.entries
+                 and recovered.snapshot is None)
+        try:
+            mode = start_mode(empty=empty, join=cfg.join, node_id=cfg.node_id,
+                              founders=founders, initial_cluster_state=self._initial_cluster_state,
+                              data_dir=cfg.data_dir)
+        except ConfigError:
+            storage.close()
+            raise
+        if mode is StartMode.JOIN:
+            mark_joining(cfg.data_dir)
+        self._joining = is_joining(cfg.data_dir)
+        self._recovered = prepare_storage(
+            storage, recovered, founders if mode is StartMode.FOUND else None)
         return storage
 
     @staticmethod

@@ -343,10 +343,10 @@ class Cluster:
             n.config.write_text(to_toml(self.config_for(nid)), encoding="utf-8")
 
     # -- processes ----------------------------------------------------------------------------
-    async def spawn(self, config: Path, log: Path) -> trio.Process:
+    async def spawn(self, config: Path, log: Path, *args: str) -> trio.Process:
         with open(log, "ab") as f:  # the child keeps its own descriptor
             return await trio.lowlevel.open_process(
-                [*LOOMD, "--config", str(config)], stdin=subprocess.DEVNULL, stdout=f,
+                [*LOOMD, "--config", str(config), *args], stdin=subprocess.DEVNULL, stdout=f,
                 stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     async def start(self, *ids: str, timeout: float = 30.0) -> None:
@@ -359,7 +359,9 @@ class Cluster:
         for nid in ids:
             n = self.nodes[nid]
             assert not n.running, f"{nid} is already running"
-            n.proc = await self.spawn(n.config, n.log)
+            # a founder's first start founds the cluster (loom.node.bootstrap)
+            first = ("--initial-cluster-state", "new") if nid in self.ids and not n.starts else ()
+            n.proc = await self.spawn(n.config, n.log, *first)
             n.paused = False
             n.starts += 1
         with trio.fail_after(timeout):

@@ -58,8 +58,9 @@ async def test_non_member_and_foreign_ca_node_cannot_join_or_disturb(
                    peers={**real, "n1": f"127.0.0.1:{prp}"},
                    tls=TLSConfig(ca=dr / "ca.pem", cert=dr / "n1.pem", key=dr / "n1.key"))
     (dr / "n1.toml").write_text(to_toml(cfgr), encoding="utf-8")
-    for d, name in ((d9, "n9"), (dr, "n1")):
-        cluster.extra_procs.append(await cluster.spawn(d / f"{name}.toml", d / f"{name}.log"))
+    for d, name in ((d9, "n9"), (dr, "n1")):  # intruders found clusters of their own
+        cluster.extra_procs.append(await cluster.spawn(d / f"{name}.toml", d / f"{name}.log",
+                                                       "--initial-cluster-state", "new"))
 
     # Let them try for many election timeouts (elections here take 200..400 ms).
     for _ in range(40):
