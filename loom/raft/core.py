@@ -58,6 +58,7 @@ from loom.raft.confchange import ConfChange, ConfChangeType, apply_change, check
 from loom.raft.config import RaftConfig
 from loom.raft.log import RaftLog
 from loom.raft.progress import Progress, PState
+from loom.raft.quorum import VoteResult, has_quorum, majority, quorum_index, vote_result
 from loom.raft.ready import Busy, NotLeader, ReadState, Ready, Role, Snapshot, SoftState
 from loom.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 
@@ -147,9 +148,6 @@ class RaftCore:
     def _random_timeout(self) -> int:
         return self._rng.randrange(self.cfg.election_tick_min, self.cfg.election_tick_max)
 
-    def _quorum(self) -> int:
-        return len(self.conf.voters) // 2 + 1
-
     def promotable(self) -> bool:
         """Whether this node may campaign: a voter of its configuration, and not joining."""
         return not self.joining and self.id in self.conf.voters
@@ -231,7 +229,7 @@ class RaftCore:
             term = self.term
         self._booting = False
         self._votes = {self.id: True}
-        if self._tally() == 1:
+        if vote_result(self.conf.voters, self._votes) is VoteResult.WON:
             self._won(pre)
             return
         li, lt = self.log.last_index, self.log.last_term()
@@ -245,16 +243,6 @@ class RaftCore:
             self._campaign(pre=False, transfer=False)
         else:
             self._become_leader()
-
-    def _tally(self) -> int:
-        """+1 won, -1 lost, 0 undecided."""
-        granted = sum(1 for v in self.conf.voters if self._votes.get(v) is True)
-        rejected = sum(1 for v in self.conf.voters if self._votes.get(v) is False)
-        if granted >= self._quorum():
-            return 1
-        if rejected >= self._quorum():
-            return -1
-        return 0
 
     # ------------------------------------------------------------------ inputs
     def _check_idle(self) -> None:
@@ -283,13 +271,11 @@ class RaftCore:
         if self.election_elapsed >= self.cfg.election_tick_min:
             self.election_elapsed = 0
             if self.cfg.check_quorum:
-                active = sum(
-                    1 for v in self.conf.voters
-                    if self._counted(v) and (v == self.id or self.progress[v].recent_active)
-                )
+                live = has_quorum(self.conf.voters, lambda v: self._counted(v) and (
+                    v == self.id or self.progress[v].recent_active))
                 for pr in self.progress.values():
                     pr.recent_active = False
-                if active < self._quorum():
+                if not live:
                     self._become_follower(self.term, None)
                     return
         if self._heartbeat_elapsed >= self.cfg.heartbeat_tick:
@@ -473,10 +459,10 @@ class RaftCore:
         pre = self.role is Role.PRE_CANDIDATE
         if isinstance(msg, m.PreVoteResponse if pre else m.VoteResponse):
             self._votes.setdefault(msg.frm, not msg.reject)
-            result = self._tally()
-            if result == 1:
+            result = vote_result(self.conf.voters, self._votes)
+            if result is VoteResult.WON:
                 self._won(pre)
-            elif result == -1:
+            elif result is VoteResult.LOST:
                 self._become_follower(self.term, None)
 
     def _step_follower(self, msg: m.Message) -> None:
@@ -668,13 +654,8 @@ class RaftCore:
             self._send(m.TimeoutNow(msg.frm, self.id, self.term))
 
     def _maybe_commit(self) -> bool:
-        matches = sorted(
-            (self.progress[v].match if self._counted(v) else 0 for v in self.conf.voters),
-            reverse=True,
-        )
-        if not matches:
-            return False
-        q = matches[self._quorum() - 1]
+        q = quorum_index(self.conf.voters,
+                         lambda v: self.progress[v].match if self._counted(v) else 0)
         t = self.log.term(q)
         # Only an entry of the current term is committed by counting replicas (Raft 5.4.2).
         ok = t == self.term or (self.cfg.mutant == "commit_old_term" and t is not None)
@@ -762,15 +743,12 @@ class RaftCore:
         acked, order = self._acked_seq, self._acked_order
         voters = sorted((v for v in self.conf.voters if v != self.id and self._counted(v)),
                         key=lambda v: (-acked.get(v, 0), order.get(v, 0), v))
-        return voters[: self._quorum() - 1]
+        return voters[: majority(len(self.conf.voters)) - 1]
 
     def _confirmed_seq(self) -> int:
-        acks = sorted(
-            (self._hb_seq if v == self.id else self._acked_seq.get(v, 0) if self._counted(v)
-             else 0 for v in self.conf.voters),
-            reverse=True,
-        )
-        return acks[self._quorum() - 1] if acks else 0
+        return quorum_index(self.conf.voters, lambda v: (
+            self._hb_seq if v == self.id else self._acked_seq.get(v, 0) if self._counted(v)
+            else 0))
 
     def _confirm_rounds(self) -> None:
         seq = self._confirmed_seq()

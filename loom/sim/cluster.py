@@ -37,6 +37,7 @@ from loom.raft import messages as m
 from loom.raft.confchange import ConfChange, ConfChangeType, bootstrap
 from loom.raft.config import RaftConfig
 from loom.raft.core import RaftCore
+from loom.raft.quorum import majority
 from loom.raft.ready import Busy, NotLeader, Ready, Role, Snapshot, plan
 from loom.raft.types import EntryType, HardState, SnapshotMeta
 from loom.sim.disk import SimDisk, durable_tail
@@ -396,7 +397,7 @@ class Simulation:
                 1 for v in voters
                 if lt > views[v][2] or (lt == views[v][2] and li >= views[v][1])
             )
-            if behind >= len(core.conf.voters) // 2 + 1:
+            if behind >= majority(len(core.conf.voters)):
                 raise Violation(
                     f"commit safety: {nid} committed index {q} (term {term}) in term "
                     f"{core.term}, but {x} lacks it and its log (last {li}/{lt}) is at least "
