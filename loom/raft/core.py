@@ -17,7 +17,8 @@ Safety rules and where they live:
     or heartbeat (a liveness matter only; it halves the messages of an unbatched write);
   * ReadIndex: a read is answered at the commit index once a majority acknowledged a
     heartbeat round sent after the read arrived, and only after the leader committed an entry
-    of its own term (`_leader_read`, `_on_heartbeat_response`);
+    of its own term (`_leader_read`, `_on_heartbeat_response`; the rounds' bookkeeping is
+    `loom.raft.readonly`);
   * lease: a read may skip the round while the lease holds: a heartbeat round acknowledged by
     a majority was sent less than `election_tick_min - lease_drift_ticks` ticks ago (those
     voters will refuse other candidates for `election_tick_min` of their own ticks). A leader
@@ -50,7 +51,6 @@ turns False.
 from __future__ import annotations
 
 import random
-from collections import deque
 from collections.abc import Sequence
 
 from loom.raft import messages as m
@@ -59,6 +59,7 @@ from loom.raft.config import RaftConfig
 from loom.raft.log import RaftLog
 from loom.raft.progress import Progress, PState
 from loom.raft.quorum import VoteResult, has_quorum, majority, quorum_index, vote_result
+from loom.raft.readonly import ReadRounds
 from loom.raft.ready import Busy, NotLeader, ReadState, Ready, Role, Snapshot, SoftState
 from loom.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 
@@ -66,13 +67,6 @@ _VOTE_REQS = (m.RequestVote, m.PreVote)
 # The context of the read a joining node asks for (see "Joining" above); never an
 # application's (those are surfaced as ReadStates; this one is consumed by the core).
 JOIN_READ_CTX = b"\x00loom:join"
-
-
-class _PendingRead:
-    __slots__ = ("ctx", "frm", "index", "seq")
-
-    def __init__(self, seq: int, ctx: bytes, index: int, frm: str) -> None:
-        self.seq, self.ctx, self.index, self.frm = seq, ctx, index, frm
 
 
 class RaftCore:
@@ -110,7 +104,6 @@ class RaftCore:
         self.progress: dict[str, Progress] = {}
         self.lead_transferee: str | None = None
         self._transfer_elapsed = 0
-        self._lease_disabled = False
         self._pending_conf_index = 0
         self._uncommitted_bytes = 0
         self._need_bcast = False
@@ -119,20 +112,7 @@ class RaftCore:
         self.joining = joining and config.mutant != "ignore_joining"
         self._join_floor: int | None = None
         self._join_asked: int | None = None  # tick of the last request for the floor
-        # ReadIndex / lease state (leader only)
-        self._hb_seq = 0
-        # Ticks at which the recent heartbeat rounds were sent: round `_hb_base + i` at
-        # `_hb_sent[i]`, so the last is round `_hb_seq`. Oldest first; pruned from the left.
-        self._hb_sent: deque[int] = deque()
-        self._hb_base = 1
-        self._acked_seq: dict[str, int] = {}
-        # When each voter's newest acknowledgement arrived, as a running count: of two voters
-        # that acknowledged the same round, the smaller count answered first.
-        self._acked_order: dict[str, int] = {}
-        self._acks = 0
-        self._lease_start: int | None = None
-        self._reads: list[_PendingRead] = []
-        self._reads_before_commit: list[tuple[bytes, str]] = []
+        self._rr = ReadRounds()  # ReadIndex rounds, pending reads, the lease (leader only)
         # snapshot being received: (leader, term, index) and the bytes so far
         self._snap_rx: tuple[str, int, int] | None = None
         self._snap_buf = bytearray()
@@ -187,13 +167,7 @@ class RaftCore:
         self._votes = {}
         self.progress = {}
         self.lead_transferee = None
-        self._lease_disabled = False
-        self._lease_start = None
-        self._hb_sent.clear()
-        self._acked_seq = {}
-        self._acked_order = {}
-        self._reads = []
-        self._reads_before_commit = []
+        self._rr.reset()
         self._uncommitted_bytes = 0
         self._need_bcast = False
 
@@ -330,10 +304,10 @@ class RaftCore:
         (never, if leadership is lost meanwhile: the caller times out)."""
         self._check_idle()
         if self.role is Role.LEADER:
-            if len(self._reads) + len(self._reads_before_commit) >= self.cfg.max_read_requests:
+            if sum(self._rr.pending()) >= self.cfg.max_read_requests:
                 return Busy("too many pending reads")
             if self.log.term(self.log.committed) != self.term:
-                self._reads_before_commit.append((ctx, self.id))
+                self._rr.wait_for_commit(ctx, self.id)
             else:
                 self._leader_read(ctx, self.id)
             return None
@@ -349,7 +323,7 @@ class RaftCore:
         if to == self.id or to not in self.conf.voters or to not in self.progress:
             return Busy("transfer target is not another voter")
         self.lead_transferee, self._transfer_elapsed = to, 0
-        self._lease_disabled = True
+        self._rr.lease_disabled = True
         if self.progress[to].match == self.log.last_index:
             self._send(m.TimeoutNow(to, self.id, self.term))
         else:
@@ -571,10 +545,11 @@ class RaftCore:
     # ------------------------------------------------------------------ leader
     def _step_leader(self, msg: m.Message) -> None:
         if isinstance(msg, m.ReadIndex):
+            rounds, before_commit = self._rr.pending()
             if self.log.term(self.log.committed) != self.term:
-                if len(self._reads_before_commit) < self.cfg.max_read_requests:
-                    self._reads_before_commit.append((msg.ctx, msg.frm))
-            elif len(self._reads) < self.cfg.max_read_requests:
+                if before_commit < self.cfg.max_read_requests:
+                    self._rr.wait_for_commit(msg.ctx, msg.frm)
+            elif rounds < self.cfg.max_read_requests:
                 self._leader_read(msg.ctx, msg.frm)
             return
         pr = self.progress.get(msg.frm)
@@ -630,10 +605,7 @@ class RaftCore:
 
     def _on_heartbeat_response(self, msg: m.HeartbeatResponse, pr: Progress) -> None:
         if (msg.frm in self.conf.voters and not pr.joining
-                and msg.seq > self._acked_seq.get(msg.frm, 0)):
-            self._acked_seq[msg.frm] = msg.seq
-            self._acks += 1
-            self._acked_order[msg.frm] = self._acks
+                and self._rr.on_ack(msg.frm, msg.seq)):
             self._confirm_rounds()
         if pr.state is PState.SNAPSHOT:
             if pr.snap_index != self.snapshot.meta.index:
@@ -663,9 +635,8 @@ class RaftCore:
             for e in self.log.slice(self.log.committed + 1, q + 1):
                 self._uncommitted_bytes = max(0, self._uncommitted_bytes - len(e.data))
             self.log.commit_to(q)
-            if self._reads_before_commit and t == self.term:
-                waiting, self._reads_before_commit = self._reads_before_commit, []
-                for ctx, frm in waiting:
+            if t == self.term:
+                for ctx, frm in self._rr.take_waiting_for_commit():
                     self._leader_read(ctx, frm)
             return True
         return False
@@ -712,8 +683,8 @@ class RaftCore:
 
     # ------------------------------------------------------------------ reads
     def _heartbeat_round(self, *, for_read: bool = False) -> None:
-        """Start round `_hb_seq + 1`: a numbered heartbeat whose acknowledgement by a quorum
-        confirms this leadership as of now (ReadIndex) and renews the lease.
+        """Send round `ReadRounds.seq + 1`: a numbered heartbeat whose acknowledgement by a
+        quorum confirms this leadership as of now (ReadIndex) and renews the lease.
 
         A periodic round goes to every peer. A read's round goes only to the quorum - 1 voters
         that answered the newest round first: a majority is all a round needs, and on a busy
@@ -722,62 +693,34 @@ class RaftCore:
         A chosen voter that has gone quiet delays a read until the next periodic round, which
         everyone gets and which confirms every read numbered at or below it; the voters that
         answer that round first are asked for the next read's round."""
-        self._hb_seq += 1
-        sent = self._hb_sent
-        if not sent:
-            self._hb_base = self._hb_seq
-        sent.append(self.ticks)
-        horizon = self.ticks - self.cfg.election_tick_min
-        while sent[0] < horizon:  # stops at the round just appended at the latest
-            sent.popleft()
-            self._hb_base += 1
-        for p in self._read_round_peers() if for_read else self._peers():
+        seq = self._rr.new_round(self.ticks, self.ticks - self.cfg.election_tick_min)
+        peers = (self._rr.round_peers(self.conf.voters, self.id, self._counted,
+                                      majority(len(self.conf.voters)) - 1)
+                 if for_read else self._peers())
+        for p in peers:
             pr = self.progress[p]
             self._send(m.Heartbeat(p, self.id, self.term, min(pr.match, self.log.committed),
-                                   self._hb_seq))
+                                   seq))
         self._confirm_rounds()
 
-    def _read_round_peers(self) -> list[str]:
-        """The quorum - 1 other voters that acknowledged the newest round, first come first
-        (then by id: the choice is deterministic)."""
-        acked, order = self._acked_seq, self._acked_order
-        voters = sorted((v for v in self.conf.voters if v != self.id and self._counted(v)),
-                        key=lambda v: (-acked.get(v, 0), order.get(v, 0), v))
-        return voters[: majority(len(self.conf.voters)) - 1]
-
-    def _confirmed_seq(self) -> int:
-        return quorum_index(self.conf.voters, lambda v: (
-            self._hb_seq if v == self.id else self._acked_seq.get(v, 0) if self._counted(v)
-            else 0))
-
     def _confirm_rounds(self) -> None:
-        seq = self._confirmed_seq()
-        i = seq - self._hb_base
-        if 0 <= i < len(self._hb_sent):
-            start = self._hb_sent[i]
-            if self._lease_start is None or start > self._lease_start:
-                self._lease_start = start
-        done = [r for r in self._reads if r.seq <= seq]
-        if done:
-            self._reads = [r for r in self._reads if r.seq > seq]
-            for r in done:
-                self._answer_read(r.ctx, r.frm, r.index)
+        for r in self._rr.confirm(self.conf.voters, self.id, self._counted):
+            self._answer_read(r.ctx, r.frm, r.index)
 
     def _lease_valid(self) -> bool:
-        if not self.cfg.lease_reads or self._lease_disabled or self._lease_start is None:
+        if not self.cfg.lease_reads:
             return False
         if self.cfg.mutant == "lease_expired":
-            return True
-        return self.ticks - self._lease_start < (
-            self.cfg.election_tick_min - self.cfg.lease_drift_ticks
-        )
+            return not self._rr.lease_disabled and self._rr.lease_start is not None
+        return self._rr.lease_valid(
+            self.ticks, self.cfg.election_tick_min - self.cfg.lease_drift_ticks)
 
     def _leader_read(self, ctx: bytes, frm: str) -> None:
         index = self.log.committed
         if len(self.conf.voters) == 1 or self._lease_valid():
             self._answer_read(ctx, frm, index)
             return
-        self._reads.append(_PendingRead(self._hb_seq + 1, ctx, index, frm))
+        self._rr.add(ctx, index, frm)
         self._heartbeat_round(for_read=True)
 
     def _answer_read(self, ctx: bytes, frm: str, index: int) -> None:
@@ -866,8 +809,7 @@ class RaftCore:
         for p in sorted(self.progress):
             if p not in members:
                 del self.progress[p]
-                self._acked_seq.pop(p, None)
-                self._acked_order.pop(p, None)
+                self._rr.forget(p)
         for p in sorted(members - set(self.progress)):
             self.progress[p] = Progress(self.log.last_index + 1, self.cfg.max_inflight)
             self._send_append(p)
