@@ -1,23 +1,13 @@
 """Configuration of one Raft core. Every limit the core enforces is a field here.
 
 Time is measured in ticks (the driver calls `tick()` at a fixed interval from a monotonic
-clock). `mutant` plants a deliberate bug for the simulator's mutation check; it is None in
-every real deployment and `RaftConfig` refuses unknown names.
+clock). The planted bugs of the simulator's mutation check are not configuration: they are
+subclasses of the core that live in `loom.sim.mutants`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-MUTANTS: dict[str, str] = {
-    "commit_old_term": "count replicas of an old-term entry when advancing commit",
-    "forget_vote": "do not persist the vote in the hard state",
-    "lease_expired": "serve lease reads without checking the lease has not expired",
-    "ack_before_sync": "send messages before the Ready's writes are synced (driver-level)",
-    "skip_log_matching": "accept AppendEntries without checking the previous entry's term",
-    "ignore_joining": "treat a node that started empty as caught up: it campaigns, votes and "
-                      "is counted from the first entries it holds",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +29,6 @@ class RaftConfig:
     snapshot_chunk_bytes: int = 64 << 10
     snapshot_window: int = 4  # snapshot chunks in flight per follower
     trailing_entries: int = 128  # entries kept behind a snapshot for slow followers
-    mutant: str | None = None  # test-only planted bug, see MUTANTS
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -57,5 +46,3 @@ class RaftConfig:
                 raise ValueError(f"{name} must be positive")
         if self.trailing_entries < 0:
             raise ValueError("trailing_entries must be >= 0")
-        if self.mutant is not None and self.mutant not in MUTANTS:
-            raise ValueError(f"unknown mutant {self.mutant!r}")

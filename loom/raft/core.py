@@ -109,7 +109,7 @@ class RaftCore:
         self._need_bcast = False
         # Joining (see the module docstring): True until the commit index reaches the read
         # index `_join_floor` a leader answered after this node started empty.
-        self.joining = joining and config.mutant != "ignore_joining"
+        self.joining = joining
         self._join_floor: int | None = None
         self._join_asked: int | None = None  # tick of the last request for the floor
         self._rr = ReadRounds()  # ReadIndex rounds, pending reads, the lease (leader only)
@@ -498,10 +498,7 @@ class RaftCore:
         if msg.index < log.committed:
             self._ack(msg.frm, log.committed)
             return
-        ok = log.match_term(msg.index, msg.log_term)
-        if self.cfg.mutant == "skip_log_matching":
-            ok = log.offset <= msg.index <= log.last_index
-        if ok:
+        if self._prev_matches(msg):
             last_new = msg.index + len(msg.entries)
             ci = log.find_conflict(msg.entries)
             if ci:
@@ -511,6 +508,10 @@ class RaftCore:
             return
         hint = log.find_conflict_by_term(min(msg.index, log.last_index), msg.log_term)
         self._ack(msg.frm, msg.index, reject_hint=hint, log_term=log.term(hint) or 0)
+
+    def _prev_matches(self, msg: m.AppendEntries) -> bool:
+        """Log matching: our entry at the append's previous index has its previous term."""
+        return self.log.match_term(msg.index, msg.log_term)
 
     def _handle_snapshot(self, msg: m.InstallSnapshot) -> None:
         if msg.snap_index <= self.log.committed:
@@ -629,9 +630,7 @@ class RaftCore:
         q = quorum_index(self.conf.voters,
                          lambda v: self.progress[v].match if self._counted(v) else 0)
         t = self.log.term(q)
-        # Only an entry of the current term is committed by counting replicas (Raft 5.4.2).
-        ok = t == self.term or (self.cfg.mutant == "commit_old_term" and t is not None)
-        if q > self.log.committed and ok:
+        if q > self.log.committed and self._countable(t):
             for e in self.log.slice(self.log.committed + 1, q + 1):
                 self._uncommitted_bytes = max(0, self._uncommitted_bytes - len(e.data))
             self.log.commit_to(q)
@@ -640,6 +639,11 @@ class RaftCore:
                     self._leader_read(ctx, frm)
             return True
         return False
+
+    def _countable(self, term: int | None) -> bool:
+        """Only an entry of the current term is committed by counting replicas (Raft 5.4.2);
+        older ones are committed with it."""
+        return term == self.term
 
     def _broadcast_append(self, send_empty: bool = True) -> None:
         for p in self._peers():
@@ -710,8 +714,6 @@ class RaftCore:
     def _lease_valid(self) -> bool:
         if not self.cfg.lease_reads:
             return False
-        if self.cfg.mutant == "lease_expired":
-            return not self._rr.lease_disabled and self._rr.lease_start is not None
         return self._rr.lease_valid(
             self.ticks, self.cfg.election_tick_min - self.cfg.lease_drift_ticks)
 
@@ -753,8 +755,6 @@ class RaftCore:
             hs_out = hs
             if hs.term != self._prev_hs.term or hs.vote != self._prev_hs.vote:
                 must_sync = True
-            if self.cfg.mutant == "forget_vote":
-                hs_out = HardState(hs.term, None, hs.commit)
         ss = self.soft_state()
         committed: tuple[Entry, ...] = ()
         if log.committed > log.applied:

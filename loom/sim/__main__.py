@@ -18,8 +18,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from loom.raft.config import MUTANTS
 from loom.sim.cluster import DISK_MODES
+from loom.sim.mutants import MUTANTS
 from loom.sim.runner import run_seeds
 
 

@@ -43,6 +43,7 @@ from loom.raft.types import EntryType, HardState, SnapshotMeta
 from loom.sim.disk import SimDisk, durable_tail
 from loom.sim.invariants import Oracle, Violation
 from loom.sim.linearizability import Op, check_history
+from loom.sim.mutants import core_class
 from loom.sim.network import PARTITIONS, SimNetwork, partition
 from loom.sim.waldisk import WalDisk
 from loom.storage.errors import FatalIOError
@@ -219,7 +220,7 @@ class Simulation:
             max_entries_per_append=self.p.max_entries_per_append, max_inflight=4,
             max_uncommitted_bytes=4096, check_quorum=True, pre_vote=self.p.pre_vote,
             lease_reads=self.p.lease_reads, lease_drift_ticks=2, snapshot_chunk_bytes=64,
-            snapshot_window=2, trailing_entries=self.p.trailing_entries, mutant=self.p.mutant,
+            snapshot_window=2, trailing_entries=self.p.trailing_entries,
         )
 
     def _new_disk(self) -> SimDisk | WalDisk:
@@ -241,9 +242,10 @@ class Simulation:
     def _start(self, node: SimNode) -> None:
         rec = node.disk.load()
         node.inc += 1
-        node.core = RaftCore(self._cfg(node.id), random.Random(self.rng.getrandbits(64)),
-                             rec.hard_state, rec.snapshot.meta, rec.entries, rec.snapshot.data,
-                             joining=node.joining)
+        core = core_class(self.p.mutant)
+        node.core = core(self._cfg(node.id), random.Random(self.rng.getrandbits(64)),
+                         rec.hard_state, rec.snapshot.meta, rec.entries, rec.snapshot.data,
+                         joining=node.joining)
         node.kv = dict(json.loads(rec.snapshot.data))
         node.applied = rec.snapshot.meta.index
         node.commit = node.core.log.committed

@@ -38,13 +38,14 @@ from loom.raft.core import RaftCore
 from loom.raft.ready import Ready, Role, Snapshot, plan
 from loom.raft.types import HardState, SnapshotMeta
 from loom.sim.disk import SimDisk
+from loom.sim.mutants import core_class
 
 MAX_ROUNDS = 100
 
 
 class Script:
     def __init__(self, mutant: str | None = None) -> None:
-        self.mutant = mutant  # a planted bug (loom.raft.config.MUTANTS) in every core
+        self.core_class = core_class(mutant)  # a planted bug (loom.sim.mutants) in every core
         self.max_entries = 4
         self.cores: dict[str, RaftCore] = {}
         self.disks: dict[str, SimDisk] = {}
@@ -58,15 +59,15 @@ class Script:
 
     def _cfg(self, nid: str) -> RaftConfig:
         return RaftConfig(node_id=nid, max_entries_per_append=self.max_entries,
-                          trailing_entries=0, snapshot_chunk_bytes=8, snapshot_window=2,
-                          mutant=self.mutant)
+                          trailing_entries=0, snapshot_chunk_bytes=8, snapshot_window=2)
 
     def _start(self, nid: str) -> None:
         rec = self.disks[nid].load()
         self.synced[nid] = rec.hard_state
-        self.cores[nid] = RaftCore(self._cfg(nid), random.Random(self.rng.getrandbits(32)),
-                                   rec.hard_state, rec.snapshot.meta, rec.entries,
-                                   rec.snapshot.data, joining=nid in self.joining)
+        self.cores[nid] = self.core_class(self._cfg(nid),
+                                          random.Random(self.rng.getrandbits(32)),
+                                          rec.hard_state, rec.snapshot.meta, rec.entries,
+                                          rec.snapshot.data, joining=nid in self.joining)
         self._drain(nid)
 
     def _drain(self, nid: str) -> None:

@@ -8,6 +8,7 @@ from loom.raft import Busy, NotLeader, RaftConfig, RaftCore, Role
 from loom.raft.confchange import ConfChange, ConfChangeError, ConfChangeType, bootstrap
 from loom.raft.log import LogError, RaftLog
 from loom.raft.types import Entry, HardState
+from loom.sim.mutants import core_class
 
 
 def single(**kw: object) -> RaftCore:
@@ -91,7 +92,8 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError):
         RaftConfig("n1", lease_reads=True, check_quorum=False)
     with pytest.raises(ValueError):
-        RaftConfig("n1", mutant="nope")
+        core_class("nope")  # planted bugs live in the simulator, not in the config
+    assert core_class(None) is RaftCore and "mutant" not in RaftConfig.__slots__
 
 
 def test_log_refuses_to_truncate_committed() -> None:

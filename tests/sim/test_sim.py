@@ -7,12 +7,12 @@ import random
 
 import pytest
 
-from loom.raft.config import MUTANTS
 from loom.raft.ready import Snapshot
 from loom.raft.types import Entry, HardState, SnapshotMeta
 from loom.sim.__main__ import main
-from loom.sim.cluster import WAL_EVERY, Simulation
+from loom.sim.cluster import REJOIN_EVERY, WAL_EVERY, Simulation
 from loom.sim.disk import SimDisk
+from loom.sim.mutants import MUTANTS
 from loom.sim.runner import run_one, run_seed, run_seeds
 from loom.sim.waldisk import WalDisk
 
@@ -133,3 +133,28 @@ def test_soak() -> None:
     ran, fail = run_seeds(CI_SEEDS, 1_000_000, None, lambda: time.monotonic() >= deadline)
     assert fail is None, f"{fail.message}\nreproduce: {fail.command()}"
     assert ran > 0
+
+
+# Issue 19 (loom.raft.core, "joining"): the seed that found it, and the rejoin profile's reach.
+REJOIN_SEED = 2002149
+REJOIN_SEEDS, REJOIN_CATCHES = 60, 3
+
+
+def test_rejoin_seed_is_safe_and_the_planted_bug_reproduces_it() -> None:
+    assert run_one(REJOIN_SEED) is None
+    fail = run_one(REJOIN_SEED, "ignore_joining")
+    assert fail is not None
+    assert fail.message == ("Violation: leader completeness: n1 leads term 15 without "
+                            "committed entry 6 (term 2); it has term None")
+
+
+def test_rejoin_profile_meets_the_stale_prefix_often() -> None:
+    """Every REJOIN_EVERY-th seed wipes and re-admits founders and crashes the leader while
+    the empty node holds only the log's first entries: without the joining rule, many of
+    them elect a leader from a stale prefix, not one lucky seed."""
+    seeds = [k * REJOIN_EVERY + REJOIN_EVERY // 2 for k in range(REJOIN_SEEDS)]
+    assert all(Simulation(s).p.rejoin for s in seeds[:3])
+    caught = [s for s in seeds if run_one(s, "ignore_joining") is not None]
+    assert len(caught) >= REJOIN_CATCHES, caught
+    sim = run_seed(seeds[0])
+    assert sim.stats["wipes"] > 0 and sim.stats["joined"] > 0, sim.stats
