@@ -13,12 +13,14 @@ SAMPLES: list[m.Message] = [
     m.AppendEntries("n2", "n1", 3, 7, 2, (Entry(3, 8, EntryType.NORMAL, b"x"),
                                          Entry(3, 9, EntryType.NOOP, b"")), 6),
     m.AppendResponse("n1", "n2", 3, 9, False, 0, 0),
+    m.AppendResponse("n1", "n2", 3, 9, True, 0, 0, joining=True),
     m.RequestVote("n2", "n1", 4, 9, 3, True),
     m.VoteResponse("n1", "n2", 4, True),
     m.PreVote("n2", "n1", 5, 9, 3, False),
     m.PreVoteResponse("n1", "n2", 5, False),
     m.Heartbeat("n2", "n1", 3, 6, 12),
     m.HeartbeatResponse("n1", "n2", 3, 12),
+    m.HeartbeatResponse("n1", "n2", 3, 12, joining=True),
     m.InstallSnapshot("n4", "n1", 3, 100, 2, ("n1", "n2"), ("n4",), 64, b"chunk", 300, False),
     m.SnapshotResponse("n1", "n4", 3, 100, 69, False),
     m.TimeoutNow("n2", "n1", 3),
@@ -31,6 +33,16 @@ def test_every_kind_has_a_sample_and_a_unique_name() -> None:
     assert {type(s) for s in SAMPLES} == set(m.MESSAGE_TYPES)
     assert len(set(m.RAFT_MESSAGE_NAMES)) == len(m.RAFT_MESSAGE_NAMES)
     assert all(n.startswith("RAFT_") for n in m.RAFT_MESSAGE_NAMES)
+
+
+def test_joining_costs_nothing_unless_set() -> None:
+    """Every acknowledgement carries the flag; only a joining node's spends bytes on it, and a
+    sender that predates it (no field) reads as not joining."""
+    plain = m.HeartbeatResponse("n1", "n2", 3, 12).to_wire()
+    assert "joining" not in plain and m.from_wire(plain) == m.HeartbeatResponse("n1", "n2", 3, 12)
+    assert m.HeartbeatResponse("n1", "n2", 3, 12, joining=True).to_wire()["joining"] is True
+    with pytest.raises(m.MalformedMessage):
+        m.from_wire({**plain, "joining": 1})
 
 
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda s: type(s).__name__)
