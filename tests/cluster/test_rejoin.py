@@ -64,7 +64,7 @@ async def test_wiped_member_refuses_to_found_then_rejoins_with_join(cluster: Clu
     r = await c.call("MEMBER_ADD", node=wiped, peer_addr=peer_addr(cluster, wiped), readmit=True)
     assert r["s"] == OK, r
     await put(c, "after-readmit", b"y")
-    await wait_caught_up(cluster, wiped, leader, timeout=20)
+    await wait_caught_up(cluster, wiped, timeout=20)
     with trio.fail_after(10):
         while (n.data_dir / JOINING_FILE).exists():
             await trio.sleep(0.05)
