@@ -1,0 +1,332 @@
+"""A real Loom cluster for one chaos run: `loomd` processes on loopback behind fault proxies.
+
+`ChaosCluster` creates a development PKI (node certificates for the voters and for spare ids
+that membership changes add), writes one config per node (mutual TLS, fsync on as always, its own
+data directory and log file, a fast Raft profile), starts every process in its own process group,
+and puts a `FaultProxy` on every directed peer link so partitions need no privileges.
+
+Ownership rule: every process started here is in `self.procs` until it has been reaped, and
+`aclose()` (called from a `finally` by the runner) SIGKILLs the process group of each one that
+is still alive, so nothing outlives a run, even one that failed or was cancelled.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from loom.cli.loomd import EXAMPLE_ACL
+from loom.client import AsyncClient, RetryPolicy, open_client
+from loom.client.errors import ClientError
+from loom.chaos.proxy import FaultProxy
+from loom.node.config import (
+    AuditConfig,
+    Limits,
+    NodeConfig,
+    RaftSettings,
+    StorageSettings,
+    TLSConfig,
+    to_toml,
+)
+from loom.security.devpki import create_dev_pki
+from loom.wire.errors import LoomError
+
+LOOMD = (sys.executable, "-m", "loom.cli.loomd")
+# 20 ms ticks: elections time out after 200..400 ms, heartbeats every 40 ms.
+FAST_RAFT = RaftSettings(tick_ms=20, election_ticks_min=10, election_ticks_max=20,
+                         heartbeat_ticks=2, proposal_timeout_s=5.0, read_timeout_s=3.0)
+ELECTION_TIMEOUT_S = FAST_RAFT.tick_ms * FAST_RAFT.election_ticks_max / 1000
+SPARES = 2  # ids beyond the voters that membership changes may add
+STATUS_ERRORS = (ClientError, LoomError, trio.TooSlowError, OSError)
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (held open together, then released)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class NodeProc:
+    id: str
+    client_port: int
+    peer_port: int
+    dir: Path
+    proc: trio.Process | None = None
+    paused: bool = False
+    starts: int = 0
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "loomd.toml"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "loomd.log"
+
+    @property
+    def client_addr(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+
+@dataclass
+class ChaosCluster:
+    root: Path
+    size: int
+    rng: random.Random
+    lease_reads: bool = False
+    nodes: dict[str, NodeProc] = field(default_factory=dict)
+    proxies: dict[tuple[str, str], FaultProxy] = field(default_factory=dict)
+    members: list[str] = field(default_factory=list)  # current voters and learners
+    removed: set[str] = field(default_factory=set)
+    exits: list[str] = field(default_factory=list)  # unexpected exits seen (node: code)
+    _proxy_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    def __post_init__(self) -> None:
+        ids = [f"n{i}" for i in range(1, self.size + SPARES + 1)]
+        ports = free_ports(2 * len(ids))
+        for i, nid in enumerate(ids):
+            self.nodes[nid] = NodeProc(nid, ports[2 * i], ports[2 * i + 1], self.root / nid)
+        self.members = ids[: self.size]
+        self.certs = self.root / "certs"
+
+    @property
+    def spares(self) -> list[str]:
+        return [n for n in self.nodes if n not in self.members and n not in self.removed]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [n.client_addr for n in self.nodes.values()]
+
+    def client_kwargs(self) -> dict[str, Any]:
+        return {"ca": self.certs / "ca.pem", "cert": self.certs / "admin.pem",
+                "key": self.certs / "admin.key", "client_name": "loom-chaos"}
+
+    # -- set-up ---------------------------------------------------------------------------------
+    async def setup(self, nursery: trio.Nursery) -> None:
+        """PKI, proxies (in `nursery`), configs; then start the voters and wait for them."""
+        create_dev_pki(self.certs, nodes=tuple(self.nodes))
+        await nursery.start(self._run_proxies)
+        for nid in self.nodes:
+            self.write_config(nid, join=nid not in self.members)
+        for nid in self.members:
+            await self.start(nid)
+
+    async def _run_proxies(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                           ) -> None:
+        with self._proxy_scope:
+            async with trio.open_nursery() as n:
+                for src in self.nodes:
+                    for dst, d in self.nodes.items():
+                        if src != dst:
+                            p = FaultProxy(src, dst, d.peer_port,
+                                           random.Random(self.rng.random()))
+                            self.proxies[(src, dst)] = p
+                            await n.start(p.run)
+                task_status.started()
+
+    def peer_addr(self, src: str, dst: str) -> str:
+        """The address `src` uses to reach `dst`: the proxy of that directed link."""
+        return f"127.0.0.1:{self.proxies[(src, dst)].port}"
+
+    def write_config(self, nid: str, *, join: bool) -> None:
+        n = self.nodes[nid]
+        n.dir.mkdir(parents=True, exist_ok=True)
+        # a config's peers name the node itself (its own listener) and, for a founding voter,
+        # the founders; a joiner knows every id. Others are reached through their proxies.
+        peers = {o: self.peer_addr(nid, o) for o in (self.nodes if join else self.members)
+                 if o != nid}
+        peers[nid] = f"127.0.0.1:{n.peer_port}"
+        cfg = NodeConfig(
+            node_id=nid, data_dir=n.dir / "data", client_listen=n.client_addr,
+            peer_listen=f"127.0.0.1:{n.peer_port}", peers=peers, join=join,
+            cluster_name="loom-chaos", log_level="info",
+            tls=TLSConfig(ca=self.certs / "ca.pem", cert=self.certs / f"{nid}.pem",
+                          key=self.certs / f"{nid}.key"),
+            audit=AuditConfig(sink="off"), acl=EXAMPLE_ACL,
+            limits=Limits(shutdown_grace_s=3.0),
+            raft=RaftSettings(**{**_fields(FAST_RAFT), "lease_reads": self.lease_reads}),
+            storage=StorageSettings(segment_bytes=16 << 20))
+        n.config.write_text(to_toml(cfg), encoding="utf-8")
+
+    # -- processes ------------------------------------------------------------------------------
+    async def start(self, nid: str) -> None:
+        """Start `nid` on its own data directory (a restart keeps it) in its own process group."""
+        n = self.nodes[nid]
+        if n.running:
+            return
+        with open(n.log, "ab") as f:  # the child keeps its own descriptor
+            f.write(f"=== chaos: start #{n.starts + 1}\n".encode())
+            f.flush()
+            n.proc = await trio.lowlevel.open_process(
+                [*LOOMD, "--config", str(n.config)], stdin=subprocess.DEVNULL, stdout=f,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        n.paused = False
+        n.starts += 1
+
+    async def kill(self, nid: str) -> None:
+        """SIGKILL and reap."""
+        n = self.nodes[nid]
+        if n.proc is None or n.proc.returncode is not None:
+            return
+        _signal_group(n.proc, signal.SIGKILL)
+        with trio.move_on_after(10):
+            await n.proc.wait()
+        n.paused = False
+
+    def pause(self, nid: str) -> None:
+        n = self.nodes[nid]
+        if n.running and not n.paused:
+            _signal_group(n.proc, signal.SIGSTOP)
+            n.paused = True
+
+    def resume(self, nid: str) -> None:
+        n = self.nodes[nid]
+        if n.running and n.paused:
+            _signal_group(n.proc, signal.SIGCONT)
+        n.paused = False
+
+    async def stop(self, nid: str, grace_s: float = 8.0) -> None:
+        """SIGTERM (after SIGCONT) and wait; SIGKILL when the grace runs out."""
+        n = self.nodes[nid]
+        if n.proc is None or n.proc.returncode is not None:
+            return
+        _signal_group(n.proc, signal.SIGCONT)
+        n.proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(grace_s):
+            await n.proc.wait()
+        await self.kill(nid)
+
+    def check_exits(self, expected: Sequence[str] = ()) -> list[str]:
+        """Nodes that exited by themselves (not killed or stopped here): a finding."""
+        out = []
+        for nid, n in self.nodes.items():
+            if n.proc is not None and n.proc.returncode is not None and nid not in expected \
+                    and n.proc.returncode not in (0, -signal.SIGKILL):
+                out.append(f"{nid} exited with code {n.proc.returncode}")
+        return out
+
+    async def aclose(self) -> None:
+        """Stop every process and proxy (shielded: also on failure and cancellation)."""
+        with trio.CancelScope(shield=True):
+            for n in self.nodes.values():
+                if n.proc is not None and n.proc.returncode is None:
+                    _signal_group(n.proc, signal.SIGKILL)
+            for n in self.nodes.values():
+                if n.proc is not None:
+                    with trio.move_on_after(10):
+                        await n.proc.wait()
+            self._proxy_scope.cancel()
+
+    # -- the network ----------------------------------------------------------------------------
+    def cut(self, a: str, b: str) -> None:
+        self.proxies[(a, b)].cut()
+        self.proxies[(b, a)].cut()
+
+    def heal_network(self) -> None:
+        for p in self.proxies.values():
+            p.heal()
+
+    # -- observation ----------------------------------------------------------------------------
+    def live(self) -> list[str]:
+        return [m for m in self.members if self.nodes[m].running and not self.nodes[m].paused]
+
+    async def status(self, nid: str, timeout: float = 2.0) -> dict[str, Any] | None:
+        """CLUSTER_STATUS from `nid` alone (no retries elsewhere); None when it cannot answer."""
+        n = self.nodes[nid]
+        if not n.running or n.paused:
+            return None
+        try:
+            with trio.fail_after(timeout):
+                async with open_client([n.client_addr], timeout=timeout, connect_timeout=timeout,
+                                       retry=RetryPolicy(attempts=1),
+                                       **self.client_kwargs()) as c:
+                    st: dict[str, Any] = await c.call("CLUSTER_STATUS")
+                    return st
+        except STATUS_ERRORS:
+            return None
+
+    async def statuses(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+
+        async def one(nid: str) -> None:
+            st = await self.status(nid)
+            if st is not None:
+                out[nid] = st
+
+        async with trio.open_nursery() as ns:
+            for nid in ids:
+                ns.start_soon(one, nid)
+        return out
+
+    async def leader(self) -> str | None:
+        """A live member that says it leads and that another member follows in its term."""
+        sts = await self.statuses(self.live())
+        for nid, st in sts.items():
+            if st.get("role") == "leader" and (
+                    len(sts) == 1 or any(o != nid and s.get("leader") == nid
+                                         and s.get("term") == st.get("term")
+                                         for o, s in sts.items())):
+                return nid
+        return None
+
+    async def wait_converged(self, timeout: float) -> dict[str, dict[str, Any]]:
+        """Every member agrees on one leader and has applied the leader's commit index."""
+        last: dict[str, dict[str, Any]] = {}
+        with trio.move_on_after(timeout):
+            for _ in range(10_000):
+                last = await self.statuses(self.members)
+                if len(last) == len(self.members):
+                    leaders = {s.get("leader") for s in last.values()}
+                    applied = {s.get("applied_index") for s in last.values()}
+                    commits = {s.get("commit_index") for s in last.values()}
+                    if len(leaders) == 1 and None not in leaders and applied == commits \
+                            and len(applied) == 1:
+                        return last
+                await trio.sleep(0.1)
+        brief = {k: {f: v.get(f) for f in ("role", "term", "leader", "commit_index",
+                                             "applied_index")} for k, v in last.items()}
+        raise ConvergeError(f"not converged within {timeout:g} s: {brief}")
+
+    async def admin(self, nursery: trio.Nursery, timeout: float = 5.0) -> AsyncClient:
+        return await AsyncClient.connect(self.endpoints, nursery=nursery, timeout=timeout,
+                                         **self.client_kwargs())
+
+
+class ConvergeError(Exception):
+    pass
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {k: getattr(obj, k) for k in obj.__dataclass_fields__}
+
+
+def _signal_group(proc: trio.Process | None, sig: int) -> None:
+    """Signal the process group `proc` leads (its own, from start_new_session)."""
+    if proc is None or proc.returncode is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,94 @@
+"""Membership changes while the workloads go on: add a learner, promote it, transfer leadership
+to it, remove an old voter (whose process is then stopped for good), keeping the number of
+voters. Spare ids run out after a few replacements; then only leadership transfers remain.
+
+Admin calls go through the project's client with retries. `cluster.members` follows what the
+cluster acknowledged; an answer lost in a fault is settled by reading MEMBER_LIST.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from loom.chaos.cluster import STATUS_ERRORS, ChaosCluster
+from loom.chaos.nemesis import Nemesis
+from loom.client import AsyncClient
+from loom.wire.errors import Timeout
+
+STEP_S = 15.0  # one admin step (with its retries) at most
+CATCH_UP_S = 15.0
+
+
+class MembershipNemesis(Nemesis):
+    name = "membership"
+
+    async def inject(self) -> str | None:
+        c = self.cluster
+        async with trio.open_nursery() as nursery:
+            admin = await c.admin(nursery, timeout=STEP_S)
+            try:
+                if not c.spares or self.rng.random() < 0.3:
+                    await _call(admin, "LEADER_TRANSFER", to=self.rng.choice(c.members))
+                    return "leader-transfer"
+                return await self._replace(admin, c.spares[0])
+            finally:
+                await admin.aclose()
+
+    async def _replace(self, admin: AsyncClient, new: str) -> str:
+        c = self.cluster
+        await c.start(new)
+        addr = f"127.0.0.1:{c.nodes[new].peer_port}"
+        r = await _call(admin, "MEMBER_ADD", node=new, peer_addr=addr, learner=True)
+        if r == "ok":
+            c.members.append(new)
+        elif r == "unknown":
+            await _sync(c, admin)
+        if new not in c.members:
+            await c.kill(new)
+            c.removed.add(new)  # its id may be half-known to the cluster: never reused
+            return "learner-add-failed"
+        promoted = "fail"
+        with trio.move_on_after(CATCH_UP_S):
+            while (promoted := await _call(admin, "MEMBER_PROMOTE", node=new)) == "fail":
+                await trio.sleep(0.3)
+        if promoted != "ok":
+            return "learner-add"
+        await _call(admin, "LEADER_TRANSFER", to=new)
+        leader = await c.leader()
+        gone = self.rng.choice([m for m in c.members if m not in (new, leader)])
+        r = await _call(admin, "MEMBER_REMOVE", node=gone)
+        if r == "ok":
+            c.members.remove(gone)
+        elif r == "unknown":
+            await _sync(c, admin)
+        if gone not in c.members:
+            c.removed.add(gone)
+            await c.stop(gone)
+        return "member-replace"
+
+
+async def _call(admin: AsyncClient, op: str, **body: object) -> str:
+    """"ok", "fail" (refused: not applied) or "unknown"."""
+    try:
+        with trio.fail_after(STEP_S):
+            await admin.call(op, **body)
+        return "ok"
+    except (Timeout, trio.TooSlowError):
+        return "unknown"
+    except STATUS_ERRORS:
+        return "fail"
+
+
+async def _sync(c: ChaosCluster, admin: AsyncClient) -> None:
+    """cluster.members := the member list a linearizable write-path node answers."""
+    for _ in range(10):
+        try:
+            with trio.fail_after(STEP_S):
+                await admin.call("MAP_PUT", name="chaos-admin", key="barrier", value=b"1")
+                r = await admin.call("MEMBER_LIST")
+        except STATUS_ERRORS:
+            await trio.sleep(0.5)
+            continue
+        ids = {m["id"] for m in r["members"]}
+        c.members = [m for m in c.nodes if m in ids]
+        return
