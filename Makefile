@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint soak bench cluster-bench clean
+.PHONY: run test lint soak chaos bench cluster-bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,19 @@ SEEDS   ?= 100000
 SECONDS ?= 3600
 soak: $(STAMP)
 	$(BIN)/python -m loom.sim --seeds $(SEEDS) --time-limit $(SECONDS)
+
+# Long chaos run: make chaos RUNS=500 SECONDS=60 (real loomd processes under random faults,
+# every history checked; failing runs are kept under CHAOS_DIR with the command that repeats
+# them). SECONDS is per run here (60 unless given); SEED picks the first seed (default: from
+# the clock).
+RUNS      ?= 500
+CHAOS_DIR ?= run/chaos
+SEED      ?=
+CHAOS_SECONDS := $(if $(filter command line environment,$(origin SECONDS)),$(SECONDS),60)
+chaos: $(STAMP)
+	mkdir -p $(CHAOS_DIR)
+	$(BIN)/python -m loom.chaos --runs $(RUNS) --seconds $(CHAOS_SECONDS) --dir $(CHAOS_DIR) \
+		$(if $(SEED),--seed $(SEED)) --json $(CHAOS_DIR)/summary.json
 
 bench: $(STAMP)
 	$(BIN)/python bench/node_bench.py

@@ -36,7 +36,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -56,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import etcd_peer
 from bench.cluster_plot import Bar, plot
 from bench.loadgen import run_load
+from loom.chaos.cluster import free_ports
 from loom.cli.loomd import EXAMPLE_ACL
 from loom.security.devpki import create_dev_pki
 from loom.security.tls import client_context
@@ -190,17 +190,6 @@ CONN_ERRORS = (OSError, EOFError, trio.BrokenResourceError, trio.ClosedResourceE
 
 
 # -- the Loom cluster ----------------------------------------------------------------------------
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
 
 class LoomCluster:
     """Three `loomd` processes with a dev PKI (mutual TLS for clients and peers)."""

@@ -19,16 +19,16 @@ import socket
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from loom.chaos.proxy import FaultProxy
 from loom.cli.loomd import EXAMPLE_ACL
 from loom.client import AsyncClient, RetryPolicy, open_client
 from loom.client.errors import ClientError
-from loom.chaos.proxy import FaultProxy
 from loom.node.config import (
     AuditConfig,
     Limits,
@@ -47,19 +47,32 @@ FAST_RAFT = RaftSettings(tick_ms=20, election_ticks_min=10, election_ticks_max=2
                          heartbeat_ticks=2, proposal_timeout_s=5.0, read_timeout_s=3.0)
 ELECTION_TIMEOUT_S = FAST_RAFT.tick_ms * FAST_RAFT.election_ticks_max / 1000
 SPARES = 2  # ids beyond the voters that membership changes may add
+PORT_RANGE = (20_000, 32_000)
 STATUS_ERRORS = (ClientError, LoomError, trio.TooSlowError, OSError)
 
 
 def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (held open together, then released)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """n distinct loopback ports that were free just now, drawn below the kernel's ephemeral
+    range (32768 and up on Linux), where neither `bind(port 0)` nor an outgoing connection
+    can take one between this call and the node's own bind (a port that a node restarted
+    much later binds again stays ours the same way)."""
+    rng = random.SystemRandom()
+    out: list[int] = []
+    for _ in range(100 * n):  # bounded: a busy range fails loudly instead of looping
+        if len(out) == n:
+            return out
+        port = rng.randrange(*PORT_RANGE)
+        if port in out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        out.append(port)
+    if len(out) == n:
+        return out
+    raise OSError(f"no {n} free ports in {PORT_RANGE}")
 
 
 @dataclass
@@ -175,13 +188,14 @@ class ChaosCluster:
         n = self.nodes[nid]
         if n.running:
             return
-        with open(n.log, "ab") as f:  # the child keeps its own descriptor
-            f.write(f"=== chaos: start #{n.starts + 1}\n".encode())
-            f.flush()
+        fd = _open_log(n.log, f"=== chaos: start #{n.starts + 1}\n")
+        try:  # the child keeps its own descriptor
             n.proc = await trio.lowlevel.open_process(
-                [*LOOMD, "--config", str(n.config)], stdin=subprocess.DEVNULL, stdout=f,
+                [*LOOMD, "--config", str(n.config)], stdin=subprocess.DEVNULL, stdout=fd,
                 stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        finally:
+            os.close(fd)
         n.paused = False
         n.starts += 1
 
@@ -252,14 +266,14 @@ class ChaosCluster:
     def live(self) -> list[str]:
         return [m for m in self.members if self.nodes[m].running and not self.nodes[m].paused]
 
-    async def status(self, nid: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    async def status(self, nid: str, limit_s: float = 2.0) -> dict[str, Any] | None:
         """CLUSTER_STATUS from `nid` alone (no retries elsewhere); None when it cannot answer."""
         n = self.nodes[nid]
         if not n.running or n.paused:
             return None
         try:
-            with trio.fail_after(timeout):
-                async with open_client([n.client_addr], timeout=timeout, connect_timeout=timeout,
+            with trio.fail_after(limit_s):
+                async with open_client([n.client_addr], timeout=limit_s, connect_timeout=limit_s,
                                        retry=RetryPolicy(attempts=1),
                                        **self.client_kwargs()) as c:
                     st: dict[str, Any] = await c.call("CLUSTER_STATUS")
@@ -291,10 +305,10 @@ class ChaosCluster:
                 return nid
         return None
 
-    async def wait_converged(self, timeout: float) -> dict[str, dict[str, Any]]:
+    async def wait_converged(self, limit_s: float) -> dict[str, dict[str, Any]]:
         """Every member agrees on one leader and has applied the leader's commit index."""
         last: dict[str, dict[str, Any]] = {}
-        with trio.move_on_after(timeout):
+        with trio.move_on_after(limit_s):
             for _ in range(10_000):
                 last = await self.statuses(self.members)
                 if len(last) == len(self.members):
@@ -307,10 +321,32 @@ class ChaosCluster:
                 await trio.sleep(0.1)
         brief = {k: {f: v.get(f) for f in ("role", "term", "leader", "commit_index",
                                              "applied_index")} for k, v in last.items()}
-        raise ConvergeError(f"not converged within {timeout:g} s: {brief}")
+        raise ConvergeError(f"not converged within {limit_s:g} s: {brief}")
 
-    async def admin(self, nursery: trio.Nursery, timeout: float = 5.0) -> AsyncClient:
-        return await AsyncClient.connect(self.endpoints, nursery=nursery, timeout=timeout,
+    async def diagnose(self) -> dict[str, Any]:
+        """What a failed convergence leaves behind: every node's NODE_STATS (peer links
+        included) and every proxy's counters."""
+        out: dict[str, Any] = {"members": self.members, "removed": sorted(self.removed),
+                               "proxies": {f"{a}->{b}": {"cut": p.is_cut,
+                                                          **asdict(p.statistics())}
+                                           for (a, b), p in self.proxies.items()}}
+        for nid, n in self.nodes.items():
+            if not n.running or n.paused:
+                out[nid] = None if n.proc is None else f"exit {n.proc.returncode}"
+                continue
+            try:
+                with trio.fail_after(3):
+                    async with open_client([n.client_addr], timeout=3, connect_timeout=3,
+                                           retry=RetryPolicy(attempts=1),
+                                           **self.client_kwargs()) as c:
+                        out[nid] = await c.call("NODE_STATS")
+            except STATUS_ERRORS as e:
+                out[nid] = f"{type(e).__name__}: {e}"
+        return out
+
+    async def admin(self, nursery: trio.Nursery, limit_s: float = 5.0) -> AsyncClient:
+        """A client of every node, each call bounded by `limit_s` (retries included)."""
+        return await AsyncClient.connect(self.endpoints, nursery=nursery, timeout=limit_s,
                                          **self.client_kwargs())
 
 
@@ -320,6 +356,12 @@ class ConvergeError(Exception):
 
 def _fields(obj: Any) -> dict[str, Any]:
     return {k: getattr(obj, k) for k in obj.__dataclass_fields__}
+
+
+def _open_log(path: Path, banner: str) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.write(fd, banner.encode())
+    return fd
 
 
 def _signal_group(proc: trio.Process | None, sig: int) -> None:

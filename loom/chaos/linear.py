@@ -73,27 +73,24 @@ def check_register(ops: list[RegOp], budget: int = 200_000) -> tuple[bool | None
                 continue
             if calls[i] > min_ret:
                 break  # sorted by call: nobody later is minimal either
-            nxt = _step(ops[i], state)
-            if nxt is _NO:
+            possible, nxt = _step(ops[i], state)
+            if not possible:
                 continue
             key = (done | 1 << i, nxt)
             if key not in seen:
                 seen.add(key)
-                stack.append(key)  # type: ignore[arg-type]
+                stack.append(key)
     return False, explored
 
 
-_NO = object()
-
-
-def _step(o: RegOp, state: Value) -> object:
-    """The register after `o` applied to `state`, or _NO when `o` cannot happen there."""
+def _step(o: RegOp, state: Value) -> tuple[bool, Value]:
+    """(whether `o` can happen with the register at `state`, the register after it)."""
     if o.kind == "write":
-        return o.value
+        return True, o.value
     if o.kind == "read":
-        return state if o.value == state else _NO
+        return o.value == state, state
     if o.ok is True:
-        return o.value if state == o.expected else _NO
+        return state == o.expected, o.value
     if o.ok is False:
-        return state if state != o.expected else _NO
-    return o.value if state == o.expected else state  # indeterminate CAS
+        return state != o.expected, state
+    return True, o.value if state == o.expected else state  # indeterminate CAS

@@ -10,6 +10,7 @@ its directory: history.jsonl, each node's log and data directory.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import shutil
@@ -70,6 +71,12 @@ async def run_one(seed: int, seconds: float, base: Path, nemeses: Sequence[str],
         async with trio.open_nursery() as nursery:
             try:
                 await _run(report, cluster, history, rng, nemeses, workloads, nursery)
+            except ConvergeError:
+                with trio.move_on_after(30):
+                    (root / "stats.json").write_text(
+                        json.dumps(await cluster.diagnose(), indent=1, default=repr),
+                        encoding="utf-8")
+                raise
             finally:
                 nursery.cancel_scope.cancel()  # the proxies
     except Exception as e:  # the run could not complete: kept, reported, never hidden
@@ -80,7 +87,8 @@ async def run_one(seed: int, seconds: float, base: Path, nemeses: Sequence[str],
                                         encoding="utf-8")
     finally:
         await cluster.aclose()
-    report.error = report.error or "; ".join(cluster.check_exits(sorted(cluster.removed)))
+    exits = cluster.check_exits(sorted(cluster.removed))
+    report.error = "; ".join(x for x in (report.error, *exits) if x)
     history.save(root / "history.jsonl")
     if not report.anomalies and not keep:
         shutil.rmtree(root, ignore_errors=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from typing import Any
 import pytest
 import trio
 
+from loom.chaos.cluster import FAST_RAFT, free_ports
 from loom.client.protocol import hello_body
 from loom.node.config import AuditConfig, Limits, NodeConfig, RaftSettings, TLSConfig, to_toml
 from loom.wire import catalog
@@ -44,23 +44,7 @@ OK, CONFLICT, BUSY, TIMEOUT, UNAVAILABLE, NOT_LEADER = 0, 5, 7, 8, 9, 10
 LOST = -1  # synthetic: the connection broke after the request was sent (outcome unknown)
 INDETERMINATE = frozenset({TIMEOUT, LOST})
 
-# 20 ms ticks: elections time out after 200..400 ms, heartbeats every 40 ms.
-FAST_RAFT = RaftSettings(tick_ms=20, election_ticks_min=10, election_ticks_max=20,
-                         heartbeat_ticks=2, proposal_timeout_s=5.0, read_timeout_s=3.0)
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports (all held open together, then released)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+# FAST_RAFT (elections after 200..400 ms) and free_ports come from loom.chaos.cluster.
 
 
 class ConnError(Exception):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import random
+
+from loom.chaos.cluster import ChaosCluster
 from loom.chaos.nemesis import Nemesis
 
 
 class KillNemesis(Nemesis):
     name = "kill"
 
-    def __init__(self, *args: object, **kw: object) -> None:
-        super().__init__(*args, **kw)  # type: ignore[arg-type]
+    def __init__(self, cluster: ChaosCluster, rng: random.Random) -> None:
+        super().__init__(cluster, rng)
         self.killed: list[str] = []
 
     async def inject(self) -> str | None:

@@ -8,6 +8,8 @@ cluster acknowledged; an answer lost in a fault is settled by reading MEMBER_LIS
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from loom.chaos.cluster import STATUS_ERRORS, ChaosCluster
@@ -25,7 +27,7 @@ class MembershipNemesis(Nemesis):
     async def inject(self) -> str | None:
         c = self.cluster
         async with trio.open_nursery() as nursery:
-            admin = await c.admin(nursery, timeout=STEP_S)
+            admin = await c.admin(nursery, limit_s=STEP_S)
             try:
                 if not c.spares or self.rng.random() < 0.3:
                     await _call(admin, "LEADER_TRANSFER", to=self.rng.choice(c.members))
@@ -49,7 +51,10 @@ class MembershipNemesis(Nemesis):
             return "learner-add-failed"
         promoted = "fail"
         with trio.move_on_after(CATCH_UP_S):
-            while (promoted := await _call(admin, "MEMBER_PROMOTE", node=new)) == "fail":
+            for _ in range(100):  # refused until the learner has caught up
+                promoted = await _call(admin, "MEMBER_PROMOTE", node=new)
+                if promoted != "fail":
+                    break
                 await trio.sleep(0.3)
         if promoted != "ok":
             return "learner-add"
@@ -67,11 +72,11 @@ class MembershipNemesis(Nemesis):
         return "member-replace"
 
 
-async def _call(admin: AsyncClient, op: str, **body: object) -> str:
+async def _call(admin: AsyncClient, op: str, **body: Any) -> str:
     """"ok", "fail" (refused: not applied) or "unknown"."""
     try:
         with trio.fail_after(STEP_S):
-            await admin.call(op, **body)
+            await admin.call_body(op, body)
         return "ok"
     except (Timeout, trio.TooSlowError):
         return "unknown"

@@ -7,14 +7,17 @@ believing it still leads: the case leases and fencing must survive.
 
 from __future__ import annotations
 
+import random
+
+from loom.chaos.cluster import ChaosCluster
 from loom.chaos.nemesis import Nemesis
 
 
 class PauseNemesis(Nemesis):
     name = "pause"
 
-    def __init__(self, *args: object, **kw: object) -> None:
-        super().__init__(*args, **kw)  # type: ignore[arg-type]
+    def __init__(self, cluster: ChaosCluster, rng: random.Random) -> None:
+        super().__init__(cluster, rng)
         self.paused: list[str] = []
 
     async def inject(self) -> str | None:

@@ -18,6 +18,8 @@ class RollingRestartNemesis(Nemesis):
             await self.cluster.stop(nid)
             await self.cluster.start(nid)
             with trio.move_on_after(SERVE_S):
-                while await self.cluster.status(nid) is None:
+                for _ in range(1000):
+                    if await self.cluster.status(nid) is not None:
+                        break
                     await trio.sleep(0.1)
         return "rolling-restart"

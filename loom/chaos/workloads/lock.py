@@ -136,7 +136,8 @@ class LockWorkload(Workload):
 def check_fenced(items: list[bytes], acked: set[bytes], tried: set[bytes]) -> list[str]:
     """Anomalies of the protected list: order of tokens, one process per token, no loss."""
     out: list[str] = []
-    last, owner = -1, {}
+    last = -1
+    owner: dict[int, str] = {}
     for raw in items:
         token_s, process, _ = raw.decode().split(":")
         token = int(token_s)

@@ -55,7 +55,8 @@ class QueueWorkload(Workload):
                 taken.append(o.result)
             elif o.f == "drain":
                 taken += list(o.result)
-        anomalies, notes = [], []
+        anomalies: list[str] = []
+        notes: list[str] = []
         counts: dict[bytes, int] = {}
         for v in taken:
             counts[v] = counts.get(v, 0) + 1

@@ -59,7 +59,8 @@ class RegisterWorkload(Workload):
 
     def check(self) -> CheckResult:
         ops = self.history.of(self.name)
-        anomalies, notes = [], []
+        anomalies: list[str] = []
+        notes: list[str] = []
         for key in KEYS:
             reg = [r for o in ops if o.key == key and (r := to_regop(o)) is not None]
             ok, explored = check_register(reg)

@@ -54,8 +54,8 @@ class SetWorkload(Workload):
             members += op.result["members"]
             cursor = op.result["cursor"]
             if cursor is None:
-                await self.run("final", "members", NAME, None, lambda: _value(members),
-                               write=False)
+                await self.run("final", "members", NAME, None,
+                               lambda m=members: _value(m), write=False)
                 return
 
     def check(self) -> CheckResult:
