@@ -37,9 +37,14 @@ def check_register(ops: list[RegOp], budget: int = 200_000) -> tuple[bool | None
     """(linearizable?, states explored) for one register's history."""
     observed = {o.value for o in ops if o.kind == "read" and o.ret != math.inf}
     observed |= {o.expected for o in ops if o.kind == "cas" and o.ok is True}
-    # an indeterminate read constrains nothing; an indeterminate write nobody observed can be
-    # left out (linearizing it never helps a later read or successful CAS)
-    ops = [o for o in ops if o.ret != math.inf or (o.kind != "read" and o.value in observed)]
+    last_refused = max((o.call for o in ops if o.kind == "cas" and o.ok is False),
+                       default=-math.inf)
+    # An indeterminate read constrains nothing. An indeterminate write of a value nobody
+    # observed can be left out: linearizing it never helps a later read or successful CAS.
+    # It can help a refused CAS (the register must differ from the expected value), so one
+    # called before a refused CAS stays.
+    ops = [o for o in ops if o.ret != math.inf or (
+        o.kind != "read" and (o.value in observed or o.call < last_refused))]
     ops.sort(key=lambda o: (o.call, o.ret))
     n = len(ops)
     required = 0

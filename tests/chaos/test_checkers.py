@@ -192,3 +192,13 @@ def test_topic_delivery_must_match_the_published_value() -> None:
               Op("topic", "sub", "deliver", "t", None, 2, 2, "ok", (1, b"other", None))]
     r = TopicWorkload(random.Random(1), h).check()
     assert any("never published" in a for a in r.anomalies)
+
+
+def test_unseen_indeterminate_cas_can_explain_a_refused_cas() -> None:
+    # the indeterminate CAS a -> b took effect, nobody read b, and a later CAS expecting a
+    # was refused: linearizable (found by a chaos run, where the checker first called it not)
+    ops = [RegOp("write", b"a", 0, 1), RegOp("cas", b"b", 2, INF, expected=b"a"),
+           RegOp("cas", b"c", 5, 6, expected=b"a", ok=False)]
+    assert check_register(ops)[0] is True
+    without = [ops[0], ops[2]]
+    assert check_register(without)[0] is False
