@@ -12,6 +12,7 @@ is still alive, so nothing outlives a run, even one that failed or was cancelled
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -38,6 +39,7 @@ from loom.node.config import (
     TLSConfig,
     to_toml,
 )
+from loom.node.testhooks import ENV as TEST_HOOKS_ENV
 from loom.security.devpki import create_dev_pki
 from loom.wire.errors import LoomError
 
@@ -113,6 +115,7 @@ class ChaosCluster:
     members: list[str] = field(default_factory=list)  # current voters and learners
     removed: set[str] = field(default_factory=set)
     exits: list[str] = field(default_factory=list)  # unexpected exits seen (node: code)
+    expect_exit: set[str] = field(default_factory=set)  # an injected fault may stop these
     _proxy_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     def __post_init__(self) -> None:
@@ -183,17 +186,24 @@ class ChaosCluster:
         n.config.write_text(to_toml(cfg), encoding="utf-8")
 
     # -- processes ------------------------------------------------------------------------------
-    async def start(self, nid: str) -> None:
-        """Start `nid` on its own data directory (a restart keeps it) in its own process group."""
+    async def start(self, nid: str, hooks: dict[str, Any] | None = None) -> None:
+        """Start `nid` on its own data directory (a restart keeps it) in its own process group,
+        with test-only fault hooks (loom/node/testhooks.py) when `hooks` is given."""
         n = self.nodes[nid]
         if n.running:
             return
-        fd = _open_log(n.log, f"=== chaos: start #{n.starts + 1}\n")
+        self._note_exit(nid)
+        env = {k: v for k, v in os.environ.items() if k != TEST_HOOKS_ENV}
+        env["PYTHONUNBUFFERED"] = "1"
+        argv = [*LOOMD, "--config", str(n.config)]
+        if hooks:
+            env[TEST_HOOKS_ENV] = json.dumps(hooks)
+            argv.append("--enable-test-hooks")
+        fd = _open_log(n.log, f"=== chaos: start #{n.starts + 1} hooks {hooks or {}}\n")
         try:  # the child keeps its own descriptor
             n.proc = await trio.lowlevel.open_process(
-                [*LOOMD, "--config", str(n.config)], stdin=subprocess.DEVNULL, stdout=fd,
-                stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
+                start_new_session=True, env=env)
         finally:
             os.close(fd)
         n.paused = False
@@ -232,14 +242,21 @@ class ChaosCluster:
             await n.proc.wait()
         await self.kill(nid)
 
-    def check_exits(self, expected: Sequence[str] = ()) -> list[str]:
-        """Nodes that exited by themselves (not killed or stopped here): a finding."""
-        out = []
-        for nid, n in self.nodes.items():
-            if n.proc is not None and n.proc.returncode is not None and nid not in expected \
-                    and n.proc.returncode not in (0, -signal.SIGKILL):
-                out.append(f"{nid} exited with code {n.proc.returncode}")
-        return out
+    def _note_exit(self, nid: str) -> None:
+        """Record the end of `nid`'s last process if it ended by itself (not SIGKILL, not a
+        clean stop) and no fault made that expected."""
+        n = self.nodes[nid]
+        if n.proc is not None and n.proc.returncode not in (None, 0, -signal.SIGKILL) \
+                and nid not in self.expect_exit and nid not in self.removed:
+            self.exits.append(f"{nid} exited with code {n.proc.returncode}")
+        self.expect_exit.discard(nid)
+
+    def check_exits(self) -> list[str]:
+        """Nodes that exited by themselves during the run (not killed or stopped here, nor
+        stopped by an injected fault): each one a finding."""
+        for nid in self.nodes:
+            self._note_exit(nid)
+        return list(self.exits)
 
     async def aclose(self) -> None:
         """Stop every process and proxy (shielded: also on failure and cancellation)."""

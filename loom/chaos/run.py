@@ -87,7 +87,7 @@ async def run_one(seed: int, seconds: float, base: Path, nemeses: Sequence[str],
                                         encoding="utf-8")
     finally:
         await cluster.aclose()
-    exits = cluster.check_exits(sorted(cluster.removed))
+    exits = cluster.check_exits()
     report.error = "; ".join(x for x in (report.error, *exits) if x)
     history.save(root / "history.jsonl")
     if not report.anomalies and not keep:
@@ -119,6 +119,7 @@ async def _run(report: RunReport, cluster: ChaosCluster, history: History, rng: 
     healed = trio.current_time()
     for nem in nems:
         await nem.heal()
+        faults.kinds.update(nem.outcomes)
     cluster.heal_network()
     for m in cluster.members:
         cluster.resume(m)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import trio
 
 from loom.cli.startcheck import acl_notice, check_node_certificate
 from loom.node.config import ConfigError, NodeConfig, load, to_toml
+from loom.node.testhooks import ENV as TEST_HOOKS_ENV
+from loom.node.testhooks import from_environ
 from loom.storage.errors import StorageError
 
 EXAMPLE_ACL: dict[str, Any] = {
@@ -78,6 +81,8 @@ def _parser(command: str = "run") -> argparse.ArgumentParser:
     p.add_argument("--audit-sink", choices=["stdout", "file", "off"])
     p.add_argument("--audit-path")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    if command == "run":
+        p.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -122,8 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         check_node_certificate(cfg)
         warn, notice = acl_notice(cfg, has_log=(cfg.data_dir / "raft").is_dir())
         logging.getLogger("loomd").log(logging.WARNING if warn else logging.INFO, "%s", notice)
+        hooks = from_environ(os.environ, enabled=args.enable_test_hooks)
+        if hooks is not None:
+            logging.getLogger("loomd").warning(
+                "TEST-ONLY FAULT HOOKS IN FORCE (%s): %s; never run this in production",
+                TEST_HOOKS_ENV, hooks.describe())
         node = Node(cfg, config_path=args.config,
-                    initial_cluster_state=args.initial_cluster_state)
+                    initial_cluster_state=args.initial_cluster_state, test_hooks=hooks)
         # Everything alive now (code, configuration, the recovered log and state) lives about
         # as long as the process: frozen, a full collection no longer walks it. On the
         # benchmark machine that took full collections under load from 15-19 ms to under 4 ms.

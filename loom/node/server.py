@@ -23,13 +23,13 @@ from __future__ import annotations
 import logging
 import signal
 import ssl
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from loom.node import sdnotify
+from loom.node import sdnotify, testhooks
 from loom.node.audit import AuditLog, SinkConfigError, make_sink
 from loom.node.bootstrap import StartMode, clear_joining, is_joining, mark_joining, start_mode
 from loom.node.clientport import ClientListener
@@ -39,6 +39,7 @@ from loom.node.connection import ConnectionContext
 from loom.node.dispatcher import Dispatcher
 from loom.node.http import HttpDoor, advertised_http_addr, http_context
 from loom.node.raftdriver import RaftDriver, prepare_storage
+from loom.node.testhooks import FaultHooks
 from loom.node.topics import TopicHub
 from loom.security.acl import Policy, PolicyError
 from loom.security.revocation import Revocation, RevocationError
@@ -56,10 +57,15 @@ log = logging.getLogger("loom.node")
 
 class Node:
     def __init__(self, cfg: NodeConfig, *, config_path: Path | None = None,
-                 audit_sink: Any = None, initial_cluster_state: str = "new") -> None:
+                 audit_sink: Any = None, initial_cluster_state: str = "new",
+                 test_hooks: FaultHooks | None = None) -> None:
         """`initial_cluster_state` only matters for an empty data directory without `join`
         (loom.node.bootstrap): "new" founds the cluster of `peers`, "existing" refuses (the
         default of `loomd`, which says "new" only when told to)."""
+        if test_hooks is not None:  # test-only (loom/node/testhooks.py); never in production
+            cfg = replace(cfg, raft=replace(
+                cfg.raft, tick_ms=max(1, round(cfg.raft.tick_ms / test_hooks.clock_rate))))
+        self.test_hooks = test_hooks
         self.cfg = cfg
         self._initial_cluster_state = initial_cluster_state
         self.config_path = config_path
@@ -88,7 +94,10 @@ class Node:
             limits=cfg.to_state_limits())
         self._nursery: trio.Nursery | None = None
         self._seeding = False
-        self.clock = ProposalClock(lambda: self.log.state().core.now)
+        self.clock = ProposalClock(lambda: self.log.state().core.now) if test_hooks is None \
+            else ProposalClock(lambda: self.log.state().core.now,
+                               wall_ms=testhooks.wall_ms(test_hooks),
+                               mono_s=testhooks.mono_s(test_hooks))
         self.dispatcher = Dispatcher(
             node_id=cfg.node_id, replicator=self.log, audit=self.audit,
             gateways=frozenset(cfg.gateway_identities), seed_policy=self.seed_policy,
@@ -111,7 +120,10 @@ class Node:
         """Recover the data directory (0700, locked against a second node) before anything is
         served. A corrupt log stops here with the file and offset; the node never skips it."""
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        storage, recovered = Storage.open(str(cfg.data_dir / "raft"), cfg.to_storage_options())
+        opts = cfg.to_storage_options()
+        if self.test_hooks is not None:
+            opts = replace(opts, fs=testhooks.HookedFS(self.test_hooks))
+        storage, recovered = Storage.open(str(cfg.data_dir / "raft"), opts)
         founders = sorted(cfg.peers) if cfg.peers else [cfg.node_id]
         empty = (recovered.hard_state.term == 0 and not recovered.entries
                  and recovered.snapshot is None)

@@ -22,6 +22,7 @@ class Nemesis:
     def __init__(self, cluster: ChaosCluster, rng: random.Random) -> None:
         self.cluster = cluster
         self.rng = rng
+        self.outcomes: Counter[str] = Counter()  # what faults led to, added to the report
 
     async def inject(self) -> str | None:
         raise NotImplementedError
@@ -39,6 +40,8 @@ class FaultLog:
 
 
 def all_nemeses() -> dict[str, type[Nemesis]]:
+    from loom.chaos.nemesis.clock import ClockNemesis
+    from loom.chaos.nemesis.disk import DiskNemesis
     from loom.chaos.nemesis.kill import KillNemesis
     from loom.chaos.nemesis.membership import MembershipNemesis
     from loom.chaos.nemesis.partition import PartitionNemesis
@@ -46,4 +49,4 @@ def all_nemeses() -> dict[str, type[Nemesis]]:
     from loom.chaos.nemesis.rolling import RollingRestartNemesis
 
     return {n.name: n for n in (KillNemesis, PauseNemesis, PartitionNemesis, MembershipNemesis,
-                                RollingRestartNemesis)}
+                                RollingRestartNemesis, ClockNemesis, DiskNemesis)}
