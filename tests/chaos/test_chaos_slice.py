@@ -19,7 +19,7 @@ import pytest
 
 RUNS, SECONDS, FIRST_SEED = 6, 15, 1000
 WORKLOADS = "register,counter,queue,set,lock"
-NEMESES = "kill,pause,partition,rolling"
+NEMESES = "kill,pause,partition,rolling,clock,disk"
 
 
 @pytest.mark.slow
