@@ -236,6 +236,8 @@ class ChaosCluster:
         n = self.nodes[nid]
         if n.proc is None or n.proc.returncode is not None:
             return
+        # however it ends is ours (SIGTERM before loomd installed its handler ends it at once)
+        self.expect_exit.add(nid)
         _signal_group(n.proc, signal.SIGCONT)
         n.proc.send_signal(signal.SIGTERM)
         with trio.move_on_after(grace_s):

@@ -11,8 +11,10 @@ that leader and never catches up (test_catch_up_new_leader.py).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,11 +27,14 @@ NEMESES = "kill,pause,partition,rolling,clock,disk"
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_chaos_slice(tmp_path: Path) -> None:
+    # failing runs stay here for inspection (pytest's own temporary directories are pruned
+    # by the next session); passing runs delete their own directories
+    runs = Path(tempfile.gettempdir()) / f"loom-chaos-slice-{os.getpid()}"
     out = tmp_path / "summary.json"
     p = subprocess.run(
         [sys.executable, "-m", "loom.chaos", "--runs", str(RUNS), "--seconds", str(SECONDS),
          "--seed", str(FIRST_SEED), "--workload", WORKLOADS, "--nemesis", NEMESES,
-         "--dir", str(tmp_path / "runs"), "--json", str(out)],
+         "--dir", str(runs), "--json", str(out)],
         capture_output=True, text=True, timeout=400, check=False)
     assert p.returncode == 0, f"chaos runs failed:\n{p.stdout}\n{p.stderr[-4000:]}"
     s = json.loads(out.read_text())
@@ -38,4 +43,5 @@ def test_chaos_slice(tmp_path: Path) -> None:
     for w in WORKLOADS.split(","):
         assert s["checked"].get(w, 0) > 100, s["checked"]
     # passing runs leave nothing behind
-    assert not list((tmp_path / "runs").iterdir())
+    assert not list(runs.iterdir())
+    runs.rmdir()
