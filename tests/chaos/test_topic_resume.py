@@ -21,7 +21,14 @@ from loom.client import open_client
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="pushes below from_seq on a node behind the topic")
-async def test_resumed_subscription_never_goes_back(tmp_path: Path) -> None:
+def test_resumed_subscription_never_goes_back(tmp_path: Path) -> None:
+    # run without pytest-trio so the assertion is not wrapped in an exception group
+    got = trio.run(_resume, tmp_path)
+    assert got and got[-1] == 5, got
+    assert min(got) >= 4, f"asked from 4, got {got}"
+
+
+async def _resume(tmp_path: Path) -> list[int]:
     cluster = ChaosCluster(tmp_path, 3, random.Random(7))
     got: list[int] = []
     try:
@@ -50,5 +57,4 @@ async def test_resumed_subscription_never_goes_back(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
     finally:
         await cluster.aclose()
-    assert got and got[-1] == 5, got
-    assert min(got) >= 4, f"asked from 4, got {got}"
+    return got
