@@ -47,7 +47,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cluster_bench import LoomCluster, free_ports
+from bench.cluster_bench import LoomCluster
+from loom.chaos.cluster import free_ports
 from loom.http import ClientLimits, HTTPClient, HTTPServer, Request, Response
 from loom.security.tls import client_context, server_context
 
