@@ -124,6 +124,7 @@ class ChaosCluster:
         for i, nid in enumerate(ids):
             self.nodes[nid] = NodeProc(nid, ports[2 * i], ports[2 * i + 1], self.root / nid)
         self.members = ids[: self.size]
+        self.founders = frozenset(self.members)
         self.certs = self.root / "certs"
 
     @property
@@ -196,6 +197,8 @@ class ChaosCluster:
         env = {k: v for k, v in os.environ.items() if k != TEST_HOOKS_ENV}
         env["PYTHONUNBUFFERED"] = "1"
         argv = [*LOOMD, "--config", str(n.config)]
+        if nid in self.founders:  # ignored once the node has a log
+            argv += ["--initial-cluster-state", "new"]
         if hooks:
             env[TEST_HOOKS_ENV] = json.dumps(hooks)
             argv.append("--enable-test-hooks")
