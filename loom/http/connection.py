@@ -9,6 +9,14 @@ and one receive buffer in memory, whatever the client sends.
 Every refusal answers with problem+json and `Connection: close`, then closes: after a malformed
 or refused request the byte stream cannot be trusted to be framed where we think it is (request
 smuggling lives in exactly that gap), so the connection is never reused.
+
+h11 parses every request. A complete `Response` (every answer but a stream) is written by
+`response_head` below, not by h11: h11 validates and re-serialises each header of each answer,
+which cost more than parsing the request did. The same checks stay (a field name is a token, a
+value has no control character, the status is 200-999: anything else is a 500), on a cached
+name and one regular expression per value. Since those answers never pass through h11's state
+machine, each request cycle gets a fresh `h11.Connection` holding what the client has already
+sent (`_next_cycle`); the client's keep-alive is h11's own verdict, read from `their_state`.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import h11
 import trio
 
 from loom.http.limits import ServerLimits
-from loom.http.message import RefusedRequest, Request, Response, StreamingResponse
+from loom.http.message import Headers, RefusedRequest, Request, Response, StreamingResponse
 from loom.http.problem import PROBLEM_CONTENT_TYPE, Problem
 
 __all__ = ["Handler", "ServerConnection", "ServerState"]
@@ -45,6 +53,11 @@ _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # X-Auth-User is how a lookalike header slips past a gateway that does not unfold.
 _OBS_FOLD = re.compile(rb"\n[ \t]")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+# RFC 9110 sections 5.1 and 5.5, as h11 applies them to a head it writes: a field name is a
+# token; a value is field-vchars (and obs-text) with single spaces or tabs only inside.
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
+MAX_NAME_CACHE = 256  # header names already checked (the handlers answer with a handful)
 LINGER_BYTES = 1 << 20  # see ServerLimits.linger_s
 _FRAMING = {b"content-length": 1, b"transfer-encoding": 2}  # the server frames answers itself
 _NO_BODY = frozenset({204, 304})
@@ -84,7 +97,7 @@ class ServerConnection:
         self._state = state
         self._remote = remote
         self._cert = peer_certificate
-        self._h = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self._h = self._new_h11()
         # One cancel scope per request cycle; its deadline follows the phase (one scope instead
         # of one per timeout: this path runs once per request).
         self._scope = trio.CancelScope()
@@ -100,12 +113,27 @@ class ServerConnection:
         the server drains. Broken and closed streams end it quietly."""
         try:
             while await self._one_cycle():
-                self._h.start_next_cycle()
+                self._next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, _Gone):
             pass
         except h11.LocalProtocolError:  # an answer h11 would not frame: this connection ends
             self._state.handler_errors += 1
             log.exception("answer to %s could not be framed", self._remote)
+
+    def _new_h11(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.max_header_bytes)
+
+    def _next_cycle(self) -> None:
+        """A fresh h11 connection for the next request, holding what the client already sent
+        (a pipelined request): `start_next_cycle()` would need our answer to have passed
+        through h11, and a `Response` does not (see the module's docstring)."""
+        data, closed = self._h.trailing_data
+        h = self._new_h11()
+        if data:
+            h.receive_data(data)
+        if closed:
+            h.receive_data(b"")
+        self._h = h
 
     async def _one_cycle(self) -> bool:
         """One request and its answer; True when the connection may carry another."""
@@ -136,8 +164,7 @@ class ServerConnection:
                 answer = await self._call(request)
                 state.requests_served += 1  # before writing: a client that got it sees it
                 self._phase = "write"
-                return await self._send_answer(request, answer) and h.our_state is h11.DONE \
-                    and h.their_state is h11.DONE and not state.draining
+                return await self._send_answer(request, answer) and not state.draining
         # A refusal, or a deadline passed (or shutdown closed an idle connection).
         if refusal is None and self._phase == "request":
             refusal = _Refusal("request_timeout", Problem(
@@ -271,20 +298,22 @@ class ServerConnection:
         """Write the answer; False when the connection must close (a broken stream raises)."""
         head_only = request.method == "HEAD"
         if isinstance(answer, Response):
-            headers = [(k, v) for k, v in answer.headers if _lower(k) not in _FRAMING]
+            # h11's verdict on the request (HTTP/1.0, `Connection: close`): DONE means that
+            # the client keeps the connection open; MUST_CLOSE that it does not.
+            close = self._h.their_state is not h11.DONE or self._state.draining
+            body = answer.body
             if answer.status in _NO_BODY:  # no body and no Content-Length (RFC 9110 8.6)
-                head_only = True
+                head_only, length = True, None
             else:
-                headers.append((b"content-length", str(len(answer.body)).encode("ascii")))
-            head = self._head(answer.status, headers)
-            if head is None:
+                length = len(body)
+            try:
+                raw, close = response_head(answer.status, answer.headers, length, close)
+            except ValueError as e:
+                self._state.handler_errors += 1
+                log.error("handler answered an invalid response head (%s): %s", answer.status, e)
                 return await self._send_answer(request, _internal_error())
-            out = self._h.send(head) or b""
-            if answer.body and not head_only:
-                out += self._h.send(h11.Data(data=answer.body)) or b""
-            out += self._h.send(h11.EndOfMessage()) or b""
-            await self._send(out)
-            return True
+            await self._send(raw + body if body and not head_only else raw)
+            return not close
         head = self._head(answer.status, list(answer.headers))
         if head is None:
             return await self._send_answer(request, _internal_error())
@@ -305,7 +334,7 @@ class ServerConnection:
                               request.path, self._remote)
                 return False
         await self._send(self._h.send(h11.EndOfMessage()) or b"")
-        return True
+        return self._h.our_state is h11.DONE and self._h.their_state is h11.DONE
 
     def _head(self, status: int, headers: list[Any]) -> h11.Response | None:
         headers.append((b"date", _date()))
@@ -394,6 +423,61 @@ async def _closing(chunks: AsyncIterable[bytes]) -> AsyncIterator[AsyncIterator[
                 await aclose()
 
 
+def response_head(status: int, headers: Headers, length: int | None, close: bool
+                  ) -> tuple[bytes, bool]:
+    """The bytes of a response head (with Content-Length `length` unless None, Date, and
+    `Connection: close` when `close`) and whether the connection closes after it: a handler's
+    own `Connection: close` closes it too; its other Connection values, Content-Length and
+    Transfer-Encoding are dropped (the server frames answers). Pure; raises ValueError for a
+    status outside 200-999, a name that is not a token or a value h11 would refuse."""
+    if not 200 <= status <= 999:
+        raise ValueError(f"status {status} is not a final response status")
+    out = [_status_line(status)]
+    for name, value in headers:
+        raw, lower = _checked_name(name)
+        if lower in _FRAMING:
+            continue
+        v = value.encode("ascii") if isinstance(value, str) else value
+        if not _FIELD_VALUE.fullmatch(v):
+            raise ValueError(f"header {raw[:40]!r} has an invalid value")
+        if lower == b"connection":
+            close = close or b"close" in (t.strip().lower() for t in v.split(b","))
+            continue
+        out += (raw, b": ", v, b"\r\n")
+    if length is not None:
+        out.append(b"content-length: %d\r\n" % length)
+    out += (b"date: ", _date(), b"\r\n")
+    if close:
+        out.append(b"connection: close\r\n")
+    out.append(b"\r\n")
+    return b"".join(out), close
+
+
+_names: dict[str | bytes, tuple[bytes, bytes]] = {}
+_status_lines: dict[int, bytes] = {}
+
+
+def _checked_name(name: str | bytes) -> tuple[bytes, bytes]:
+    """A header name as bytes and lower-cased, once checked to be a token (ValueError)."""
+    known = _names.get(name)
+    if known is not None:
+        return known
+    raw = name.encode("ascii") if isinstance(name, str) else bytes(name)
+    if not _TOKEN.fullmatch(raw):
+        raise ValueError(f"header name {raw[:40]!r} is not a token")
+    if len(_names) >= MAX_NAME_CACHE:
+        _names.clear()
+    _names[name] = (raw, raw.lower())
+    return raw, raw.lower()
+
+
+def _status_line(status: int) -> bytes:
+    line = _status_lines.get(status)
+    if line is None:  # at most 800 of them: status is 200-999
+        line = _status_lines[status] = b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))
+    return line
+
+
 _date_cache: tuple[int, bytes] = (0, b"")
 
 
@@ -412,6 +496,3 @@ def _reason(status: int) -> bytes:
     except ValueError:
         return b""
 
-
-def _lower(name: str | bytes) -> bytes:
-    return (name.encode("latin-1") if isinstance(name, str) else name).lower()
