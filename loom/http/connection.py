@@ -98,10 +98,13 @@ class ServerConnection:
         self._remote = remote
         self._cert = peer_certificate
         self._h = self._new_h11()
-        # One cancel scope per request cycle; its deadline follows the phase (one scope instead
-        # of one per timeout: this path runs once per request).
+        # One cancel scope for the connection's life; its deadline follows the phase and is
+        # set only before a wait that it bounds (this path runs once per request). When it
+        # fires, the connection ends: `_timed_out` says how, by the phase it fired in.
         self._scope = trio.CancelScope()
         self._phase = "idle"  # idle -> request -> handler -> write
+        self._received = bytearray()  # the current request's bytes as received (for on_refusal)
+        self._request_deadline = math.inf  # the current request's first byte + request_timeout
 
     def cancel_if_idle(self) -> None:
         """Shutdown: close now if waiting for a next request; a request in progress goes on."""
@@ -112,8 +115,18 @@ class ServerConnection:
         """Serve requests until the client closes, a limit or error closes the connection, or
         the server drains. Broken and closed streams end it quietly."""
         try:
-            while await self._one_cycle():
-                self._next_cycle()
+            refusal = None
+            with self._scope:
+                try:
+                    while await self._one_cycle():
+                        self._next_cycle()
+                except _Refusal as r:
+                    refusal = r
+            if self._scope.cancelled_caught:  # a deadline, or shutdown closing an idle one
+                refusal = self._timed_out()
+            if refusal is not None:  # answered outside the scope, within its own bounds
+                self._report(refusal, self._received)
+                await self._refuse(refusal)
         except (trio.BrokenResourceError, trio.ClosedResourceError, _Gone):
             pass
         except h11.LocalProtocolError:  # an answer h11 would not frame: this connection ends
@@ -136,47 +149,42 @@ class ServerConnection:
         self._h = h
 
     async def _one_cycle(self) -> bool:
-        """One request and its answer; True when the connection may carry another."""
-        h, limits, state = self._h, self._limits, self._state
-        head = bytearray(h.trailing_data[0])  # a pipelined request may already be buffered
-        refusal = None
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            if not head:
-                if state.draining:
-                    return False
-                self._phase = "idle"
-                scope.deadline = trio.current_time() + limits.idle_timeout_s
-                data = bytes(await self._stream.receive_some(limits.receive_bytes))
-                if not data:
-                    return False
-                head += data
-                h.receive_data(data)
-            self._phase = "request"
-            scope.deadline = trio.current_time() + limits.request_timeout_s
-            try:
-                request = await self._read_request(head)
-            except _Refusal as r:
-                refusal = r
-            else:
-                self._phase = "handler"  # the handler bounds its own waits
-                scope.deadline = math.inf
-                answer = await self._call(request)
-                state.requests_served += 1  # before writing: a client that got it sees it
-                self._phase = "write"
-                return await self._send_answer(request, answer) and not state.draining
-        # A refusal, or a deadline passed (or shutdown closed an idle connection).
-        if refusal is None and self._phase == "request":
-            refusal = _Refusal("request_timeout", Problem(
+        """One request and its answer; True when the connection may carry another. Raises
+        _Refusal for a request refused before the handler."""
+        h, limits, state, scope = self._h, self._limits, self._state, self._scope
+        head = self._received = bytearray(h.trailing_data[0])  # a pipelined request, buffered
+        if not head:
+            if state.draining:
+                return False
+            self._phase = "idle"
+            scope.deadline = trio.current_time() + limits.idle_timeout_s
+            data = bytes(await self._stream.receive_some(limits.receive_bytes))
+            if not data:
+                return False
+            head += data
+            h.receive_data(data)
+        self._phase = "request"  # `_receive` sets this deadline if the request needs a wait
+        self._request_deadline = trio.current_time() + limits.request_timeout_s
+        request = await self._read_request(head)
+        self._phase = "handler"  # the handler bounds its own waits
+        if scope.deadline != math.inf:
+            scope.deadline = math.inf
+        answer = await self._call(request)
+        state.requests_served += 1  # before writing: a client that got it sees it
+        self._phase = "write"
+        return await self._send_answer(request, answer) and not state.draining
+
+    def _timed_out(self) -> _Refusal | None:
+        """The scope fired: a request that did not arrive in time is answered 408; an idle or
+        stalled-writing connection just closes (counted), as does one shutdown closed."""
+        if self._phase == "request":
+            return _Refusal("request_timeout", Problem(
                 408, detail="the request did not arrive in time"))
-        if refusal is not None:
-            self._report(refusal, head)
-            await self._refuse(refusal)
-        elif self._phase == "idle" and not state.draining:
-            state.refused["idle_timeout"] += 1
+        if self._phase == "idle" and not self._state.draining:
+            self._state.refused["idle_timeout"] += 1
         elif self._phase == "write":
-            state.refused["write_timeout"] += 1
-        return False
+            self._state.refused["write_timeout"] += 1
+        return None
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -192,8 +200,10 @@ class ServerConnection:
                 break
             raise _Gone  # ConnectionClosed before a request began
         req = event
-        self._check_head(req, head)
+        headers = tuple(req.headers)  # once: h11's Headers iterates item by item
+        self._check_head(headers, head)
         if h.they_are_waiting_for_100_continue:  # within the request's deadline
+            self._scope.deadline = self._request_deadline
             await self._stream.send_all(
                 h.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
         body = bytearray()
@@ -213,7 +223,7 @@ class ServerConnection:
         path, _, query = target.partition("?")
         return Request(
             method=req.method.decode("ascii"), target=target, path=path, query=query,
-            headers=tuple(req.headers), body=bytes(body), remote=self._remote,
+            headers=headers, body=bytes(body), remote=self._remote,
             peer_certificate=self._cert, http_version=req.http_version.decode("ascii"),
             client_gone=self._client_gone)
 
@@ -234,9 +244,9 @@ class ServerConnection:
             self._h.receive_data(data)
         await trio.sleep_forever()
 
-    def _check_head(self, event: h11.Request, head: bytearray) -> None:
+    def _check_head(self, headers: tuple[tuple[bytes, bytes], ...], head: bytearray) -> None:
         """Limits and strictness h11 does not apply itself (pure: refuses by raising)."""
-        if len(event.headers) > self._limits.max_header_count:
+        if len(headers) > self._limits.max_header_count:
             raise _Refusal("too_many_headers", Problem(
                 431, detail=f"more than {self._limits.max_header_count} header fields"))
         end = _HEAD_END.search(head)
@@ -250,7 +260,7 @@ class ServerConnection:
             raise _Refusal("bad_request", Problem(
                 400, detail="obsolete line folding is not accepted"))
         framing = 0
-        for name, value in event.headers:
+        for name, value in headers:
             if name in _FRAMING:
                 framing |= _FRAMING[name]
             if _CTL.search(value):
@@ -276,6 +286,9 @@ class ServerConnection:
             raise _Refusal("bad_request", Problem(400, detail=str(e))) from None
 
     async def _receive(self) -> bytes:
+        """More of the request, within `request_timeout_s` of its first byte."""
+        if self._scope.deadline != self._request_deadline:
+            self._scope.deadline = self._request_deadline
         data = bytes(await self._stream.receive_some(self._limits.receive_bytes))
         self._h.receive_data(data)  # b"" tells h11 the peer closed; it then raises or says so
         return data
