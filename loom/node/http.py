@@ -55,7 +55,6 @@ from loom.node.http_codec import (
     idempotency_client,
     json_response,
     media_type,
-    one_header,
     parse_json_object,
     problem_response,
     reply_json,
@@ -90,6 +89,8 @@ __all__ = ["DoorStatistics", "HttpDoor", "HttpSession", "advertised_http_addr", 
 log = logging.getLogger("loom.http.door")
 
 _CANONICAL = {b"x-auth-user": "X-Auth-User", b"x-auth-roles": "X-Auth-Roles"}
+# The headers the door reads itself, each at most once (see `_message`).
+_READ = frozenset({b"content-type", b"idempotency-key", b"traceparent", b"accept"})
 _PROBES = ("/healthz", "/readyz")
 # A header line naming X-Auth-User / X-Auth-Roles in any spelling (case, '-' or '_'), or a
 # folded continuation line right after one: what a refused raw head is searched for.
@@ -238,7 +239,7 @@ class HttpDoor:
             return problem_response(NotFound(f"no route {request.path[:100]!r}"))
         if self.node.stopping:
             raise Unavailable("the node is shutting down")
-        msg, sess = self._message(request, m, identity)
+        msg, sess, accept = self._message(request, m, identity)
         if m.mt.name == "HELLO":
             return self._hello(msg)
         d = self.node.dispatcher
@@ -252,7 +253,7 @@ class HttpDoor:
             h = self.cfg.http
             return await topic_response(request, sess.feed, self.node.topics,
                                         h.sse_keepalive_s, h.max_stream_s)
-        return self._answer(request, m, step)
+        return self._answer(request, m, step, accept)
 
     def _identity(self, request: Request) -> Identity:
         """The client listener's rule (security/identity.py `identity_or_guest`); the
@@ -281,9 +282,11 @@ class HttpDoor:
         return ident
 
     def _message(self, request: Request, m: routes.Match, identity: Identity
-                 ) -> tuple[Message, HttpSession]:
+                 ) -> tuple[Message, HttpSession, bytes]:
+        """The message a request stands for, its session, and its Accept header ("" when
+        absent or repeated)."""
         try:
-            query = request.query_params()
+            query = request.query_params() if request.query else []
         except ValueError as e:
             raise BadRequest(f"bad query string: {e}") from None
         stale = False
@@ -294,7 +297,21 @@ class HttpDoor:
                 stale = v == "true"
             elif k == "wait_ms" and not (m.route is not None and m.route.stream):
                 raise BadRequest("wait_ms applies to topic reads only")
-        ctype = media_type(request)
+        # One pass over the headers: the four the door reads (None when repeated) and the
+        # identity headers, whatever their spelling.
+        read: dict[bytes, bytes | None] = {}
+        headers: list[tuple[str, str]] = []
+        for name, raw in request.headers:
+            if name in _READ:
+                read[name] = None if name in read else raw
+                continue
+            norm = name.strip().lower().replace(b"_", b"-")
+            if norm in _CANONICAL:
+                # Undecodable bytes become lone surrogates, which gateway.py refuses as
+                # unprintable: never guessed, never dropped.
+                headers.append((_CANONICAL.get(name, name.decode("latin-1")),
+                                raw.decode("utf-8", "surrogateescape")))
+        ctype = media_type(_once(read, b"content-type"))
         if m.route is None:  # POST /v1/call/{TYPE}
             if any(k not in routes.RESERVED_QUERY for k, _ in query):
                 raise BadRequest("/v1/call takes its fields in a JSON body")
@@ -317,22 +334,14 @@ class HttpDoor:
                 fields = with_bytes(m.mt, parse_json_object(request.body))
             body = routes.to_body(m, query, value, fields)
         seq, client_id = 0, ""
-        key = one_header(request, "idempotency-key")
+        key = _once(read, b"idempotency-key")
         if key is not None and m.mt.is_write:
             client_id, seq = idempotency_client(key), 1
-        headers: list[tuple[str, str]] = []
-        for name, raw in request.headers:
-            norm = name.strip().lower().replace(b"_", b"-")
-            if norm in _CANONICAL:
-                # Undecodable bytes become lone surrogates, which gateway.py refuses as
-                # unprintable: never guessed, never dropped.
-                headers.append((_CANONICAL.get(name, name.decode("latin-1")),
-                                raw.decode("utf-8", "surrogateescape")))
-        trace = trace_id(one_header(request, "traceparent", quiet=True))
+        trace = trace_id(read.get(b"traceparent"))
         sess = HttpSession(_conn_id(request), identity, client_id)
         msg = Message(PROTOCOL_VERSION, next(self._ids), m.mt.opcode, body, headers, seq,
                       stale, trace)
-        return msg, sess
+        return msg, sess, read.get(b"accept") or b""
 
     def _hello(self, msg: Message) -> Response:
         """HELLO's checks are the session's (wire/session.py); over HTTP it negotiates the
@@ -341,13 +350,13 @@ class HttpDoor:
         return json_response(200, {"result": {"version": terms.version, "node": self.cfg.node_id,
                                       "max_frame": self.cfg.limits.max_frame_bytes}})
 
-    def _answer(self, request: Request, m: routes.Match, answer: dict[str, Any]) -> Response:
+    def _answer(self, request: Request, m: routes.Match, answer: dict[str, Any], accept: bytes
+                ) -> Response:
         if answer["s"] == Status.OK:
             result = answer["r"]
             if m.route is not None and m.route.media is not None and isinstance(result, bytes):
                 return Response(200, [("content-type", m.route.media)], result)
-            accept = one_header(request, "accept", quiet=True) or b""
-            if OCTETS.encode() in accept and m.route is not None and request.method == "GET":
+            if _OCTETS in accept and m.route is not None and request.method == "GET":
                 if isinstance(result, bytes):
                     return Response(200, [("content-type", OCTETS)], result)
                 if result is None:
@@ -409,6 +418,17 @@ async def _submitted(d: Dispatcher, call: Call) -> dict[str, Any]:
     d.submit(call, deliver)
     await done.wait()
     return box[0]
+
+
+_OCTETS = OCTETS.encode("ascii")
+
+
+def _once(read: dict[bytes, bytes | None], name: bytes) -> bytes | None:
+    """A header the door reads that may appear once: its value, None when absent; a repeat
+    is refused (a smuggling or spoofing signal, never resolved by picking one)."""
+    if name in read and read[name] is None:
+        raise BadRequest(f"header {name.decode('ascii')} is repeated")
+    return read.get(name)
 
 
 def _conn_id(request: Request) -> str:

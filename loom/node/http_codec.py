@@ -197,8 +197,8 @@ def one_header(request: Request, name: str, *, quiet: bool = False) -> bytes | N
         raise BadRequest(f"header {name} is repeated") from None
 
 
-def media_type(request: Request) -> str:
-    raw = one_header(request, "content-type")
+def media_type(raw: bytes | None) -> str:
+    """The media type of a Content-Type value, lower-cased, without parameters ("": none)."""
     if raw is None:
         return ""
     return raw.split(b";", 1)[0].strip().lower().decode("latin-1")

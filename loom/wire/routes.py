@@ -230,10 +230,13 @@ def match(method: str, path: str) -> Match | tuple[str, ...]:
     raw = path.split("/")
     if raw[0] != "" or len(raw) > MAX_PATH_SEGMENTS + 1:
         return ()
-    try:
-        segs = [unquote(s, encoding="utf-8", errors="strict") for s in raw[1:]]
-    except UnicodeDecodeError:
-        raise BadRequest("the path is not valid UTF-8 once percent-decoded") from None
+    if "%" not in path:  # nothing to decode (the common case: unquote would copy each one)
+        segs = raw[1:]
+    else:
+        try:
+            segs = [unquote(s, encoding="utf-8", errors="strict") for s in raw[1:]]
+        except UnicodeDecodeError:
+            raise BadRequest("the path is not valid UTF-8 once percent-decoded") from None
     if len(segs) == 3 and segs[:2] == ["v1", "call"]:
         mt = catalog.BY_NAME.get(segs[2])
         if mt is None or mt.listener is not Listener.CLIENT:

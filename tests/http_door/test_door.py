@@ -127,6 +127,25 @@ async def test_error_statuses(hnode: Node, as_: As) -> None:
     assert r.status == 200
 
 
+async def test_headers_the_door_reads_once(as_: As) -> None:
+    """Content-Type and Idempotency-Key repeated: refused; Accept or traceparent repeated:
+    taken as absent (a JSON answer, no request id); a percent-encoded key is decoded."""
+    admin = await as_("admin")
+    octets = ("content-type", "application/octet-stream")
+    r = await admin.call("PUT", "/v1/maps/m/k", body=b"v", headers=[octets, octets])
+    assert r.status == 400 and "content-type is repeated" in doc(r)["detail"]
+    idem = ("idempotency-key", "abc")
+    r = await admin.call("PUT", "/v1/maps/m/k", body=b"v", headers=[octets, idem, idem])
+    assert r.status == 400 and "idempotency-key is repeated" in doc(r)["detail"]
+    r = await admin.call("PUT", "/v1/maps/m/a%2Fb", body=b"v", headers=[octets])
+    assert r.status == 200
+    accept = ("accept", "application/octet-stream")
+    r = await admin.call("GET", "/v1/maps/m/a%2Fb", headers=[accept])
+    assert r.status == 200 and r.body == b"v"
+    r = await admin.call("GET", "/v1/maps/m/a%2Fb", headers=[accept, accept])
+    assert r.status == 200 and doc(r) == {"result": b64(b"v")}
+
+
 async def test_body_over_max_frame_bytes_is_413(start_node: NodeFactory, pki: PKI) -> None:
     node = await start_http_node(start_node, limits=replace(Limits(), max_frame_bytes=4096))
     async with http_as(pki, node, "admin") as admin:
