@@ -361,6 +361,8 @@ class HttpDoor:
                     return Response(200, [("content-type", OCTETS)], result)
                 if result is None:
                     return problem_response(NotFound("no value"))
+            if result is None or result is True or result is False:  # most writes answer so
+                return Response(200, _JSON_HEADERS, _CONSTANT_RESULT[result])
             return json_response(200, {"result": result})
         err = answer["e"]
         status = Status(answer["s"])
@@ -421,6 +423,9 @@ async def _submitted(d: Dispatcher, call: Call) -> dict[str, Any]:
 
 
 _OCTETS = OCTETS.encode("ascii")
+# The JSON answers of the three constant results, built once (as `json_response` builds them).
+_JSON_HEADERS = (("content-type", JSON),)
+_CONSTANT_RESULT = {v: reply_json({"result": v}) for v in (None, True, False)}
 
 
 def _once(read: dict[bytes, bytes | None], name: bytes) -> bytes | None:
