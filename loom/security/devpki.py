@@ -1,4 +1,5 @@
-"""A development PKI: one cluster CA, node, client and gateway certificates.
+"""The cluster PKI: a CA, node, client and gateway certificates, for development and for an
+operator's own CA (`loomctl certs ca` / `certs issue`), built by one builder (`issue_leaf`).
 
 Certificates follow what VERIFY_X509_STRICT demands (CA: critical basicConstraints, keyUsage,
 SKI; leaves: AKI, SKI, CA:FALSE, keyUsage, EKU) and carry exactly one SPIFFE-style URI SAN, so
@@ -8,6 +9,12 @@ Private keys are created with mode 0600 from the start (os.open with O_EXCL on a
 name, then an atomic rename): there is no moment at which a key is readable by others.
 Lower-level helpers (`new_ca`, `issue_cert`, `issue_crl`) let tests build expired, not yet
 valid, foreign-CA, CN-only and multi-URI certificates.
+
+`create_dev_pki` and `issue_leaf` write through the same code: a leaf for a role gets the same
+extensions whether it is part of the development set or issued later by an operator's CA
+(nodes and gateways: serverAuth plus the DNS/IP names they are reached by). `issue_leaf` and
+`write_ca` never replace an existing file: a key written by mistake over a live one would lock a
+node out.
 """
 
 from __future__ import annotations
@@ -24,15 +31,24 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from loom.security.identity import IdentityError, Role, identity_from_der, spiffe_uri
+from loom.security.identity import (
+    NAME_RE,
+    IdentityError,
+    Role,
+    identity_from_der,
+    spiffe_uri,
+)
 
 __all__ = [
     "PKIExistsError",
     "create_dev_pki",
     "issue_cert",
     "issue_crl",
+    "issue_leaf",
+    "load_ca",
     "new_ca",
     "new_key",
+    "write_ca",
     "write_cert",
     "write_crl",
     "write_key",
@@ -182,9 +198,11 @@ def issue_crl(
     return b.sign(ca_key, hashes.SHA256())
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+def _write_atomic(path: Path, data: bytes, mode: int, *, exclusive: bool = False) -> None:
     # The file is created with its final mode (never chmod-ed later) under a unique temporary
     # name, then renamed over the target: readers never see a partial or over-permissive file.
+    # exclusive: linked into place instead, which fails if the target exists (no overwrite,
+    # even against a concurrent writer).
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
@@ -192,27 +210,112 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise PKIExistsError(f"{path} already exists; not overwritten") from None
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+def write_key(path: Path, key: ec.EllipticCurvePrivateKey, *, exclusive: bool = False) -> None:
     data = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_atomic(Path(path), data, 0o600)
+    _write_atomic(Path(path), data, 0o600, exclusive=exclusive)
 
 
-def write_cert(path: Path, *certs: x509.Certificate) -> None:
+def write_cert(path: Path, *certs: x509.Certificate, exclusive: bool = False) -> None:
     data = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-    _write_atomic(Path(path), data, 0o644)
+    _write_atomic(Path(path), data, 0o644, exclusive=exclusive)
 
 
 def write_crl(path: Path, crl: x509.CertificateRevocationList) -> None:
     _write_atomic(Path(path), crl.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA kept in `ca_dir` (ca.pem, ca.key), checked to be a usable signing CA."""
+    ca_dir = Path(ca_dir)
+    try:
+        ca = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+        key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
+    except OSError as e:
+        raise ValueError(f"cannot read the CA in {ca_dir}: {e.strerror or e} "
+                         f"({e.filename})") from None
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{ca_dir}: ca.pem / ca.key are not a PEM certificate and an "
+                         f"unencrypted private key: {e}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != ca.public_key():
+        raise ValueError(f"{ca_dir}: ca.key is not the key of ca.pem")
+    try:
+        bc = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        bc = None
+    if bc is None or not bc.ca:
+        raise ValueError(f"{ca_dir}/ca.pem is not a CA certificate")
+    if ca.not_valid_after_utc <= dt.datetime.now(_UTC):
+        raise ValueError(f"{ca_dir}/ca.pem expired on {ca.not_valid_after_utc:%Y-%m-%d}")
+    return ca, key
+
+
+def write_ca(out: Path, *, common_name: str) -> tuple[Path, Path]:
+    """A new CA in `out` (ca.pem, ca.key 0600); refuses to replace an existing one."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in (out / "ca.pem", out / "ca.key"):
+        if p.exists():
+            raise PKIExistsError(f"{p} already exists; not overwritten")
+    ca, key = new_ca(common_name=common_name)
+    write_key(out / "ca.key", key, exclusive=True)
+    write_cert(out / "ca.pem", ca, exclusive=True)
+    return out / "ca.pem", out / "ca.key"
+
+
+def issue_leaf(
+    ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, out: Path, role: Role, name: str,
+    *, trust_domain: str = "loom.dev", dns: Sequence[str] = (), ips: Sequence[str] = (),
+    days: int = LEAF_DAYS, exclusive: bool = True,
+) -> tuple[Path, Path]:
+    """Issue `name`'s certificate for `role` and write out/<name>.pem and out/<name>.key (0600).
+
+    Nodes and gateways get serverAuth and the DNS/IP SANs they are dialled by (default
+    localhost, 127.0.0.1, ::1). exclusive=True (the default) refuses to replace either file;
+    nothing is written then.
+    """
+    out = Path(out)
+    if not NAME_RE.fullmatch(name) or name in (".", ".."):  # also keeps the files inside out
+        raise IdentityError(f"name {name!r} is not a plain name [A-Za-z0-9._-]{{1,64}}")
+    if name == "ca":
+        raise ValueError("'ca' names the CA's own files; choose another name")
+    pem, keyp = out / f"{name}.pem", out / f"{name}.key"
+    if exclusive:
+        for p in (pem, keyp):
+            if p.exists():
+                raise PKIExistsError(f"{p} already exists; not overwritten")
+    # Nodes and gateways serve TLS (a gateway's listeners use its one certificate, which also
+    # authenticates it to loomd): serverAuth, and the names they are dialled by.
+    serves = role in (Role.NODE, Role.GATEWAY)
+    if serves and not dns and not ips:
+        dns, ips = ("localhost",), ("127.0.0.1", "::1")
+    nb = _now() - dt.timedelta(minutes=5)
+    na = min(nb + dt.timedelta(days=days), ca.not_valid_after_utc)
+    cert, key = issue_cert(ca, ca_key, role=role, name=name, trust_domain=trust_domain,
+                           not_before=nb, not_after=na, dns=dns, ips=ips, server=serves)
+    out.mkdir(parents=True, exist_ok=True)
+    write_key(keyp, key, exclusive=exclusive)
+    try:
+        write_cert(pem, cert, exclusive=exclusive)
+    except BaseException:
+        keyp.unlink(missing_ok=True)  # never leave a key without its certificate
+        raise
+    return pem, keyp
 
 
 def _plan(
@@ -288,14 +391,5 @@ def create_dev_pki(
     write_key(out / "ca.key", ca_key)
     write_cert(out / "ca.pem", ca)
     for role, name in plan:
-        # Nodes and gateways serve TLS on loopback (a gateway's listeners use its one
-        # certificate, which also authenticates it to loomd): serverAuth and localhost SANs.
-        serves = role in (Role.NODE, Role.GATEWAY)
-        cert, key = issue_cert(
-            ca, ca_key, role=role, name=name, trust_domain=trust_domain,
-            dns=("localhost",) if serves else (), ips=("127.0.0.1", "::1") if serves else (),
-            server=serves,
-        )
-        write_key(out / f"{name}.key", key)
-        write_cert(out / f"{name}.pem", cert)
+        issue_leaf(ca, ca_key, out, role, name, trust_domain=trust_domain, exclusive=False)
     return paths

@@ -27,6 +27,60 @@ def certs_dev(c: Ctx, a: argparse.Namespace) -> Any:
     return r if r is not None else f"development PKI written to {a.out}"
 
 
+CERT_KINDS = ("node", "client", "gateway")
+
+
+def certs_ca(c: Ctx, a: argparse.Namespace) -> Any:
+    import datetime as dt
+
+    from loom.security.devpki import PKIExistsError, write_ca
+
+    name = a.name or f"Loom CA {dt.date.today():%Y-%m-%d}"
+    try:
+        pem, key = write_ca(Path(a.out), common_name=name)
+    except PKIExistsError as e:
+        raise OfflineError("EXISTS", str(e)) from None
+    if a.output == "json":
+        return {"ca": str(pem), "key": str(key), "common_name": name}
+    return f"CA {name!r} written to {pem} (key {key}, mode 0600)"
+
+
+def certs_issue(c: Ctx, a: argparse.Namespace) -> Any:
+    from loom.security.devpki import PKIExistsError, issue_leaf, load_ca
+    from loom.security.identity import IdentityError, Role, spiffe_uri
+
+    if a.kind not in CERT_KINDS:
+        raise UsageError(f"KIND must be one of {', '.join(CERT_KINDS)}, not {a.kind!r}")
+    role = Role(a.kind)
+    if a.role and role is not Role.CLIENT:
+        raise UsageError("--role applies to client certificates only")
+    if (a.dns or a.ip) and role is Role.CLIENT:
+        raise UsageError("--dns and --ip apply to node and gateway certificates only")
+    if a.days < 1:
+        raise UsageError("--days must be at least 1")
+    try:
+        ca, ca_key = load_ca(Path(a.ca_dir))
+        pem, key = issue_leaf(ca, ca_key, Path(a.out or a.ca_dir), role, a.name,
+                              trust_domain=a.trust_domain, dns=a.dns or (), ips=a.ip or (),
+                              days=a.days)
+    except PKIExistsError as e:
+        raise OfflineError("EXISTS", str(e)) from None
+    except IdentityError as e:
+        raise UsageError(str(e)) from None
+    principal = spiffe_uri(a.trust_domain, role, a.name)
+    out: dict[str, Any] = {"cert": str(pem), "key": str(key), "principal": principal}
+    if a.role:
+        out["acl_principals"] = {principal: list(a.role)}
+    if a.output == "json":
+        return out
+    lines = [f"{a.kind} certificate for {principal}: {pem} (key {key}, mode 0600)"]
+    if a.role:
+        roles = ", ".join(f'"{r}"' for r in a.role)
+        lines.append(f"grant its roles by adding to the policy's principals and running "
+                     f"'loomctl acl set': \"{principal}\" = [{roles}]")
+    return "\n".join(lines)
+
+
 def _storage_admin() -> Any:
     """loom.storage.admin, imported only by the commands that need it."""
     return importlib.import_module("loom.storage.admin")

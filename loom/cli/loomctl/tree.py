@@ -230,6 +230,23 @@ TREE: tuple[Group | Cmd, ...] = (
     Group("certs", "certificates (offline)"),
     cmd("certs dev", "write a development PKI to --out", tool(offline.certs_dev),
         out={"required": True, "metavar": "DIR"}, force=FLAG),
+    cmd("certs ca", "create a new CA (ca.pem, ca.key) in --out; refuses to replace one",
+        tool(offline.certs_ca), out={"required": True, "metavar": "DIR"},
+        name={"metavar": "CN", "help": "the CA's common name (default: Loom CA <date>)"}),
+    cmd("certs issue", "issue a certificate from the CA in --ca-dir: KIND is node, client or "
+                       "gateway; writes NAME.pem and NAME.key (0600) to --out, never "
+                       "replacing a file", tool(offline.certs_issue), "kind", "name",
+        ca_dir={"required": True, "metavar": "DIR", "help": "holds ca.pem and ca.key"},
+        out={"metavar": "DIR", "help": "where to write (default: --ca-dir)"},
+        role={"action": "append", "metavar": "ROLE",
+              "help": "client: the ACL role(s) to grant its principal (printed as the "
+                      "[acl.principals] line to apply with 'acl set')"},
+        trust_domain={"default": "loom.dev", "metavar": "DOMAIN"},
+        dns={"action": "append", "metavar": "NAME", "help": "node, gateway: a DNS name it is "
+                                                           "reached by (default localhost)"},
+        ip={"action": "append", "metavar": "ADDR", "help": "node, gateway: an IP address it is "
+                                                          "reached by (default loopback)"},
+        days={"type": int, "default": 825, "metavar": "N", "help": "validity in days"}),
     Group("wal", "write-ahead log tools (offline)"),
     cmd("wal inspect", "summarise the log of a data directory (DIR or DIR/raft)",
         tool(offline.wal_inspect), "dir", keyring={"metavar": "FILE"}),
