@@ -45,6 +45,9 @@ COMMANDS = {
                            "policy when the flags and --config give none), to start from: "
                            "loomd init --node-id n1 ... > loomd.toml"),
 }
+RESTORE_HELP = ("Seed a new member's empty data directory from a backup ('loomctl snapshot "
+                "save'), as etcdutl snapshot restore does: run it on every member of the new "
+                "cluster with the same FILE, --peers and --cluster-name, then start them.")
 
 
 def _parser(command: str = "run") -> argparse.ArgumentParser:
@@ -52,7 +55,8 @@ def _parser(command: str = "run") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog, description=description,
         epilog=None if command == "init" else
-        "Commands: run (default), init (see 'loomd init --help').")
+        "Commands: run (default), init, restore (see 'loomd init --help', 'loomd restore "
+        "--help').")
     p.add_argument("--config", type=Path, help="TOML config file; flags override it")
     p.add_argument("--node-id")
     p.add_argument("--data-dir")
@@ -106,8 +110,41 @@ def _split_command(argv: list[str]) -> tuple[str, list[str]]:
     return "run", argv
 
 
+def restore_main(argv: list[str]) -> int:
+    """`loomd restore FILE --data-dir D --node-id N --peers ... --cluster-name NAME`."""
+    from loom.node.restore import RestoreError, parse_peers, restore
+
+    p = argparse.ArgumentParser(prog="loomd restore", description=RESTORE_HELP)
+    p.add_argument("file", type=Path, metavar="FILE", help="the backup")
+    p.add_argument("--data-dir", type=Path, required=True, help="the new member's (empty)")
+    p.add_argument("--node-id", required=True)
+    p.add_argument("--peers", required=True, metavar="ID=HOST:PORT,...",
+                   help="every member of the new cluster and its peer address")
+    p.add_argument("--cluster-name", required=True,
+                   help="the new cluster's name (not the old one's): the restored directory "
+                        "only ever starts under it")
+    p.add_argument("--keyring", type=Path, metavar="FILE",
+                   help="the encryption-at-rest keyring: reads an encrypted backup, and "
+                        "encrypts the new data directory")
+    a = p.parse_args(argv)
+    try:
+        r = restore(a.file, data_dir=a.data_dir, node_id=a.node_id, peers=parse_peers(a.peers),
+                    cluster_name=a.cluster_name, keyring=a.keyring)
+    except RestoreError as e:
+        print(f"loomd restore: {e}", file=sys.stderr)
+        return 1
+    print(f"restored {a.file} into {r.data_dir} for {r.node_id}: snapshot at index {r.index}, "
+          f"term {r.term}, {r.state_bytes} bytes of state; members {', '.join(r.voters)}; "
+          f"cluster {r.cluster_name!r}{' (encrypted)' if r.encrypted else ''}. Start every "
+          "member with these --peers and this cluster_name.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    command, rest = _split_command(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["restore"]:
+        return restore_main(argv[1:])
+    command, rest = _split_command(argv)
     args = _parser(command).parse_args(rest)
     args.command = command
     try:
@@ -125,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         from loom.node.server import Node
 
         check_node_certificate(cfg)
+        from loom.node.restore import check_cluster_name
+
+        if (why := check_cluster_name(cfg.data_dir, cfg.cluster_name)) is not None:
+            raise ConfigError(why)
         warn, notice = acl_notice(cfg, has_log=(cfg.data_dir / "raft").is_dir())
         logging.getLogger("loomd").log(logging.WARNING if warn else logging.INFO, "%s", notice)
         hooks = from_environ(os.environ, enabled=args.enable_test_hooks)

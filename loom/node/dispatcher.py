@@ -13,9 +13,10 @@ response map to send. The order of the checks is the security contract, and this
     every read a reply would reveal — before anything executes or is proposed;
  6. execution, by the catalog's `execution` column and nothing else: local types answer here;
     log reads take the read path (ReadIndex, or the replica when stale) and append nothing;
-    log writes are proposed; cluster administration goes to the Raft driver. A request that
-    cannot wait is handed over with a callback (`Replicator.submit`) and costs no task; a
-    waiting type (timeout_ms) or cluster administration runs in its caller's task;
+    log writes are proposed; cluster administration goes to the Raft driver; a node task (a
+    backup) to its handler. A request that cannot wait is handed over with a callback
+    (`Replicator.submit`) and costs no task; a waiting type (timeout_ms), cluster
+    administration or a node task runs in its caller's task;
  7. exactly one audit record for every write/admin outcome and every denial; and, in the same
     place, every answer counted in the node's metrics (type, listener, result, duration).
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
@@ -49,6 +50,7 @@ from loom.wire.errors import (
     LoomError,
     Status,
     Unauthenticated,
+    Unavailable,
     UnsupportedVersion,
 )
 
@@ -59,6 +61,8 @@ log = logging.getLogger("loom.dispatch")
 _ADMIN_VERBS = {"MEMBER_ADD": "add", "MEMBER_PROMOTE": "promote", "MEMBER_REMOVE": "remove",
                 "LEADER_TRANSFER": "transfer"}
 assert frozenset(_ADMIN_VERBS) == catalog.names_with(Execution.CLUSTER_ADMIN)
+# The one type the node runs in the caller's task: a backup (node/backup.py).
+assert catalog.names_with(Execution.NODE_TASK) == {"SNAPSHOT_SAVE"}
 
 
 def _forbidden(caller: Caller, mt: MessageType, body: dict[str, Any],
@@ -151,6 +155,8 @@ class Dispatcher:
         self._policy: Policy | None = None
         self._policy_version = -1
         self.metrics = NodeMetrics(self.node_statistics)
+        # SNAPSHOT_SAVE's handler (node/backup.py); None: the type answers UNAVAILABLE.
+        self.snapshot_saver: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
 
     # -- the policy in force: the replicated document, else the configured seed ----------------
     def policy(self) -> Policy:
@@ -207,7 +213,7 @@ class Dispatcher:
                     Policy.from_config(body["policy"])  # refuse a policy that would not load
                 except PolicyError as e:
                     raise BadRequest(f"ACL_SET: invalid policy: {e}") from None
-            call.waits = (mt.execution is Execution.CLUSTER_ADMIN
+            call.waits = (mt.execution in (Execution.CLUSTER_ADMIN, Execution.NODE_TASK)
                           or (mt.waits and body.get("timeout_ms", 0) > 0))
             return call
         except Exception as exc:  # every error becomes an answer
@@ -281,6 +287,10 @@ class Dispatcher:
         try:
             if mt.execution is Execution.CLUSTER_ADMIN:
                 result = await self.replicator.admin(_ADMIN_VERBS[mt.name], **call.body)
+            elif mt.execution is Execution.NODE_TASK:
+                if self.snapshot_saver is None:
+                    raise Unavailable("this node does not save snapshots")
+                result = await self.snapshot_saver(call.body)
             else:
                 out = await self._run_waiting(self._command(call),
                                               read=mt.execution is Execution.LOG_READ,

@@ -31,6 +31,7 @@ import trio
 
 from loom.node import sdnotify, testhooks
 from loom.node.audit import AuditLog, SinkConfigError, make_sink
+from loom.node.backup import SnapshotSaver
 from loom.node.bootstrap import StartMode, clear_joining, is_joining, mark_joining, start_mode
 from loom.node.clientport import ClientListener
 from loom.node.clock import ProposalClock
@@ -112,6 +113,11 @@ class Node:
             ssl_context=lambda: self.ssl_context, audit=self.audit,
             trust_domain=cfg.trust_domain, require_client_auth=cfg.require_client_auth)
         self.clients.set_revocation(self.revocation)
+        self.backup = SnapshotSaver(
+            node_id=cfg.node_id, data_dir=cfg.data_dir, log_=self.log, clock_ms=self.clock.now_ms,
+            keyring=cfg.storage.keyring,
+            chunk_bytes=min(256 << 10, cfg.limits.max_frame_bytes // 2))
+        self.dispatcher.snapshot_saver = self.backup.handle
         self.port = 0
         self._stop = trio.Event()
         self.http: HttpDoor | None = HttpDoor(self) if cfg.http.listen else None

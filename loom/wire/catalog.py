@@ -7,9 +7,9 @@ metrics labels and docs/protocol.md are all derived from this table; `tests/test
 checks docs/protocol.md against it.
 
 Two columns, two questions. `access` (public, read, write, admin) is what the ACL grants by
-class and what audit records; `execution` (local, log read, log write, cluster admin) is the
-path a request takes through the node. They differ on purpose: ACL_GET is an admin type that
-executes as a log read, NODE_STATS an admin type answered locally.
+class and what audit records; `execution` (local, log read, log write, cluster admin, node task)
+is the path a request takes through the node. They differ on purpose: ACL_GET is an admin type
+that executes as a log read, NODE_STATS an admin type answered locally.
 
 Rules a row must follow (checked at import time, below the table):
 - opcodes and names are unique; client types never use the RAFT category;
@@ -67,6 +67,7 @@ class Execution(Enum):
     LOG_READ = "log-read"  # the state machine answers after a ReadIndex round (or, stale, at once)
     LOG_WRITE = "log-write"  # one log entry, applied by every replica in log order
     CLUSTER_ADMIN = "cluster-admin"  # a membership or leadership change run by the Raft driver
+    NODE_TASK = "node-task"  # run by the receiving node in the caller's task; never in the log
 
     @property
     def changes_state(self) -> bool:
@@ -158,6 +159,7 @@ def _t(
 
 C, R, W, A, P = Category, Access.READ, Access.WRITE, Access.ADMIN, Access.PUBLIC
 LOCAL, LOG_READ, CLUSTER_ADMIN = Execution.LOCAL, Execution.LOG_READ, Execution.CLUSTER_ADMIN
+NODE_TASK = Execution.NODE_TASK
 
 # -- CLIENT: connection, sessions, batches ------------------------------------------------------
 _t(0x0001, "HELLO", C.CLIENT, P,
@@ -387,6 +389,13 @@ _t(0x0F06, "NODE_STATS", C.ADMIN, A, {},
 _t(0x0F07, "METRICS_GET", C.ADMIN, A, {},
    "This node's metrics in the Prometheus text format (bytes; over HTTP: GET /metrics). "
    "Grant it alone to a scraper.", runs=LOCAL)
+_t(0x0F08, "SNAPSHOT_SAVE", C.ADMIN, A,
+   {"snapshot": opt(Kind.STR, min=1, max=64, doc="the id the first answer gave"),
+    "offset": opt(Kind.INT, default=0, min=0, max=INT64_MAX, doc="byte offset of the chunk")},
+   "Backup: without `snapshot`, the leader takes a consistent snapshot (after a ReadIndex "
+   "round) into a checksummed file, encrypted when the node encrypts at rest, and answers its "
+   "id, index, term, size and SHA-256 with the first chunk; with it, the chunk at `offset`.",
+   runs=NODE_TASK)
 
 # -- RAFT (peer listener only; bodies are validated by loom.raft.messages.from_wire) -----------
 # tests/test_catalog.py checks this list against loom.raft.messages.RAFT_MESSAGE_NAMES.
@@ -406,7 +415,7 @@ for _i, _n in enumerate(RAFT_NAMES):
     _t(0x7F01 + _i, _n, C.RAFT, A, {"msg": Field(Kind.ANY)},
        "Raft consensus message between members.", listener=Listener.PEER, runs=LOCAL)
 
-del C, R, W, A, P, LOCAL, LOG_READ, CLUSTER_ADMIN
+del C, R, W, A, P, LOCAL, LOG_READ, CLUSTER_ADMIN, NODE_TASK
 
 # -- derived indexes ---------------------------------------------------------------------------
 BY_OPCODE: dict[int, MessageType] = {}

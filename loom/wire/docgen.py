@@ -77,6 +77,8 @@ The class is what an ACL grants (`class:read|write|admin`) and what the audit lo
 `c: "stale"`); appends nothing to the log |
 | `log-write` | proposed as one log entry, answered once a majority has it and it is applied |
 | `cluster-admin` | a membership or leadership change carried out by the Raft driver |
+| `node-task` | carried out by the node that receives it, in the request's own task (a \
+backup: `SNAPSHOT_SAVE`); never enters the log |
 
 A `log-write` or `cluster-admin` request that times out may or may not have taken effect;
 any other request can simply be sent again. Globs (`MAP_SCAN`'s `match`, and ACL structure and

@@ -83,7 +83,8 @@ def _positional(p: argparse.ArgumentParser, spec: str) -> None:
 def _options(p: argparse.ArgumentParser, opts: Opts, suppress: bool) -> None:
     for dest, kw in opts.items():
         extra: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
-        p.add_argument("--" + dest.replace("_", "-"), dest=dest, **{**kw, **extra})
+        # a trailing '_' spells a Python keyword: 'with_' is --with
+        p.add_argument("--" + dest.rstrip("_").replace("_", "-"), dest=dest, **{**kw, **extra})
 
 
 def build_parser(tree: Sequence[Group | Cmd]) -> argparse.ArgumentParser:

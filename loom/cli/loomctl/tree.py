@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom.cli.loomctl import cluster, data, offline
+from loom.cli.loomctl import cluster, data, offline, ops
 from loom.cli.loomctl.base import offline as tool
 from loom.cli.loomctl.base import ok, op
 from loom.cli.loomctl.parser import Cmd, Group, cmd
@@ -216,6 +216,20 @@ TREE: tuple[Group | Cmd, ...] = (
     cmd("members promote", "make the caught-up learner NODE a voter", cluster.members_promote,
         "node"),
     cmd("members remove", "remove NODE from the cluster", cluster.members_remove, "node"),
+    cmd("members replace", "replace dead member NODE by --with NEW (started with loomd "
+                           "--join): NEW joins as a learner, NODE is removed, NEW is promoted",
+        ops.members_replace, "node",
+        with_={"required": True, "metavar": "NEW", "help": "the replacement's node id"},
+        peer_addr={"required": True, "metavar": "HOST:PORT",
+                   "help": "the replacement's peer (Raft) address"},
+        old_cert={"metavar": "FILE", "help": "NODE's certificate: prints its serial for the "
+                                             "deny list"},
+        wait={"type": float, "default": 60.0, "metavar": "SECONDS",
+              "help": "how long each step may be refused for now (default 60)"}),
+    Group("snapshot", "backups (restore: loomd restore)"),
+    cmd("snapshot save", "save a consistent snapshot of the cluster from the leader to FILE "
+                         "(checksummed; encrypted when the cluster encrypts at rest)",
+        ops.snapshot_save, "file", force={**FLAG, "help": "replace FILE if it exists"}),
     Group("leader", "leadership commands (sent to the leader)"),
     cmd("leader transfer", "hand leadership to --to NODE (default: the most caught-up voter)",
         cluster.leader_transfer, to={"metavar": "NODE"}),
