@@ -214,6 +214,7 @@ SAMPLES: dict[str, Sample] = {
     "ACL_SET": S(policy=TEST_ACL),  # the same policy: later requests see the same rules
     "NODE_STATS": S(),
     "METRICS_GET": S(),
+    "SNAPSHOT_SAVE": S(),  # a whole backup's first chunk (tests/node/test_backup.py)
 }
 
 
