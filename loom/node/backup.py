@@ -103,20 +103,23 @@ class SnapshotSaver:
         sid = body.get("snapshot")
         if sid is None:
             new = await self._build()
-            return {**new.header, **self._chunk(new, 0)}
+            return {**new.header, **await self._chunk(new, 0)}
         f = self._file
         if f is None or f.id != sid:
             raise NotFound(f"snapshot {sid!r} is not on {self.node_id} any more (replaced, "
                            "expired or taken by another node); start the save again")
-        return self._chunk(f, body.get("offset", 0))
+        return await self._chunk(f, body.get("offset", 0))
 
-    def _chunk(self, f: _File, offset: int) -> dict[str, Any]:
+    async def _chunk(self, f: _File, offset: int) -> dict[str, Any]:
         if offset > f.size:
             raise NotFound(f"offset {offset} is past the end of snapshot {f.id} ({f.size} bytes)")
-        with open(f.path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read(self.chunk_bytes)
         f.touched = trio.current_time()
+        try:
+            data = await trio.to_thread.run_sync(_read_at, f.path, offset, self.chunk_bytes)
+        except FileNotFoundError:  # a new save replaced it meanwhile
+            raise NotFound(f"snapshot {f.id} was replaced by a newer save; start again") from None
+        if self._file is not f:  # replaced while this chunk was read: the bytes are still its
+            return {"offset": offset, "data": data}
         self._served += len(data)
         if offset + len(data) >= f.size:
             self._completed += 1
@@ -192,6 +195,12 @@ class SnapshotSaver:
             while block := fh.read(1 << 20):
                 h.update(block)
         return path, h.hexdigest(), path.stat().st_size
+
+
+def _read_at(path: Path, offset: int, n: int) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(n)
 
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]

@@ -70,6 +70,11 @@ async def test_replace_a_dead_member_in_one_command(cluster_factory: ClusterFact
     for nid in stay:
         await wait_members(cluster, nid, stay, [])
 
+    # Run again (as after an interruption), it finds nothing left to do.
+    p = await loomctl(cluster, "-o", "json", "members", "replace", dead, "--with", "n4",
+                      "--peer-addr", peer_addr(cluster, "n4"))
+    assert json.loads(p.stdout)["result"]["steps"] == []
+
     # Replacing a node that is not a member is refused before anything changes.
     p = await loomctl(cluster, "members", "replace", "n9", "--with", "n5", "--peer-addr",
                       "127.0.0.1:1", check=False)

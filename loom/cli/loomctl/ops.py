@@ -103,16 +103,19 @@ def members_replace(c: Ctx, a: argparse.Namespace) -> Any:
         raise UsageError("--with must name another node than the one replaced")
     addr = _peer_addr(a.peer_addr)
     members = {m.get("id"): m for m in _members(c.call("MEMBER_LIST"))}
-    if old not in members:
+    if old not in members and new not in members:
         known = ", ".join(sorted(str(k) for k in members)) or "none"
         raise UsageError(f"{old} is not a member of the cluster (members: {known})")
+    # Run again after an interruption, it picks up where it stopped: NEW already a member,
+    # OLD already removed.
     deadline = time.monotonic() + a.wait
     steps: list[str] = []
     if new not in members:
         c.call("MEMBER_ADD", node=new, peer_addr=addr, learner=True, readmit=False)
         steps.append(f"{new} added as a learner")
-    _retry(c, deadline, "MEMBER_REMOVE", node=old)
-    steps.append(f"{old} removed")
+    if old in members:
+        _retry(c, deadline, "MEMBER_REMOVE", node=old)
+        steps.append(f"{old} removed")
     if not members.get(new, {}).get("voter"):
         _retry(c, deadline, "MEMBER_PROMOTE", node=new)
         steps.append(f"{new} promoted to voter")
