@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from loom.cli.loomctl.base import Ctx, UsageError
-from loom.cli.loomctl.cluster import _members, _peer_addr
-from loom.wire.errors import Internal
+from loom.cli.loomctl.cluster import _leader_view, _members, _peer_addr, query_every_endpoint
+from loom.wire.errors import Internal, Unavailable
 
 MAX_CHUNKS = 1 << 20  # a bound on the fetch loop: 256 GiB at the default chunk size
 
@@ -102,22 +102,22 @@ def members_replace(c: Ctx, a: argparse.Namespace) -> Any:
     if old == new:
         raise UsageError("--with must name another node than the one replaced")
     addr = _peer_addr(a.peer_addr)
-    members = {m.get("id"): m for m in _members(c.call("MEMBER_LIST"))}
+    members = {m.get("id"): m for m in _members(_leader_status(c))}
     if old not in members and new not in members:
         known = ", ".join(sorted(str(k) for k in members)) or "none"
         raise UsageError(f"{old} is not a member of the cluster (members: {known})")
     # Run again after an interruption, it picks up where it stopped: NEW already a member,
-    # OLD already removed.
+    # OLD already removed. A change the leader finds already made ("no-op": leadership moved
+    # since its member list was read) counts as done.
     deadline = time.monotonic() + a.wait
     steps: list[str] = []
-    if new not in members:
-        c.call("MEMBER_ADD", node=new, peer_addr=addr, learner=True, readmit=False)
+    if new not in members and _retry(c, deadline, "MEMBER_ADD", node=new, peer_addr=addr,
+                                     learner=True, readmit=False):
         steps.append(f"{new} added as a learner")
-    if old in members:
-        _retry(c, deadline, "MEMBER_REMOVE", node=old)
+    if old in members and _retry(c, deadline, "MEMBER_REMOVE", node=old):
         steps.append(f"{old} removed")
-    if not members.get(new, {}).get("voter"):
-        _retry(c, deadline, "MEMBER_PROMOTE", node=new)
+    if not members.get(new, {}).get("voter") and _retry(c, deadline, "MEMBER_PROMOTE",
+                                                        node=new):
         steps.append(f"{new} promoted to voter")
     deny = _deny_hint(a.old_cert, old)
     if a.output == "json":
@@ -128,13 +128,30 @@ def members_replace(c: Ctx, a: argparse.Namespace) -> Any:
     return "\n".join(lines)
 
 
-def _retry(c: Ctx, deadline: float, op: str, **body: Any) -> Any:
+def _leader_status(c: Ctx) -> dict[str, Any]:
+    """The leader's CLUSTER_STATUS, asked of every endpoint: a node's own member list may be
+    behind (a removed node never learns that it was), the leader's is the one that counts."""
+    leader = _leader_view(query_every_endpoint(c))
+    if leader is None:
+        raise Unavailable("no endpoint is the leader now (list every node in --endpoints, "
+                          "or retry once an election is over)")
+    return leader
+
+
+NOOP = "no-op change"  # the log's refusal of a change already made (raft/confchange.py)
+
+
+def _retry(c: Ctx, deadline: float, op: str, **body: Any) -> bool:
+    """Whether the change was made now (False: it had been made already)."""
     from loom.wire.errors import Conflict
 
     while True:
         try:
-            return c.call(op, **body)
+            c.call(op, **body)
+            return True
         except Conflict as e:
+            if NOOP in e.message:
+                return False
             if time.monotonic() >= deadline:
                 raise Conflict(f"{op} {body.get('node')}: still refused after --wait: "
                                f"{e.message}") from None
