@@ -3,7 +3,8 @@
 etcdutl's `snapshot restore` is the model: every member of the new cluster runs it once, with
 the same backup file and the same `--peers`, before its first start. Each gets
 - the backup's state as its installed snapshot, at the backup's index and term, with the new
-  membership (`--peers`, all voters) and the new peer addresses;
+  membership (`--peers`, all voters) and the new peer addresses (replicated state: the old
+  cluster's would otherwise win over the configured peers);
 - a hard state at that term with the commit index at the snapshot, so the first election
   happens in the next term and the log continues after the snapshot;
 - the new cluster's name recorded in the data directory (`CLUSTER_NAME`): the name is what
@@ -24,8 +25,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import cbor2
 
 from loom.raft.types import ConfState, HardState, SnapshotMeta
 from loom.state.machine import StateMachine
@@ -56,8 +55,8 @@ class Restored:
     state_bytes: int
 
 
-def read_backup(path: Path, keyring: Path | None) -> tuple[SnapshotMeta, bytes, bool]:
-    """The backup's meta and state bytes, every check passed; RestoreError otherwise."""
+def read_backup(path: Path, keyring: Path | None) -> tuple[SnapshotMeta, StateMachine, bool]:
+    """The backup's meta and its state, every check passed; RestoreError otherwise."""
     if not path.is_file():
         raise RestoreError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -75,10 +74,10 @@ def read_backup(path: Path, keyring: Path | None) -> tuple[SnapshotMeta, bytes, 
     except (StorageError, OSError) as e:
         raise RestoreError(f"cannot read {path}: {e}") from None
     try:
-        StateMachine.restore(data)
+        sm = StateMachine.restore(data)
     except Exception as e:  # any failure to load is a refusal, never a partial restore
         raise RestoreError(f"{path} holds no loadable Loom state: {e}") from None
-    return reader.meta, data, bool(reader.key_id)
+    return reader.meta, sm, bool(reader.key_id)
 
 
 def check_target(data_dir: Path) -> None:
@@ -92,13 +91,14 @@ def restore(backup: Path, *, data_dir: Path, node_id: str, peers: dict[str, str]
             cluster_name: str, keyring: Path | None = None) -> Restored:
     if node_id not in peers:
         raise RestoreError(f"--peers must name this node ({node_id}) too")
-    meta, data, encrypted = read_backup(backup, keyring)
+    meta, sm, encrypted = read_backup(backup, keyring)
     check_target(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     voters = tuple(sorted(peers))
-    # The node's snapshot blob: the state machine's bytes beside the members' peer addresses
-    # (the shape `RaftLog` restores from; the new addresses, never the old cluster's).
-    blob = bytes(cbor2.dumps({"sm": data, "members": dict(peers)}))
+    # The members' peer addresses are replicated state (state/members.py): the new cluster's
+    # replace the old cluster's, which would otherwise win over the configured peers.
+    sm.members.load(dict(peers))
+    blob = sm.snapshot()
     new_meta = SnapshotMeta(meta.index, meta.term, ConfState(voters=voters))
     opts = StorageOptions(keyring_path=str(keyring) if keyring is not None else None)
     storage, _ = Storage.open(str(data_dir / LOG_SUBDIR), opts)
@@ -109,7 +109,7 @@ def restore(backup: Path, *, data_dir: Path, node_id: str, peers: dict[str, str]
         storage.close()
     _write_name(data_dir / CLUSTER_NAME_FILE, cluster_name)
     return Restored(data_dir, node_id, meta.index, meta.term, voters, cluster_name, encrypted,
-                    len(data))
+                    len(blob))
 
 
 def _write_name(path: Path, name: str) -> None:

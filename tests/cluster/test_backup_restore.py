@@ -123,6 +123,9 @@ async def test_save_under_load_then_restore_a_new_cluster(cluster_factory: Clust
     assert r2["s"] == OK, r2
     await new.wait_converged()
     print(f"restored cluster serves all {len(before)} writes acknowledged before the save")
+    r2 = await c.call("MEMBER_LIST")
+    assert {m["id"]: m["peer_addr"] for m in r2["r"]["members"]} == {
+        nid: f"127.0.0.1:{n.peer_port}" for nid, n in new.nodes.items()}, r2
 
     # A restored directory starts only under the cluster name it was restored for.
     n1 = new.nodes["n1"]

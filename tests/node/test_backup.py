@@ -13,7 +13,6 @@ import pytest
 from loom.node.config import Limits, StorageSettings
 from loom.node.restore import RestoreError, read_backup, restore
 from loom.node.server import Node
-from loom.state.machine import StateMachine
 from loom.storage.admin import create_keyring
 from tests.conftest import PKI, NodeFactory, connect
 from tests.node.conftest import audit_flushed, records
@@ -62,8 +61,7 @@ async def test_chunks_make_the_announced_file(start_node: NodeFactory, pki: PKI,
     head = await save(node, pki, tmp_path / "b.snap")
     assert head["chunks"] >= 4, head  # 32 KiB chunks under a 64 KiB frame limit
     assert head["encrypted"] is False
-    meta, data, encrypted = read_backup(tmp_path / "b.snap", None)
-    sm = StateMachine.restore(data)
+    meta, sm, encrypted = read_backup(tmp_path / "b.snap", None)
     assert meta.index == head["index"] and not encrypted
     assert sm.applied_index <= meta.index
     assert not list((node.cfg.data_dir / "backup").glob("*"))
