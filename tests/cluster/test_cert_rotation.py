@@ -86,7 +86,7 @@ async def test_rotate_every_leaf_then_the_ca_under_load(pki: PKI, tmp_path: Path
         n.proc.send_signal(signal.SIGHUP)
         reloads[nid] += 1
         with trio.fail_after(10):
-            while n.log_text().count("reload: certificates reloaded") < reloads[nid]:
+            while n.log_text().count("reload: certificates") < reloads[nid]:
                 await trio.sleep(0.05)
 
     async def check_new_connections(*pkis: PKI) -> None:
