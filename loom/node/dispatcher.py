@@ -10,7 +10,11 @@ response map to send. The order of the checks is the security contract, and this
     X-Auth-User / X-Auth-Roles (spoofing attempts are refused and audited);
  4. the body is validated against the catalog schema (wrong types never reach key extraction);
  5. the ACL decides, on every key the request touches, every inner operation of a batch and
-    every read a reply would reveal — before anything executes or is proposed;
+    every read a reply would reveal — before anything executes or is proposed; a write carries
+    the policy version it was decided under, and a write the state machine refused because the
+    policy at its log position is another one is decided again under the policy now in force
+    (`_redecide_write`), as a linearizable read served past a newer policy is
+    (`_reauthorize_read`): no request is allowed on a policy older than its place in the log;
  6. execution, by the catalog's `execution` column and nothing else: local types answer here;
     log reads take the read path (ReadIndex, or the replica when stale) and append nothing;
     log writes are proposed; cluster administration goes to the Raft driver; a node task (a
@@ -38,13 +42,14 @@ from loom.security.acl import Decision, Policy, PolicyError
 from loom.security.audit import AuditRecord, lane, record_for, result_of, should_audit
 from loom.security.gateway import Caller, SpoofAttempt, resolve_principal
 from loom.security.identity import Identity
-from loom.state.command import Command, Outcome
+from loom.state.command import POLICY_CHANGED, Command, Outcome
 from loom.state.machine import structure_of
 from loom.wire import catalog
 from loom.wire.catalog import Execution, Listener, MessageType
 from loom.wire.codec import Request, error_response, ok_response
 from loom.wire.errors import (
     BadRequest,
+    Busy,
     Forbidden,
     Internal,
     LoomError,
@@ -63,6 +68,10 @@ _ADMIN_VERBS = {"MEMBER_ADD": "add", "MEMBER_PROMOTE": "promote", "MEMBER_REMOVE
 assert frozenset(_ADMIN_VERBS) == catalog.names_with(Execution.CLUSTER_ADMIN)
 # The one type the node runs in the caller's task: a backup (node/backup.py).
 assert catalog.names_with(Execution.NODE_TASK) == {"SNAPSHOT_SAVE"}
+
+# How many times in a row a write refused at apply for a changed ACL policy is decided again
+# and proposed anew before the caller hears BUSY (policy changes are rare; this bounds a storm).
+MAX_POLICY_RETRIES = 3
 
 
 def _forbidden(caller: Caller, mt: MessageType, body: dict[str, Any],
@@ -160,8 +169,11 @@ class Dispatcher:
 
     # -- the policy in force: the replicated document, else the configured seed ----------------
     def policy(self) -> Policy:
-        if self._policy is None:
-            doc = self.replicator.state().read(Command("ACL_GET", {}, self.clock_ms())).value
+        # Compared with the replica's version on every call, not only invalidated by
+        # `on_applied`: a snapshot install replaces the state machine without an apply.
+        sm = self.replicator.state()
+        if self._policy is None or sm.acl_version != self._policy_version:
+            doc = sm.read(Command("ACL_GET", {}, self.clock_ms())).value
             version = doc["version"] if doc else 0
             if doc and doc.get("policy") is not None:
                 self._policy = Policy.from_config(doc["policy"])
@@ -257,26 +269,51 @@ class Dispatcher:
             if self._policy_version != call.policy_version:
                 self._decide(call, self._resolve(call))
 
+    def _redecide_write(self, call: Call, out: Outcome, attempt: int) -> bool:
+        """True if the state machine refused the write because the ACL policy at its log
+        position was not the one it was decided under (POLICY_CHANGED) and, decided again under
+        the policy now in force (this replica has applied at least that far: the refusal came
+        from its own apply), it is allowed: the caller proposes it anew, stamped with the new
+        version. Raises FORBIDDEN if the policy now refuses it, and BUSY after
+        MAX_POLICY_RETRIES changes in a row. Either way nothing of it was applied anywhere."""
+        if out.status is not Status.FORBIDDEN or out.details.get("reason") != POLICY_CHANGED:
+            return False
+        self._decide(call, self._resolve(call))
+        if attempt >= MAX_POLICY_RETRIES:
+            raise Busy(f"the ACL policy changed {attempt} times while the write was in "
+                       "flight; it was not applied (safe to retry)", retry_after_ms=100)
+        return True
+
     def submit(self, call: Call, deliver: Callable[[dict[str, Any]], None]) -> None:
         """Hand a call that cannot wait (`not call.waits`) to the log; `deliver` gets its answer,
         exactly once, possibly before this returns (a read a cluster of one serves at once)."""
         assert call.mt is not None and call.caller is not None and not call.waits
+        attempts = 0
 
         def on_done(out: Outcome | None, err: LoomError | None) -> None:
+            nonlocal attempts
             try:
                 if err is not None:
                     raise err
                 assert out is not None
+                if self._redecide_write(call, out, attempts + 1):
+                    attempts += 1
+                    propose()  # answers through on_done again, or raises (BUSY, ...)
+                    return
                 self._reauthorize_read(call)
                 answer = self._finish(call, out.raise_for_status())
             except Exception as exc:  # every error becomes an answer
                 answer = self._fail(call, exc)
             deliver(answer)
 
-        try:
+        def propose() -> None:
+            assert call.mt is not None
             self.replicator.submit(self._command(call),
                                    read=call.mt.execution is Execution.LOG_READ,
                                    stale=call.stale, on_done=on_done)
+
+        try:
+            propose()
         except Exception as exc:  # refused before it started (BUSY, UNAVAILABLE, ...)
             deliver(self._fail(call, exc))
 
@@ -292,8 +329,7 @@ class Dispatcher:
                     raise Unavailable("this node does not save snapshots")
                 result = await self.snapshot_saver(call.body)
             else:
-                out = await self._run_waiting(self._command(call),
-                                              read=mt.execution is Execution.LOG_READ,
+                out = await self._run_waiting(call, read=mt.execution is Execution.LOG_READ,
                                               stale=call.stale)
                 self._reauthorize_read(call)
                 result = out.raise_for_status()
@@ -309,7 +345,7 @@ class Dispatcher:
         sess, seq = call.sess, call.req.seq
         cid = f"{principal}/{sess.client_id}" if sess.client_id and seq else ""
         return Command(call.mt.name, call.body, self.clock_ms(), cid, seq if cid else 0,
-                       principal)
+                       principal, call.policy_version)
 
     def _finish(self, call: Call, result: Any) -> dict[str, Any]:
         if call.redact:
@@ -333,17 +369,25 @@ class Dispatcher:
         self._audit(call, err)
         return error_response(call.req.request_id, err)
 
-    async def _run_waiting(self, cmd: Command, *, read: bool, stale: bool) -> Outcome:
+    async def _run_waiting(self, call: Call, *, read: bool, stale: bool) -> Outcome:
         """Run once; a waiting type that cannot proceed waits for its structure to change and
         runs again (stamped anew), until timeout_ms. The last attempt runs with timeout_ms=0
         so the answer is the type's own "nothing came" value, decided by the state machine
-        like any other."""
+        like any other. A write refused at apply for a changed policy is decided again
+        (`_redecide_write`) and proposed anew."""
+        cmd = self._command(call)
         deadline = trio.current_time() + cmd.body.get("timeout_ms", 0) / 1000
+        redecided = 0
         while True:
             if read:
                 out = await self.replicator.read(cmd, stale=stale)
             else:
                 out = await self.replicator.propose(cmd)
+                if self._redecide_write(call, out, redecided + 1):
+                    redecided += 1
+                    cmd = replace(cmd, time_ms=self.clock_ms(),
+                                  acl_version=call.policy_version)
+                    continue
             if not out.wait:
                 return out
             s = structure_of(cmd)

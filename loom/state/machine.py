@@ -13,6 +13,11 @@ apply(cmd, index), in order:
    (releasing their locks and permits), purge expired map entries, forget idle dedupe clients;
    a session named by the command (or the owner of the lock it names) is expired now if due;
 3. deduplication: a (client_id, seq > 0) already applied returns the stored Outcome;
+3a. the ACL version: a client's write authorized under another policy version than the one at
+   its log position is refused (FORBIDDEN, reason POLICY_CHANGED), changes nothing and is not
+   stored for deduplication, so its proposer may decide it again and propose it anew (D8: a
+   revocation is in force for every write after it in the log, whichever policy the leader
+   had applied when it authorized the write);
 4. the handler runs with an undo journal; on any LoomError every change it made is undone and
    the error is the outcome (so a refused command, or a BATCH_EXECUTE with one failing inner
    op, changes nothing); an unexpected exception is undone too and answers INTERNAL;
@@ -34,7 +39,7 @@ import cbor2
 from loom.state.atomics import CounterFamily, IdGenFamily, RefFamily
 from loom.state.base import CATEGORIES, Core, Family, Struct, decode_cursor, encode_cursor
 from loom.state.collections import ListFamily, SetFamily
-from loom.state.command import Command, Outcome
+from loom.state.command import POLICY_CHANGED, Command, Outcome
 from loom.state.dedupe import DedupeTable
 from loom.state.limits import StateLimits
 from loom.state.locks import LatchFamily, LockFamily, SemaphoreFamily
@@ -44,7 +49,15 @@ from loom.state.queue import QueueFamily
 from loom.state.sessions import Session, Sessions
 from loom.state.topic import TopicFamily
 from loom.wire.catalog import BY_NAME, Execution
-from loom.wire.errors import BadRequest, Conflict, Internal, LoomError, NotFound, TooLarge
+from loom.wire.errors import (
+    BadRequest,
+    Conflict,
+    Internal,
+    LoomError,
+    NotFound,
+    Status,
+    TooLarge,
+)
 
 SNAPSHOT_FORMAT = 3  # 3: member addresses; 2: sessions carry their owner; restore reads 1-3
 
@@ -118,6 +131,11 @@ class StateMachine:
             seen = self.dedupe.lookup(cmd.client_id, cmd.seq, core.now)
             if seen is not None:
                 return seen
+        if cmd.acl_version >= 0 and cmd.acl_version != self.acl_version:
+            return Outcome(Status.FORBIDDEN, None,
+                           f"the ACL policy changed (version {cmd.acl_version} -> "
+                           f"{self.acl_version}) before {cmd.op} was applied; it was not",
+                           {"reason": POLICY_CHANGED, "acl_version": self.acl_version})
         out = self._run(cmd.op, cmd.body, counted=True)
         if dedupe and not out.wait:
             self.dedupe.store(cmd.client_id, cmd.seq, out, core.now)
