@@ -9,7 +9,12 @@ bad combination in the caller's task). Rules kept here:
 - an added member's peer address is proposed (MEMBER_ADDRESS, loom/state/members.py) right
   after its change was accepted, never for a refused one, so every replica learns it from the
   log in the same order;
-- a transfer without a target goes to the most caught-up other voter.
+- a transfer without a target goes to the most caught-up other voter;
+- a transfer is answered when its outcome is known, never when it merely begins: OK once this
+  node (the old leader) hears from the target as leader of a later term, BUSY when the
+  transfer window (`election_ticks_min` ticks, the core's) closes with this node still leading,
+  CONFLICT when another node took office, TIMEOUT (the waiter's deadline) when no leader is
+  heard of in time. A transfer to the node that already leads is answered OK at once.
 """
 
 from __future__ import annotations
@@ -79,6 +84,9 @@ class Membership:
         self._waiters = waiters
         self._not_leader = not_leader
         self.transfers_started = 0  # leadership transfers this node began as leader
+        # Transfers begun here and not yet answered: (target, term it began in, caller).
+        # At most one per caller in flight; answered by `settle_transfers`.
+        self._transfers: list[tuple[str, int, Waiter]] = []
 
     def run(self, req: AdminRequest, w: Waiter) -> None:
         """Start `req`; `w` is answered now (refused, transfer started) or when the change
@@ -89,6 +97,9 @@ class Membership:
             if to is None:
                 w.fail(E.Conflict("no other voter to transfer leadership to"))
                 return
+            if to == self.id and core.role is Role.LEADER:  # already done: say so
+                w.resolve(Outcome.ok({"to": to, "leader": to, "term": core.term}))
+                return
             r = core.transfer_leadership(to)
             if isinstance(r, NotLeader):
                 w.fail(self._not_leader())
@@ -96,7 +107,7 @@ class Membership:
                 w.fail(E.Conflict(f"cannot transfer leadership: {r.reason}"))
             else:
                 self.transfers_started += 1
-                w.resolve(Outcome.ok({"to": to}))
+                self._transfers.append((to, core.term, w))
             return
         if isinstance(req, AddMember):
             kind = (ConfChangeType.READMIT if req.readmit else
@@ -115,6 +126,29 @@ class Membership:
             self._waiters.proposals[idx] = w
             if isinstance(req, AddMember):  # answered by nobody; applied by every replica
                 core.propose(member_address(req.node, req.peer_addr).encode())
+
+    def settle_transfers(self) -> None:
+        """Answer every transfer whose outcome the core now shows (the driver calls this after
+        each turn). The old leader learns the target won when the target, leader of a later
+        term, reaches it; until then (stepped down, no leader known) the caller waits, within
+        its deadline."""
+        if not self._transfers:
+            return
+        core, still = self.core, []
+        for to, term, w in self._transfers:
+            if w.on_done is None:  # answered already (its deadline passed, the node stopped)
+                continue
+            if core.term > term and core.leader == to:
+                w.resolve(Outcome.ok({"to": to, "leader": to, "term": core.term}))
+            elif core.term > term and core.leader is not None:
+                w.fail(E.Conflict(f"{core.leader} took office (term {core.term}), not {to}",
+                                  leader=core.leader))
+            elif core.role is Role.LEADER and core.term == term and core.lead_transferee != to:
+                w.fail(E.Busy(f"{to} did not take office within the transfer window; "
+                              f"{self.id} still leads (retry)", retry_after_ms=100))
+            else:
+                still.append((to, term, w))
+        self._transfers = still
 
     def best_transferee(self) -> str | None:
         best: tuple[int, str] | None = None

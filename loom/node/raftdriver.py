@@ -128,7 +128,6 @@ class RaftDriver:
         self.transport: Any = None  # PeerTransport, set by the node before run()
         self.role = Role.FOLLOWER
         self.leader: str | None = None
-        self._role_changed = trio.Event()  # set (and replaced) whenever role or leader changes
         self.batches = 0
         self.entries_persisted = 0
         self.disk_full = False
@@ -312,6 +311,7 @@ class RaftDriver:
             self._catch_up_ticks()
             self._flush_reads()
             await self._process_ready()
+            self.membership.settle_transfers()
 
     # -- inputs --------------------------------------------------------------------------------
     def _propose(self, w: Waiter) -> None:
@@ -461,8 +461,6 @@ class RaftDriver:
         assert ss is not None
         was_leader = self.role is Role.LEADER
         self.role, self.leader = ss.role, ss.leader
-        self._role_changed.set()
-        self._role_changed = trio.Event()
         log.info("%s: %s (leader %s, term %d)", self.id, ss.role.value, ss.leader,
                  self.core.term)
         if was_leader and ss.role is not Role.LEADER:
@@ -475,11 +473,8 @@ class RaftDriver:
         NOT_LEADER instead of an election timeout."""
         if self.role is not Role.LEADER or len(self.core.conf.voters) < 2:
             return
-        try:
-            await self.admin("transfer")
-        except E.LoomError as e:
-            log.warning("%s: leadership transfer before stop failed: %s", self.id, e)
-            return
-        with trio.move_on_after(timeout_s):
-            while self.role is Role.LEADER:
-                await self._role_changed.wait()
+        with trio.move_on_after(timeout_s):  # answered once the target leads (membership.py)
+            try:
+                await self.admin("transfer")
+            except E.LoomError as e:
+                log.warning("%s: leadership transfer before stop failed: %s", self.id, e)

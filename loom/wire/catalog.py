@@ -368,7 +368,9 @@ _t(0x0E05, "MEMBER_REMOVE", C.CLUSTER, A, {"node": Field(Kind.NAME)},
    "Remove a member; its id is never accepted again (its certificate is refused by every "
    "peer listener).", runs=CLUSTER_ADMIN)
 _t(0x0E06, "LEADER_TRANSFER", C.CLUSTER, A, {"to": opt(Kind.NAME)},
-   "Hand leadership to a voter (the most caught-up one when `to` is absent).", runs=CLUSTER_ADMIN)
+   "Hand leadership to a voter (the most caught-up one when `to` is absent); answered once "
+   "it leads ({to, leader, term}), BUSY if the transfer window closes first.",
+   runs=CLUSTER_ADMIN)
 
 # -- ADMIN -------------------------------------------------------------------------------------
 _t(0x0F01, "STRUCT_LIST", C.ADMIN, A,

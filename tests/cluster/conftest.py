@@ -517,21 +517,20 @@ class Cluster:
         """LEADER_TRANSFER to `to` until `to` leads (it says so and another node follows it
         in its term).
 
-        OK only means the transfer began: the old leader is still in office when the answer
-        arrives, and Raft gives a transfer up when the target has not won within an election
-        timeout (a target stalled on a loaded machine), after which the old leader, or a
-        third node elected meanwhile, leads on. So each try waits `per_try` seconds for `to`
-        to lead and then asks again (of whoever leads), within `timeout` in all."""
+        OK means `to` took office (the old leader heard from it as leader of a later term);
+        BUSY (the transfer window closed: a target stalled on a loaded machine) is asked again
+        by `Client.call`; CONFLICT (another node took office meanwhile) is asked again here, of
+        whoever leads. After OK, each try waits up to `per_try` seconds for every node's status
+        to show it, within `timeout` in all."""
         last: dict[str, dict[str, Any]] = {}
         r: dict[str, Any] | None = None
         with trio.move_on_after(timeout):
             for _ in range(20):
                 r = await c.call("LEADER_TRANSFER", to=to, retry_unknown=True)
-                if r["s"] == CONFLICT:  # asked of `to` itself: it has just taken office?
-                    last = await self.statuses()
-                    assert _leads(last, to), r
-                    return
+                if r["s"] == CONFLICT:  # another node took office: ask again
+                    continue
                 assert r["s"] == OK, r
+                assert r["r"]["leader"] == to, r
                 with trio.move_on_after(per_try):
                     for _ in range(1000):
                         last = await self.statuses()
