@@ -473,8 +473,19 @@ class RaftDriver:
         NOT_LEADER instead of an election timeout."""
         if self.role is not Role.LEADER or len(self.core.conf.voters) < 2:
             return
-        with trio.move_on_after(timeout_s):  # answered once the target leads (membership.py)
-            try:
-                await self.admin("transfer")
-            except E.LoomError as e:
-                log.warning("%s: leadership transfer before stop failed: %s", self.id, e)
+        # Answered once the target leads (membership.py); a window that closed first (BUSY)
+        # is tried again, to the most caught-up voter of the moment, within `timeout_s`.
+        with trio.move_on_after(timeout_s):
+            while True:
+                try:
+                    await self.admin("transfer")
+                    return
+                except E.Busy:
+                    await trio.sleep(self.tick_s)
+                except E.NotLeader:
+                    return  # someone else leads already
+                except E.LoomError as e:
+                    log.warning("%s: leadership transfer before stop failed: %s", self.id, e)
+                    return
+        log.warning("%s: no other voter took office within %g s; stopping as leader",
+                    self.id, timeout_s)
