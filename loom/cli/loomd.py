@@ -21,6 +21,7 @@ from loom.cli.startcheck import acl_notice, check_node_certificate
 from loom.node.config import ConfigError, NodeConfig, load, to_toml
 from loom.node.testhooks import ENV as TEST_HOOKS_ENV
 from loom.node.testhooks import from_environ
+from loom.obs.logging import configure as configure_logging
 from loom.storage.errors import StorageError
 
 EXAMPLE_ACL: dict[str, Any] = {
@@ -85,6 +86,9 @@ def _parser(command: str = "run") -> argparse.ArgumentParser:
     p.add_argument("--audit-sink", choices=["stdout", "file", "off"])
     p.add_argument("--audit-path")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["auto", "json", "text"],
+                   help="operational log lines: json, text, or auto (json under systemd's "
+                        "journal, where JOURNAL_STREAM is set; the default)")
     if command == "run":
         p.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -100,6 +104,7 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
         "require_client_auth": a.require_client_auth,
         "allow_insecure_guest_bind": a.allow_insecure_guest_bind,
         "audit.sink": a.audit_sink, "audit.path": a.audit_path, "log_level": a.log_level,
+        "log.format": a.log_format,
     }
 
 
@@ -156,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = replace(cfg, acl=EXAMPLE_ACL)
             sys.stdout.write(to_toml(cfg))
             return 0
-        logging.basicConfig(
-            level=cfg.log_level.upper(), stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(node=cfg.node_id, level=cfg.log_level, fmt=cfg.log.format)
         from loom.node.server import Node
 
         check_node_certificate(cfg)

@@ -88,6 +88,24 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LogConfig:
+    """`[log]`: the operational log's format (loom/obs/logging.py owns the schema)."""
+
+    format: str = "auto"  # "json" | "text" | "auto": JSON when JOURNAL_STREAM is set (systemd)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceConfig:
+    """`[trace]`: OpenTelemetry traces (loom/obs/tracing.py); off while `endpoint` is empty."""
+
+    endpoint: str = ""  # OTLP/HTTP traces URL, e.g. "http://127.0.0.1:4318/v1/traces"
+    sample_ratio: float = 1.0  # of the requests that arrive without a sampled parent
+    service_name: str = "loomd"
+    max_queue: int = 2048  # spans waiting for export; beyond, dropped (and counted)
+    export_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class RaftSettings:
     tick_ms: int = 50
     election_ticks_min: int = 10  # election timeout drawn from [min, max) ticks
@@ -168,6 +186,8 @@ class NodeConfig:
     state: StateSettings = field(default_factory=StateSettings)
     peer: PeerLimits = field(default_factory=PeerLimits)
     http: HttpConfig = field(default_factory=HttpConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
 
     @property
     def client_host_port(self) -> tuple[str, int]:
@@ -287,7 +307,8 @@ def _build(cls: Any, data: dict[str, Any], prefix: str) -> Any:
         sub = {"TLSConfig": TLSConfig, "Limits": Limits, "AuditConfig": AuditConfig,
                "RaftSettings": RaftSettings, "StorageSettings": StorageSettings,
                "StateSettings": StateSettings, "PeerLimits": PeerLimits,
-               "HttpConfig": HttpConfig}.get(str(ftype))
+               "HttpConfig": HttpConfig, "LogConfig": LogConfig,
+               "TraceConfig": TraceConfig}.get(str(ftype))
         if sub is not None:
             if not isinstance(v, dict):
                 raise ConfigError(f"{key}: must be a table")
@@ -359,6 +380,7 @@ def validate(cfg: NodeConfig) -> NodeConfig:
             parse_serial(serial)
         except RevocationError as e:
             raise ConfigError(f"tls.denied_serials: {e}") from None
+    _validate_obs(cfg)
     if cfg.audit.queue_size < 1 or cfg.audit.priority_queue_size < 1:
         raise ConfigError("audit.queue_size: must be positive")
     if not cfg.require_client_auth and not is_loopback(host) and not cfg.allow_insecure_guest_bind:
@@ -367,6 +389,18 @@ def validate(cfg: NodeConfig) -> NodeConfig:
             "serve unauthenticated guests to the network; set allow_insecure_guest_bind = true "
             "(--allow-insecure-guest-bind) if you really mean it")
     return cfg
+
+
+def _validate_obs(cfg: NodeConfig) -> None:
+    if cfg.log.format not in ("auto", "json", "text"):
+        raise ConfigError(f"log.format: must be auto, json or text, got {cfg.log.format!r}")
+    t = cfg.trace
+    if t.endpoint and not t.endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"trace.endpoint: must be an http:// or https:// URL, got {t.endpoint!r}")
+    if not 0.0 <= t.sample_ratio <= 1.0:
+        raise ConfigError(f"trace.sample_ratio: must be between 0 and 1, got {t.sample_ratio}")
+    if t.max_queue < 1 or t.export_timeout_s <= 0:
+        raise ConfigError("trace.max_queue, trace.export_timeout_s: must be positive")
 
 
 def _validate_http(cfg: NodeConfig) -> None:
@@ -441,6 +475,8 @@ def to_toml(cfg: NodeConfig) -> str:
         d.pop("peer_listen", None)
     if not d["http"].get("listen"):
         d.pop("http")
+    if not d["trace"].get("endpoint"):
+        d.pop("trace")
     d["gateway"] = {"identities": d.pop("gateway_identities", [])}
     acl = d.pop("acl", {})
     if acl:
