@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -58,6 +58,9 @@ from loom.wire.errors import (
     Unavailable,
     UnsupportedVersion,
 )
+
+if TYPE_CHECKING:  # imported by the node only when [trace] is configured
+    from loom.obs.tracing import Tracing
 
 log = logging.getLogger("loom.dispatch")
 
@@ -131,6 +134,7 @@ class Call:
     stale: bool = False  # a read answered from this node's replica (no leader round trip)
     identity_refused: bool = False  # the identity headers were refused (always audited)
     policy_version: int = -1  # the ACL version `start` decided under
+    span: Any = None  # the request's span while tracing is on (obs/tracing.py), else None
 
 
 @dataclass
@@ -151,6 +155,7 @@ class Dispatcher:
         gateways: frozenset[str], seed_policy: Policy, audit_reads: bool = False,
         clock_ms: Callable[[], int] = now_ms,
         extra_stats: Callable[[], dict[str, Any]] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.node_id = node_id
         self.replicator = replicator
@@ -159,6 +164,7 @@ class Dispatcher:
         self.audit_reads = audit_reads
         self.clock_ms = clock_ms
         self.extra_stats = extra_stats
+        self.tracing = tracing
         self.stats = DispatchStats()
         self._seed_policy = seed_policy
         self._policy: Policy | None = None
@@ -201,6 +207,9 @@ class Dispatcher:
     def start(self, sess: Session, req: Request) -> dict[str, Any] | Call:
         call = Call(sess, req, trio.current_time())
         self.stats.requests += 1
+        if self.tracing is not None:
+            call.span = self.tracing.request_span(req.trace, {"loom.node": self.node_id,
+                                                              "loom.listener": sess.listener})
         try:
             mt = call.mt = catalog.lookup(req.opcode, Listener.CLIENT)
             self.stats.by_type[mt.name] = self.stats.by_type.get(mt.name, 0) + 1
@@ -214,6 +223,8 @@ class Dispatcher:
             self._decide(call, policy)
             caller = call.caller
             assert caller is not None
+            if call.span is not None:
+                call.span.add_event("acl")
             if req.stale and mt.is_write:
                 raise BadRequest(f"only reads can be stale; {mt.name} is a "
                                  f"{mt.execution.value}")
@@ -292,6 +303,8 @@ class Dispatcher:
 
         def on_done(out: Outcome | None, err: LoomError | None) -> None:
             nonlocal attempts
+            if call.span is not None:
+                call.span.add_event("applied")
             try:
                 if err is not None:
                     raise err
@@ -308,6 +321,9 @@ class Dispatcher:
 
         def propose() -> None:
             assert call.mt is not None
+            if call.span is not None:
+                call.span.add_event(
+                    "read" if call.mt.execution is Execution.LOG_READ else "propose")
             self.replicator.submit(self._command(call),
                                    read=call.mt.execution is Execution.LOG_READ,
                                    stale=call.stale, on_done=on_done)
@@ -321,6 +337,8 @@ class Dispatcher:
         """Execute an authorized call in the caller's task, waiting as its type allows."""
         mt, caller = call.mt, call.caller
         assert mt is not None and caller is not None
+        if call.span is not None:
+            call.span.add_event("read" if mt.execution is Execution.LOG_READ else "propose")
         try:
             if mt.execution is Execution.CLUSTER_ADMIN:
                 result = await self.replicator.admin(_ADMIN_VERBS[mt.name], **call.body)
@@ -333,6 +351,8 @@ class Dispatcher:
                                               stale=call.stale)
                 self._reauthorize_read(call)
                 result = out.raise_for_status()
+            if call.span is not None:
+                call.span.add_event("applied")
         except Exception as exc:  # every error becomes an answer
             return self._fail(call, exc)
         return self._finish(call, result)
@@ -470,6 +490,9 @@ class Dispatcher:
         result = "ok" if err is None else result_of(err.status)
         mt, caller, sess, req = call.mt, call.caller, call.sess, call.req
         duration_s = trio.current_time() - call.t0
+        if call.span is not None and self.tracing is not None:
+            call.span.update_name(mt.name if mt is not None else "UNKNOWN")
+            self.tracing.end(call.span, result)
         self.metrics.observe(mt.name if mt is not None else "unknown", sess.listener, result,
                              duration_s)
         if not call.identity_refused and not should_audit(mt, result,

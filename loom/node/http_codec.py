@@ -24,6 +24,7 @@ from typing import Any
 from loom.http import Problem, Request, Response
 from loom.wire import catalog
 from loom.wire.catalog import MessageType
+from loom.wire.codec import valid_traceparent
 from loom.wire.errors import BadRequest, LoomError, Status
 from loom.wire.schema import Field, Kind
 
@@ -59,7 +60,6 @@ assert set(STATUS_OF) == set(Status) - {Status.OK}
 JSON = "application/json"
 OCTETS = "application/octet-stream"
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
-_TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -178,12 +178,9 @@ def idempotency_client(key: bytes) -> str:
 def trace_id(value: bytes | None) -> str:
     """A valid W3C traceparent as text, else "" (an invalid one is ignored, as the W3C Trace
     Context recommendation says: the request is served, without a request id)."""
-    if value is None or len(value) > 55:
+    if value is None:
         return ""
-    m = _TRACEPARENT_RE.fullmatch(value.decode("latin-1"))
-    if m is None or m[1] == "ff" or set(m[2]) == {"0"} or set(m[3]) == {"0"}:
-        return ""
-    return m[0]
+    return valid_traceparent(value.decode("latin-1"))
 
 
 # -- requests and answers ----------------------------------------------------------------

@@ -25,7 +25,7 @@ import signal
 import ssl
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -52,6 +52,9 @@ from loom.security.tls import (
 )
 from loom.state.command import Command
 from loom.storage.storage import Storage
+
+if TYPE_CHECKING:
+    from loom.obs.tracing import Tracing
 
 log = logging.getLogger("loom.node")
 
@@ -103,7 +106,7 @@ class Node:
             node_id=cfg.node_id, replicator=self.log, audit=self.audit,
             gateways=frozenset(cfg.gateway_identities), seed_policy=self.seed_policy,
             audit_reads=cfg.audit.audit_reads, extra_stats=self._stats,
-            clock_ms=self.clock.now_ms)
+            clock_ms=self.clock.now_ms, tracing=_tracing(cfg))
         self.topics = TopicHub(self.log.state)
         self.terminated = trio.Event()  # set when shutdown begins: connections stop reading
         self.clients = ClientListener(
@@ -251,6 +254,8 @@ class Node:
             signals_scope.cancel()
             transport_scope.cancel()  # after the hand-over: nothing more to tell the peers
         await trio.to_thread.run_sync(self.storage.close)
+        if self.dispatcher.tracing is not None:  # export what is queued, off the loop
+            await trio.to_thread.run_sync(self.dispatcher.tracing.shutdown)
         # The log driver and drainer have returned: queued writes applied, audit flushed.
         st = self.audit.statistics()
         log.log(logging.ERROR if st.lost_at_shutdown else logging.INFO,
@@ -380,3 +385,14 @@ class Node:
                 else:
                     log.info("received %s: shutting down", signal.Signals(signum).name)
                     self.shutdown()
+
+
+def _tracing(cfg: NodeConfig) -> Tracing | None:
+    """The node's tracer when `[trace] endpoint` is set; otherwise the SDK is not imported."""
+    t = cfg.trace
+    if not t.endpoint:
+        return None
+    from loom.obs.tracing import TraceSettings, Tracing
+
+    return Tracing(TraceSettings(t.endpoint, t.service_name, cfg.node_id, t.sample_ratio,
+                                 t.max_queue, t.export_timeout_s))

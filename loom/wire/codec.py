@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -301,9 +302,26 @@ class Request:
     headers: Mapping[str, str] | Sequence[tuple[str, str]]
     seq: int = 0
     stale: bool = False  # "c": "stale": a read served by any node from its own replica
-    # A correlation id the transport vouches for the format of (HTTP: a W3C traceparent); the
-    # audit record carries it as `request_id`, beside (never instead of) the client id.
+    # A valid W3C traceparent (an HTTP header, or the header map's "traceparent" key, which
+    # parse_request takes out of `headers`); the audit record carries it as `request_id`,
+    # beside (never instead of) the client id, and a request span is its child (obs/tracing).
     trace: str = ""
+
+
+# W3C Trace Context: version-traceid-parentid-flags. Version ff, an all-zero trace id or an
+# all-zero parent id is invalid; an invalid value is ignored (the request is still served).
+_TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+TRACEPARENT = "traceparent"  # its key in a request's header map, beside identity headers
+
+
+def valid_traceparent(value: str) -> str:
+    """`value` when it is a valid W3C traceparent, else "" (the one check, for both doors)."""
+    if len(value) > 55:
+        return ""
+    m = _TRACEPARENT_RE.fullmatch(value)
+    if m is None or m[1] == "ff" or set(m[2]) == {"0"} or set(m[3]) == {"0"}:
+        return ""
+    return m[0]
 
 
 CONSISTENCY = ("linearizable", "stale")  # values of a request's "c" field
@@ -343,7 +361,11 @@ def parse_request(obj: Any) -> Request:
     consistency = obj.get("c", "linearizable")
     if consistency not in CONSISTENCY:
         raise BadRequest(f"consistency 'c' must be one of {list(CONSISTENCY)}", request_id=rid)
-    return Request(v, rid, op, body, headers, seq, consistency == "stale")
+    trace = ""
+    if TRACEPARENT in headers:  # a trace context, not an identity assertion: set apart
+        headers = dict(headers)
+        trace = valid_traceparent(headers.pop(TRACEPARENT))
+    return Request(v, rid, op, body, headers, seq, consistency == "stale", trace)
 
 
 def ok_response(request_id: int, result: Any) -> dict[str, Any]:
