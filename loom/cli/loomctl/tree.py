@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom.cli.loomctl import cluster, data, offline, ops
+from loom.cli.loomctl import audittail, cluster, data, offline, ops
 from loom.cli.loomctl.base import offline as tool
 from loom.cli.loomctl.base import ok, op
 from loom.cli.loomctl.parser import Cmd, Group, cmd
@@ -275,4 +275,12 @@ TREE: tuple[Group | Cmd, ...] = (
     cmd("audit verify", "check that every seq in FILES (a log and its rotated copies) is "
                         "present or inside a dropped range (exit 1 otherwise)",
         tool(offline.audit_verify), "files+"),
+    cmd("audit tail", "the last records of an audit FILE (--lines N, default 10), filtered; "
+                      "with --follow, new records as they are written (across rotations)",
+        tool(audittail.audit_tail), "file", lines={"type": int, "default": 10, "metavar": "N"},
+        follow=FLAG, principal={"metavar": "P", "help": "only records of principal P"},
+        result={"metavar": "RESULT", "help": "only records with this result (ok, denied, "
+                                             "unauthenticated, ...)"},
+        interval={"type": float, "default": 0.25, "metavar": "SECONDS",
+                  "help": "--follow: how often the file is read"}),
 )
