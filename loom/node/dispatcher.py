@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -63,6 +64,8 @@ if TYPE_CHECKING:  # imported by the node only when [trace] is configured
     from loom.obs.tracing import Tracing
 
 log = logging.getLogger("loom.dispatch")
+RECENT_REFUSALS = 50
+_REFUSALS = frozenset({"denied", "unauthenticated"})
 
 # The Raft driver's name for each cluster administration type (`Replicator.admin`); the
 # catalog decides which types these are, the assertion keeps the two in step.
@@ -169,6 +172,9 @@ class Dispatcher:
         self._seed_policy = seed_policy
         self._policy: Policy | None = None
         self._policy_version = -1
+        # The last refusals (denied, unauthenticated), newest last, for the dashboard; filled
+        # only on those paths, so the request path of an allowed request pays nothing.
+        self.recent_refusals: deque[dict[str, Any]] = deque(maxlen=RECENT_REFUSALS)
         self.metrics = NodeMetrics(self.node_statistics)
         # SNAPSHOT_SAVE's handler (node/backup.py); None: the type answers UNAVAILABLE.
         self.snapshot_saver: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
@@ -513,6 +519,10 @@ class Dispatcher:
         d = rec.to_dict()
         if req.trace:
             d["request_id"] = req.trace
+        if result in _REFUSALS:
+            self.recent_refusals.append({
+                "time_ms": self.clock_ms(), "principal": d["principal"],
+                "command": d["command"], "result": result, "reason": d.get("reason")})
         if call.identity_refused or isinstance(err, SpoofAttempt) or (
                 isinstance(err, Unauthenticated) and req.headers):
             d["event"] = "identity_assertion_refused"

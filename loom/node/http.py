@@ -46,6 +46,7 @@ from loom.http import (
     ServerStatistics,
     StreamingResponse,
 )
+from loom.node import dashboard
 from loom.node.config import NodeConfig, parse_host_port
 from loom.node.http_codec import (
     JSON,
@@ -231,6 +232,8 @@ class HttpDoor:
 
     async def _handle(self, request: Request) -> Response | StreamingResponse:
         identity = self._identity(request)
+        if dashboard.handles(request.path):
+            return self._dashboard(request, identity)
         m = routes.match(request.method, request.path)
         if not isinstance(m, routes.Match):
             if m:
@@ -254,6 +257,26 @@ class HttpDoor:
             return await topic_response(request, sess.feed, self.node.topics,
                                         h.sse_keepalive_s, h.max_stream_s)
         return self._answer(request, m, step, accept)
+
+    def _dashboard(self, request: Request, identity: Identity) -> Response:
+        """The dashboard (node/dashboard.py), for a caller CLUSTER_STATUS allows."""
+        if request.method != "GET":
+            return problem_response(BadRequest(f"{request.method} is not allowed here"), 405,
+                                    [("allow", "GET")])
+        m = routes.match("GET", "/v1/cluster")
+        assert isinstance(m, routes.Match)
+        msg, sess = self._message(request, m, identity)
+        d = self.node.dispatcher
+        answer = d.start(sess, msg)
+        assert isinstance(answer, dict), "CLUSTER_STATUS is answered by the node itself"
+        if answer["s"] != Status.OK:
+            return self._answer(request, m, answer)
+        doc = None
+        if request.path == dashboard.DATA:
+            latency = dashboard.latency_summary(d.metrics.registry.collect(),
+                                                "loom_request_duration_seconds")
+            doc = dashboard.data(answer["r"], d.node_statistics(), latency, d.recent_refusals)
+        return dashboard.response(request.path, doc)
 
     def _identity(self, request: Request) -> Identity:
         """The client listener's rule (security/identity.py `identity_or_guest`); the
