@@ -16,6 +16,19 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] || ! command -v htp
          "will skip; install them with: sudo apt-get install -y nginx apache2-utils" >&2
   fi
 fi
+# The dashboard's browser test (tests/obs/test_dashboard.py) drives Debian's chromium through
+# chromium-driver; installed here when missing and possible, otherwise that test skips.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing chromium and chromium-driver for the dashboard test (apt-get update, install)"
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } \
+      || echo "apt-get could not install chromium: the dashboard's browser test will skip" >&2
+  else
+    echo "chromium or chromedriver missing and apt-get cannot run here (not root): the" \
+         "dashboard's browser test will skip; install them with:" \
+         "sudo apt-get install -y chromium chromium-driver" >&2
+  fi
+fi
 set -e
 echo "== ruff"; $BIN/ruff check loom tests bench scripts
 echo "== mypy"; $BIN/mypy
