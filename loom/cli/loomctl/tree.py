@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom.cli.loomctl import audittail, cluster, data, offline, ops
+from loom.cli.loomctl import audittail, cluster, data, offline, ops, top
 from loom.cli.loomctl.base import offline as tool
 from loom.cli.loomctl.base import ok, op
 from loom.cli.loomctl.parser import Cmd, Group, cmd
@@ -237,6 +237,12 @@ TREE: tuple[Group | Cmd, ...] = (
     cmd("node stats", "this node's counters", op("NODE_STATS")),
     cmd("whoami", "the principal and roles requests run as", op("WHOAMI")),
     cmd("ping", "round trip to a node", cluster.ping),
+    cmd("top", "live request rates and latencies per node (every endpoint's METRICS_GET), "
+               "refreshed in place on a terminal; Ctrl-C stops it",
+        top.top, interval={"type": float, "default": 2.0, "metavar": "SECONDS",
+                           "help": "seconds between refreshes (default 2)"},
+        count={"type": int, "default": 0, "metavar": "N",
+               "help": "stop after N refreshes (default: until interrupted)"}),
     cmd("call", "send any operation: call OPNAME --json '{...}' (text for bytes fields is "
                 "UTF-8 encoded)", cluster.call, "op", json={"default": "{}", "metavar": "OBJECT"}),
 
