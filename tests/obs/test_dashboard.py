@@ -94,12 +94,13 @@ def _browser(tmp: Path) -> Any:
 
 
 def _page_state(driver: Any) -> tuple[str, dict[str, str]]:
-    from selenium.webdriver.common.by import By
-
-    leader = driver.find_element(By.ID, "leader").text
-    rows = driver.find_elements(By.CSS_SELECTOR, "#members tbody tr")
-    return leader, {r.get_attribute("data-node"): r.find_element(By.CSS_SELECTOR, "td.role").text
-                    for r in rows}
+    """What the page shows, read in one script run: the page redraws its table every second,
+    so elements found one call earlier may be gone by the next."""
+    leader, roles = driver.execute_script(
+        "return [document.getElementById('leader').textContent,"
+        " Array.from(document.querySelectorAll('#members tbody tr'))"
+        "   .map(r => [r.dataset.node, r.querySelector('td.role').textContent])];")
+    return str(leader), {str(n): str(r) for n, r in roles}
 
 
 async def _until(driver: Any, ok: Any, timeout: float = 30) -> tuple[str, dict[str, str]]:
@@ -110,7 +111,9 @@ async def _until(driver: Any, ok: Any, timeout: float = 30) -> tuple[str, dict[s
             if ok(*state):
                 return state
             await trio.sleep(0.2)
-    raise AssertionError(f"the page never showed what was expected: {state}")
+    said = await trio.to_thread.run_sync(
+        driver.execute_script, "return document.getElementById('updated').textContent;")
+    raise AssertionError(f"the page never showed what was expected: {state} ({said})")
 
 
 @pytest.mark.slow
