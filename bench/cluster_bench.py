@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import etcd_peer
 from bench.cluster_plot import Bar, plot
 from bench.loadgen import run_load
+from bench.progress import phases
 from loom.chaos.cluster import free_ports
 from loom.cli.loomd import EXAMPLE_ACL
 from loom.security.devpki import create_dev_pki
@@ -404,15 +405,21 @@ async def loom_side(args: argparse.Namespace, cluster: LoomCluster, fig: Figures
     await conn.aclose()
     if seed["s"] != OK:
         raise RuntimeError(f"seeding the read key failed: {seed}")
-    for c in ([] if reads_only else args.clients):
-        fig.writes[c], fig.write_p50[c], fig.write_p99[c], _ = await measured("MAP_PUT", put, c)
-    for c in args.clients:
-        fig.reads[c], _, fig.read_p99[c], _ = await measured("MAP_GET", get, c)
-    if reads_only:
-        return
-    leader, _ = await find_leader(cluster, ctx, LEADER_WAIT_S)
-    ms, note = await loom_failover(cluster, ctx, leader, args.probe_timeout_ms / 1000,
-                                   args.probe_backoff_ms / 1000)
+    writes = [] if reads_only else args.clients
+    with phases(len(writes) + len(args.clients) + (0 if reads_only else 1), "loom") as done:
+        for c in writes:
+            fig.writes[c], fig.write_p50[c], fig.write_p99[c], _ = await measured("MAP_PUT",
+                                                                                  put, c)
+            done(f"writes, {c} clients")
+        for c in args.clients:
+            fig.reads[c], _, fig.read_p99[c], _ = await measured("MAP_GET", get, c)
+            done(f"reads, {c} clients")
+        if reads_only:
+            return
+        leader, _ = await find_leader(cluster, ctx, LEADER_WAIT_S)
+        ms, note = await loom_failover(cluster, ctx, leader, args.probe_timeout_ms / 1000,
+                                       args.probe_backoff_ms / 1000)
+        done("failover")
     fig.failover_ms, fig.failover_note = ms, f"killed {leader}; {note}"
     say(f"loom: failover {_fmt_ms(ms)} ({fig.failover_note})")
 

@@ -34,6 +34,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.progress import phases
 from loom.cli.loomd import EXAMPLE_ACL
 from loom.node.audit import AuditLog, NullSink
 from loom.node.dispatcher import Call, Dispatcher
@@ -154,11 +155,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7, help="runs per type; the best is shown")
     args = ap.parse_args()
     print(f"requests per run {args.requests}, best of {args.repeat}; CPU µs per request")
-    for op in ("MAP_PUT", "MAP_GET"):
-        runs = [trio.run(one_run, op, args.requests) for _ in range(args.repeat)]
-        path, audit = min(runs, key=lambda r: r[0] + r[1])
-        print(f"{op:8} request path {path:6.1f} µs   audit JSON {audit:5.1f} µs   "
-              f"total {path + audit:6.1f} µs")
+    with phases(2 * args.repeat, "runs") as done:
+        for op in ("MAP_PUT", "MAP_GET"):
+            runs = []
+            for i in range(args.repeat):
+                runs.append(trio.run(one_run, op, args.requests))
+                done(f"{op} {i + 1}")
+            path, audit = min(runs, key=lambda r: r[0] + r[1])
+            print(f"{op:8} request path {path:6.1f} µs   audit JSON {audit:5.1f} µs   "
+                  f"total {path + audit:6.1f} µs")
 
 
 if __name__ == "__main__":
