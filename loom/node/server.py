@@ -394,5 +394,7 @@ def _tracing(cfg: NodeConfig) -> Tracing | None:
         return None
     from loom.obs.tracing import TraceSettings, Tracing
 
+    log.info("tracing: request spans to %s (sample ratio %s for requests without a parent)",
+             t.endpoint, t.sample_ratio)
     return Tracing(TraceSettings(t.endpoint, t.service_name, cfg.node_id, t.sample_ratio,
                                  t.max_queue, t.export_timeout_s))

@@ -21,7 +21,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from loom.node.config import TraceConfig
 from loom.obs.tracing import TraceSettings, Tracing, parent_context
 from loom.wire.codec import parse_request, valid_traceparent
-from tests.conftest import NodeFactory
+from tests.conftest import PKI, NodeFactory
+from tests.http_door.conftest import http_as, start_http_node
 from tests.node.conftest import Dial
 
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -138,6 +139,27 @@ async def test_one_requests_spans_reach_the_collector_from_gateway_to_node(
     assert [e.name for e in roots[0].events] == ["acl", "read", "applied"]
     st = tracing.statistics()
     assert st.spans_started == st.spans_sampled == 2  # HELLO is the connection's, not traced
+
+
+@pytest.mark.timeout(60)
+async def test_an_http_requests_span_is_the_child_of_its_traceparent_header(
+        start_node: NodeFactory, pki: PKI, receiver: Receiver) -> None:
+    endpoint = f"http://127.0.0.1:{receiver.port}/v1/traces"
+    node = await start_http_node(start_node, trace=TraceConfig(endpoint=endpoint))
+    async with http_as(pki, node, "reader") as reader:
+        r = await reader.call("GET", "/v1/cluster", headers=[("traceparent", TP)])
+        assert r.status == 200, r.body
+    assert node.dispatcher.tracing is not None
+    await trio.to_thread.run_sync(node.dispatcher.tracing.force_flush)
+    with trio.fail_after(20):
+        while not receiver.spans:
+            receiver.arrived = trio.Event()
+            await receiver.arrived.wait()
+    ((service, span),) = receiver.spans
+    assert service == "loomd" and span.name == "CLUSTER_STATUS"
+    assert span.trace_id.hex() == TP.split("-")[1] and span.parent_span_id.hex() == TP[36:52]
+    attrs = {a.key: a.value.string_value for a in span.attributes}
+    assert attrs["loom.listener"] == "http" and attrs["loom.result"] == "ok"
 
 
 async def test_the_audit_record_carries_the_binary_traceparent(
