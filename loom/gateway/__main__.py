@@ -20,6 +20,7 @@ import trio
 
 from loom.gateway.app import Gateway, listener_context, upstream_context
 from loom.gateway.config import ConfigError, load
+from loom.obs.logging import configure as configure_logging
 from loom.security.tls import TLSConfigError
 
 __all__ = ["main"]
@@ -37,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="let AUTH_TYPE=noop serve a listener that is not on loopback")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="auto", choices=["auto", "json", "text"],
+                   help="operational log lines: json, text, or auto (json under systemd's "
+                        "journal, where JOURNAL_STREAM is set; the default)")
     return p
 
 
@@ -86,8 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_in and args_in[0] not in COMMANDS and not args_in[0].startswith("-"):
         args_in.insert(0, "run")
     args = _parser().parse_args(args_in)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(node="gateway", level=args.log_level, fmt=args.log_format)
     if args.command == "check":
         problems = check(args.config, args.allow_insecure_guest)
         errors = [p for p in problems if not p.startswith("warning: ")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -128,3 +129,32 @@ def test_every_line_of_a_real_loomds_stderr_is_one_json_record(pki: PKI, tmp_pat
     acl = [r for r in records if r["logger"] == "loomd" and "ACL:" in r["msg"]]
     assert acl and acl[0]["level"] == "WARNING", records
     assert len({r["logger"] for r in records}) >= 2, records
+
+
+@pytest.mark.timeout(60)
+def test_every_line_of_a_real_gateways_stderr_is_one_json_record(pki: PKI,
+                                                                 tmp_path: Path) -> None:
+    from tests.gateway.proxy_support import gateway_config, write_config
+
+    up = {"kind": "http", "endpoints": ["https://127.0.0.1:9"], "tls": {"ca_file": str(pki.ca)}}
+    path = write_config(tmp_path, gateway_config(pki, tmp_path, upstream=up))
+    err = tmp_path / "stderr"
+    env = {k: v for k, v in os.environ.items() if k != "AUTH_TYPE"}
+    with err.open("w") as f:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "loom-gateway"),
+                                 "--log-format", "json", "run", str(path)], stderr=f, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "loom-gateway ready" not in err.read_text():
+            assert proc.poll() is None, err.read_text()
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    records = [json.loads(x) for x in err.read_text(encoding="utf-8").splitlines()]
+    assert records, "no log line"
+    for r in records:
+        assert r.keys() >= SCHEMA and r["node"] == "gateway", r
+    msgs = [r["msg"] for r in records]
+    assert any(m.startswith("loom-gateway ready") for m in msgs), msgs
+    assert "loom-gateway stopped" in msgs, msgs
