@@ -265,12 +265,12 @@ class HttpDoor:
                                     [("allow", "GET")])
         m = routes.match("GET", "/v1/cluster")
         assert isinstance(m, routes.Match)
-        msg, sess = self._message(request, m, identity)
+        msg, sess, accept = self._message(request, m, identity)
         d = self.node.dispatcher
         answer = d.start(sess, msg)
         assert isinstance(answer, dict), "CLUSTER_STATUS is answered by the node itself"
         if answer["s"] != Status.OK:
-            return self._answer(request, m, answer)
+            return self._answer(request, m, answer, accept)
         doc = None
         if request.path == dashboard.DATA:
             latency = dashboard.latency_summary(d.metrics.registry.collect(),
