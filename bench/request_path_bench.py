@@ -53,6 +53,7 @@ KEYS = 1000
 class Session:
     conn_id = "c1"
     listener = "client"
+    source = "127.0.0.1"
     client_id = "request-path-bench"
     version = 1
     identity = Identity(Role.CLIENT, "admin", "spiffe://loom.dev/client/admin", "loom.dev")

@@ -101,6 +101,7 @@ class Connection:
         self.stream = stream
         self.conn_id = conn_id
         self.peer = peer
+        self.source = peer.rpartition(":")[0] if ":" in peer else ""
         self.identity = identity
         self.client_id = ""
         self.version = 0

@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -84,14 +85,19 @@ def _forbidden(caller: Caller, mt: MessageType, body: dict[str, Any],
                decision: Decision) -> Forbidden:
     """The refusal the caller gets; a batch's names the member that was refused."""
     m = decision.member
+    # A grant kept back only by its `when` conditions: the message (and so the audit record)
+    # names the grant and the condition that failed.
+    why = f" ({decision.reason})" if decision.rule.endswith(" when") else ""
     if m is None:
         where = f" on {body['name']!r}" if "name" in body else ""
-        return Forbidden(f"{caller.principal} may not {mt.name}{where}", reason=decision.reason)
+        return Forbidden(f"{caller.principal} may not {mt.name}{where}{why}",
+                         reason=decision.reason)
     where = (f" on {m.structure!r}" if m.structure is not None else "") + (
         f" key {m.key!r}" if m.key is not None else "")
     member = {k: v for k, v in (("structure", m.structure), ("key", m.key)) if v is not None}
     return Forbidden(f"{caller.principal} may not {mt.name}: ops[{m.index}] {m.op}{where} is "
-                     "not allowed", reason=decision.reason, op_index=m.index, op=m.op, **member)
+                     f"not allowed{why}", reason=decision.reason, op_index=m.index, op=m.op,
+                     **member)
 
 
 def _name_member(rec: AuditRecord, body: dict[str, Any], err: LoomError) -> None:
@@ -116,6 +122,7 @@ class Session(Protocol):
     client_id: str  # from HELLO, scopes retry deduplication
     version: int
     listener: str  # the listener it came through: a loom.obs.metrics.LISTENERS entry
+    source: str  # the connection's source IP address (policy `when.source` conditions)
 
     def subscribe(self, topic: str, request_id: int, from_seq: int | None) -> int: ...
     def unsubscribe(self, subscription: int) -> bool: ...
@@ -268,7 +275,11 @@ class Dispatcher:
         """Step 5: the ACL decision for the resolved caller and the validated body."""
         assert call.mt is not None and call.caller is not None
         caller = call.caller
-        decision = policy.check_request(caller.roles, call.mt, call.body)
+        # Conditions on time read this node's clock, here, before anything is proposed: the
+        # decision is made once, on the deciding node, and never replayed by other replicas.
+        now = datetime.fromtimestamp(self.clock_ms() / 1000, UTC)
+        decision = policy.check_request(caller.roles, call.mt, call.body,
+                                        caller.env(call.sess.source or None, now))
         if not decision.allowed:
             self.stats.denied += 1
             raise _forbidden(caller, call.mt, call.body, decision)

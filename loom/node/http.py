@@ -89,13 +89,14 @@ __all__ = ["DoorStatistics", "HttpDoor", "HttpSession", "advertised_http_addr", 
 
 log = logging.getLogger("loom.http.door")
 
-_CANONICAL = {b"x-auth-user": "X-Auth-User", b"x-auth-roles": "X-Auth-Roles"}
+_CANONICAL = {b"x-auth-user": "X-Auth-User", b"x-auth-roles": "X-Auth-Roles",
+              b"x-auth-attrs": "X-Auth-Attrs"}
 # The headers the door reads itself, each at most once (see `_message`).
 _READ = frozenset({b"content-type", b"idempotency-key", b"traceparent", b"accept"})
 _PROBES = ("/healthz", "/readyz")
 # A header line naming X-Auth-User / X-Auth-Roles in any spelling (case, '-' or '_'), or a
 # folded continuation line right after one: what a refused raw head is searched for.
-_AUTH_LINE = re.compile(rb"(?im)^[ \t]*x[-_]auth[-_](?:user|roles)[ \t]*:")
+_AUTH_LINE = re.compile(rb"(?im)^[ \t]*x[-_]auth[-_](?:user|roles|attrs)[ \t]*:")
 MAX_IDENTITY_CACHE = 1024
 
 
@@ -127,7 +128,7 @@ class HttpSession:
     """The dispatcher's `Session` for one HTTP request (HTTP has no HELLO: the version is the
     protocol's, and `client_id` is set only by an Idempotency-Key)."""
 
-    __slots__ = ("client_id", "conn_id", "feed", "identity", "version")
+    __slots__ = ("client_id", "conn_id", "feed", "identity", "source", "version")
     listener = "http"  # metrics label (loom.obs.metrics.LISTENERS)
 
     def __init__(self, conn_id: str, identity: Identity, client_id: str = "") -> None:
@@ -136,6 +137,8 @@ class HttpSession:
         self.client_id = client_id
         self.version = PROTOCOL_VERSION
         self.feed: TopicFeed | None = None
+        remote = conn_id.removeprefix("http:")
+        self.source = remote.rpartition(":")[0] if ":" in remote else ""
 
     def subscribe(self, topic: str, request_id: int, from_seq: int | None) -> int:
         self.feed = TopicFeed(topic, from_seq)

@@ -3,12 +3,14 @@
 Config shape (the parsed `[acl]` table; docs/security.md has the full example):
 
     guest_roles = ["guest"]
-    [roles.<role>]   grants = [{types = [...], structures = [...], keys = [...]}]
+    timezone = "UTC"  # for `when.time` / `when.days` (an IANA name)
+    [roles.<role>]   grants = [{types = [...], structures = [...], keys = [...], when = {...}}]
     [principals]     "<spiffe principal>" = ["<role>", ...]
     [users]          "<gateway-asserted user>" = ["<role>", ...]
 
 Type selectors: an exact NAME ("MAP_PUT"), "category:<CATEGORY>", "class:read|write|admin", "*".
 Structure and key scopes are globs of loom/wire/glob.py, the dialect MAP_SCAN uses.
+`when` holds attribute conditions (loom/security/attrs.py owns their syntax and evaluation).
 
 Decision rules (in this order; the tests in tests/security/test_acl.py pin each one):
 1. Peer-plane types (RAFT category or the peer listener) are never allowed here, whatever the
@@ -17,6 +19,10 @@ Decision rules (in this order; the tests in tests/security/test_acl.py pin each 
 3. Otherwise default deny; the first grant of any of the caller's roles that covers the type AND
    whose scopes hold allows it.
    - A `structures` scope holds only for a request that names a structure matching a pattern.
+   - A `when` table holds only if every condition in it holds for the decision's `Env`
+     (caller attributes, source address, the deciding node's clock). A grant that covers the
+     type and whose scopes hold but whose conditions fail does not allow; if no other grant
+     does, the denial names that grant and the failed condition (rule "<grant> when").
    - A `keys` scope holds only if the request touches at least one key and EVERY key touched
      (loom.wire.catalog.keys_touched, the same function execution uses) matches a pattern.
      So a key-scoped grant never allows a whole-structure request (MAP_KEYS, MAP_SCAN,
@@ -35,7 +41,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from loom.security.attrs import (
+    ConditionError,
+    Conditions,
+    Env,
+    parse_conditions,
+    parse_timezone,
+)
 from loom.security.identity import GUEST_PRINCIPAL
 from loom.wire.catalog import (
     BY_NAME,
@@ -47,7 +61,7 @@ from loom.wire.catalog import (
 )
 from loom.wire.glob import Glob, GlobError
 
-__all__ = ["USER_PREFIX", "Decision", "Grant", "Member", "Policy", "PolicyError",
+__all__ = ["USER_PREFIX", "Decision", "Env", "Grant", "Member", "Policy", "PolicyError",
            "valid_user_name"]
 
 ROLE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -57,8 +71,10 @@ MAX_GRANTS = 256
 MAX_ROLES = 1024
 MAX_USER = 128
 _CLASSES = {"read": Access.READ, "write": Access.WRITE, "admin": Access.ADMIN}
-_TOP = frozenset({"guest_roles", "roles", "principals", "users"})
-_GRANT = frozenset({"types", "structures", "keys"})
+_TOP = frozenset({"guest_roles", "roles", "principals", "users", "timezone"})
+_GRANT = frozenset({"types", "structures", "keys", "when"})
+_UTC = ZoneInfo("UTC")
+_NO_ENV = Env()
 
 
 class PolicyError(ValueError):
@@ -111,6 +127,7 @@ class Grant:
     types: tuple[str, ...]
     structures: tuple[Glob, ...] | None = None
     keys: tuple[Glob, ...] | None = None
+    when: Conditions | None = None
 
     def covers(self, mt: MessageType) -> bool:
         for sel in self.types:
@@ -139,6 +156,8 @@ class Grant:
             out["structures"] = [g.pattern for g in self.structures]
         if self.keys is not None:
             out["keys"] = [g.pattern for g in self.keys]
+        if self.when is not None:
+            out["when"] = dict(self.when.source_text)
         return out
 
 
@@ -171,7 +190,7 @@ def _grant(d: Any, where: str) -> Grant:
     unknown = sorted(set(d) - _GRANT, key=str)
     if unknown:
         raise PolicyError(f"{where}: unknown field {unknown[0]!r} (allowed: types, structures, "
-                          "keys)")
+                          "keys, when)")
     if "types" not in d:
         raise PolicyError(f"{where}: missing 'types'")
     types = _str_list(d["types"], f"{where}.types", max_items=MAX_PATTERNS)
@@ -194,7 +213,11 @@ def _grant(d: Any, where: str) -> Grant:
         if structures is not None and not mt.has_structure:
             raise PolicyError(f"{where}.types[{i}]: {sel} names no structure; a grant with "
                               "'structures' can never allow it")
-    return Grant(tuple(types), structures, keys)
+    try:
+        when = parse_conditions(d["when"], f"{where}.when") if "when" in d else None
+    except ConditionError as e:
+        raise PolicyError(str(e)) from None
+    return Grant(tuple(types), structures, keys, when)
 
 
 def _role_refs(v: Any, where: str, roles: Mapping[str, object]) -> tuple[str, ...]:
@@ -218,6 +241,7 @@ class Policy:
     guest_roles: tuple[str, ...] = ()
     principals: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     users: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    timezone: ZoneInfo = _UTC
 
     # -- config --------------------------------------------------------------------------------
     @classmethod
@@ -259,15 +283,22 @@ class Policy:
                 raise PolicyError(f"acl.users.{u!r}: user names are 1..{MAX_USER} printable "
                                   "characters without surrounding spaces")
             users[u] = _role_refs(rs, f"acl.users.{u}", roles)
-        return cls(roles, guest, principals, users)
+        try:
+            tz = parse_timezone(d["timezone"]) if "timezone" in d else _UTC
+        except ConditionError as e:
+            raise PolicyError(str(e)) from None
+        return cls(roles, guest, principals, users, tz)
 
     def to_config(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "guest_roles": list(self.guest_roles),
             "roles": {r: {"grants": [g.to_config() for g in gs]} for r, gs in self.roles.items()},
             "principals": {p: list(rs) for p, rs in self.principals.items()},
             "users": {u: list(rs) for u, rs in self.users.items()},
         }
+        if self.timezone.key != "UTC":
+            out["timezone"] = self.timezone.key
+        return out
 
     # -- lookups -------------------------------------------------------------------------------
     @property
@@ -283,18 +314,27 @@ class Policy:
 
     # -- decisions -----------------------------------------------------------------------------
     def check(
-        self, roles: Sequence[str], mt: MessageType, structure: str | None, keys: Sequence[str]
+        self, roles: Sequence[str], mt: MessageType, structure: str | None, keys: Sequence[str],
+        env: Env = _NO_ENV,
     ) -> Decision:
         if mt.listener is not Listener.CLIENT or mt.category is Category.RAFT:
             return Decision(False, f"{mt.name} is a peer-plane type, never allowed to clients",
                             "builtin:peer-plane")
         if mt.access is Access.PUBLIC:
             return Decision(True, f"{mt.name} is public", "builtin:public")
+        unmet: tuple[str, str] | None = None  # the first grant only its conditions kept back
         for role in roles:
             for i, g in enumerate(self.roles.get(role, ())):
                 if g.covers(mt) and g.scope_holds(structure, keys):
-                    return Decision(True, f"{mt.name} granted to role {role!r}",
-                                    f"roles.{role}.grants[{i}]")
+                    rule = f"roles.{role}.grants[{i}]"
+                    failed = g.when.failed(env, self.timezone) if g.when is not None else None
+                    if failed is None:
+                        return Decision(True, f"{mt.name} granted to role {role!r}", rule)
+                    if unmet is None:
+                        unmet = (rule, failed)
+        if unmet is not None:
+            return Decision(False, f"{mt.name}: {unmet[0]} applies but its condition failed: "
+                            f"{unmet[1]}", f"{unmet[0]} when")
         what = f"{mt.name}" + (f" on {structure!r}" if structure is not None else "")
         if keys:
             what += f" ({len(keys)} key{'s' if len(keys) != 1 else ''})"
@@ -302,24 +342,25 @@ class Policy:
         return Decision(False, f"no grant allows {what} for roles [{shown}]", "default-deny")
 
     def check_request(
-        self, roles: Sequence[str], mt: MessageType, body: Mapping[str, Any]
+        self, roles: Sequence[str], mt: MessageType, body: Mapping[str, Any],
+        env: Env = _NO_ENV,
     ) -> Decision:
         """Authorize a validated request, including batch members and revealing replies."""
         try:
             if "ops" in mt.schema and mt.listener is Listener.CLIENT and mt.name == "BATCH_EXECUTE":
                 # The container needs its own grant, and then every inner op needs its own.
-                outer = self.check(roles, mt, None, [])
-                return outer if not outer.allowed else self._check_batch(roles, body)
+                outer = self.check(roles, mt, None, [], env)
+                return outer if not outer.allowed else self._check_batch(roles, body, env)
             structure = body.get("name") if mt.has_structure else None
             keys = keys_touched(mt, body)
         except (KeyError, TypeError, AttributeError):
             return Decision(False, f"{mt.name}: malformed request body", "malformed")
-        d = self.check(roles, mt, structure, keys)
+        d = self.check(roles, mt, structure, keys, env)
         rv = mt.reveal
         if not d.allowed or rv is None or (rv.flag is not None and body.get(rv.flag) is not True):
             return d
         read = BY_NAME[rv.read_op]
-        if self.check(roles, read, structure, keys).allowed:
+        if self.check(roles, read, structure, keys, env).allowed:
             return d
         if rv.redact:
             return Decision(True, f"{d.reason}; reply withheld without {read.name}", d.rule,
@@ -327,7 +368,8 @@ class Policy:
         return Decision(False, f"the reply to {mt.name} reveals data that needs {read.name}, "
                         "which is not granted", "reveal")
 
-    def _check_batch(self, roles: Sequence[str], body: Mapping[str, Any]) -> Decision:
+    def _check_batch(self, roles: Sequence[str], body: Mapping[str, Any], env: Env
+                     ) -> Decision:
         ops = body["ops"]
         if not isinstance(ops, list) or not ops:
             return Decision(False, "BATCH_EXECUTE: no operations", "malformed")
@@ -338,17 +380,17 @@ class Policy:
             if inner is None or inner.name == "BATCH_EXECUTE" or not isinstance(op["b"], Mapping):
                 return Decision(False, f"BATCH_EXECUTE.ops[{i}]: not a batchable operation",
                                 "malformed")
-            d = self.check_request(roles, inner, op["b"])
+            d = self.check_request(roles, inner, op["b"], env)
             if not d.allowed:
                 return Decision(False, f"BATCH_EXECUTE.ops[{i}]: {d.reason}", d.rule,
-                                member=self._member(roles, i, inner, op["b"]))
+                                member=self._member(roles, i, inner, op["b"], env))
             if d.redact:
                 redact.append(i)
         return Decision(True, f"all {len(ops)} batch operations allowed", "batch",
                         redact_ops=tuple(redact))
 
     def _member(self, roles: Sequence[str], i: int, mt: MessageType,
-                body: Mapping[str, Any]) -> Member:
+                body: Mapping[str, Any], env: Env) -> Member:
         """Name a denied batch member: the first of its keys refused on its own (every key is
         when the type itself is not granted), else its first key."""
         s = body.get("name") if mt.has_structure else None
@@ -357,7 +399,7 @@ class Policy:
             keys = keys_touched(mt, body)
         except (KeyError, TypeError, AttributeError):
             keys = []
-        refused = next((k for k in keys if not self.check(roles, mt, structure, [k]).allowed),
+        refused = next((k for k in keys if not self.check(roles, mt, structure, [k], env).allowed),
                        keys[0] if keys else None)
         return Member(i, mt.name, structure, refused)
 

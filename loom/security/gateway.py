@@ -1,9 +1,11 @@
 """Gateway-asserted identity: who a request runs as (SECURITY-CATALOGUE C1-C7).
 
-A request frame may carry a header map. The only meaningful headers are X-Auth-User and
-X-Auth-Roles, and they are trusted only from a connection whose certificate is a configured
-gateway identity. Everything else about headers is refused rather than ignored, because every
-known header-spoofing bug comes from two components disagreeing about what a header said:
+A request frame may carry a header map. The only meaningful headers are X-Auth-User,
+X-Auth-Roles and X-Auth-Attrs (attributes for policy conditions, parsed strictly by
+loom/security/attrs.py), and they are trusted only from a connection whose certificate is a
+configured gateway identity. Everything else about headers is refused rather than ignored,
+because every known header-spoofing bug comes from two components disagreeing about what a
+header said:
 
 - Names must be spelled exactly canonically. A name that equals one of ours case-insensitively
   or after '_' -> '-' (or with surrounding whitespace) is ambiguous: BadRequest. Any other name
@@ -20,13 +22,16 @@ known header-spoofing bug comes from two components disagreeing about what a hea
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
-from loom.security.acl import USER_PREFIX, Policy, valid_user_name
+from loom.security.acl import USER_PREFIX, Env, Policy, valid_user_name
+from loom.security.attrs import parse_attrs
 from loom.security.identity import Identity, Role
 from loom.wire.errors import BadRequest, TooLarge, Unauthenticated
 
 __all__ = [
+    "AUTH_ATTRS",
     "AUTH_ROLES",
     "AUTH_USER",
     "MAX_ROLES",
@@ -37,11 +42,12 @@ __all__ = [
 
 AUTH_USER = "X-Auth-User"
 AUTH_ROLES = "X-Auth-Roles"
+AUTH_ATTRS = "X-Auth-Attrs"
 MAX_HEADERS = 8
 MAX_NAME = 64
 MAX_ROLES_VALUE = 2048
 MAX_ROLES = 16
-_CANONICAL = {AUTH_USER.lower(): AUTH_USER, AUTH_ROLES.lower(): AUTH_ROLES}
+_CANONICAL = {h.lower(): h for h in (AUTH_USER, AUTH_ROLES, AUTH_ATTRS)}
 
 
 class SpoofAttempt(Unauthenticated):
@@ -54,6 +60,14 @@ class Caller:
     roles: tuple[str, ...]
     via_gateway: str | None  # the gateway's principal when the user was asserted by one
     identity: Identity  # the TLS identity of the connection
+    attrs: Mapping[str, str] = field(default_factory=dict)  # gateway-asserted X-Auth-Attrs
+
+    def env(self, source: str | None, now: datetime | None) -> Env:
+        """What policy conditions see for this caller: the gateway's attributes, and the
+        connection certificate's fields only when no gateway speaks for someone else."""
+        own = self.via_gateway is None
+        return Env(self.attrs, dict(self.identity.subject) if own else {},
+                   self.identity.spiffe_path if own else None, source, now)
 
 
 def _printable(v: str) -> bool:
@@ -85,7 +99,7 @@ def _parse_headers(headers: Mapping[str, str] | Sequence[tuple[str, str]] | None
             raise BadRequest(f"unknown request header {name!r}")
         if name in out:
             raise BadRequest(f"header {name} given more than once")
-        limit = MAX_ROLES_VALUE if name == AUTH_ROLES else 4 * 128
+        limit = MAX_ROLES_VALUE if name != AUTH_USER else 4 * 128
         if len(value) > limit:
             raise TooLarge(f"header {name} too long")
         if not _printable(value):
@@ -136,4 +150,5 @@ def resolve_principal(
     principal = USER_PREFIX + user
     roles = _parse_roles(h[AUTH_ROLES], policy.known_roles) if AUTH_ROLES in h else ()
     roles = tuple(dict.fromkeys(roles + policy.roles_for(principal)))
-    return Caller(principal, roles, identity.principal, identity)
+    attrs = parse_attrs(h[AUTH_ATTRS], AUTH_ATTRS) if AUTH_ATTRS in h else {}
+    return Caller(principal, roles, identity.principal, identity, attrs)

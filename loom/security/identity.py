@@ -59,6 +59,8 @@ class Identity:
     name: str
     uri: str | None  # the URI SAN it came from; None for CN-derived and guest identities
     trust_domain: str
+    # Single-valued subject fields a policy condition may name (`cert.O`, ...): see _subject.
+    subject: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     # Derived from the fields above once, not per request (every request reads it).
     principal: str = field(init=False, repr=False, compare=False)
 
@@ -70,6 +72,30 @@ class Identity:
     @property
     def is_guest(self) -> bool:
         return self.role is Role.GUEST
+
+    @property
+    def spiffe_path(self) -> str | None:
+        """`<role>/<name>` of a URI-SAN identity, for `spiffe.path` conditions."""
+        return None if self.uri is None else f"{self.role.value}/{self.name}"
+
+
+_SUBJECT_OIDS = {"CN": NameOID.COMMON_NAME, "O": NameOID.ORGANIZATION_NAME,
+                 "OU": NameOID.ORGANIZATIONAL_UNIT_NAME, "C": NameOID.COUNTRY_NAME,
+                 "ST": NameOID.STATE_OR_PROVINCE_NAME, "L": NameOID.LOCALITY_NAME}
+
+
+def _subject(cert: x509.Certificate) -> tuple[tuple[str, str], ...]:
+    """The subject fields conditions may use. A field given more than once, or whose value is
+    not a printable string of at most 128 characters, is left out: a condition on it then
+    fails (it never picks one of several values)."""
+    out = []
+    for short, oid in _SUBJECT_OIDS.items():
+        vals = cert.subject.get_attributes_for_oid(oid)
+        if len(vals) == 1:
+            v = vals[0].value
+            if isinstance(v, str) and 0 < len(v) <= 128 and v.isprintable():
+                out.append((short, v))
+    return tuple(out)
 
 
 def _check_name(name: str, what: str) -> None:
@@ -91,7 +117,8 @@ def guest_identity(trust_domain: str = "") -> Identity:
     return Identity(Role.GUEST, GUEST_PRINCIPAL, None, trust_domain)
 
 
-def _from_uri(uri: str, trust_domain: str) -> Identity:
+def _from_uri(uri: str, trust_domain: str,
+              subject: tuple[tuple[str, str], ...] = ()) -> Identity:
     m = _URI_RE.fullmatch(uri)
     if m is None:
         raise IdentityError(
@@ -106,7 +133,7 @@ def _from_uri(uri: str, trust_domain: str) -> Identity:
     if role is None:
         raise IdentityError(f"URI SAN {uri!r} names unknown role {role_s!r}")
     _check_name(name, f"URI SAN {uri!r}: name")
-    return Identity(role, name, uri, trust_domain)
+    return Identity(role, name, uri, trust_domain, subject)
 
 
 def _from_cn(cert: x509.Certificate, trust_domain: str) -> Identity:
@@ -120,7 +147,7 @@ def _from_cn(cert: x509.Certificate, trust_domain: str) -> Identity:
         raise IdentityError("certificate subject CN is not a string")
     _check_name(cn, "subject CN")
     # A CN never yields a node or gateway identity, whatever it says.
-    return Identity(Role.CLIENT, cn, None, trust_domain)
+    return Identity(Role.CLIENT, cn, None, trust_domain, _subject(cert))
 
 
 def identity_from_der(der: bytes | None, trust_domain: str) -> Identity:
@@ -146,7 +173,7 @@ def identity_from_der(der: bytes | None, trust_domain: str) -> Identity:
     if len(uris) > 1:
         raise IdentityError(f"certificate has {len(uris)} URI SANs; exactly one is allowed")
     if uris:
-        return _from_uri(uris[0], trust_domain)
+        return _from_uri(uris[0], trust_domain, _subject(cert))
     return _from_cn(cert, trust_domain)
 
 
