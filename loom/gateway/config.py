@@ -33,6 +33,8 @@ from urllib.parse import unquote
 
 import yaml
 
+from loom.security.attrs import ATTR_NAME_RE, MAX_ATTRS
+
 __all__ = [
     "AUTH_TYPES",
     "BUILTIN_METHODS",
@@ -175,6 +177,8 @@ class JwtConfig:
     issuers: tuple[IssuerConfig, ...] = ()
     audience: tuple[str, ...] = ()
     claims_to_headers: Mapping[str, str] = field(default_factory=dict)
+    # claim (dotted path) -> loom policy attribute, forwarded to loom upstreams as X-Auth-Attrs
+    claims_to_attributes: Mapping[str, str] = field(default_factory=dict)
     roles_claim: str | None = None  # "roles", "scope", "realm_access.roles", ...
     leeway_s: float = 30.0
     require: tuple[str, ...] = ("exp", "iat")  # claims a token must carry
@@ -606,11 +610,21 @@ def _jwt(s: _Section, ctx: _Ctx, auth_type: str) -> JwtConfig:
     c2h = s.section("claims_to_headers")
     claims = {k: c2h.str_(k, required=True) for k in c2h.raw}
     c2h.done()
+    c2a = s.section("claims_to_attributes")
+    attributes = {k: c2a.str_(k, required=True) for k in c2a.raw}
+    for k, a in attributes.items():
+        if not ATTR_NAME_RE.fullmatch(a):
+            raise ConfigError(c2a.path(k), "attribute names are [a-z][a-z0-9_]{0,31}")
+    if len(set(attributes.values())) != len(attributes) or len(attributes) > MAX_ATTRS:
+        raise ConfigError(s.path("claims_to_attributes"),
+                          f"at most {MAX_ATTRS} attributes, each named once")
+    c2a.done()
     roles_default = {"auth0": "permissions", "keycloak": "realm_access.roles"}.get(auth_type)
     out = JwtConfig(
         enabled=s.bool_("enabled", True), header=s.str_("header", "Authorization"),
         scheme=s.str_("scheme", "Bearer"), issuers=issuers, audience=s.strs("audience"),
-        claims_to_headers=claims, roles_claim=s.opt_str("roles_claim") or roles_default,
+        claims_to_headers=claims, claims_to_attributes=attributes,
+        roles_claim=s.opt_str("roles_claim") or roles_default,
         leeway_s=s.duration("leeway", 30.0), require=s.strs("require") or ("exp", "iat"),
         cache_size=s.int_("cache_size", 10_000),
         jwks_cooldown_s=s.duration("jwks_cooldown", 60.0),

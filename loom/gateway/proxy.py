@@ -61,6 +61,7 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"te", b"trailer", b"trans
                         b"upgrade", b"proxy-connection", b"host", b"content-length"})
 AUTH_USER = "X-Auth-User"
 AUTH_ROLES = "X-Auth-Roles"
+AUTH_ATTRS = "X-Auth-Attrs"
 _TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 MAX_NOT_LEADER_BODY = 16 * 1024
 
@@ -74,6 +75,8 @@ class ForwardIdentity(Protocol):
     def roles(self) -> tuple[str, ...]: ...
     @property
     def headers(self) -> tuple[tuple[str, str], ...]: ...
+    @property
+    def attrs(self) -> tuple[tuple[str, str], ...]: ...
 
 
 class UpstreamUnavailable(Exception):
@@ -141,6 +144,9 @@ def upstream_headers(request: Request, identity: ForwardIdentity | None, *, loom
     if identity is not None:
         out.append((AUTH_USER.encode(), identity.name.encode()))
         out.append((AUTH_ROLES.encode(), ",".join(identity.roles).encode()))
+        if loom and identity.attrs:
+            out.append((AUTH_ATTRS.encode(),
+                        ",".join(f"{k}={v}" for k, v in identity.attrs).encode()))
         if not loom:
             out += [(k.encode(), v.encode()) for k, v in identity.headers]
     if not loom and cert_headers is not None and request.peer_certificate is not None:

@@ -58,6 +58,8 @@ class Identity:
     expires_at: float | None = None  # wall-clock seconds: the credential's own expiry
     api_key: str | None = None  # the key's name, for rate limits keyed by api_key
     rate_limit: float | None = None  # a per-credential rate (requests/s), when configured
+    # Policy attributes for loom upstreams (claims_to_attributes), sent as X-Auth-Attrs.
+    attrs: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

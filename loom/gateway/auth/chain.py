@@ -93,4 +93,4 @@ class Chain:
         if first is None:
             return self._missing(order)
         return Identity(first.name, tuple(roles), first.method, first.claims, first.headers,
-                        first.expires_at, first.api_key, first.rate_limit)
+                        first.expires_at, first.api_key, first.rate_limit, first.attrs)

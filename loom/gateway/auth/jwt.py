@@ -32,6 +32,7 @@ from loom.gateway.auth.fetch import Fetch
 from loom.gateway.auth.jwks import KeySet
 from loom.gateway.auth.tokens import TokenCache, TokenCacheStatistics
 from loom.gateway.config import IssuerConfig, JwtConfig
+from loom.security.attrs import MAX_VALUE
 
 __all__ = ["JwtAuthenticator", "JwtStatistics", "claim", "roles_from"]
 
@@ -77,6 +78,19 @@ def _header_value(value: object) -> str | None:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         value = ",".join(value)
     if isinstance(value, str) and value.isprintable() and len(value) <= 1024:
+        return value
+    return None
+
+
+def attribute_value(value: object) -> str | None:
+    """A claim as an X-Auth-Attrs value (loom/security/attrs.py's rules), or None: a claim
+    that does not fit is left out, so a condition on it fails rather than matching a guess."""
+    if isinstance(value, bool):
+        value = str(value).lower()
+    elif isinstance(value, int):
+        value = str(value)
+    if (isinstance(value, str) and 1 <= len(value) <= MAX_VALUE and value.isprintable()
+            and value == value.strip() and "," not in value and "=" not in value):
         return value
     return None
 
@@ -177,9 +191,11 @@ class JwtAuthenticator:
         roles_claim = issuer.roles_claim or self.config.roles_claim
         headers = tuple((h, v) for c, h in self.config.claims_to_headers.items()
                         if (v := _header_value(claim(claims, c))) is not None)
+        attrs = tuple((a, v) for c, a in self.config.claims_to_attributes.items()
+                      if (v := attribute_value(claim(claims, c))) is not None)
         identity = Identity(f"{issuer.name}:{sub}",
                             roles_from(claim(claims, roles_claim)) if roles_claim else (),
-                            self.name, claims, headers, float(exp))
+                            self.name, claims, headers, float(exp), attrs=attrs)
         self.l1.put(token, identity, float(exp))
         return identity
 
