@@ -51,7 +51,8 @@ A frame is a 4-byte big-endian payload length followed by exactly one CBOR map.
   write it), a body no more than its type's schema allows; such payloads are refused with
   `TOO_LARGE` before they are decoded. A connection that spends more than a tenth of the
   server's time decoding is paused before its next frame.
-- `h` carries `X-Auth-User` / `X-Auth-Roles`, honoured only from a configured gateway identity.
+- `h` carries `X-Auth-User` / `X-Auth-Roles` / `X-Auth-Attrs`, honoured only from a configured
+  gateway identity.
 - `q` is a per-client sequence number for writes: with HELLO's `client_id` it makes a retried
   write apply exactly once.
 - `c` is a read's consistency: `"linearizable"` (the default) is answered by the leader and
