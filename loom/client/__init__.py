@@ -5,6 +5,7 @@ client's own failures are in loom.client.errors. See docs/client.md.
 """
 
 from loom.client.aio import AsyncClient, open_client
+from loom.client.breaker import BreakerPolicy, BreakerState, EndpointStatistics
 from loom.client.errors import (
     ClientError,
     ConfigError,
@@ -13,17 +14,21 @@ from loom.client.errors import (
     ProtocolError,
     RequestValidationError,
 )
-from loom.client.protocol import HelloInfo, RetryPolicy
+from loom.client.protocol import ClientStatistics, HelloInfo, RetryPolicy
 from loom.client.subscription import Subscription
 from loom.client.sync import Client
 from loom.wire.errors import LoomError
 
 __all__ = [
     "AsyncClient",
+    "BreakerPolicy",
+    "BreakerState",
     "Client",
     "ClientError",
+    "ClientStatistics",
     "ConfigError",
     "ConnectError",
+    "EndpointStatistics",
     "HelloInfo",
     "IndeterminateError",
     "LoomError",

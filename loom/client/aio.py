@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 
 from loom.client import protocol as p
+from loom.client.breaker import BreakerPolicy
 from loom.client.errors import ConnectError, ProtocolError
 from loom.client.ops import Ops
 from loom.client.protocol import Addr, ConnectionLost
@@ -193,17 +194,18 @@ class AsyncClient(Ops[Any]):
         server_hostname: str | None = None, check_hostname: bool | None = None,
         client_id: str | None = None, max_in_flight: int | None = None,
         max_writes_in_flight: int | None = None, connect_timeout: float | None = None,
-        resend_unknown_writes: bool | None = None,
+        resend_unknown_writes: bool | None = None, breaker: BreakerPolicy | None = None,
     ) -> None:
         self.options = o = p.Options.build(
             endpoints, ca=ca, cert=cert, key=key, client_name=client_name, timeout=timeout,
             headers=headers, retry=retry, server_hostname=server_hostname,
             check_hostname=check_hostname, client_id=client_id, max_in_flight=max_in_flight,
             resend_unknown_writes=resend_unknown_writes,
-            max_writes_in_flight=max_writes_in_flight, connect_timeout=connect_timeout)
+            max_writes_in_flight=max_writes_in_flight, connect_timeout=connect_timeout,
+            breaker=breaker)
         self._ctx = make_context(o.ca, o.cert, o.key, check_hostname=o.check_hostname)
         self._window = p.WriteWindow(o.max_writes_in_flight)
-        self._router = p.Router(o.endpoints)
+        self._router = p.Router(o.endpoints, o.breaker)
         self._nursery = nursery  # trio.Nursery or anyio TaskGroup: both have start()
         self._b = b = current_backend()
         self._window_changed = b.event()
@@ -239,6 +241,10 @@ class AsyncClient(Ops[Any]):
             with self._b.cancel_scope(shield=True):
                 await conn.closed.wait()
 
+    def statistics(self) -> p.ClientStatistics:
+        """Each endpoint's circuit breaker, and the dials it spared."""
+        return self._router.statistics(self._b.current_time())
+
     @property
     def hello(self) -> p.HelloInfo | None:
         return None if self._conn is None else self._conn.hello
@@ -255,18 +261,24 @@ class AsyncClient(Ops[Any]):
             if self._closed:
                 raise ConnectError("the client is closed")
             errors: list[str] = []
-            for addr in self._router.candidates():
+            now = self._b.current_time
+            for addr in self._router.candidates(now()):
                 try:
+                    self._router.dialing(addr, now())
                     with self._b.fail_after(self.options.connect_timeout):
                         conn = await self._open(addr)
                 except ConnectError as e:
                     errors.append(str(e))
-                    self._router.dial_failed(addr)
+                    self._router.dial_failed(addr, now())
                     continue
                 except self._b.timed_out:
                     errors.append(f"{p.format_endpoint(addr)}: connect timed out")
-                    self._router.dial_failed(addr)
+                    self._router.dial_failed(addr, now())
                     continue
+                except BaseException:  # the call's own deadline or cancellation, mid-dial
+                    self._router.abandoned(addr)
+                    raise
+                self._router.connected(addr)
                 self._all.add(conn)
                 await self._nursery.start(self._run, conn)
                 self._conn = conn
@@ -349,6 +361,8 @@ class AsyncClient(Ops[Any]):
                     seq = await self._issue_seq()
                 return await self._with_retries(attempts, clean, seq, hdrs, stale)
         except self._b.timed_out:
+            if attempts.sent and self._conn is not None:  # sent, and never answered
+                self._router.timed_out(self._conn.addr, self._b.current_time())
             raise attempts.timed_out(self.options.timeout) from None
         finally:
             if seq:

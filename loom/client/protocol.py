@@ -2,7 +2,8 @@
 
 - `Options`: the client's settings, validated once (the shells' keyword arguments map onto it).
 - `Router`: which endpoint to dial next (a leader named by NOT_LEADER first, then the endpoints
-  in rotation, starting past one that failed).
+  in rotation, starting past one that failed), skipping endpoints whose circuit breaker
+  (`breaker.py`) is open.
 - `Attempts`: one call's retry policy: what an answer, a lost connection or a failed connect
   means (return, retry, raise at once, or "indeterminate"), and when retrying stops.
 - The HELLO exchange (`hello_frame`, `accept_hello`) and the frame limit it announces
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
+from loom.client.breaker import BreakerPolicy, EndpointBreaker, EndpointStatistics
 from loom.client.errors import (
     ConfigError,
     ConnectError,
@@ -368,6 +370,7 @@ class Options:
     max_writes_in_flight: int = 32
     max_in_flight: int = 1024
     connect_timeout: float = 5.0
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
 
     @classmethod
     def build(cls, endpoints: str | Sequence[str], **kw: Any) -> Options:
@@ -394,25 +397,68 @@ class Options:
 
 
 # -- routing ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ClientStatistics:
+    endpoints: tuple[EndpointStatistics, ...]  # one per configured endpoint, in order
+    skipped: int  # dials not made because the endpoint's breaker was open
+
+
 class Router:
     """Which endpoint to dial: the leader a NOT_LEADER answer named, then every endpoint in
-    rotation. A lost connection or an UNAVAILABLE answer moves the rotation past that node."""
+    rotation. A lost connection or an UNAVAILABLE answer moves the rotation past that node.
+    An endpoint whose breaker is open is left out until its window passes, and is then offered
+    after every closed endpoint (its one trial). The shells report each dial: `dialing`, then
+    `connected`, `dial_failed` (a connect timeout included) or `abandoned` (the call's own
+    deadline or cancellation), and `timed_out` for a request
+    that got no answer before the call's deadline."""
 
-    def __init__(self, endpoints: Sequence[Addr]) -> None:
+    def __init__(self, endpoints: Sequence[Addr], breaker: BreakerPolicy | None = None) -> None:
         self.endpoints = list(endpoints)
         self.preferred: Addr | None = None
         self.rotate = 0
+        policy = breaker or BreakerPolicy()
+        self.breakers = {a: EndpointBreaker(policy) for a in self.endpoints}
+        self.skipped = 0
 
-    def candidates(self) -> list[Addr]:
-        """The endpoints to try, in order, each once."""
+    def _breaker(self, addr: Addr) -> EndpointBreaker:
+        b = self.breakers.get(addr)
+        if b is None:  # a leader named by NOT_LEADER that is not configured
+            b = self.breakers[addr] = EndpointBreaker(next(iter(self.breakers.values())).policy)
+        return b
+
+    def candidates(self, now: float) -> list[Addr]:
+        """The endpoints to try, in order, each once: closed ones, then those due a trial."""
         n = len(self.endpoints)
         first = [self.preferred] if self.preferred is not None else []
-        return list(dict.fromkeys(first + [self.endpoints[(self.rotate + i) % n]
-                                           for i in range(n)]))
+        order = list(dict.fromkeys(first + [self.endpoints[(self.rotate + i) % n]
+                                            for i in range(n)]))
+        closed = [a for a in order if self._breaker(a).closed()]
+        trials = [a for a in order if self._breaker(a).due(now)]
+        self.skipped += len(order) - len(closed) - len(trials)
+        return closed + trials
 
-    def dial_failed(self, addr: Addr) -> None:
+    def dialing(self, addr: Addr, now: float) -> None:
+        self._breaker(addr).dialing(now)
+
+    def connected(self, addr: Addr) -> None:
+        self._breaker(addr).succeeded()
+
+    def dial_failed(self, addr: Addr, now: float) -> None:
         if addr == self.preferred:
             self.preferred = None
+        self._breaker(addr).failed(now)
+
+    def abandoned(self, addr: Addr) -> None:
+        """A dial to `addr` was given up for the caller's own deadline or cancellation."""
+        self._breaker(addr).abandoned()
+
+    def timed_out(self, addr: Addr, now: float) -> None:
+        """A request on `addr` got no answer within the call's deadline."""
+        self._breaker(addr).failed(now)
+
+    def statistics(self, now: float) -> ClientStatistics:
+        return ClientStatistics(tuple(self._breaker(a).statistics(format_endpoint(a), now)
+                                      for a in self.endpoints), self.skipped)
 
     def lost(self, addr: Addr) -> None:
         """The connection to `addr` broke: start with the endpoint after it."""
@@ -434,6 +480,8 @@ class Router:
 def connect_failure(errors: list[str]) -> ConnectError:
     """The error after every candidate failed: permanent when each failure was a certificate
     problem (retrying cannot help)."""
+    if not errors:
+        return ConnectError("could not connect: every endpoint's circuit breaker is open")
     return ConnectError("could not connect: " + "; ".join(errors),
                         permanent=bool(errors) and all(
                             is_permanent(e.split(": ", 1)[-1]) for e in errors))

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from loom.client import protocol as p
+from loom.client.breaker import BreakerPolicy
 from loom.client.errors import ConnectError, IndeterminateError, ProtocolError
 from loom.client.ops import Ops
 from loom.client.protocol import Addr, ConnectionLost
@@ -119,16 +120,18 @@ class Client(Ops[Any]):
         server_hostname: str | None = None, check_hostname: bool | None = None,
         client_id: str | None = None, resend_unknown_writes: bool | None = None,
         max_writes_in_flight: int | None = None, connect_timeout: float | None = None,
+        breaker: BreakerPolicy | None = None,
     ) -> None:
         self.options = o = p.Options.build(
             endpoints, ca=ca, cert=cert, key=key, client_name=client_name, timeout=timeout,
             headers=headers, retry=retry, server_hostname=server_hostname,
             check_hostname=check_hostname, client_id=client_id,
             resend_unknown_writes=resend_unknown_writes,
-            max_writes_in_flight=max_writes_in_flight, connect_timeout=connect_timeout)
+            max_writes_in_flight=max_writes_in_flight, connect_timeout=connect_timeout,
+            breaker=breaker)
         self._ctx = make_context(o.ca, o.cert, o.key, check_hostname=o.check_hostname)
         self._window = p.WriteWindow(o.max_writes_in_flight)
-        self._router = p.Router(o.endpoints)
+        self._router = p.Router(o.endpoints, o.breaker)
         self._conn: _Conn | None = None
 
     @property
@@ -168,6 +171,10 @@ class Client(Ops[Any]):
     @property
     def hello(self) -> p.HelloInfo | None:
         return None if self._conn is None else self._conn.hello
+
+    def statistics(self) -> p.ClientStatistics:
+        """Each endpoint's circuit breaker, and the dials it spared."""
+        return self._router.statistics(time.monotonic())
 
     @property
     def address(self) -> str | None:
@@ -226,15 +233,18 @@ class Client(Ops[Any]):
         if self._conn is not None:
             return self._conn
         errors: list[str] = []
-        for addr in self._router.candidates():
+        for addr in self._router.candidates(time.monotonic()):
             try:
+                self._router.dialing(addr, time.monotonic())
                 self._conn = self._open(addr, deadline)
+                self._router.connected(addr)
                 return self._conn
             except ConnectError as e:
                 errors.append(str(e))
-                self._router.dial_failed(addr)
+                self._router.dial_failed(addr, time.monotonic())
             except TimeoutError:
                 errors.append(f"{p.format_endpoint(addr)}: deadline passed")
+                self._router.abandoned(addr)
                 break
         raise p.connect_failure(errors)
 
@@ -271,6 +281,8 @@ class Client(Ops[Any]):
                     attempts.lost(str(e))
                     continue
                 except TimeoutError:
+                    if self._conn is not None:
+                        self._router.timed_out(self._conn.addr, time.monotonic())
                     self.close()
                     raise attempts.timed_out(limit) from None
                 if result is not p.RETRY:

@@ -146,6 +146,9 @@ async def dial(addr: Addr, ctx: ssl.SSLContext, hostname: str, sent_cert: bool) 
             await trio.aclose_forcefully(tls)
             raise ConnectError(f"{where}: "
                                f"{describe_tls_error(cause(e), sent_cert=sent_cert)}") from None
+        except BaseException:  # connect_timeout or the caller's cancellation: never leak it
+            await trio.aclose_forcefully(tls)
+            raise
         return tls
     try:
         tcp_s = await anyio.connect_tcp(host, port)
@@ -159,4 +162,7 @@ async def dial(addr: Addr, ctx: ssl.SSLContext, hostname: str, sent_cert: bool) 
         await anyio.aclose_forcefully(tcp_s)
         raise ConnectError(f"{where}: "
                            f"{describe_tls_error(cause(e), sent_cert=sent_cert)}") from None
+    except BaseException:  # connect_timeout or the caller's cancellation: never leak it
+        await anyio.aclose_forcefully(tcp_s)
+        raise
     return _AnyioTLS(stream)

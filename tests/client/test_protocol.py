@@ -133,18 +133,18 @@ def test_timeouts_of_sent_writes_are_indeterminate() -> None:
 def test_router_prefers_the_named_leader_then_rotates_past_failures() -> None:
     a, b, c = ("a", 1), ("b", 1), ("c", 1)
     r = p.Router([a, b, c])
-    assert r.candidates() == [a, b, c]
+    assert r.candidates(0.0) == [a, b, c]
     assert r.refused(a, NotLeader("no", leader_addr="c:1")) is True
-    assert r.candidates() == [c, a, b]
-    r.dial_failed(c)  # the named leader cannot be reached: back to the rotation
-    assert r.candidates() == [a, b, c]
+    assert r.candidates(0.0) == [c, a, b]
+    r.dial_failed(c, 0.0)  # the named leader cannot be reached: back to the rotation
+    assert r.candidates(0.0) == [a, b, c]
     assert r.refused(b, NotLeader("me", leader_addr="b:1")) is True  # naming itself: no hint
-    assert r.candidates() == [c, a, b]
+    assert r.candidates(0.0) == [c, a, b]
     assert r.refused(c, Busy("later")) is False  # BUSY keeps the connection
     r.lost(c)
-    assert r.candidates() == [a, b, c]
+    assert r.candidates(0.0) == [a, b, c]
     assert r.refused(a, Unavailable("election")) is True
-    assert r.candidates() == [b, c, a]
+    assert r.candidates(0.0) == [b, c, a]
 
 
 def _answer(error: Exception | None = None, result: object = None) -> p.Response:
