@@ -52,8 +52,13 @@ class HTTPServer:
 
     def __init__(self, handler: Handler, ssl_context: ssl.SSLContext, *,
                  limits: ServerLimits | None = None, name: str = "http",
-                 on_refusal: Callable[[RefusedRequest], None] | None = None) -> None:
+                 on_refusal: Callable[[RefusedRequest], None] | None = None,
+                 on_handshake: Callable[[str, BaseException | None], None] | None = None
+                 ) -> None:
         self.ssl_context = ssl_context
+        # Called (without awaiting) after each TLS handshake: (remote, None) when it passed,
+        # (remote, what it raised) when it failed or timed out.
+        self._on_handshake = on_handshake
         self.limits = limits or ServerLimits()
         self.name = name
         self._handler = handler
@@ -147,13 +152,19 @@ class HTTPServer:
         try:
             with trio.move_on_after(self.limits.handshake_timeout_s):
                 await stream.do_handshake()
+                if self._on_handshake is not None:
+                    self._on_handshake(remote, None)
                 return True
             self._state.refused["handshake_timeout"] += 1
+            if self._on_handshake is not None:
+                self._on_handshake(remote, TimeoutError("TLS handshake timed out"))
             return False
         except trio.BrokenResourceError as e:
             # A client certificate that fails verification lands here, never as "no cert".
             self._state.refused["handshake_failed"] += 1
             log.info("%s: TLS handshake with %s failed: %s", self.name, remote, e.__cause__)
+            if self._on_handshake is not None:
+                self._on_handshake(remote, e)
             return False
         finally:
             self._handshaking -= 1

@@ -31,8 +31,10 @@ from loom.node.admission import Admission, AdmissionStatistics, Refusal, Ticket
 from loom.node.audit import AuditLog
 from loom.node.config import Limits
 from loom.node.connection import Connection, ConnectionContext
+from loom.node.handshakes import Handshakes
 from loom.node.listen import accept
 from loom.node.ratelog import RateLimitedLog
+from loom.security.handshake import revocation_reason
 from loom.security.identity import Identity, IdentityError, identity_or_guest
 from loom.security.revocation import Revocation, seconds_left
 from loom.security.tlsstream import TLSStream
@@ -60,11 +62,13 @@ class _Open:
 
 class ClientListener:
     def __init__(self, ctx: ConnectionContext, *, ssl_context: Callable[[], ssl.SSLContext],
-                 audit: AuditLog, trust_domain: str, require_client_auth: bool) -> None:
+                 audit: AuditLog, trust_domain: str, require_client_auth: bool,
+                 handshakes: Handshakes | None = None) -> None:
         lim: Limits = ctx.limits
         self.ctx = ctx
         self._ssl_context = ssl_context  # read per connection: a reload replaces it
         self._audit = audit
+        self._handshakes = handshakes  # failed authentications: counted and audited
         self._trust_domain = trust_domain
         self._require_client_auth = require_client_auth
         self.admission = Admission(
@@ -147,7 +151,11 @@ class ClientListener:
                     return  # evicted for a newcomer (admission.py)
             except (*_HANDSHAKE_ENDINGS, _Refused) as e:
                 log.debug("%s %s: handshake failed: %r", conn_id, peer, e)
+                if self._handshakes is not None and not isinstance(e, _Refused):
+                    self._handshakes.failed("client", peer, e)  # _Refused: counted already
                 return
+            if self._handshakes is not None:
+                self._handshakes.succeeded("client")
             refusal = self.admission.establish(ticket, identity.principal)
             if refusal is Refusal.PER_IDENTITY:
                 self._log_refusal(refusal, identity.principal)
@@ -210,16 +218,20 @@ class ClientListener:
         der = stream.getpeercert(binary_form=True)
         if not der and self._require_client_auth:
             raise _Refused("no client certificate")  # the TLS layer refuses first; belt and braces
+        why = self.revocation.reason(der or b"")
         try:
-            why = self.revocation.reason(der or b"")
             if why is not None:
                 raise IdentityError(why)
             return identity_or_guest(der, self._trust_domain)
         except IdentityError as e:
             log.warning("%s %s: refused certificate: %s", conn_id, peer, e)
-            self._audit.emit(
-                {"client_id": conn_id, "event": "certificate_refused", "reason": str(e),
-                 "result": "denied"}, priority=True)
+            if self._handshakes is not None:  # counted and audited, aggregated
+                self._handshakes.failed("client", peer, e,
+                                        revocation_reason(why) if why else None)
+            else:
+                self._audit.emit(
+                    {"client_id": conn_id, "event": "certificate_refused", "reason": str(e),
+                     "result": "denied"}, priority=True)
             raise _Refused(str(e)) from None
 
     def stop_reading(self) -> None:

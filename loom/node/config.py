@@ -85,6 +85,9 @@ class AuditConfig:
     queue_size: int = 8192  # data lane
     priority_queue_size: int = 1024  # denials, spoofing attempts, admin commands
     audit_reads: bool = False
+    # Failed authentications of one (reason, listener, source host) within this window are
+    # audited as one record with their count (node/handshakes.py).
+    auth_failure_window_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +386,8 @@ def validate(cfg: NodeConfig) -> NodeConfig:
     _validate_obs(cfg)
     if cfg.audit.queue_size < 1 or cfg.audit.priority_queue_size < 1:
         raise ConfigError("audit.queue_size: must be positive")
+    if not cfg.audit.auth_failure_window_s > 0:
+        raise ConfigError("audit.auth_failure_window_s: must be positive")
     if not cfg.require_client_auth and not is_loopback(host) and not cfg.allow_insecure_guest_bind:
         raise ConfigError(
             f"require_client_auth: false with client_listen on non-loopback {host!r} would "

@@ -63,6 +63,7 @@ from loom.node.http_codec import (
     with_bytes,
 )
 from loom.node.http_topics import TopicFeed, topic_response, unless_gone
+from loom.security.handshake import revocation_reason
 from loom.security.identity import Identity, IdentityError, identity_from_der, identity_or_guest
 from loom.security.tls import server_context
 from loom.wire import routes
@@ -154,7 +155,8 @@ class HttpDoor:
         self.cfg = node.cfg
         h = node.cfg.http
         self.server = HTTPServer(self.handle, http_context(node.cfg), name="http listener",
-                                 on_refusal=self.refused, limits=ServerLimits(
+                                 on_refusal=self.refused, on_handshake=self._handshake,
+                                 limits=ServerLimits(
                                      max_connections=h.max_connections,
                                      handshake_timeout_s=h.handshake_timeout_s,
                                      idle_timeout_s=h.idle_timeout_s,
@@ -187,6 +189,12 @@ class HttpDoor:
                 self.server.shutdown()
         finally:
             self.stopped.set()
+
+    def _handshake(self, remote: str, error: BaseException | None) -> None:
+        if error is None:
+            self.node.handshakes.succeeded("http")
+        else:
+            self.node.handshakes.failed("http", remote, error)  # counted and audited
 
     def refused(self, r: RefusedRequest) -> None:
         """A request the HTTP layer refused before routing (obs-fold, control characters,
@@ -286,21 +294,19 @@ class HttpDoor:
         certificate is required here rather than at the handshake, for the probes' sake."""
         der = request.peer_certificate
         if not der and self.cfg.require_client_auth:
+            self.node.handshakes.failed("http", request.remote, "no_certificate")
             raise Unauthenticated("this listener requires a client certificate")
         revoked = self.node.revocation.reason(der or b"")  # deny list, CRL, expiry: per request
-        if revoked is not None:
-            self.node.dispatcher.audit.emit(
-                {"client_id": _conn_id(request), "event": "certificate_refused",
-                 "reason": revoked, "result": "denied"}, priority=True)
+        if revoked is not None:  # counted and audited, aggregated
+            self.node.handshakes.failed("http", request.remote, revoked,
+                                        revocation_reason(revoked))
             raise Unauthenticated(f"certificate refused: {revoked}")
         ident = self._identities.get(der or b"")
         if ident is None:
             try:
                 ident = identity_or_guest(der, self.cfg.trust_domain)
             except IdentityError as e:
-                self.node.dispatcher.audit.emit(
-                    {"client_id": _conn_id(request), "event": "certificate_refused",
-                     "reason": str(e), "result": "denied"}, priority=True)
+                self.node.handshakes.failed("http", request.remote, e)  # counted, audited
                 raise Unauthenticated(f"certificate refused: {e}") from None
             if len(self._identities) >= MAX_IDENTITY_CACHE:
                 self._identities.clear()

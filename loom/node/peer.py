@@ -39,6 +39,7 @@ from typing import Any
 import trio
 
 from loom.node.config import PeerLimits, parse_host_port
+from loom.node.handshakes import Handshakes
 from loom.node.listen import accept
 from loom.node.peerlink import READ_CHUNK, Link, PeerStats
 from loom.node.ratelog import RateLimitedLog
@@ -78,7 +79,7 @@ class PeerTransport:
                  trust_domain: str, is_member: Callable[[str], bool],
                  on_message: Callable[[Message], None],
                  limits: PeerLimits = PeerLimits(),  # noqa: B008 - frozen dataclass
-                 http_addr: str = "") -> None:
+                 http_addr: str = "", handshakes: Handshakes | None = None) -> None:
         self.node_id = node_id
         self.cluster = cluster
         self.listen = listen
@@ -90,6 +91,7 @@ class PeerTransport:
         self._is_member = is_member
         self._on_message = on_message
         self.limits = limits
+        self._handshakes = handshakes  # failed authentications: counted and audited
         self._port = 0
         self._nursery: trio.Nursery | None = None
         self._links: dict[str, Link] = {}
@@ -278,6 +280,10 @@ class PeerTransport:
                 cs.shield = True
                 await trio.aclose_forcefully(stream)
 
+    def _auth_failed(self, where: str, exc: BaseException | str) -> None:
+        if self._handshakes is not None:
+            self._handshakes.failed("peer", where, exc)
+
     async def _inbound(self, stream: TLSStream, where: str) -> None:
         lim = self.limits
         # 1-3: handshake, NODE identity, membership.
@@ -286,14 +292,17 @@ class PeerTransport:
                 await stream.do_handshake()
         except (trio.BrokenResourceError, ssl.SSLError, OSError) as e:
             # Foreign CA, no certificate, TLS <= 1.2, plaintext: the TLS layer said no.
+            self._auth_failed(where, e)
             raise _Refused(f"tls handshake failed: {_cause(e)}") from None
-        except trio.TooSlowError:
+        except trio.TooSlowError as e:
+            self._auth_failed(where, e)
             raise _Refused("tls handshake failed: timed out") from None
         der = stream.getpeercert(binary_form=True) or b""
         try:
             ident = identity_from_der(der, self._td)
             check_peer(ident)
         except IdentityError as e:
+            self._auth_failed(where, e)
             raise _Refused(f"not a node identity: {e}") from None
         node = ident.name
         revoked = self._revocation.reason(der)
@@ -302,7 +311,10 @@ class PeerTransport:
         if node == self.node_id:
             raise _Refused("our own node id", node)
         if not self._is_member(node):
+            self._auth_failed(where, "not_a_member")
             raise _Refused("not a member", node)
+        if self._handshakes is not None:
+            self._handshakes.succeeded("peer")
         # 4: PEER_HELLO, then Raft frames (the session protocol: wire/session.py).
         session = Session(SessionLimits(
             max_frame=lim.max_frame, hello_timeout_s=lim.handshake_timeout_s,

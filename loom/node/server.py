@@ -38,6 +38,7 @@ from loom.node.clock import ProposalClock
 from loom.node.config import ConfigError, NodeConfig, load
 from loom.node.connection import ConnectionContext
 from loom.node.dispatcher import Dispatcher
+from loom.node.handshakes import Handshakes
 from loom.node.http import HttpDoor, advertised_http_addr, http_context
 from loom.node.raftdriver import RaftDriver, prepare_storage
 from loom.node.testhooks import FaultHooks
@@ -107,6 +108,8 @@ class Node:
             gateways=frozenset(cfg.gateway_identities), seed_policy=self.seed_policy,
             audit_reads=cfg.audit.audit_reads, extra_stats=self._stats,
             clock_ms=self.clock.now_ms, tracing=_tracing(cfg))
+        # Failed authentications on every listener: counted and audited (node/handshakes.py).
+        self.handshakes = Handshakes(self.audit, window_s=cfg.audit.auth_failure_window_s)
         self.topics = TopicHub(self.log.state)
         self.terminated = trio.Event()  # set when shutdown begins: connections stop reading
         self.clients = ClientListener(
@@ -114,7 +117,8 @@ class Node:
                               dispatcher=self.dispatcher, topics=self.topics,
                               terminated=self.terminated),
             ssl_context=lambda: self.ssl_context, audit=self.audit,
-            trust_domain=cfg.trust_domain, require_client_auth=cfg.require_client_auth)
+            trust_domain=cfg.trust_domain, require_client_auth=cfg.require_client_auth,
+            handshakes=self.handshakes)
         self.clients.set_revocation(self.revocation)
         self.backup = SnapshotSaver(
             node_id=cfg.node_id, data_dir=cfg.data_dir, log_=self.log, clock_ms=self.clock.now_ms,
@@ -195,7 +199,8 @@ class Node:
         out: dict[str, Any] = {"connections": adm.connections, "refused_connections": adm.refused,
                                "revoked_connections": self.clients.revoked,
                                "admission": asdict(adm),
-                               "topics": asdict(self.topics.statistics())}
+                               "topics": asdict(self.topics.statistics()),
+                               "tls": self.handshakes.statistics()}
         if self.http is not None:
             d = self.http.statistics()
             out["http"] = {"connections": d.server.connections_open, "in_flight": d.in_flight,
@@ -214,6 +219,8 @@ class Node:
             self._nursery = nursery
             transport_scope = trio.CancelScope()
             await nursery.start(self.audit.run)
+            handshakes_scope = trio.CancelScope()
+            nursery.start_soon(self._run_handshakes, handshakes_scope)
             if self.cfg.peers:
                 self.log.transport = self._make_transport()
                 self.log.transport.set_revocation(self.revocation)
@@ -250,6 +257,8 @@ class Node:
             sdnotify.notify("STOPPING=1")
             await self.log.transfer_before_stop()
             self.log.stop()
+            handshakes_scope.cancel()
+            self.handshakes.flush()
             self.audit.close(grace_s=self.cfg.limits.shutdown_grace_s)
             signals_scope.cancel()
             transport_scope.cancel()  # after the hand-over: nothing more to tell the peers
@@ -261,6 +270,10 @@ class Node:
         log.log(logging.ERROR if st.lost_at_shutdown else logging.INFO,
                 "node %s stopped (audit: %d records written, %d dropped, %d of them lost at "
                 "shutdown)", self.cfg.node_id, st.written, st.dropped, st.lost_at_shutdown)
+
+    async def _run_handshakes(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await self.handshakes.run()
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -310,7 +323,8 @@ class Node:
             client_addr=self.log.client_addr, server_ctx=server_ctx, client_ctx=client_ctx,
             http_addr=advertised_http_addr(self.cfg),
             trust_domain=self.cfg.trust_domain, is_member=self._admits_peer,
-            on_message=self.log.on_peer_message, limits=self.cfg.to_peer_limits())
+            on_message=self.log.on_peer_message, limits=self.cfg.to_peer_limits(),
+            handshakes=self.handshakes)
 
     # -- ACL seeding and reload -----------------------------------------------------------------
     async def _seed_acl(self) -> None:

@@ -51,7 +51,7 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 Stats = Mapping[str, Any]
 # A reading: one value, or one value per label value (e.g. {"client": 3, "http": 1}).
-Value = float | Mapping[str, float]
+Value = float | Mapping[str, float] | Mapping[tuple[str, ...], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +59,21 @@ class Reading:
     """A metric read at scrape time from the NODE_STATS document.
 
     `read` is a dotted path into it ("log.term"), or a function of it; a reading with a
-    `label` returns one value per label value. A path that is absent (a node without an
-    HTTP listener has no "http" part) exports nothing rather than a made-up zero."""
+    `label` returns one value per label value (with several labels, keyed by tuples of
+    values). A path that is absent (a node without an HTTP listener has no "http" part)
+    exports nothing rather than a made-up zero."""
 
     name: str
     doc: str
     read: str | Callable[[Stats], Value | None]
     kind: Literal["gauge", "counter"] = "gauge"  # a counter is monotonic: name_total
-    label: str | None = None
+    label: str | tuple[str, ...] | None = None
+
+    @property
+    def labels(self) -> list[str] | None:
+        if self.label is None:
+            return None
+        return [self.label] if isinstance(self.label, str) else list(self.label)
 
 
 def _path(stats: Stats, dotted: str) -> Any:
@@ -91,6 +98,32 @@ def _connections(stats: Stats) -> Mapping[str, float]:
     return {k: float(v) for k, v in out.items() if v is not None}
 
 
+def _tls_failures(stats: Stats) -> Mapping[tuple[str, ...], float] | None:
+    f = _path(stats, "tls.failures")  # {"reason/listener": n}
+    if not isinstance(f, Mapping):
+        return None
+    return {tuple(k.split("/", 1)): float(n) for k, n in f.items()}
+
+
+def _per_peer(field: str, scale: Callable[[Any], float] = float
+              ) -> Callable[[Stats], Mapping[str, float] | None]:
+    """One value per peer (a member's node id: bounded by the cluster's size) from the peer
+    transport's statistics; a node without peers exports nothing."""
+    def read(stats: Stats) -> Mapping[str, float] | None:
+        peers = _path(stats, "peer.peers")
+        if not isinstance(peers, Mapping):
+            return None
+        return {pid: scale(p[field]) for pid, p in peers.items() if p.get(field) is not None}
+    return read
+
+
+def _peer_queued(stats: Stats) -> Mapping[str, float] | None:
+    peers = _path(stats, "peer.peers")
+    if not isinstance(peers, Mapping):
+        return None
+    return {pid: float(sum(p.get("queued") or (0,))) for pid, p in peers.items()}
+
+
 def _audit_queued(stats: Stats) -> Mapping[str, float] | None:
     a = _path(stats, "audit")
     return None if a is None else {"data": a["queued_data"], "priority": a["queued_priority"]}
@@ -110,6 +143,40 @@ READINGS: tuple[Reading, ...] = (
             "log.proposals_pending"),
     Reading("loom_raft_entries_persisted", "Log entries written to storage.",
             "log.entries_persisted", kind="counter"),
+    Reading("loom_raft_apply_lag", "Entries committed but not yet applied here.",
+            lambda s: None if _path(s, "log.commit_index") is None else
+            max(0, s["log"]["commit_index"] - s["log"]["applied_index"])),
+    Reading("loom_raft_has_leader", "1 when this node knows a leader, else 0.",
+            lambda s: None if _path(s, "log") is None else float(bool(s["log"].get("leader")))),
+    Reading("loom_raft_batches", "Ready batches that persisted entries (one fsync each).",
+            "log.batches", kind="counter"),
+    Reading("loom_raft_entries_per_batch", "Entries per persisted batch, on average.",
+            "log.entries_per_batch"),
+    Reading("loom_raft_snapshot_index", "The index of the newest snapshot taken or installed.",
+            "log.snapshot_index"),
+    Reading("loom_raft_snapshots_taken", "Snapshots this node has taken.",
+            "log.snapshots_taken", kind="counter"),
+    Reading("loom_raft_peer_messages_dropped", "Peer messages dropped on a full driver inbox.",
+            "log.dropped_peer_messages", kind="counter"),
+    Reading("loom_raft_leader_transfers", "Leadership transfers this node began as leader.",
+            "log.transfers_started", kind="counter"),
+    Reading("loom_peer_link_up", "1 when this node's outbound link to the peer is up.",
+            _per_peer("connected"), label="peer"),
+    Reading("loom_peer_connects", "Outbound connections made to the peer (reconnects).",
+            _per_peer("connects"), kind="counter", label="peer"),
+    Reading("loom_peer_queue_depth", "Messages queued on the link to the peer.",
+            _peer_queued, label="peer"),
+    Reading("loom_peer_messages_dropped", "Messages to the peer dropped on a full link queue.",
+            _per_peer("dropped"), kind="counter", label="peer"),
+    Reading("loom_peer_last_contact_seconds", "Seconds since a frame arrived from the peer.",
+            _per_peer("last_contact_age_s"), label="peer"),
+    Reading("loom_peer_refused", "Inbound peer connections refused, by reason.",
+            "peer.refused_by_reason", kind="counter", label="reason"),
+    Reading("loom_tls_handshakes", "TLS handshakes (and certificate checks) passed, by "
+            "listener.", "tls.handshakes", kind="counter", label="listener"),
+    Reading("loom_tls_handshake_failures", "Failed authentications on a listener, by reason "
+            "(security/handshake.py REASONS) and listener.", _tls_failures, kind="counter",
+            label=("reason", "listener")),
     Reading("loom_audit_queued", "Audit records queued for the sink, by lane.", _audit_queued,
             label="lane"),
     Reading("loom_audit_written", "Audit records written to the sink.", "audit.written",
@@ -146,13 +213,13 @@ class _Readings(Collector):
                 continue
             family: GaugeMetricFamily | CounterMetricFamily
             if r.kind == "counter":
-                family = CounterMetricFamily(r.name, r.doc, labels=[r.label] if r.label else None)
+                family = CounterMetricFamily(r.name, r.doc, labels=r.labels)
             else:
-                family = GaugeMetricFamily(r.name, r.doc, labels=[r.label] if r.label else None)
+                family = GaugeMetricFamily(r.name, r.doc, labels=r.labels)
             if isinstance(v, Mapping):
                 assert r.label is not None, f"{r.name}: several values need a label"
                 for lv, x in v.items():
-                    family.add_metric([lv], float(x))
+                    family.add_metric([lv] if isinstance(lv, str) else list(lv), float(x))
             else:
                 family.add_metric([], float(v))
             yield family
