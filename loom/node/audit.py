@@ -134,6 +134,8 @@ class AuditLog:
         self._inflight: list[dict[str, Any]] | None = None  # the batch the sink is writing
         self._emitted = self._written = self._dropped = self._lost_at_shutdown = 0
         self._closed = False
+        # Told (records, seconds) after each sink write: the metrics' sink latency.
+        self.on_write: Callable[[int, float], None] | None = None
         # Cancelled when close()'s grace deadline passes with records still unwritten.
         self._drain_scope = trio.CancelScope()
 
@@ -200,8 +202,11 @@ class AuditLog:
         lines = [_encode(r) for r in batch]
         self._inflight = batch
         try:
+            t0 = trio.current_time()
             await trio.to_thread.run_sync(self._sink.write_lines, lines, abandon_on_cancel=True)
             done = len(batch)
+            if self.on_write is not None:
+                self.on_write(done, trio.current_time() - t0)
         except SinkError as e:
             done = e.written
             log.error("audit sink write failed, %d of %d records lost (reported on the next "

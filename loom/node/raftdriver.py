@@ -128,6 +128,7 @@ class RaftDriver:
         self.transport: Any = None  # PeerTransport, set by the node before run()
         self.role = Role.FOLLOWER
         self.leader: str | None = None
+        self.leader_changes = 0
         self.batches = 0
         self.entries_persisted = 0
         self.disk_full = False
@@ -227,6 +228,8 @@ class RaftDriver:
             dropped_peer_messages=self._inbox.dropped_messages, snapshots_taken=snaps.taken,
             snapshots_forked=snaps.forked, snapshot_building_at=snaps.building_at,
             transfers_started=self.membership.transfers_started,
+            leader_changes=self.leader_changes, read_index_rounds=self.core.read_index_rounds,
+            lease_reads=self.core.lease_reads, snapshots_sent=self.core.snapshots_sent,
         )
 
     def cluster_status(self) -> dict[str, Any]:
@@ -460,6 +463,8 @@ class RaftDriver:
         ss = rd.soft_state
         assert ss is not None
         was_leader = self.role is Role.LEADER
+        if ss.leader != self.leader:
+            self.leader_changes += 1
         self.role, self.leader = ss.role, ss.leader
         log.info("%s: %s (leader %s, term %d)", self.id, ss.role.value, ss.leader,
                  self.core.term)

@@ -57,6 +57,10 @@ class LogStatistics:
     snapshots_forked: int  # of which serialised in a forked child
     snapshot_building_at: int | None  # index a child is serialising now, if any
     transfers_started: int  # leadership transfers this node began as leader
+    leader_changes: int = 0  # times the known leader changed (to another node or to none)
+    read_index_rounds: int = 0  # reads (batches of) confirmed by a heartbeat round, as leader
+    lease_reads: int = 0  # reads (batches of) answered under the leader lease
+    snapshots_sent: int = 0  # snapshot transfers this node started to a follower
 
 
 @dataclass(frozen=True, slots=True)

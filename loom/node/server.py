@@ -128,6 +128,9 @@ class Node:
         self.port = 0
         self._stop = trio.Event()
         self.http: HttpDoor | None = HttpDoor(self) if cfg.http.listen else None
+        # Append and fsync latency and batch sizes: observed once per persisted batch.
+        self.storage.on_save = self.dispatcher.metrics.observe_save
+        self.audit.on_write = self.dispatcher.metrics.observe_audit_write
 
     def _open_storage(self, cfg: NodeConfig) -> Storage:
         """Recover the data directory (0700, locked against a second node) before anything is
@@ -200,7 +203,9 @@ class Node:
                                "revoked_connections": self.clients.revoked,
                                "admission": asdict(adm),
                                "topics": asdict(self.topics.statistics()),
-                               "tls": self.handshakes.statistics()}
+                               "tls": self.handshakes.statistics(),
+                               "storage": asdict(self.storage.statistics()),
+                               "state": self.log.state().statistics()}
         if self.http is not None:
             d = self.http.statistics()
             out["http"] = {"connections": d.server.connections_open, "in_flight": d.in_flight,

@@ -49,6 +49,13 @@ ROLES = ("follower", "pre_candidate", "candidate", "leader", "learner")
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+# Storage latency buckets, seconds: a buffered append (~10 us) to a stalled disk (fsync on this
+# machine kind: ~0.12 ms; a slow cloud disk: 5-50 ms).
+STORAGE_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                   0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# Entries per persisted batch: group commit at work (1 at one client, hundreds under load).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
 Stats = Mapping[str, Any]
 # A reading: one value, or one value per label value (e.g. {"client": 3, "http": 1}).
 Value = float | Mapping[str, float] | Mapping[tuple[str, ...], float]
@@ -160,6 +167,30 @@ READINGS: tuple[Reading, ...] = (
             "log.dropped_peer_messages", kind="counter"),
     Reading("loom_raft_leader_transfers", "Leadership transfers this node began as leader.",
             "log.transfers_started", kind="counter"),
+    Reading("loom_raft_leader_changes", "Times the known leader changed (elections seen).",
+            "log.leader_changes", kind="counter"),
+    Reading("loom_raft_read_index_rounds", "Linearizable reads confirmed by a heartbeat round "
+            "(as leader).", "log.read_index_rounds", kind="counter"),
+    Reading("loom_raft_lease_reads", "Linearizable reads answered under the leader lease.",
+            "log.lease_reads", kind="counter"),
+    Reading("loom_raft_snapshots_sent", "Snapshot transfers started to a follower.",
+            "log.snapshots_sent", kind="counter"),
+    Reading("loom_audit_emitted", "Audit records produced (written, queued or dropped).",
+            "audit.emitted", kind="counter"),
+    Reading("loom_wal_written_bytes", "Bytes appended to the write-ahead log.",
+            "storage.wal_bytes_written", kind="counter"),
+    Reading("loom_wal_segments", "Write-ahead log segment files on disk.",
+            "storage.wal_segments"),
+    Reading("loom_wal_fsyncs", "Write-ahead log syncs (one per durable batch).",
+            "storage.fsyncs", kind="counter"),
+    Reading("loom_disk_full_events", "Writes refused for lack of disk space (then retried).",
+            "storage.disk_full", kind="counter"),
+    Reading("loom_state_structures", "Structures in the state machine, by kind.",
+            "state.structures", label="kind"),
+    Reading("loom_state_estimated_bytes", "Estimated bytes held by the state machine, by "
+            "structure kind.", "state.bytes", label="kind"),
+    Reading("loom_state_sessions", "Open client sessions (locks, semaphores, dedupe).",
+            "state.sessions"),
     Reading("loom_peer_link_up", "1 when this node's outbound link to the peer is up.",
             _per_peer("connected"), label="peer"),
     Reading("loom_peer_connects", "Outbound connections made to the peer (reconnects).",
@@ -189,6 +220,9 @@ READINGS: tuple[Reading, ...] = (
             "http.in_flight"),
     Reading("loom_http_responses", "HTTP answers by status code, refusals and probes included.",
             "http.answered", kind="counter", label="code"),
+    Reading("loom_http_refused", "HTTP connections and requests refused before routing, by "
+            "reason (max_connections, handshake_timeout, handshake_failed, idle_timeout, ...).",
+            "http.refused", kind="counter", label="reason"),
     Reading("loom_connections_refused", "Client connections refused by a connection budget.",
             "refused_connections", kind="counter"),
 )
@@ -245,6 +279,19 @@ class NodeMetrics:
             "loom_request_duration_seconds", "Time from a request reaching the dispatcher to "
             "its answer, by message type and listener.", ["type", "listener"],
             buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._append = Histogram(
+            "loom_raft_append_duration_seconds", "Time to write one persisted batch to the "
+            "write-ahead log (before its sync).", buckets=STORAGE_BUCKETS,
+            registry=self.registry)
+        self._fsync = Histogram(
+            "loom_raft_fsync_duration_seconds", "Time to sync one persisted batch.",
+            buckets=STORAGE_BUCKETS, registry=self.registry)
+        self._batch = Histogram(
+            "loom_raft_batch_entries", "Log entries per persisted batch.",
+            buckets=BATCH_BUCKETS, registry=self.registry)
+        self._audit_write = Histogram(
+            "loom_audit_sink_write_duration_seconds", "Time to write one batch of audit "
+            "records to the sink.", buckets=STORAGE_BUCKETS, registry=self.registry)
         self.registry.register(_Readings(stats, readings))
         # Label children, cached: `labels()` takes a lock and builds a tuple on every call.
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -261,6 +308,19 @@ class NodeMetrics:
         c[0].inc()
         c[1].observe(seconds)
         self._observed += 1
+
+    def observe_save(self, entries: int, append_s: float, sync_s: float | None) -> None:
+        """One persisted batch (storage's `on_save`: once per batch, never per entry; maybe
+        from a worker thread, which prometheus_client's metrics allow)."""
+        if entries:
+            self._batch.observe(entries)
+            self._append.observe(append_s)
+        if sync_s is not None:
+            self._fsync.observe(sync_s)
+
+    def observe_audit_write(self, records: int, seconds: float) -> None:
+        """One sink write of `records` audit records (the drainer: once per batch)."""
+        self._audit_write.observe(seconds)
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format (`CONTENT_TYPE`)."""

@@ -113,6 +113,11 @@ class RaftCore:
         self._join_floor: int | None = None
         self._join_asked: int | None = None  # tick of the last request for the floor
         self._rr = ReadRounds()  # ReadIndex rounds, pending reads, the lease (leader only)
+        # Counters for the node's metrics: reads answered under the leader lease, and reads
+        # that needed a heartbeat round (ReadIndex). A single voter needs neither.
+        self.lease_reads = 0
+        self.read_index_rounds = 0
+        self.snapshots_sent = 0  # snapshot transfers started to a follower
         # snapshot being received: (leader, term, index) and the bytes so far
         self._snap_rx: tuple[str, int, int] | None = None
         self._snap_buf = bytearray()
@@ -681,6 +686,8 @@ class RaftCore:
                 return
             chunk = snap.data[off : off + size]
             pr.snap_sent = off + len(chunk) + (1 if not chunk else 0)
+            if off == 0:
+                self.snapshots_sent += 1  # a transfer starts (counted once, not per chunk)
             self._send(m.InstallSnapshot(to, self.id, self.term, snap.meta.index, snap.meta.term,
                                          conf.voters, conf.learners, off, chunk, total,
                                          off + len(chunk) == total, conf.removed))
@@ -720,8 +727,11 @@ class RaftCore:
     def _leader_read(self, ctx: bytes, frm: str) -> None:
         index = self.log.committed
         if len(self.conf.voters) == 1 or self._lease_valid():
+            if len(self.conf.voters) > 1:
+                self.lease_reads += 1
             self._answer_read(ctx, frm, index)
             return
+        self.read_index_rounds += 1
         self._rr.add(ctx, index, frm)
         self._heartbeat_round(for_read=True)
 

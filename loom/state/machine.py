@@ -111,6 +111,17 @@ class StateMachine:
                     self.handlers[attr[3:]] = getattr(owner, attr)
 
     # -- the node's interface -------------------------------------------------------------
+    def statistics(self) -> dict[str, Any]:
+        """Structures and their estimated bytes per category, and open sessions (NODE_STATS
+        "state"; read at scrape time: one pass over the structures, never on apply)."""
+        return {
+            "structures": {c: len(f.items) for c, f in self.families.items()},
+            "bytes": {c: sum(x.nbytes for x in f.items.values())
+                      for c, f in self.families.items()},
+            "total_bytes": self.core.total_bytes,
+            "sessions": len(self.sessions.items),
+        }
+
     def apply(self, cmd: Command, index: int) -> Outcome:
         """Apply one committed command at log index `index` (strictly increasing)."""
         if index <= self.applied_index:

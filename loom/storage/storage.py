@@ -16,14 +16,15 @@ import bisect
 import gc
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
 from loom.raft.types import Entry, HardState, SnapshotMeta
 from loom.storage.codec import RecordType
 from loom.storage.crypto import Keyring, load_keyring
-from loom.storage.errors import DataDirLockedError, FatalIOError, StorageError
+from loom.storage.errors import DataDirLockedError, DiskFullError, FatalIOError, StorageError
 from loom.storage.fs import DirLock, FileSystem, OSFileSystem
 from loom.storage.hardstate import HS_NAME, write_hard_state
 from loom.storage.records import ENTRY_OVERHEAD, encode_entry, encode_mark, encode_state
@@ -121,6 +122,20 @@ class _TermRuns:
         self.terms = [term, *self.terms[keep:]]
 
 
+@dataclass(frozen=True, slots=True)
+class StorageStatistics:
+    wal_bytes_written: int  # record bytes appended to the WAL since the node started
+    wal_segments: int  # WAL segment files now on disk
+    fsyncs: int  # WAL syncs (one per persisted Ready batch that must be durable)
+    disk_full: int  # writes refused for lack of space (each undone, then retried)
+
+
+# Called once per save (never per entry), with (entries, seconds appending, seconds syncing or
+# None when the save did not sync). Possibly from a worker thread: the callee must be
+# thread-safe (prometheus_client's metrics are).
+SaveObserver = Callable[[int, float, float | None], None]
+
+
 class Storage:
     def __init__(
         self,
@@ -147,6 +162,10 @@ class Storage:
         self._synced_commit = hs.commit  # newest commit index whose record is durable
         self._failed: FatalIOError | None = None
         self._limit = options.max_record_size
+        self.on_save: SaveObserver | None = None
+        self._wal_bytes = 0
+        self._fsyncs = 0
+        self._disk_full = 0
 
     # ----- opening ----------------------------------------------------------------------
     @classmethod
@@ -349,19 +368,33 @@ class Storage:
                 )
                 write_hard_state(self._fs, self._dir, on_file)  # DiskFullError: nothing changed
                 self._file_hs = on_file
+            observe = self.on_save
+            t0 = time.perf_counter() if observe is not None else 0.0
             if records:
-                self._wal.append(records)  # DiskFullError: nothing changed
+                self._wal_bytes += self._wal.append(records)  # DiskFullError: nothing changed
                 self._dirty = True
                 for e in entries:
                     self._runs.append(e.index, e.term)
                 if hard_state is not None:
                     self._hs = hard_state
-            if must_sync and self._dirty:
+            t1 = time.perf_counter() if observe is not None else 0.0
+            synced = must_sync and self._dirty
+            if synced:
                 self._wal.sync()
+                self._fsyncs += 1
                 self._dirty = False
                 self._synced_commit = self._hs.commit
+            if observe is not None:
+                observe(len(entries), t1 - t0, time.perf_counter() - t1 if synced else None)
+        except DiskFullError:
+            self._disk_full += 1
+            raise
         except FatalIOError as exc:
             raise self._fatal(exc) from exc.__cause__
+
+    def statistics(self) -> StorageStatistics:
+        return StorageStatistics(self._wal_bytes, len(self._wal.segments), self._fsyncs,
+                                 self._disk_full)
 
     def save_snapshot(self, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
         """Install a snapshot: stream it to a file, make it durable, mark the WAL, drop

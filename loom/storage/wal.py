@@ -365,15 +365,16 @@ class WalWriter:
         seg.file.truncate(seg.offset)
         seg.file.fullsync()
 
-    def append(self, records: Sequence[tuple[int, bytes, tuple[int, int] | None]]) -> None:
-        """Write records (not synced). On ENOSPC everything is undone and DiskFullError raised;
-        any other I/O error is fatal."""
+    def append(self, records: Sequence[tuple[int, bytes, tuple[int, int] | None]]) -> int:
+        """Write records (not synced); returns the bytes written. On ENOSPC everything is
+        undone and DiskFullError raised; any other I/O error is fatal."""
         start = self._current()
         saved = (start.offset, start.crc, start.counter, self.last, self.state_payload)
         n_segments = len(self.segments)
         sealed: list[_Open] = []
         buf: list[bytes] = []
         buf_len = 0
+        written = 0
         seg = start
         try:
             for rtype, payload, after in records:
@@ -381,6 +382,7 @@ class WalWriter:
                     if buf:
                         seg.file.pwrite(seg.offset, b"".join(buf))
                         seg.offset += buf_len
+                        written += buf_len
                         buf, buf_len = [], 0
                     self._seal(seg)
                     sealed.append(seg)
@@ -396,6 +398,7 @@ class WalWriter:
             if buf:
                 seg.file.pwrite(seg.offset, b"".join(buf))
                 seg.offset += buf_len
+                written += buf_len
         except OSError as exc:
             if not _is_disk_full(exc):
                 raise FatalIOError(f"write to {seg.path} failed: {exc}") from exc
@@ -406,6 +409,7 @@ class WalWriter:
             raise DiskFullError(f"no space left writing the WAL in {self.wal_dir}: {exc}") from exc
         for s in sealed:
             s.file.close()
+        return written
 
     def _rollback(
         self,

@@ -137,3 +137,39 @@ async def test_a_scraper_role_granted_metrics_get_alone(pki: PKI, tmp_path: Any,
         assert r.status == 200 and b"loom_raft_term" in r.body
         r = await scraper.call("GET", "/v1/maps/m/k")  # nothing else
         assert r.status == 403
+
+
+async def test_raft_storage_state_and_audit_metrics_after_writes(as_: As, hnode: Node) -> None:
+    admin = await as_("admin")
+    for i in range(5):
+        r = await admin.call("PUT", f"/v1/maps/m/k{i}", body=b"v" * 100)
+        assert r.status == 200, r.body
+    await audit_flushed(hnode)
+    s = samples((await admin.call("GET", "/metrics")).body.decode())
+
+    def at_least(name: str, n: float, **labels: str) -> None:
+        v = value(s, name, **labels)
+        assert v is not None and v >= n, (name, labels, v)
+
+    # Observed once per persisted batch: every write was its own batch here (one client).
+    at_least("loom_raft_batch_entries_count", 5)
+    at_least("loom_raft_append_duration_seconds_count", 5)
+    at_least("loom_raft_fsync_duration_seconds_count", 5)
+    fsyncs = value(s, "loom_wal_fsyncs_total")
+    assert fsyncs is not None and fsyncs >= 5
+    # Every sync since the node served is timed (the ones during recovery are only counted).
+    assert 5 <= (value(s, "loom_raft_fsync_duration_seconds_count") or 0) <= fsyncs
+    at_least("loom_wal_written_bytes_total", 5 * 100)
+    at_least("loom_wal_segments", 1)
+    assert value(s, "loom_disk_full_events_total") == 0
+    assert value(s, "loom_state_structures", kind="MAP") == 1
+    at_least("loom_state_estimated_bytes", 5 * 100, kind="MAP")
+    assert value(s, "loom_state_structures", kind="QUEUE") == 0
+    assert value(s, "loom_state_sessions") == 0
+    assert value(s, "loom_raft_apply_lag") == 0
+    assert value(s, "loom_raft_has_leader") == 1
+    at_least("loom_raft_leader_changes_total", 1)
+    at_least("loom_audit_sink_write_duration_seconds_count", 1)
+    at_least("loom_audit_emitted_total", 5)
+    at_least("loom_tls_handshakes_total", 1, listener="http")
+    assert value(s, "loom_raft_lease_reads_total") == 0  # a single voter needs no lease
