@@ -38,6 +38,7 @@ __all__ = [
     "ROLES",
     "NodeMetrics",
     "Reading",
+    "exported_names",
 ]
 
 # The text format version 0.0.4 every Prometheus server (and promtool) reads.
@@ -185,6 +186,10 @@ READINGS: tuple[Reading, ...] = (
             "storage.fsyncs", kind="counter"),
     Reading("loom_disk_full_events", "Writes refused for lack of disk space (then retried).",
             "storage.disk_full", kind="counter"),
+    Reading("loom_disk_free_bytes", "Free bytes (for unprivileged users) on the data "
+            "directory's file system.", "disk.free_bytes"),
+    Reading("loom_disk_size_bytes", "Size of the data directory's file system.",
+            "disk.size_bytes"),
     Reading("loom_state_structures", "Structures in the state machine, by kind.",
             "state.structures", label="kind"),
     Reading("loom_state_estimated_bytes", "Estimated bytes held by the state machine, by "
@@ -328,3 +333,21 @@ class NodeMetrics:
 
     def statistics(self) -> MetricsStatistics:
         return MetricsStatistics(self._observed, len(self._children))
+
+
+def exported_names(registry: CollectorRegistry | None = None,
+                   readings: tuple[Reading, ...] = READINGS) -> frozenset[str]:
+    """Every sample name a node can export (a counter's `_total`, a histogram's `_bucket`,
+    `_count` and `_sum`), or, given another registry and its readings (the gateway's), the
+    ones those can: what dashboards and alert rules may reference (tests check deploy/)."""
+    out = {f"{r.name}_total" if r.kind == "counter" else r.name for r in readings}
+    if registry is None:
+        registry = NodeMetrics(dict).registry
+    for fam in registry.collect():
+        if fam.type == "counter":
+            out.add(f"{fam.name}_total")
+        elif fam.type == "histogram":
+            out.update(f"{fam.name}{x}" for x in ("_bucket", "_count", "_sum"))
+        else:
+            out.add(fam.name)
+    return frozenset(out)

@@ -16,7 +16,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
+from typing import Any
 
 from loom.gateway.auth.base import Authenticator, AuthFailure, AuthRequest, Identity
 from loom.gateway.config import AuthConfig, RouteAuth
@@ -26,12 +29,43 @@ __all__ = ["GUEST", "Chain"]
 GUEST = "guest"
 
 
+_OUTCOMES = {401: "unauthenticated", 403: "forbidden", 400: "bad_request",
+             503: "unavailable"}
+
+
 class Chain:
     def __init__(self, config: AuthConfig, methods: Mapping[str, Authenticator]) -> None:
         self.config = config
         self.methods = dict(methods)
         self._default = config.chain or tuple(methods)
         self.guest = Identity(GUEST, config.guest_roles, "noop")
+        # Each method's outcomes, (method, outcome) -> count: loom_gateway_auth_total.
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+
+    def _tried(self, name: str, r: Identity | AuthFailure | None) -> None:
+        if r is None or (isinstance(r, AuthFailure) and r.fallthrough):
+            return  # not this method's kind of credential: nothing to count
+        self.outcomes[(name, "ok" if isinstance(r, Identity) else _OUTCOMES.get(
+            r.status, "error"))] += 1
+
+    def statistics(self) -> dict[str, Any]:
+        """Outcomes per method, and each method's own statistics (caches, fetches) as plain
+        data: what the gateway's metrics read at scrape time."""
+        methods: dict[str, Any] = {}
+        for name, m in self.methods.items():
+            st = getattr(m, "statistics", None)
+            doc = st() if callable(st) else None
+            if is_dataclass(doc) and not isinstance(doc, type):
+                methods[name] = asdict(doc)
+            keysets = getattr(m, "issuers", None)
+            if isinstance(keysets, dict):  # the JWT method's L2 key sets, summed
+                sums: Counter[str] = Counter()
+                for _iss, ks in keysets.values():
+                    if ks is not None:
+                        sums.update({k: v for k, v in asdict(ks.statistics()).items()})
+                methods.setdefault(name, {})["jwks"] = dict(sums)
+        return {"outcomes": {f"{n}/{o}": c for (n, o), c in self.outcomes.items()},
+                "methods": methods}
 
     def order(self, route: RouteAuth) -> tuple[str, ...]:
         return route.methods or self._default
@@ -66,6 +100,7 @@ class Chain:
         deferred: AuthFailure | None = None
         for name in order:
             r = await self.methods[name].authenticate(request)
+            self._tried(name, r)
             if isinstance(r, AuthFailure) and r.fallthrough:
                 deferred = deferred or r
                 continue
@@ -84,6 +119,7 @@ class Chain:
         roles: list[str] = []
         for name in order:
             r = await self.methods[name].authenticate(request)
+            self._tried(name, r)
             if r is None:
                 return self._missing(order)
             if isinstance(r, AuthFailure):

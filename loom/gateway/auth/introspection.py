@@ -53,6 +53,8 @@ class IntrospectionAuthenticator:
         self._auth = "Basic " + base64.b64encode(creds).decode()
         self._cache: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
         self._calls = self._hits = self._inactive = self._errors = 0
+        # Told (seconds, result) after each call to the endpoint: the metrics' latency.
+        self.on_call: Callable[[float, str], None] | None = None
 
     def statistics(self) -> IntrospectionStatistics:
         return IntrospectionStatistics(self._calls, self._hits, self._inactive, self._errors,
@@ -87,6 +89,7 @@ class IntrospectionAuthenticator:
         body = urlencode({"token": token.decode("ascii"),
                           "token_type_hint": "access_token"}).encode()
         self._calls += 1
+        t0 = time.monotonic()
         try:
             status, data = await self._fetch(
                 "POST", self.config.introspection_url,
@@ -99,7 +102,12 @@ class IntrospectionAuthenticator:
                 raise ValueError("not an object")
         except (FetchError, ValueError):
             self._errors += 1
+            if self.on_call is not None:
+                self.on_call(time.monotonic() - t0, "error")
             return AuthFailure(503, "token introspection unavailable", retry_after=1)
+        if self.on_call is not None:
+            self.on_call(time.monotonic() - t0,
+                         "active" if doc.get("active") is True else "inactive")
         if doc.get("active") is not True:
             self._inactive += 1
             return self._fail("token is not active")

@@ -44,6 +44,8 @@ class KeySetStatistics:
     discovery_fetches: int
     fetch_errors: int
     refused_by_cooldown: int  # unknown kids answered without a fetch
+    hits: int = 0  # L2 hits: the token's key was known
+    misses: int = 0  # L2 misses: unknown key (a fetch, or a refusal within the cooldown)
 
 
 def discovery_url(issuer: str) -> str:
@@ -63,10 +65,11 @@ class KeySet:
         self._last_attempt = -math.inf
         self._lock = trio.Lock()
         self._fetches = self._discoveries = self._errors = self._refused = 0
+        self._hits = self._misses = 0
 
     def statistics(self) -> KeySetStatistics:
         return KeySetStatistics(len(self._keys), self._fetches, self._discoveries,
-                                self._errors, self._refused)
+                                self._errors, self._refused, self._hits, self._misses)
 
     def _lookup(self, kid: str | None, alg: str) -> PyJWK | None:
         if kid is None:
@@ -81,7 +84,9 @@ class KeySet:
         cooldown when it is unknown; None when there is none."""
         found = self._lookup(kid, alg)
         if found is not None or (kid is not None and kid in self._keys):
+            self._hits += found is not None
             return found  # known kid with another algorithm: a refetch would not help
+        self._misses += 1
         async with self._lock:
             found = self._lookup(kid, alg)
             if found is not None:
