@@ -21,6 +21,7 @@ counted lost and reported: loom/node/audit.py); then return (loomd exits 0).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import ssl
 from dataclasses import asdict, replace
@@ -205,7 +206,8 @@ class Node:
                                "topics": asdict(self.topics.statistics()),
                                "tls": self.handshakes.statistics(),
                                "storage": asdict(self.storage.statistics()),
-                               "state": self.log.state().statistics()}
+                               "state": self.log.state().statistics(),
+                               "disk": self._disk()}
         if self.http is not None:
             d = self.http.statistics()
             out["http"] = {"connections": d.server.connections_open, "in_flight": d.in_flight,
@@ -216,6 +218,14 @@ class Node:
             out["peer"] = self.log.transport.statistics()
         out["backup"] = asdict(self.backup.statistics())
         return out
+
+    def _disk(self) -> dict[str, int] | None:
+        """Space on the data directory's file system (one statvfs, at scrape time)."""
+        try:
+            st = os.statvfs(self.cfg.data_dir)
+        except OSError:
+            return None
+        return {"free_bytes": st.f_bavail * st.f_frsize, "size_bytes": st.f_blocks * st.f_frsize}
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
