@@ -29,6 +29,26 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
          "sudo apt-get install -y chromium chromium-driver" >&2
   fi
 fi
+# The observability tests (tests/obs/test_prometheus.py, test_deploy.py) run a real Prometheus
+# and promtool from Debian's prometheus package. Installed here when missing and possible; the
+# package may start its own service on install: stopped here, so it holds no port (the tests
+# run their own instance on a free loopback port). Without it those tests skip and say why.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing prometheus (apt-get) for the observability tests"
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus; } \
+      || echo "apt-get could not install prometheus: its tests will skip" >&2
+    if command -v systemctl >/dev/null; then
+      systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+    fi
+    for pidfile in /run/prometheus/prometheus.pid /run/prometheus/prometheus-node-exporter.pid; do
+      [ -f "$pidfile" ] && { kill "$(cat "$pidfile")" 2>/dev/null || true; }
+    done
+  else
+    echo "prometheus missing and apt-get cannot run here (not root): its tests will skip;" \
+         "install it with: sudo apt-get install -y prometheus" >&2
+  fi
+fi
 set -e
 echo "== ruff"; $BIN/ruff check loom tests bench scripts
 echo "== mypy"; $BIN/mypy
