@@ -156,7 +156,7 @@ READINGS: tuple[Reading, ...] = (
             max(0, s["log"]["commit_index"] - s["log"]["applied_index"])),
     Reading("loom_raft_has_leader", "1 when this node knows a leader, else 0.",
             lambda s: None if _path(s, "log") is None else float(bool(s["log"].get("leader")))),
-    Reading("loom_raft_batches", "Ready batches that persisted entries (one fsync each).",
+    Reading("loom_raft_batches", "Ready batches that persisted entries.",
             "log.batches", kind="counter"),
     Reading("loom_raft_entries_per_batch", "Entries per persisted batch, on average.",
             "log.entries_per_batch"),
