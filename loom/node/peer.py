@@ -44,6 +44,7 @@ from loom.node.listen import accept
 from loom.node.peerlink import READ_CHUNK, Link, PeerStats
 from loom.node.ratelog import RateLimitedLog
 from loom.raft.messages import MalformedMessage, Message, from_wire
+from loom.security.handshake import revocation_reason
 from loom.security.identity import IdentityError, check_peer, identity_from_der
 from loom.security.revocation import Revocation, seconds_left
 from loom.security.tlsstream import TLSStream
@@ -280,9 +281,10 @@ class PeerTransport:
                 cs.shield = True
                 await trio.aclose_forcefully(stream)
 
-    def _auth_failed(self, where: str, exc: BaseException | str) -> None:
+    def _auth_failed(self, where: str, exc: BaseException | str,
+                     reason: str | None = None) -> None:
         if self._handshakes is not None:
-            self._handshakes.failed("peer", where, exc)
+            self._handshakes.failed("peer", where, exc, reason)
 
     async def _inbound(self, stream: TLSStream, where: str) -> None:
         lim = self.limits
@@ -307,6 +309,7 @@ class PeerTransport:
         node = ident.name
         revoked = self._revocation.reason(der)
         if revoked is not None:
+            self._auth_failed(where, revoked, revocation_reason(revoked))
             raise _Refused(f"certificate revoked: {revoked}", node)
         if node == self.node_id:
             raise _Refused("our own node id", node)

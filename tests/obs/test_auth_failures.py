@@ -227,6 +227,26 @@ async def test_the_peer_listener_wrong_role_and_not_a_member(pki: PKI, start_nod
         assert _auth_records(node, reason=reason, listener="peer", remote="127.0.0.1")
 
 
+async def test_the_deny_list_is_revoked_on_the_client_and_http_listeners(
+        pki: PKI, start_node: NodeFactory) -> None:
+    """A certificate on the node's deny list passes TLS and is refused right after it: the
+    reason is still "revoked", on both listeners, with the deny list's words as the detail."""
+    serial = x509.load_pem_x509_certificate(pki.pair("reader")[0].read_bytes()).serial_number
+    node = await start_http_node(start_node, tls=TLSConfig(
+        ca=pki.ca, cert=pki.dir / "n1.pem", key=pki.dir / "n1.key",
+        denied_serials=(f"{serial:x}",)))
+    assert node.http is not None
+    await _attempt(node.port, tls_client_ctx(pki, "reader"))
+    await _failures(node, "revoked/client")
+    async with http_as(pki, node, "reader") as reader:
+        assert (await reader.call("GET", "/v1/maps/m/k")).status == 401
+    await _failures(node, "revoked/http")
+    await audit_flushed(node)
+    for listener in ("client", "http"):
+        rec = _auth_records(node, reason="revoked", listener=listener)[0]
+        assert "deny list" in rec["detail"] and rec["remote"] == "127.0.0.1"
+
+
 async def test_a_flood_is_aggregated_and_never_blocks_the_listener(
         pki: PKI, start_node: NodeFactory) -> None:
     from loom.node.config import AuditConfig
