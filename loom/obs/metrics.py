@@ -230,6 +230,11 @@ READINGS: tuple[Reading, ...] = (
             "http.refused", kind="counter", label="reason"),
     Reading("loom_connections_refused", "Client connections refused by a connection budget.",
             "refused_connections", kind="counter"),
+    Reading("loom_client_refused", "Client connections refused, by connection budget "
+            "(node/admission.py: max_connections, max_handshaking, per source, per identity).",
+            "admission.refused_by", kind="counter", label="budget"),
+    Reading("loom_client_handshaking", "Client connections still in their TLS handshake.",
+            "admission.handshaking"),
 )
 
 

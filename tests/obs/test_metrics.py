@@ -173,3 +173,4 @@ async def test_raft_storage_state_and_audit_metrics_after_writes(as_: As, hnode:
     at_least("loom_audit_emitted_total", 5)
     at_least("loom_tls_handshakes_total", 1, listener="http")
     assert value(s, "loom_raft_lease_reads_total") == 0  # a single voter needs no lease
+    assert value(s, "loom_client_handshaking") == 0
