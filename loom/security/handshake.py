@@ -170,7 +170,7 @@ class FailureWindows:
         reason, listener, source = key
         rec: dict[str, Any] = {"event": "authentication_failed", "reason": reason,
                                "listener": listener, "remote": source, "count": count,
-                               "result": "denied", "command": None}
+                               "result": "unauthenticated", "command": None}
         if window:
             rec["window_s"] = round(window, 3)
         return rec

@@ -179,7 +179,7 @@ async def test_each_reason_on_the_client_listener(pki: PKI, start_node: NodeFact
     for reason in expected:
         recs = _auth_records(node, reason=reason, listener="client")
         assert recs and recs[0]["remote"] == "127.0.0.1" and recs[0]["count"] == 1, reason
-        assert recs[0]["result"] == "denied" and recs[0]["node"] == "n1"
+        assert recs[0]["result"] == "unauthenticated" and recs[0]["node"] == "n1"
     assert "expired" in _auth_records(node, reason="expired")[0]["detail"]
 
 
