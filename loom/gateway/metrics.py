@@ -1,11 +1,15 @@
-"""The gateway's metrics wired to its parts: `gateway_metrics(chain, limiter)` returns the
-registry (`loom.obs.gateway.GatewayMetrics`) whose `render()` a `/metrics` handler answers
-with, and whose `observe_request` the proxy calls once per answered request. The scrape-time
-readings come from the chain's and the limiter's own statistics; introspection latency is
-observed by the introspection method itself (its `on_call`)."""
+"""The gateway's metrics wired to its parts.
+
+`gateway_metrics(parts)` returns the registry (`loom.obs.gateway.GatewayMetrics`): `parts`
+returns the chain and rate limiter in force, read at each scrape, so a reload that replaces
+them is followed. The process calls `metrics.observe_request(route, method, status, seconds)`
+once per answered request, `attach(metrics, chain)` on every chain it builds (the
+introspection method reports each call's latency through it), and answers `GET /metrics` with
+`metrics.render()` (body, content type)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -14,7 +18,9 @@ from loom.gateway.auth.introspection import IntrospectionAuthenticator
 from loom.gateway.ratelimit import RateLimiter
 from loom.obs.gateway import GatewayMetrics
 
-__all__ = ["gateway_metrics", "statistics"]
+__all__ = ["Parts", "attach", "gateway_metrics", "statistics"]
+
+Parts = Callable[[], tuple[Chain, RateLimiter | None]]
 
 
 def statistics(chain: Chain, limiter: RateLimiter | None) -> dict[str, Any]:
@@ -25,9 +31,14 @@ def statistics(chain: Chain, limiter: RateLimiter | None) -> dict[str, Any]:
     return out
 
 
-def gateway_metrics(chain: Chain, limiter: RateLimiter | None = None) -> GatewayMetrics:
-    metrics = GatewayMetrics(lambda: statistics(chain, limiter))
+def attach(metrics: GatewayMetrics, chain: Chain) -> None:
+    """Point a (new) chain's timing hooks at the registry."""
     for method in chain.methods.values():
         if isinstance(method, IntrospectionAuthenticator):
             method.on_call = metrics.observe_introspection
+
+
+def gateway_metrics(parts: Parts) -> GatewayMetrics:
+    metrics = GatewayMetrics(lambda: statistics(*parts()))
+    attach(metrics, parts()[0])
     return metrics

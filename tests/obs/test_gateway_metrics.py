@@ -28,7 +28,7 @@ async def test_the_gateway_registry_reads_the_real_chain(tmp_path: Path, idp: Id
     cfg, chain = await chain_for(tmp_path, fetcher, idp)
     chain.methods["jwt"] = JwtAuthenticator(jwks_config(idp), fetcher)  # keys from the JWKS
     limiter = RateLimiter(rate=1, burst=1)
-    metrics = gateway_metrics(chain, limiter)
+    metrics = gateway_metrics(lambda: (chain, limiter))
     api = route(cfg, "/api/x")
 
     async def auth(*headers: tuple[bytes, bytes]) -> Identity | AuthFailure | None:
