@@ -61,8 +61,10 @@ class Handshakes:
             detail = str(exc.__cause__ or exc)
             reason = reason or classify(exc)
         self.failures[(reason, listener)] += 1
-        log.info("%s listener: authentication of %s failed: %s %s", listener, remote, reason,
-                 detail)
+        # Debug only: a flood must not flood the operational log either; the audit records
+        # (aggregated) and the counter are where failures show.
+        log.debug("%s listener: authentication of %s failed: %s %s", listener, remote, reason,
+                  detail)
         for rec in self.windows.failed(reason, listener, source_of(remote),
                                        trio.current_time(), detail):
             self._audit.emit(rec, priority=True)
