@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from loom.gateway.config import (
     Upstream,
     canonical_path,
 )
+from loom.gateway.metrics import attach, gateway_metrics
 from loom.gateway.proxy import Forwarder, ForwarderStatistics, UpstreamUnavailable
 from loom.gateway.ratelimit import RateLimiter, RateLimitStatistics, bucket_key
 from loom.http import (
@@ -171,6 +173,7 @@ class Gateway:
                              _limiter(config))
         self._answered: Counter[str] = Counter()
         self._reloads = 0
+        self.metrics = gateway_metrics(lambda: (self._state.chain, self._state.limiter))
         self.ports: dict[str, int] = {}  # listener name -> bound port (0 in the file: a free one)
 
     @property
@@ -229,6 +232,7 @@ class Gateway:
         for name, ctx in contexts.items():
             self._servers[name].ssl_context = ctx
         self._state = _State(config, chain, limiter)
+        attach(self.metrics, chain)
         self._reloads += 1
         log.info("configuration reloaded from %s", config.source)
 
@@ -244,18 +248,31 @@ class Gateway:
 
     async def handle(self, listener: Listener, request: Request
                      ) -> Response | StreamingResponse:
+        if listener.metrics and request.path == "/metrics":
+            if request.method != "GET":
+                return self._refuse("bad_method", 405, "GET only", [("allow", "GET")])
+            body, content_type = self.metrics.render()
+            return Response(200, [("content-type", content_type)], body)
+        started = time.perf_counter()
+        answer, route = await self._handle(request)
+        self.metrics.observe_request(route, request.method, answer.status,
+                                     time.perf_counter() - started)
+        return answer
+
+    async def _handle(self, request: Request) -> tuple[Response | StreamingResponse, str | None]:
+        """The answer to one proxied request, and the id of its route (None: no route)."""
         st = self._state
         if not canonical_path(request.path):  # the rule is the configuration's
-            return self._refuse("bad_path", 400, "the path is not in canonical form")
+            return self._refuse("bad_path", 400, "the path is not in canonical form"), None
         route = st.config.route_for(request.path)
         if route is None:
-            return self._refuse("no_route", 404, "no route for this path")
+            return self._refuse("no_route", 404, "no route for this path"), None
         forwarder = self._forwarders[route.upstream]
         result = await st.chain.authenticate(route.auth, AuthRequest(
             request.headers, request.query, request.peer_certificate, request.remote))
         if isinstance(result, AuthFailure):
             return self._refuse(f"auth_{result.status}", result.status, result.reason,
-                                result.headers())
+                                result.headers()), route.id
         identity: Identity | None = result
         if identity is None and forwarder.loom:
             identity = st.chain.guest  # loomd refuses a gateway request without a user
@@ -268,15 +285,15 @@ class Gateway:
                 verdict = st.limiter.check(key, trio.current_time(), rate=per_key)
                 extra = verdict.headers()
                 if not verdict.allowed:
-                    return self._refuse("rate_limited", 429, "too many requests", extra)
+                    return self._refuse("rate_limited", 429, "too many requests", extra), route.id
         try:
             answer = await forwarder.forward(request, identity)
         except UpstreamUnavailable as e:
             log.warning("route %s: %s", route.id, e)
-            return self._refuse(f"upstream_{e.status}", e.status, str(e))
+            return self._refuse(f"upstream_{e.status}", e.status, str(e)), route.id
         if extra:
             answer = StreamingResponse(answer.status, [*answer.headers, *extra], answer.chunks)
-        return answer
+        return answer, route.id
 
 
 class _Handler:

@@ -112,6 +112,9 @@ class Listener:
     host: str
     port: int
     tls: ListenerTLS | None
+    # This listener answers `GET /metrics` itself (the gateway's own Prometheus metrics) ahead
+    # of the routes; put it on a loopback or `client_auth: verify` listener.
+    metrics: bool = False
 
     @property
     def loopback(self) -> bool:
@@ -498,7 +501,7 @@ def _listener(s: _Section, ctx: _Ctx) -> Listener:
         assert cert is not None and keyf is not None
         tls = ListenerTLS(cert, keyf, mode, ca, headers)  # type: ignore[arg-type]
         t.done()
-    out = Listener(s.str_("name", required=True), host, port, tls)
+    out = Listener(s.str_("name", required=True), host, port, tls, s.bool_("metrics", False))
     s.done()
     return out
 

@@ -254,3 +254,30 @@ async def test_a_request_that_may_have_run_is_never_sent_twice(
             assert r.status == 200 and len(taken) == 3
     gw.shutdown()
     echo.server.shutdown()
+
+
+async def test_a_metrics_listener_answers_its_own_metrics(pki: PKI, tmp_path: Path,
+                                                          nursery: trio.Nursery) -> None:
+    """`metrics: true` on a listener serves the gateway's registry there, ahead of the routes;
+    a listener without it forwards /metrics like any other path (here: 401, no credential)."""
+    echo = EchoUpstream(pki)
+    await echo.start(nursery)
+    raw = gateway_config(pki, tmp_path / "gw", upstream={
+        "kind": "http", "endpoints": [echo.url], "tls": {"ca_file": str(pki.ca)}})
+    raw["listeners"].append({**raw["listeners"][0], "name": "status", "metrics": True})
+    gw = Gateway(load(write_config(tmp_path / "gw", raw), env={}))
+    await nursery.start(gw.run)
+    async with HTTPClient(client_context(pki.ca)) as http:
+        assert (await get(http, gw, "/api/x", key("alice"))).status == 200
+        assert (await get(http, gw, "/api/x")).status == 401
+        assert (await get(http, gw, "/metrics")).status == 401  # the data listener: a route
+        with trio.fail_after(10):
+            r = await http.request(
+                "GET", f"https://127.0.0.1:{gw.ports['status']}/metrics")
+    assert r.status == 200 and r.header_values("content-type")[0].startswith(b"text/plain")
+    text = r.body.decode()
+    # one allowed, two refused (no credential: /api/x, and /metrics on the data listener)
+    assert 'loom_gateway_requests_total{method="GET",result="2xx",route="api"} 1.0' in text
+    assert 'loom_gateway_requests_total{method="GET",result="4xx",route="api"} 2.0' in text
+    gw.shutdown()
+    echo.server.shutdown()
