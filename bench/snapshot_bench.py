@@ -64,7 +64,7 @@ async def run(entries: int, in_child: bool, data_dir: Path) -> tuple[float, floa
             await trio.sleep(0.01)
         took = time.perf_counter() - t0
         probing = False
-        size = log.core.snapshot.meta.index
+        size = log.core.snapshot_meta.index
         log.stop()
         nursery.cancel_scope.cancel()
     storage.close()

@@ -49,7 +49,7 @@ from loom.node.config import RaftSettings, raft_config
 from loom.node.inbox import Admin, Inbox, PeerMessage, Propose, Read, SnapshotBuilt
 from loom.node.membership import Membership, parse_admin
 from loom.node.replicator import Applied, LogStatistics, OnDone
-from loom.node.snapshots import SnapshotPolicy, chunks
+from loom.node.snapshots import FileSource, SnapshotPolicy, chunks, stored_source
 from loom.node.waiters import StructureId, Waiter, Waiters, completion
 from loom.raft.confchange import ConfChange, ConfChangeType, bootstrap
 from loom.raft.core import RaftCore
@@ -103,17 +103,21 @@ class RaftDriver:
         # Founders' peer addresses from the configuration; the replicated ones (the state
         # machine's, loom/state/members.py) win over them.
         self._config_addrs = dict(member_addrs)
-        snap_data = b""
+        self._limits = limits
+        snap_src: bytes | FileSource = b""
         if recovered.snapshot is not None:
             reader = storage.load_snapshot()
             assert reader is not None, "recovered a snapshot that cannot be read"
             snap_data = b"".join(reader.chunks())
-        self._limits = limits
-        self._sm = StateMachine.restore(snap_data, limits) if snap_data else StateMachine(limits)
+            self._sm = StateMachine.restore(snap_data, limits)
+            snap_src = FileSource(reader, len(snap_data))
+            del snap_data  # the core reads the file when a follower needs it
+        else:
+            self._sm = StateMachine(limits)
         rcfg = raft_config(node_id, settings)
         seed = int.from_bytes(os.urandom(8), "big")  # election jitter only; never in apply
         self.core = RaftCore(rcfg, random.Random(seed), recovered.hard_state, recovered.snapshot,
-                             recovered.entries, snap_data, joining=joining)
+                             recovered.entries, snap_src, joining=joining)
         # started empty (loom.node.bootstrap): told once the core caught up, after the Ready
         # that got it there is persisted
         self._on_joined = on_joined if joining else None
@@ -381,7 +385,11 @@ class RaftDriver:
 
     async def _persist(self, rd: Ready) -> None:
         if rd.snapshot is not None:
-            await self._storage.save_snapshot(rd.snapshot.meta, chunks(rd.snapshot.data))
+            snap = rd.snapshot
+            await self._storage.save_snapshot(snap.meta, chunks(snap.data))
+            # from the file from now on: the received bytes go with this Ready
+            self.core.snapshot_stored(snap.meta.index,
+                                      stored_source(self._storage.storage, len(snap.data)))
         if rd.entries or rd.hard_state is not None:
             await self._save_until_space(rd)
             if rd.hard_state is not None and rd.must_sync:

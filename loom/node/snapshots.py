@@ -10,6 +10,10 @@ handed to the core and stored. A smaller state, or any state without fork or wit
 `raft.snapshot_in_child = false`, is serialised on the driver task, which stops the driver for
 as long as that takes. One snapshot at a time.
 
+Memory: a snapshot's bytes live only while they are made, stored and (on a follower) installed.
+The core keeps the meta and a `FileSource` over the stored file, which a lagging follower's
+stream reads chunk by chunk (one storage chunk, SNAPSHOT_CHUNK bytes, in memory at a time).
+
 The snapshot is taken at the core's applied index (which counts no-op and membership entries
 beyond the state machine's own), so no entry is skipped on restore.
 """
@@ -17,7 +21,7 @@ beyond the state machine's own), so no entry is skipped on restore.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 
@@ -27,6 +31,8 @@ from loom.raft.core import RaftCore
 from loom.raft.types import SnapshotMeta
 from loom.state.machine import StateMachine
 from loom.storage.aio import AsyncStorage
+from loom.storage.snapshot import SnapshotReader
+from loom.storage.storage import Storage
 
 log = logging.getLogger("loom.raft")
 
@@ -40,6 +46,49 @@ FORK_ABOVE_BYTES = 16 << 20
 def chunks(data: bytes) -> list[bytes]:
     """A snapshot as storage takes it: chunks of SNAPSHOT_CHUNK bytes (one empty one if none)."""
     return [data[i:i + SNAPSHOT_CHUNK] for i in range(0, len(data), SNAPSHOT_CHUNK)] or [b""]
+
+
+class FileSource:
+    """A stored snapshot's bytes, read from its file when a follower needs them (the core's
+    `SnapshotSource`). Reads go forward through the file's chunks; a read before the current
+    chunk (a retransmission after a follower restarted its stream) starts over from the top.
+    The file stays as long as the core uses it: storage keeps `snapshots_to_retain` >= 1
+    files, and the core moves to the next snapshot's source as soon as that one is stored."""
+
+    def __init__(self, reader: SnapshotReader, size: int) -> None:
+        self._reader = reader
+        self._size = size
+        self._chunks: Iterator[bytes] | None = None
+        self._at = 0  # offset of `_buf` in the snapshot
+        self._buf = b""
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read(self, offset: int, n: int) -> bytes:
+        if self._chunks is None or offset < self._at:
+            self._chunks, self._at, self._buf = self._reader.chunks(), 0, b""
+        out = bytearray()
+        while len(out) < n:
+            if offset >= self._at + len(self._buf):
+                nxt = next(self._chunks, None)
+                if nxt is None:
+                    break
+                self._at, self._buf = self._at + len(self._buf), nxt
+                continue
+            lo = offset - self._at
+            piece = self._buf[lo : lo + n - len(out)]
+            out += piece
+            offset += len(piece)
+        return bytes(out)
+
+
+def stored_source(storage: Storage, size: int) -> FileSource:
+    """The source of the snapshot storage has just stored (or recovered)."""
+    reader = storage.load_snapshot()
+    assert reader is not None, "a stored snapshot that cannot be read"
+    return FileSource(reader, size)
 
 
 class SnapshotPolicy:
@@ -102,12 +151,15 @@ class SnapshotPolicy:
         await post(index, await child.result())
 
     async def _store(self, index: int, blob: bytes) -> None:
-        if index <= self.core.snapshot.meta.index or self.core.log.term(index) is None:
+        if index <= self.core.snapshot_meta.index or self.core.log.term(index) is None:
             # A newer snapshot (installed from the leader, say) replaced the log meanwhile.
             log.info("%s: snapshot at index %d is already superseded; dropped", self.id, index)
             return
-        meta: SnapshotMeta = self.core.snapshot_taken(index, blob)
+        # Stored first, then handed to the core as a file: the blob goes when this returns.
+        # Nothing else steps the core while this awaits (the driver task is here).
+        meta: SnapshotMeta = self.core.snapshot_meta_at(index)
         await self._storage.save_snapshot(meta, chunks(blob))
+        self.core.snapshot_taken(index, stored_source(self._storage.storage, len(blob)))
         self.last_index = meta.index
         self._last_bytes = len(blob)
         self.taken += 1

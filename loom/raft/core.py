@@ -60,13 +60,27 @@ from loom.raft.log import RaftLog
 from loom.raft.progress import Progress, PState
 from loom.raft.quorum import VoteResult, has_quorum, majority, quorum_index, vote_result
 from loom.raft.readonly import ReadRounds
-from loom.raft.ready import Busy, NotLeader, ReadState, Ready, Role, Snapshot, SoftState
+from loom.raft.ready import (
+    Busy,
+    BytesSource,
+    NotLeader,
+    ReadState,
+    Ready,
+    Role,
+    Snapshot,
+    SnapshotSource,
+    SoftState,
+)
 from loom.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 
 _VOTE_REQS = (m.RequestVote, m.PreVote)
 # The context of the read a joining node asks for (see "Joining" above); never an
 # application's (those are surfaced as ReadStates; this one is consumed by the core).
 JOIN_READ_CTX = b"\x00loom:join"
+
+
+def _source(data: bytes | SnapshotSource) -> SnapshotSource:
+    return BytesSource(data) if isinstance(data, bytes) else data
 
 
 class RaftCore:
@@ -77,7 +91,7 @@ class RaftCore:
         hard_state: HardState | None = None,
         snapshot: SnapshotMeta | None = None,
         entries: Sequence[Entry] = (),
-        snapshot_data: bytes = b"",
+        snapshot_data: bytes | SnapshotSource = b"",
         joining: bool = False,
     ) -> None:
         hs = hard_state or HardState()
@@ -90,7 +104,10 @@ class RaftCore:
         self.log = RaftLog(snap.index, snap.term, ents, hs.commit)
         self.conf = snap.conf
         self._conf_history: list[tuple[int, ConfState]] = [(snap.index, snap.conf)]
-        self.snapshot = Snapshot(snap, snapshot_data)
+        # The last snapshot: its meta, and where its bytes are read from when a follower needs
+        # them (never the bytes themselves, unless the caller handed them in memory).
+        self.snapshot_meta = snap
+        self._snap_src: SnapshotSource = _source(snapshot_data)
         self.role = Role.FOLLOWER
         self.leader: str | None = None
         self.ticks = 0  # ticks since construction: the core's only notion of time
@@ -335,17 +352,22 @@ class RaftCore:
             self._send_append(to)
         return None
 
-    def snapshot_taken(self, index: int, data: bytes) -> SnapshotMeta:
-        """The application saved a snapshot of its state at applied index `index`: keep it for
-        slow followers and compact the log, keeping `trailing_entries` behind it."""
-        self._check_idle()
-        if index <= self.snapshot.meta.index:
-            return self.snapshot.meta
+    def snapshot_meta_at(self, index: int) -> SnapshotMeta:
+        """The meta a snapshot of the state at applied index `index` has (to store it before
+        `snapshot_taken`)."""
         term = self.log.term(index)
         if index > self.log.applied or term is None:
             raise ValueError("snapshot index must be applied and still in the log")
-        meta = SnapshotMeta(index, term, self._conf_at(index))
-        self.snapshot = Snapshot(meta, data)
+        return SnapshotMeta(index, term, self._conf_at(index))
+
+    def snapshot_taken(self, index: int, data: bytes | SnapshotSource) -> SnapshotMeta:
+        """The application saved a snapshot of its state at applied index `index`: keep it for
+        slow followers and compact the log, keeping `trailing_entries` behind it."""
+        self._check_idle()
+        if index <= self.snapshot_meta.index:
+            return self.snapshot_meta
+        meta = self.snapshot_meta_at(index)
+        self.snapshot_meta, self._snap_src = meta, _source(data)
         self.log.compact(max(self.log.offset, index - self.cfg.trailing_entries))
         keep = [c for c in self._conf_history if c[0] > index]
         self._conf_history = [(index, meta.conf), *keep]
@@ -545,7 +567,8 @@ class RaftCore:
             self.log.restore(msg.snap_index, msg.snap_term)
             self.conf = conf
             self._conf_history = [(msg.snap_index, conf)]
-            self.snapshot = self._install = Snapshot(meta, data)
+            self.snapshot_meta, self._snap_src = meta, BytesSource(data)
+            self._install = Snapshot(meta, data)
         self._ack(msg.frm, msg.snap_index)
 
     # ------------------------------------------------------------------ leader
@@ -614,8 +637,8 @@ class RaftCore:
                 and self._rr.on_ack(msg.frm, msg.seq)):
             self._confirm_rounds()
         if pr.state is PState.SNAPSHOT:
-            if pr.snap_index != self.snapshot.meta.index:
-                pr.become_snapshot(self.snapshot.meta.index)
+            if pr.snap_index != self.snapshot_meta.index:
+                pr.become_snapshot(self.snapshot_meta.index)
             pr.snap_sent = pr.snap_acked  # retransmit anything unacknowledged
             self._send_snapshot_chunks(msg.frm, pr)
             return
@@ -661,7 +684,7 @@ class RaftCore:
             prev = pr.next - 1
             prev_term = log.term(prev)
             if prev_term is None:  # compacted away: stream the snapshot instead
-                pr.become_snapshot(self.snapshot.meta.index)
+                pr.become_snapshot(self.snapshot_meta.index)
                 self._send_snapshot_chunks(to, pr)
                 return
             hi = min(log.last_index + 1, pr.next + self.cfg.max_entries_per_append)
@@ -675,20 +698,27 @@ class RaftCore:
                 return
             send_empty = False
 
+    def snapshot_stored(self, index: int, source: SnapshotSource) -> None:
+        """The snapshot at `index` (received from a leader, say) is stored and readable from
+        `source`: read it from there from now on, so its bytes can leave memory. Only a source
+        of the same bytes may be given (a stream in flight goes on from the same offsets)."""
+        if index == self.snapshot_meta.index:
+            self._snap_src = source
+
     def _send_snapshot_chunks(self, to: str, pr: Progress) -> None:
-        snap, size = self.snapshot, self.cfg.snapshot_chunk_bytes
-        total = len(snap.data)
+        meta, src, size = self.snapshot_meta, self._snap_src, self.cfg.snapshot_chunk_bytes
+        total = src.size
         window = self.cfg.snapshot_window * size
-        conf = snap.meta.conf
+        conf = meta.conf
         while pr.snap_sent - pr.snap_acked < window:
             off = pr.snap_sent
             if off > total or (off == total and total > 0):
                 return
-            chunk = snap.data[off : off + size]
+            chunk = src.read(off, size)
             pr.snap_sent = off + len(chunk) + (1 if not chunk else 0)
             if off == 0:
                 self.snapshots_sent += 1  # a transfer starts (counted once, not per chunk)
-            self._send(m.InstallSnapshot(to, self.id, self.term, snap.meta.index, snap.meta.term,
+            self._send(m.InstallSnapshot(to, self.id, self.term, meta.index, meta.term,
                                          conf.voters, conf.learners, off, chunk, total,
                                          off + len(chunk) == total, conf.removed))
 

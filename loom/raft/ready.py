@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from loom.raft.messages import AppendEntries, Heartbeat, Message
 from loom.raft.types import Entry, HardState, SnapshotMeta
@@ -63,6 +64,35 @@ class ReadState:
 class Snapshot:
     meta: SnapshotMeta
     data: bytes
+
+
+class SnapshotSource(Protocol):
+    """The bytes of the core's last snapshot, read when a follower needs them. The core keeps
+    only this and the snapshot's meta: a node's source reads the snapshot file chunk by chunk
+    (loom/node/snapshots.py), so no snapshot stays in memory longer than sending it needs."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Up to `n` bytes from `offset` (fewer only at the end)."""
+        ...
+
+
+class BytesSource:
+    """A snapshot already in memory (the simulator's, a just-received one until stored)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def read(self, offset: int, n: int) -> bytes:
+        return self._data[offset : offset + n]
 
 
 @dataclass(frozen=True, slots=True)

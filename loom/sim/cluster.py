@@ -366,7 +366,7 @@ class Simulation:
                 # after the write: the entries that brought it up to date are durable now
                 node.joining = False
                 self.stats["joined"] += 1
-            if node.applied - core.snapshot.meta.index >= self.p.snapshot_every:
+            if node.applied - core.snapshot_meta.index >= self.p.snapshot_every:
                 try:
                     self._take_snapshot(node, core)
                 except FatalIOError:

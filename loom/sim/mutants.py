@@ -16,7 +16,7 @@ from dataclasses import replace
 from loom.raft import messages as m
 from loom.raft.config import RaftConfig
 from loom.raft.core import RaftCore
-from loom.raft.ready import Ready
+from loom.raft.ready import Ready, SnapshotSource
 from loom.raft.types import Entry, HardState, SnapshotMeta
 
 MUTANTS: dict[str, str] = {
@@ -60,7 +60,7 @@ class _SkipLogMatching(RaftCore):
 class _IgnoreJoining(RaftCore):
     def __init__(self, config: RaftConfig, rng: random.Random,
                  hard_state: HardState | None = None, snapshot: SnapshotMeta | None = None,
-                 entries: Sequence[Entry] = (), snapshot_data: bytes = b"",
+                 entries: Sequence[Entry] = (), snapshot_data: bytes | SnapshotSource = b"",
                  joining: bool = False) -> None:
         super().__init__(config, rng, hard_state, snapshot, entries, snapshot_data,
                          joining=False)

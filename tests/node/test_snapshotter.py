@@ -60,15 +60,18 @@ async def test_the_driver_stores_a_snapshot_and_a_restart_recovers_it(
             while (log.snapshots.taken < 1 or not all(answers)
                    or log.statistics().snapshot_building_at is not None):
                 await trio.sleep(0.01)
-        snap_index = log.core.snapshot.meta.index
+        snap_index = log.core.snapshot_meta.index
         assert snap_index >= 20
         st = log.statistics()
         assert st.snapshot_building_at is None  # nothing left running
         assert (st.snapshots_forked > 0) == (fork_above == 0), st
+        src = log.core._snap_src  # the core keeps no bytes: it reads the stored file
+        assert isinstance(src, snapshots.FileSource)
+        assert src.read(0, src.size) == b"".join(log._storage.storage.load_snapshot().chunks())
         log.stop()
     log._storage.storage.close()
     again = open_log(fs, RaftSettings(tick_ms=10, snapshot_every=20))
-    assert again.core.snapshot.meta.index == snap_index  # recovered from the stored snapshot
+    assert again.core.snapshot_meta.index == snap_index  # recovered from the stored snapshot
     assert again.state().applied_index > 0  # the state came from it, before any replay
     async with trio.open_nursery() as nursery:
         await nursery.start(again.run)  # replays the log behind the snapshot
