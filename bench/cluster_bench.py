@@ -76,6 +76,24 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has spent, from /proc/PID/stat (fields 14 and 15, counted
+    after the parenthesised command name, which may hold spaces)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float],
+                    requests: int) -> dict[str, float]:
+    """CPU µs per request of each process between two `cpu_seconds` samples."""
+    n = max(1, requests)
+    return {k: (after[k] - before[k]) * 1e6 / n for k in before if k in after}
+
+
 # -- results ------------------------------------------------------------------------------------
 
 @dataclass
@@ -93,6 +111,8 @@ class Figures:
     failover_note: str = ""
     loadgen_cpu_s: float = 0.0  # the load generator's own CPU time over the load phases
     loadgen_wall_s: float = 0.0
+    # "MAP_PUT 1" -> process ("client", "leader", "follower 1", ...) -> CPU µs per request
+    cpu_us: dict[str, dict[str, float]] = field(default_factory=dict)
     skipped: str = ""  # why this side did not run (or stopped early)
 
 
@@ -112,6 +132,11 @@ def median_figures(runs: list[Figures]) -> Figures:
             m = med([d.get(c) for d in per_run])
             if m is not None:
                 merged[c] = m
+    for phase in sorted({p for f in runs for p in f.cpu_us}):
+        procs = {k for f in runs for k in f.cpu_us.get(phase, {})}
+        out.cpu_us[phase] = {k: v for k in sorted(procs)
+                             if (v := med([f.cpu_us.get(phase, {}).get(k) for f in runs]))
+                             is not None}
     out.failover_ms = med([f.failover_ms for f in runs])
     out.errors = sum(f.errors for f in runs)
     out.loadgen_cpu_s = sum(f.loadgen_cpu_s for f in runs)
@@ -386,10 +411,17 @@ async def loom_side(args: argparse.Namespace, cluster: LoomCluster, fig: Figures
 
     async def measured(op: str, body: Any, clients: int) -> tuple[float, float, float, int]:
         conns, window = conns_and_window(clients, args.loom_conns)
+        followers = [n for n in NODES if n != leader and n not in cluster.killed]
+        pids = {"client": os.getpid(), "leader": cluster.procs[leader].pid} | {
+            f"follower {i + 1}": cluster.procs[n].pid for i, n in enumerate(followers)}
+        cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
         before = resource.getrusage(resource.RUSAGE_SELF)
         r = await run_load(port, ctx, op, body, clients=conns, window=window,
                            total=args.total, max_seconds=args.seconds)
         after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = cpu_per_request(cpu0, {k: cpu_seconds(pid) for k, pid in pids.items()},
+                              r.ops - r.errors)
+        fig.cpu_us[f"{op} {clients}"] = cpu
         fig.loadgen_cpu_s += (after.ru_utime - before.ru_utime) + (
             after.ru_stime - before.ru_stime)
         fig.loadgen_wall_s += r.seconds
@@ -398,6 +430,8 @@ async def loom_side(args: argparse.Namespace, cluster: LoomCluster, fig: Figures
         say(f"loom: {op:7} {clients:3d} clients ({conns} conns x {window} in flight): "
             f"{ok_rate:8.0f}/s  p50 {r.pct(0.5):6.2f} ms  p99 {r.pct(0.99):6.2f} ms  "
             f"({r.ops} ops, {r.errors} errors, {r.seconds:.1f} s)")
+        say(f"loom: {op:7} {clients:3d} clients CPU µs/request: "
+            + "  ".join(f"{k} {v:.0f}" for k, v in cpu.items()))
         return ok_rate, r.pct(0.5), r.pct(0.99), r.errors
 
     conn = await LoomConn.open(addr, ctx, 5.0)
@@ -583,6 +617,15 @@ def report(args: argparse.Namespace, loom: Figures, etcd: Figures, wall: float,
             "the runs' own ratios, which were (etcd, then Loom, each run):")
         for (b, _, _), ratios in zip(table, per_run_ratios, strict=True):
             say(f"  {b.label:{w}}  " + "  ".join(cell(x, "{:.2f}") for x in ratios))
+        say("")
+    if loom.cpu_us:
+        procs = sorted({k for d in loom.cpu_us.values() for k in d},
+                       key=lambda k: (k != "leader", k))
+        say("Loom CPU µs per request, per process (/proc/PID/stat user+system over the "
+            "phase / acknowledged requests; stable where throughput is not):")
+        say(f"  {'phase':14}" + "".join(f" | {k:>10}" for k in procs))
+        for phase, d in loom.cpu_us.items():
+            say(f"  {phase:14}" + "".join(f" | {cell(d.get(k), '{:.0f}'):>10}" for k in procs))
         say("")
     for name, fig in (("loom", loom), ("etcd", etcd)):
         if fig.skipped:
