@@ -43,9 +43,13 @@ SNAPSHOT_CHUNK = 1 << 20
 FORK_ABOVE_BYTES = 16 << 20
 
 
-def chunks(data: bytes) -> list[bytes]:
-    """A snapshot as storage takes it: chunks of SNAPSHOT_CHUNK bytes (one empty one if none)."""
-    return [data[i:i + SNAPSHOT_CHUNK] for i in range(0, len(data), SNAPSHOT_CHUNK)] or [b""]
+def chunks(data: bytes) -> Iterator[bytes]:
+    """A snapshot as storage takes it: chunks of SNAPSHOT_CHUNK bytes (one empty one if none),
+    each copied only when storage asks for it, so a snapshot is never held twice."""
+    if not data:
+        yield b""
+    for i in range(0, len(data), SNAPSHOT_CHUNK):
+        yield data[i:i + SNAPSHOT_CHUNK]
 
 
 class FileSource:
