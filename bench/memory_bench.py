@@ -36,7 +36,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cluster_bench import OK, LoomConn, free_ports
+from bench.cluster_bench import OK, LoomConn
+from loom.chaos.cluster import free_ports
 from loom.cli.loomd import EXAMPLE_ACL
 from loom.security.devpki import create_dev_pki
 from loom.security.tls import client_context
@@ -179,8 +180,10 @@ def measure_loom(args: argparse.Namespace, work: Path) -> dict[str, float]:
         with RssSampler(proc.pid) as sampler:
             commands = trio.run(load_loom, addr, work / "loom" / "certs", args.entries)
             load_s = time.monotonic() - t0
-            # the newest snapshot covers all but less than `snapshot_every` commands
-            deadline = time.monotonic() + 300
+            # the newest snapshot covers all but less than `snapshot_every` commands, or the
+            # policy is waiting for the log to reach half the last snapshot's size: wait a
+            # bounded time for it
+            deadline = time.monotonic() + args.snapshot_wait_s
             while (newest_snapshot(snap_dir) < commands - args.snapshot_every
                    and time.monotonic() < deadline):
                 time.sleep(0.5)
@@ -280,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--entries", type=int, default=1_000_000)
     p.add_argument("--snapshot-every", type=int, default=100,
                    help="raft.snapshot_every (commands of 1,000 entries between snapshots)")
+    p.add_argument("--snapshot-wait-s", type=float, default=60.0,
+                   help="how long to wait after the load for a snapshot covering it")
     p.add_argument("--skip-redis", action="store_true")
     args = p.parse_args(argv)
     # a SIGTERM (a `timeout`, say) unwinds like Ctrl-C, so the servers started here are stopped
