@@ -8,6 +8,13 @@ waiting and record what they had to drop as a lost range (connection.py).
 Resuming (`from_seq`): the replay from the state machine's ring and the registration happen in
 one call without yielding, so no message published in between can be missed or delivered
 twice; what the ring no longer holds is reported through `lost(first, last)`.
+
+Never below `from_seq`, never backwards: each subscription keeps the lowest sequence number it
+may still receive (`next_seq`), and the hub skips anything under it. A node behind the topic
+registers a resuming subscriber before it has applied `from_seq`; the messages it then applies
+below `from_seq` were already seen by that consumer and are not pushed. Both doors (binary
+subscriptions and the HTTP feeds) deliver only through here, so this is the one place the rule
+lives.
 """
 
 from __future__ import annotations
@@ -34,11 +41,20 @@ class TopicStatistics:
 
 
 class Subscription:
-    __slots__ = ("deliver", "topic")
+    __slots__ = ("deliver", "next_seq", "topic")
 
-    def __init__(self, topic: str, deliver: Deliver) -> None:
+    def __init__(self, topic: str, deliver: Deliver, next_seq: int) -> None:
         self.topic = topic
         self.deliver = deliver
+        self.next_seq = next_seq  # invariant: nothing below this is ever delivered again
+
+    def push(self, seq: int, value: bytes) -> bool:
+        """Deliver `seq` unless it is below what this subscriber may still receive."""
+        if seq < self.next_seq:
+            return False
+        self.next_seq = seq + 1
+        self.deliver(seq, value)
+        return True
 
 
 class TopicHub:
@@ -50,14 +66,14 @@ class TopicHub:
 
     def subscribe(self, topic: str, deliver: Deliver, *, from_seq: int | None,
                   lost: Callable[[int, int], None]) -> Subscription:
-        sub = Subscription(topic, deliver)
+        sub = Subscription(topic, deliver, max(from_seq or 0, 0))
         if from_seq is not None:
             msgs, first = self._state().topic_since(topic, from_seq, REPLAY_LIMIT)
             if max(from_seq, 1) < first:
                 lost(max(from_seq, 1), first - 1)
             for seq, value in msgs:
-                self._delivered += 1
-                deliver(seq, value)
+                if sub.push(seq, value):
+                    self._delivered += 1
         self._subs.setdefault(topic, {})[sub] = None
         return sub
 
@@ -76,8 +92,8 @@ class TopicHub:
         if not subs:
             return
         for sub in list(subs):  # a deliver may unsubscribe (its connection closing)
-            self._delivered += 1
-            sub.deliver(seq, value)
+            if sub.push(seq, value):
+                self._delivered += 1
 
     def on_applied(self, applied: Any) -> None:
         """The log driver's apply callback: fan out a successful TOPIC_PUBLISH."""

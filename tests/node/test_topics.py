@@ -46,3 +46,20 @@ def test_resume_replays_the_ring_and_reports_the_rest_lost() -> None:
     assert got == [3, 4, 5] and lost == [(1, 2)]
     hub.publish("t", 6, b"z")
     assert got == [3, 4, 5, 6]
+
+
+def test_resume_on_a_node_behind_never_goes_below_from_seq() -> None:
+    """The node has applied up to seq 5; the consumer already had up to 7 (from a node further
+    ahead). What this node applies next (6, 7) was seen already and is not pushed; 8 is."""
+    d = ring()
+    hub = TopicHub(lambda: d.sm)
+    got: list[int] = []
+    lost: list[tuple[int, int]] = []
+    hub.subscribe("t", lambda s, v: got.append(s), from_seq=8,
+                  lost=lambda a, b: lost.append((a, b)))
+    assert got == [] and lost == []
+    for seq in (6, 7, 8, 9):
+        hub.publish("t", seq, b"v")
+    hub.publish("t", 9, b"v")  # never twice, never backwards
+    assert got == [8, 9]
+    assert hub.statistics().delivered == 2
