@@ -34,6 +34,7 @@ import logging
 import ssl
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -60,6 +61,21 @@ __all__ = ["PeerLimits", "PeerStats", "PeerTransport"]
 log = logging.getLogger("loom.peer")
 
 _FRAME_KEYS = frozenset({"v", "id", "op", "b"})
+
+
+@dataclass(frozen=True, slots=True)
+class PeerTransportStatistics:
+    """What `PeerTransport.statistics()` returns (NODE_STATS' `peer`, as a map)."""
+
+    port: int | None
+    # Per peer id: counters and timings of its link (peerlink.PeerStats.as_dict), whether a
+    # member link is open, its queued (entries, bytes), its client address.
+    peers: dict[str, dict[str, Any]]
+    refused: int  # inbound connections refused (any reason)
+    refused_by_reason: dict[str, int]
+    unroutable: int  # messages for a peer with no link
+    malformed: int  # frames that did not decode
+    log_lines_suppressed: int  # refusal lines the rate-limited log left out
 
 
 class _Refused(Exception):
@@ -191,7 +207,7 @@ class PeerTransport:
             return False
         return trio.current_time() - st.last_received <= self.limits.reachable_s
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> PeerTransportStatistics:
         now = trio.current_time()
         peers = {}
         for pid, st in sorted(self._stats.items()):
@@ -201,10 +217,9 @@ class PeerTransport:
             d["queued"] = list(link.queued()) if link is not None else [0, 0]
             d["client_addr"] = self._client_addrs.get(pid)
             peers[pid] = d
-        return {"port": self._port, "peers": peers, "refused": self.refused,
-                "refused_by_reason": dict(self.refused_by_reason),
-                "unroutable": self.unroutable, "malformed": self.malformed,
-                "log_lines_suppressed": self._outsider_log.suppressed}
+        return PeerTransportStatistics(self._port, peers, self.refused,
+                                       dict(self.refused_by_reason), self.unroutable,
+                                       self.malformed, self._outsider_log.suppressed)
 
     def _stat(self, node_id: str) -> PeerStats:
         st = self._stats.get(node_id)

@@ -215,7 +215,7 @@ class Node:
                            "refused": dict(d.server.refused),
                            "refused_in_flight": d.refused_in_flight}
         if self.log.transport is not None:
-            out["peer"] = self.log.transport.statistics()
+            out["peer"] = asdict(self.log.transport.statistics())
         out["backup"] = asdict(self.backup.statistics())
         return out
 

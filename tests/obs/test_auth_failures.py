@@ -205,7 +205,7 @@ async def test_the_peer_listener_wrong_role_and_not_a_member(pki: PKI, start_nod
                                                              tmp_path: Path) -> None:
     node = await start_node(peer_listen="127.0.0.1:0", peers={
         "n1": "127.0.0.1:1", "n2": "127.0.0.1:1", "n3": "127.0.0.1:1"})
-    port = node.log.transport.statistics()["port"]
+    port = node.log.transport.statistics().port
     ca, ca_key = _ca(pki)
     n9, n9_key = devpki.issue_cert(ca, ca_key, role="node", name="n9")
     devpki.write_cert(tmp_path / "n9.pem", n9)

@@ -65,7 +65,7 @@ class Peer:
         return f"127.0.0.1:{self.t.port}"
 
     def stat(self, peer: str) -> dict[str, Any]:
-        st: dict[str, Any] = self.t.statistics()["peers"].get(peer, {})
+        st: dict[str, Any] = self.t.statistics().peers.get(peer, {})
         return st
 
 

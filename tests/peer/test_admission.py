@@ -51,8 +51,8 @@ async def attempt(target: Peer, ctx: ssl.SSLContext, claim: str = "n2") -> None:
 
 
 async def refused_with(p: Peer, reason: str, before: int) -> None:
-    await wait_until(lambda: p.t.statistics()["refused"] > before)
-    assert p.t.statistics()["refused_by_reason"].get(reason, 0) >= 1, p.t.statistics()
+    await wait_until(lambda: p.t.statistics().refused > before)
+    assert p.t.statistics().refused_by_reason.get(reason, 0) >= 1, p.t.statistics()
     assert p.inbox.msgs == []
 
 
@@ -142,11 +142,11 @@ async def test_a7_removed_member_refused(nursery: trio.Nursery, pki: PKI) -> Non
         n1.members.discard("n2")  # removed (e.g. MEMBER_REMOVE applied; the cert is still valid)
         n2.t.send([Heartbeat(to="n1", frm="n2", term=1, commit=0, seq=2)])
         # The open connection is closed at its next frame; every redial is refused.
-        await wait_until(lambda: n1.t.statistics()["refused_by_reason"].get("not a member", 0)
+        await wait_until(lambda: n1.t.statistics().refused_by_reason.get("not a member", 0)
                          >= 1)
-        assert n1.t.statistics()["refused_by_reason"]["no longer a member"] == 1
+        assert n1.t.statistics().refused_by_reason["no longer a member"] == 1
         n2.t.send([Heartbeat(to="n1", frm="n2", term=1, commit=0, seq=3)])
-        await wait_until(lambda: n1.t.statistics()["refused"] >= 3)
+        await wait_until(lambda: n1.t.statistics().refused >= 3)
         assert [getattr(m, "seq", 0) for m in n1.inbox.msgs] == [1]
         assert n1.stat("n2")["refused"] >= 2
 
@@ -218,7 +218,7 @@ async def test_malformed_frame_closes_connection(nursery: trio.Nursery, pki: PKI
             await raw.wait_closed()
         finally:
             await raw.aclose()
-        await wait_until(lambda: p.t.statistics()["malformed"] == 1)
+        await wait_until(lambda: p.t.statistics().malformed == 1)
     assert p.inbox.msgs == []
     assert p.t.client_addr_of("n2") == "x:1"
 
@@ -247,11 +247,11 @@ async def test_a_flood_of_refusals_writes_bounded_log_lines(
     with trio.fail_after(30):
         for _ in range(12):
             await attempt(p, ctx)
-        await wait_until(lambda: p.t.statistics()["refused"] >= 12)
+        await wait_until(lambda: p.t.statistics().refused >= 12)
     st = p.t.statistics()
     lines = [r for r in caplog.records if "refused connection" in r.getMessage()]
     assert len(lines) == 3, [r.getMessage() for r in lines]  # the rest are counted, not logged
-    assert st["refused"] == 12 and st["log_lines_suppressed"] == 9, st
+    assert st.refused == 12 and st.log_lines_suppressed == 9, st
     assert p.inbox.msgs == []
 
 

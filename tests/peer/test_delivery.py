@@ -52,10 +52,10 @@ async def test_three_transports_deliver(nursery: trio.Nursery, pki: PKI) -> None
         st = ps["n1"].stat("n2")
         assert st["connected"] and st["inbound"] and st["sent"] == 601 and st["dropped"] == 0
         assert ps["n2"].stat("n1")["received"] == 601
-        assert ps["n1"].t.statistics()["refused"] == 0
+        assert ps["n1"].t.statistics().refused == 0
         # Messages to unknown nodes (or to ourselves) are counted, never raised.
         ps["n1"].t.send([Heartbeat(to="n7", frm="n1", term=3, commit=0, seq=2)])
-        assert ps["n1"].t.statistics()["unroutable"] == 1
+        assert ps["n1"].t.statistics().unroutable == 1
 
 
 async def test_restart_on_new_port_reconnects(nursery: trio.Nursery, pki: PKI) -> None:
@@ -90,8 +90,8 @@ async def test_set_peers_removes_and_adds_links(nursery: trio.Nursery, pki: PKI)
         ps["n1"].t.set_peers({"n1": ps["n1"].addr, "n2": ps["n2"].addr})  # n3 removed
         await wait_until(lambda: not ps["n1"].stat("n3")["connected"])
         ps["n1"].t.send([Heartbeat(to="n3", frm="n1", term=1, commit=0, seq=1)])
-        assert ps["n1"].t.statistics()["unroutable"] == 1
-        assert not ps["n1"].t.statistics()["peers"]["n3"]["member_link"]
+        assert ps["n1"].t.statistics().unroutable == 1
+        assert not ps["n1"].t.statistics().peers["n3"]["member_link"]
         ps["n1"].t.set_peers({"n2": ps["n2"].addr, "n3": ps["n3"].addr})  # and back
         ps["n1"].t.send([Heartbeat(to="n3", frm="n1", term=1, commit=0, seq=2)])
         await ps["n3"].inbox.wait(lambda m: any(getattr(x, "seq", 0) == 2 for x in m))
@@ -118,4 +118,4 @@ async def test_newer_inbound_connection_replaces_older(nursery: trio.Nursery, pk
             await first.aclose()
             await second.aclose()
         await wait_until(lambda: not p.stat("n2")["inbound"])
-    assert p.t.client_addr_of("n2") == "n2:7000" and p.t.statistics()["refused"] == 0
+    assert p.t.client_addr_of("n2") == "n2:7000" and p.t.statistics().refused == 0
