@@ -15,6 +15,11 @@ This module owns (docs/gateway.md, "Running it" and "One request"):
   rate limit (429 with Retry-After and RateLimit headers; an admitted request's answer carries
   the RateLimit headers too) -> forwarding (`proxy.Forwarder`; 502/503/504 when the upstream
   cannot answer).
+- Tracing (`trace` in the configuration; off when absent): one SERVER span per proxied request
+  (attributes: route, method, status, identity method; never a credential nor the identity's
+  name), child of the caller's valid traceparent; its own traceparent is what goes upstream, so
+  loomd's span is its child. The span ends when the answer's head is known (a stream's body is
+  not waited for). Tracing is built at start; a reload does not change it.
 - Reload (`Gateway.reload`, SIGHUP): routes, authentication, rate limits and the listeners' TLS
   files are replaced at once for new requests; a change of listeners' addresses or of upstreams
   needs a restart, so such a file is refused whole and the running state kept. Rate-limit
@@ -30,6 +35,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -72,6 +78,9 @@ __all__ = [
     "upstream_context",
     "warn_guest",
 ]
+
+if TYPE_CHECKING:  # imported only when `trace` is configured
+    from loom.obs.tracing import Tracing
 
 log = logging.getLogger("loom.gateway")
 
@@ -175,6 +184,16 @@ class Gateway:
         self._reloads = 0
         self.metrics = gateway_metrics(lambda: (self._state.chain, self._state.limiter))
         self.ports: dict[str, int] = {}  # listener name -> bound port (0 in the file: a free one)
+        self.tracing: Tracing | None = None
+        if config.trace is not None:
+            from loom.obs.tracing import TraceSettings, Tracing
+
+            t = config.trace
+            self.tracing = Tracing(TraceSettings(
+                t.endpoint, service_name=t.service_name, sample_ratio=t.sample_ratio,
+                max_queue=t.max_queue, export_timeout_s=t.export_timeout_s))
+            log.info("tracing: request spans to %s (sample ratio %s)", t.endpoint,
+                     t.sample_ratio)
 
     @property
     def config(self) -> GatewayConfig:
@@ -206,6 +225,8 @@ class Gateway:
                 for c in self._clients.values():
                     await c.aclose()
                 await self._fetch.aclose()
+                if self.tracing is not None:  # export what is queued, stop the thread
+                    await trio.to_thread.run_sync(self.tracing.shutdown)
 
     def shutdown(self) -> None:
         """Stop accepting; requests in flight get the server's grace period."""
@@ -254,13 +275,30 @@ class Gateway:
             body, content_type = self.metrics.render()
             return Response(200, [("content-type", content_type)], body)
         started = time.perf_counter()
-        answer, route = await self._handle(request)
+        if self.tracing is None:
+            answer, route = await self._handle(request, None)
+        else:
+            inbound = [v for k, v in request.headers if k == b"traceparent"]
+            span = self.tracing.request_span(
+                inbound[0].decode("latin-1") if len(inbound) == 1 else "",
+                {"http.request.method": request.method}, name=request.method)
+            try:
+                answer, route = await self._handle(request, span)
+            except BaseException:
+                self.tracing.end(span, "error")
+                raise
+            if route is not None:
+                span.update_name(f"{request.method} {route}")
+            span.set_attribute("http.response.status_code", answer.status)
+            self.tracing.end(span, "ok" if answer.status < 500 else "error")
         self.metrics.observe_request(route, request.method, answer.status,
                                      time.perf_counter() - started)
         return answer
 
-    async def _handle(self, request: Request) -> tuple[Response | StreamingResponse, str | None]:
-        """The answer to one proxied request, and the id of its route (None: no route)."""
+    async def _handle(self, request: Request, span: Any
+                      ) -> tuple[Response | StreamingResponse, str | None]:
+        """The answer to one proxied request, and the id of its route (None: no route).
+        `span`: the request's span while tracing is on, else None."""
         st = self._state
         if not canonical_path(request.path):  # the rule is the configuration's
             return self._refuse("bad_path", 400, "the path is not in canonical form"), None
@@ -268,12 +306,16 @@ class Gateway:
         if route is None:
             return self._refuse("no_route", 404, "no route for this path"), None
         forwarder = self._forwarders[route.upstream]
+        if span is not None:
+            span.set_attribute("loom.route", route.id)
         result = await st.chain.authenticate(route.auth, AuthRequest(
             request.headers, request.query, request.peer_certificate, request.remote))
         if isinstance(result, AuthFailure):
             return self._refuse(f"auth_{result.status}", result.status, result.reason,
                                 result.headers()), route.id
         identity: Identity | None = result
+        if span is not None:  # how the caller proved who it is; never the credential
+            span.set_attribute("loom.auth.method", result.method if result else "anonymous")
         if identity is None and forwarder.loom:
             identity = st.chain.guest  # loomd refuses a gateway request without a user
         extra: list[tuple[str, str]] = []
@@ -287,13 +329,20 @@ class Gateway:
                 if not verdict.allowed:
                     return self._refuse("rate_limited", 429, "too many requests", extra), route.id
         try:
-            answer = await forwarder.forward(request, identity)
+            answer = await forwarder.forward(
+                request, identity, "" if span is None else _traceparent_of(span))
         except UpstreamUnavailable as e:
             log.warning("route %s: %s", route.id, e)
             return self._refuse(f"upstream_{e.status}", e.status, str(e)), route.id
         if extra:
             answer = StreamingResponse(answer.status, [*answer.headers, *extra], answer.chunks)
         return answer, route.id
+
+
+def _traceparent_of(span: Any) -> str:
+    from loom.obs.tracing import traceparent_of
+
+    return traceparent_of(span)
 
 
 class _Handler:

@@ -55,6 +55,7 @@ __all__ = [
     "RateLimitConfig",
     "Route",
     "RouteAuth",
+    "TraceConfig",
     "Upstream",
     "UpstreamTLS",
     "check",
@@ -279,6 +280,18 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceConfig:
+    """`trace`: OpenTelemetry traces (loom/obs/tracing.py), as loomd's `[trace]`; off when
+    the section is absent."""
+
+    endpoint: str  # OTLP/HTTP traces URL, e.g. "http://127.0.0.1:4318/v1/traces"
+    service_name: str = "loom-gateway"
+    sample_ratio: float = 1.0  # of the requests that arrive without a valid parent
+    max_queue: int = 2048  # spans waiting for export; beyond, dropped
+    export_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listeners: tuple[Listener, ...]
     auth: AuthConfig
@@ -287,6 +300,7 @@ class GatewayConfig:
     rate_limit: RateLimitConfig
     source: Path | None = None
     warnings: tuple[str, ...] = ()
+    trace: TraceConfig | None = None  # None: no spans, no SDK object
 
     def route_for(self, path: str) -> Route | None:
         """The first route whose path matches, in file order; None for no route and for a
@@ -762,6 +776,21 @@ def _rate_limit(s: _Section) -> RateLimitConfig:
     return out
 
 
+def _trace(s: _Section) -> TraceConfig:
+    endpoint = s.str_("endpoint", required=True)
+    if not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(s.path("endpoint"), "expected an http:// or https:// URL")
+    ratio = s.num("sample_ratio", 1.0, positive=False)
+    if not 0.0 <= ratio <= 1.0:
+        raise ConfigError(s.path("sample_ratio"), "must be between 0 and 1")
+    out = TraceConfig(endpoint, s.str_("service_name", "loom-gateway", required=True), ratio,
+                      s.int_("max_queue", 2048), s.duration("export_timeout", 10.0))
+    if out.export_timeout_s <= 0:
+        raise ConfigError(s.path("export_timeout"), "must be greater than zero")
+    s.done()
+    return out
+
+
 def parse(raw: object, *, base: Path = Path("."), world_readable: bool = False,
           env: Mapping[str, str] | None = None, source: Path | None = None,
           allow_insecure_guest: bool = False) -> GatewayConfig:
@@ -790,6 +819,7 @@ def parse(raw: object, *, base: Path = Path("."), world_readable: bool = False,
     if len({r.id for r in routes}) != len(routes):
         raise ConfigError("routes", "two routes have the same id")
     rate = _rate_limit(top.section("rate_limit")) if top.has("rate_limit") else RateLimitConfig()
+    trace = _trace(top.section("trace")) if top.has("trace") else None
     top.done()
     if auth.type == "noop":
         for i, lst in enumerate(listeners):
@@ -797,7 +827,8 @@ def parse(raw: object, *, base: Path = Path("."), world_readable: bool = False,
                 raise ConfigError(f"listeners[{i}].address", "AUTH_TYPE noop (guest mode) on a "
                                   "non-loopback listener; use --allow-insecure-guest to force")
         ctx.warnings.append("AUTH_TYPE noop: every request passes as the guest identity")
-    return GatewayConfig(listeners, auth, routes, upstreams, rate, source, tuple(ctx.warnings))
+    return GatewayConfig(listeners, auth, routes, upstreams, rate, source, tuple(ctx.warnings),
+                         trace)
 
 
 def _decode(path: Path, data: bytes) -> object:

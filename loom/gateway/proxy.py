@@ -11,8 +11,9 @@ This module owns the forwarding rules (docs/gateway.md, "Forwarding"):
   the gateway. Only then are the gateway's own fields added.
 - `X-Forwarded-For` is the TCP peer, `X-Forwarded-Proto` https: the gateway is the edge and
   trusts no inbound X-Forwarded-* (it would let any client choose its address).
-- `traceparent` (W3C Trace Context) is passed through when well-formed, else a new trace is
-  started, so a request can be followed from the edge to the node.
+- `traceparent` (W3C Trace Context): with tracing on, the gateway's own span's (a child of the
+  caller's); else the caller's when valid (loom/wire/codec.py's check), else a new trace, so a
+  request can be followed from the edge to the node.
 - To a `kind: loom` upstream: the connection is mutual TLS with the gateway certificate (the
   client's SSL context), X-Auth-User / X-Auth-Roles carry the identity, and loomd's NOT_LEADER
   answers (307 to the leader's HTTP address, or 503 naming the leader) are followed here, at
@@ -29,7 +30,6 @@ This module owns the forwarding rules (docs/gateway.md, "Forwarding"):
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -45,6 +45,7 @@ from loom.gateway.auth.mtls import certificate_fields
 from loom.gateway.config import ClientCertHeaders, Upstream
 from loom.http import HTTPClient, Request, ResponseTooLarge, StreamedResponse, StreamingResponse
 from loom.http.client import IDEMPOTENT
+from loom.wire.codec import valid_traceparent
 
 __all__ = [
     "ForwardIdentity",
@@ -62,7 +63,6 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"te", b"trailer", b"trans
 AUTH_USER = "X-Auth-User"
 AUTH_ROLES = "X-Auth-Roles"
 AUTH_ATTRS = "X-Auth-Attrs"
-_TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 MAX_NOT_LEADER_BODY = 16 * 1024
 
 
@@ -104,12 +104,12 @@ def _hop_by_hop(headers: Sequence[tuple[bytes, bytes]]) -> set[bytes]:
 
 
 def trace_parent(inbound: bytes | None) -> bytes:
-    """The traceparent to send on: the caller's when well-formed (trace and parent not all
-    zeros), else a new trace with a random id, sampled."""
+    """The traceparent to send on: the caller's when valid (loom/wire/codec.py owns the
+    check), else a new trace with a random id, sampled."""
     if inbound is not None:
-        m = _TRACEPARENT.match(inbound.strip())
-        if m and m.group(1) != b"0" * 32 and m.group(2) != b"0" * 16:
-            return inbound.strip()
+        value = valid_traceparent(inbound.strip().decode("latin-1"))
+        if value:
+            return value.encode()
     return b"00-%s-%s-01" % (secrets.token_hex(16).encode(), secrets.token_hex(8).encode())
 
 
@@ -123,12 +123,14 @@ def certificate_headers(der: bytes, names: ClientCertHeaders) -> list[tuple[str,
 
 def upstream_headers(request: Request, identity: ForwardIdentity | None, *, loom: bool,
                      cert_headers: ClientCertHeaders | None = None,
-                     gateway_set: Iterable[str] = ()) -> list[tuple[bytes, bytes]]:
+                     gateway_set: Iterable[str] = (),
+                     traceparent: str = "") -> list[tuple[bytes, bytes]]:
     """The header fields sent upstream for `request` (module docstring: the order of removal
     and addition is the rule). `identity` None: a public route to a plain upstream (a loom
     upstream always gets an identity: loomd refuses a gateway request without X-Auth-User).
     `gateway_set` names the fields the gateway sets for some callers (claims_to_headers):
-    removed from every inbound request."""
+    removed from every inbound request. `traceparent`: the gateway's own span's (tracing
+    on), sent instead of the caller's."""
     drop = _hop_by_hop(request.headers)
     ours = {_norm(n.encode()) for n in gateway_set}
     if cert_headers is not None:
@@ -155,7 +157,8 @@ def upstream_headers(request: Request, identity: ForwardIdentity | None, *, loom
     host = request.remote.rsplit(":", 1)[0].strip("[]")
     out.append((b"x-forwarded-for", host.encode()))
     out.append((b"x-forwarded-proto", b"https"))
-    out.append((b"traceparent", trace_parent(_single(request, b"traceparent"))))
+    out.append((b"traceparent", traceparent.encode() if traceparent
+                else trace_parent(_single(request, b"traceparent"))))
     return out
 
 
@@ -234,11 +237,11 @@ class Forwarder:
             order = [self._leader, *(e for e in order if e != self._leader)]
         return order
 
-    async def forward(self, request: Request, identity: ForwardIdentity | None
-                      ) -> StreamingResponse:
+    async def forward(self, request: Request, identity: ForwardIdentity | None,
+                      traceparent: str = "") -> StreamingResponse:
         headers = upstream_headers(request, identity, loom=self.loom,
                                    cert_headers=None if self.loom else self.cert_headers,
-                                   gateway_set=self.gateway_set)
+                                   gateway_set=self.gateway_set, traceparent=traceparent)
         origins = self._origins()
         target = request.target
         url = origins[0] + target

@@ -17,8 +17,10 @@ each step. When on, the SDK's BatchSpanProcessor owns a thread: `end()` appends 
 queue (`max_queue`; beyond it spans are dropped, never waited for) and the thread exports, so
 the trio loop never blocks on the collector.
 
-The gateway uses `Tracing.outgoing()`: a CLIENT span for the call it forwards, and the
-`traceparent` to send with it, so that the node's span is the gateway span's child.
+The gateway makes one SERVER span per proxied request (`request_span`, loom/gateway/app.py) and
+sends `traceparent_of(span)` upstream, so that the node's span is the gateway span's child.
+`Tracing.outgoing()` gives a CLIENT span and its traceparent, for a caller that forwards a call
+it did not receive.
 """
 
 from __future__ import annotations
@@ -94,9 +96,10 @@ class Tracing:
         self._started = 0
         self._sampled = 0
 
-    def request_span(self, traceparent: str, attributes: Mapping[str, Any]) -> Span:
+    def request_span(self, traceparent: str, attributes: Mapping[str, Any],
+                     name: str = "request") -> Span:
         """A SERVER span for one request, child of `traceparent` when valid."""
-        span = self._tracer.start_span("request", context=parent_context(traceparent),
+        span = self._tracer.start_span(name, context=parent_context(traceparent),
                                        kind=SpanKind.SERVER, attributes=dict(attributes))
         self._count(span)
         return span

@@ -1,6 +1,7 @@
 """Traces: a real node exports its request spans over OTLP/HTTP to a small receiver (trio + h11,
 decoded with opentelemetry-proto); the caller's traceparent, in the binary protocol's header map,
-makes the node's span a child of the gateway's."""
+makes the node's span a child of the gateway's; and loom-gateway, in process in front of a node's
+HTTP door, exports its own span, the parent of the node's."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -18,10 +20,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from loom.gateway.app import Gateway
+from loom.gateway.config import ConfigError, load, parse
+from loom.http import HTTPClient
 from loom.node.config import TraceConfig
 from loom.obs.tracing import TraceSettings, Tracing, parent_context
+from loom.security.tls import client_context
 from loom.wire.codec import parse_request, valid_traceparent
 from tests.conftest import PKI, NodeFactory
+from tests.gateway.proxy_support import API_KEYS, gateway_config, write_config
 from tests.http_door.conftest import http_as, start_http_node
 from tests.node.conftest import Dial
 
@@ -175,3 +182,71 @@ async def test_the_audit_record_carries_the_binary_traceparent(
             await trio.sleep(0.01)
     rec = next(json.loads(x) for x in node.sink.lines if TP in x)
     assert rec["request_id"] == TP and rec["result"] == "denied"
+
+
+def _gateway_raw(pki: PKI, d: Path, node_port: int) -> dict[str, Any]:
+    return gateway_config(pki, d, upstream={
+        "kind": "loom", "endpoints": [f"https://127.0.0.1:{node_port}"], "tls": {
+            "ca_file": str(pki.ca), "cert_file": str(pki.dir / "edge.pem"),
+            "key_file": str(pki.dir / "edge.key")}})
+
+
+@pytest.mark.timeout(60)
+async def test_the_gateways_span_is_the_parent_of_the_nodes(
+        start_node: NodeFactory, pki: PKI, tmp_path: Path, nursery: trio.Nursery,
+        receiver: Receiver) -> None:
+    endpoint = f"http://127.0.0.1:{receiver.port}/v1/traces"
+    node = await start_http_node(start_node, trace=TraceConfig(endpoint=endpoint))
+    assert node.http is not None and node.dispatcher.tracing is not None
+    raw = _gateway_raw(pki, tmp_path / "gw", node.http.port)
+    raw["trace"] = {"endpoint": endpoint, "service_name": "edge"}
+    gw = Gateway(load(write_config(tmp_path / "gw", raw), env={}))
+    assert gw.tracing is not None
+    await nursery.start(gw.run)
+    async with HTTPClient(client_context(pki.ca)) as http:
+        with trio.fail_after(10):
+            r = await http.request("PUT", f"https://127.0.0.1:{gw.ports['https']}/v1/maps/m/k",
+                                   body=b"v", headers=[("x-api-key", API_KEYS["root"]),
+                                                       ("traceparent", TP)])
+        assert r.status == 200, r.body
+    await trio.to_thread.run_sync(node.dispatcher.tracing.force_flush)
+    await trio.to_thread.run_sync(gw.tracing.force_flush)
+    with trio.fail_after(20):
+        while len(receiver.spans) < 2:
+            receiver.arrived = trio.Event()
+            await receiver.arrived.wait()
+    assert {svc for svc, _ in receiver.spans} == {"edge", "loomd"}
+    ((_, edge),) = [(v, s) for v, s in receiver.spans if v == "edge"]
+    ((_, child),) = [(v, s) for v, s in receiver.spans if v == "loomd"]
+    # One trace: the caller's; the gateway's span is its child, and the node's the gateway's.
+    assert edge.trace_id.hex() == child.trace_id.hex() == TP.split("-")[1]
+    assert edge.parent_span_id.hex() == TP.split("-")[2]
+    assert child.parent_span_id == edge.span_id and child.name == "MAP_PUT"
+    assert edge.name == "PUT api" and edge.kind == 2  # SPAN_KIND_SERVER
+    attrs = {a.key: a.value for a in edge.attributes}
+    assert attrs["loom.route"].string_value == "api"
+    assert attrs["http.request.method"].string_value == "PUT"
+    assert attrs["http.response.status_code"].int_value == 200
+    assert attrs["loom.auth.method"].string_value == "api_key"
+    assert attrs["loom.result"].string_value == "ok"
+    assert not any(API_KEYS["root"] in str(a) for a in edge.attributes)  # never a credential
+    gw.shutdown()
+
+
+def test_the_gateways_trace_section_is_validated(pki: PKI, tmp_path: Path) -> None:
+    raw = _gateway_raw(pki, tmp_path / "gw", 1)
+    assert parse(raw, env={}).trace is None  # absent: off
+    raw["trace"] = {"endpoint": "http://127.0.0.1:4318/v1/traces", "sample_ratio": 0.25}
+    t = parse(raw, env={}).trace
+    assert t is not None and t.sample_ratio == 0.25 and t.service_name == "loom-gateway"
+    for bad, key in (({"endpoint": "127.0.0.1:4318"}, "trace.endpoint"),
+                     ({"sample_ratio": 0.5}, "trace.endpoint"),
+                     ({"endpoint": "http://c/v1/traces", "sample_ratio": 1.5},
+                      "trace.sample_ratio"),
+                     ({"endpoint": "http://c/v1/traces", "max_queue": 0}, "trace.max_queue"),
+                     ({"endpoint": "http://c/v1/traces", "sampel_ratio": 1},
+                      "trace.sampel_ratio")):
+        raw["trace"] = bad
+        with pytest.raises(ConfigError) as e:
+            parse(raw, env={})
+        assert e.value.key == key, (bad, e.value)
