@@ -19,11 +19,11 @@ This module owns (docs/gateway.md, "Running it" and "One request"):
   (attributes: route, method, status, identity method; never a credential nor the identity's
   name), child of the caller's valid traceparent; its own traceparent is what goes upstream, so
   loomd's span is its child. The span ends when the answer's head is known (a stream's body is
-  not waited for). Tracing is built at start; a reload does not change it.
+  not waited for). Tracing is built at start: a reload that changes `trace` is refused.
 - Reload (`Gateway.reload`, SIGHUP): routes, authentication, rate limits and the listeners' TLS
-  files are replaced at once for new requests; a change of listeners' addresses or of upstreams
-  needs a restart, so such a file is refused whole and the running state kept. Rate-limit
-  buckets survive a reload that leaves `rate_limit` unchanged.
+  files are replaced at once for new requests; a change of listeners' addresses, of upstreams
+  or of `trace` needs a restart, so such a file is refused whole and the running state kept.
+  Rate-limit buckets survive a reload that leaves `rate_limit` unchanged.
 """
 
 from __future__ import annotations
@@ -242,6 +242,8 @@ class Gateway:
             raise ConfigError("listeners", "addresses changed: restart the gateway")
         if config.upstreams != old.upstreams:
             raise ConfigError("upstreams", "upstreams changed: restart the gateway")
+        if config.trace != old.trace:
+            raise ConfigError("trace", "trace changed: restart the gateway")
         warn_guest(config)
         contexts = {x.name: listener_context(x) for x in config.listeners}
         cert_headers = next((x.tls.client_cert_headers for x in config.listeners if x.tls),

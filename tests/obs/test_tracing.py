@@ -230,6 +230,9 @@ async def test_the_gateways_span_is_the_parent_of_the_nodes(
     assert attrs["loom.auth.method"].string_value == "api_key"
     assert attrs["loom.result"].string_value == "ok"
     assert not any(API_KEYS["root"] in str(a) for a in edge.attributes)  # never a credential
+    raw["trace"]["sample_ratio"] = 0.5
+    with pytest.raises(ConfigError, match="trace changed"):  # built at start: a restart
+        gw.reload(load(write_config(tmp_path / "gw", raw), env={}))
     gw.shutdown()
 
 
