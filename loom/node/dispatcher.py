@@ -201,6 +201,9 @@ class Dispatcher:
             self._policy_version = version
         return self._policy
 
+    # Why this node serves nothing (it was removed from the cluster), or None (server.py sets it).
+    removed: Callable[[], str | None] = staticmethod(lambda: None)
+
     def on_applied(self, applied: Applied) -> None:
         """Called by the log driver after every apply (same trio run, no awaits)."""
         op = applied.cmd.op
@@ -242,8 +245,12 @@ class Dispatcher:
                 raise BadRequest(f"only reads can be stale; {mt.name} is a "
                                  f"{mt.execution.value}")
             call.stale = req.stale
-            if mt.execution is Execution.LOCAL:
+            if mt.execution is Execution.LOCAL:  # PING, WHOAMI, NODE_STATS: they say why
                 return self._finish(call, self._LOCAL[mt.name](self, body, caller, sess, req))
+            removed = self.removed()
+            if removed is not None:  # no data, not even stale reads, from a removed node
+                raise Unavailable(f"{self.node_id} was {removed}; it serves nothing "
+                                  "(re-add it as a learner and join it on an empty data dir)")
             if mt.name == "ACL_SET":
                 try:
                     Policy.from_config(body["policy"])  # refuse a policy that would not load

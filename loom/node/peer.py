@@ -42,7 +42,7 @@ import trio
 from loom.node.config import PeerLimits, parse_host_port
 from loom.node.handshakes import Handshakes
 from loom.node.listen import accept
-from loom.node.peerlink import READ_CHUNK, Link, PeerStats
+from loom.node.peerlink import READ_CHUNK, REMOVED_NOTICE, Link, PeerStats
 from loom.node.ratelog import RateLimitedLog
 from loom.raft.messages import MalformedMessage, Message, from_wire
 from loom.security.handshake import revocation_reason
@@ -96,7 +96,9 @@ class PeerTransport:
                  trust_domain: str, is_member: Callable[[str], bool],
                  on_message: Callable[[Message], None],
                  limits: PeerLimits = PeerLimits(),  # noqa: B008 - frozen dataclass
-                 http_addr: str = "", handshakes: Handshakes | None = None) -> None:
+                 http_addr: str = "", handshakes: Handshakes | None = None,
+                 is_removed: Callable[[str], bool] = lambda node: False,
+                 on_removed: Callable[[str], None] | None = None) -> None:
         self.node_id = node_id
         self.cluster = cluster
         self.listen = listen
@@ -107,6 +109,8 @@ class PeerTransport:
         self._td = trust_domain
         self._is_member = is_member
         self._on_message = on_message
+        self._is_removed = is_removed  # ids in ConfState.removed: told so before we hang up
+        self.on_removed = on_removed  # a member we dialled says we were removed
         self.limits = limits
         self._handshakes = handshakes  # failed authentications: counted and audited
         self._port = 0
@@ -165,6 +169,7 @@ class PeerTransport:
                             trust_domain=self._td, limits=self.limits, stats=self._stat(pid),
                             http_addr=self.http_addr)
                 link.revocation = self._revocation
+                link.on_removed = self.on_removed
                 self._links[pid] = link
                 if self._nursery is not None:
                     self._nursery.start_soon(link.run)
@@ -328,6 +333,15 @@ class PeerTransport:
             raise _Refused(f"certificate revoked: {revoked}", node)
         if node == self.node_id:
             raise _Refused("our own node id", node)
+        if self._is_removed(node):
+            # The only bytes a listener writes: the removed node learns why (peerlink.py).
+            self._auth_failed(where, "not_a_member")
+            try:
+                with trio.move_on_after(lim.handshake_timeout_s):
+                    await stream.send_all(REMOVED_NOTICE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+                pass  # it hung up first; it hears again on its next dial
+            raise _Refused("not a member: removed from the configuration", node)
         if not self._is_member(node):
             self._auth_failed(where, "not_a_member")
             raise _Refused("not a member", node)

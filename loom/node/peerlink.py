@@ -51,6 +51,10 @@ log = logging.getLogger("loom.peer")
 
 READ_CHUNK = 65536
 PEER_HELLO_OP = catalog.BY_NAME["PEER_HELLO"].opcode
+# The one thing a listener ever writes on a peer connection: it refuses the dialer because the
+# dialer was removed from the configuration. The dialer believes it only from the node it dialled
+# (the certificate was checked against the peer id, a member of the dialer's configuration).
+REMOVED_NOTICE = b"LOOM-REMOVED: removed from the configuration\n"
 RAFT_OPCODES: dict[str, int] = {n: catalog.BY_NAME[n].opcode for n in catalog.RAFT_NAMES}
 BULK_TYPES: tuple[type[Message], ...] = (AppendEntries, InstallSnapshot)
 
@@ -111,6 +115,8 @@ class Link:
         self._td = trust_domain
         self._lim = limits
         self.stats = stats
+        # Called with our peer's id when it says we were removed from the configuration.
+        self.on_removed: Callable[[str], None] | None = None
         self._prio: deque[Message] = deque()
         self._bulk: deque[Message] = deque()
         self._wakeup = trio.Event()
@@ -282,6 +288,10 @@ class Link:
 
     async def _watch_eof(self, stream: TLSStream) -> None:
         data = await stream.receive_some(READ_CHUNK)
+        if data.startswith(REMOVED_NOTICE):
+            if self.on_removed is not None:
+                self.on_removed(self.peer_id)
+            raise _LinkClosed("refused: removed from the configuration")
         if data:
             raise _LinkClosed("the peer wrote on a one-way link")
         raise _LinkClosed("the peer closed the connection")

@@ -234,13 +234,36 @@ class RaftDriver:
             transfers_started=self.membership.transfers_started,
             leader_changes=self.leader_changes, read_index_rounds=self.core.read_index_rounds,
             lease_reads=self.core.lease_reads, snapshots_sent=self.core.snapshots_sent,
+            removed=self.removed,
         )
 
     def cluster_status(self) -> dict[str, Any]:
         t = self.transport
-        return self.membership.status(
+        out = self.membership.status(
             self.role, self.leader, self.leader_addr(), self._client_addr_of, self.member_addr,
             lambda n: bool(t.reachable(n)) if t is not None else None)
+        if self.removed is not None:
+            out["removed"] = self.removed
+        return out
+
+    # A removed node never learns of its removal through the log when it missed the commit: its
+    # peers refuse it. Once told (by a member it dialled, or by applying a configuration that
+    # lists it as removed) it stops ticking, so it never campaigns again; the core is untouched.
+    removed: str | None = None
+
+    def mark_removed(self, why: str | None) -> None:
+        """Record why this node was removed; None: an applied configuration has it as a member
+        again (re-admitted, and it caught up from the log)."""
+        if why is None or self.removed is not None:
+            if why is None and self.removed is not None:
+                log.warning("%s: a member of the configuration again; serving", self.id)
+                self.removed = None  # _catch_up_ticks kept the tick clock current
+            return
+        self.removed = why
+        log.warning("%s: this node was %s; it no longer campaigns or serves. To bring it back, "
+                    "run `loomctl members add --learner %s` on the cluster and start it with "
+                    "`loomd --join` on an empty data directory (docs/cli.md)",
+                    self.id, why, self.id)
 
     # -- the driver task -----------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -288,6 +311,9 @@ class RaftDriver:
         leader that was away longer than its lease steps down or stops trusting the lease
         before it could answer a read (ticks are the core's only clock)."""
         now = trio.current_time()
+        if self.removed is not None:  # removed: time no longer moves for the core
+            self._next_tick_at = now + self.tick_s
+            return
         n = 0
         while now >= self._next_tick_at and n < 100_000:
             self.core.tick()

@@ -61,6 +61,7 @@ class LogStatistics:
     read_index_rounds: int = 0  # reads (batches of) confirmed by a heartbeat round, as leader
     lease_reads: int = 0  # reads (batches of) answered under the leader lease
     snapshots_sent: int = 0  # snapshot transfers this node started to a follower
+    removed: str | None = None  # why this node stopped serving: it was removed from the cluster
 
 
 @dataclass(frozen=True, slots=True)

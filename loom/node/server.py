@@ -109,6 +109,7 @@ class Node:
             gateways=frozenset(cfg.gateway_identities), seed_policy=self.seed_policy,
             audit_reads=cfg.audit.audit_reads, extra_stats=self._stats,
             clock_ms=self.clock.now_ms, tracing=_tracing(cfg))
+        self.dispatcher.removed = lambda: self.log.removed
         # Failed authentications on every listener: counted and audited (node/handshakes.py).
         self.handshakes = Handshakes(self.audit, window_s=cfg.audit.auth_failure_window_s)
         self.topics = TopicHub(self.log.state)
@@ -189,6 +190,12 @@ class Node:
         return self.log.state()
 
     def _on_applied(self, applied: Any) -> None:
+        # A node catching up from an old log applies its own removal, then its re-admission.
+        conf, me = self.log.core.conf, self.cfg.node_id
+        if me in conf.removed:
+            self.log.mark_removed("removed from the configuration (applied its removal)")
+        elif me in conf.voters or me in conf.learners:
+            self.log.mark_removed(None)
         self.dispatcher.on_applied(applied)
         self.topics.on_applied(applied)
 
@@ -339,7 +346,9 @@ class Node:
             http_addr=advertised_http_addr(self.cfg),
             trust_domain=self.cfg.trust_domain, is_member=self._admits_peer,
             on_message=self.log.on_peer_message, limits=self.cfg.to_peer_limits(),
-            handshakes=self.handshakes)
+            handshakes=self.handshakes, is_removed=lambda n: n in self.log.core.conf.removed,
+            on_removed=lambda peer: self.log.mark_removed(
+                f"removed from the configuration (refused by member {peer})"))
 
     # -- ACL seeding and reload -----------------------------------------------------------------
     async def _seed_acl(self) -> None:
