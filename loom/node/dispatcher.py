@@ -250,7 +250,8 @@ class Dispatcher:
             removed = self.removed()
             if removed is not None:  # no data, not even stale reads, from a removed node
                 raise Unavailable(f"{self.node_id} was {removed}; it serves nothing "
-                                  "(re-add it as a learner and join it on an empty data dir)")
+                                  "(re-admit it with `members add --readmit`, then "
+                                  "`loomd --join` on an empty data directory)")
             if mt.name == "ACL_SET":
                 try:
                     Policy.from_config(body["policy"])  # refuse a policy that would not load

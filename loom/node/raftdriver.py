@@ -261,9 +261,9 @@ class RaftDriver:
             return
         self.removed = why
         log.warning("%s: this node was %s; it no longer campaigns or serves. To bring it back, "
-                    "run `loomctl members add --learner %s` on the cluster and start it with "
-                    "`loomd --join` on an empty data directory (docs/cli.md)",
-                    self.id, why, self.id)
+                    "run `loomctl members add %s --peer-addr HOST:PORT --readmit` (it comes back "
+                    "as a learner) and start it with `loomd --join` on an empty data directory "
+                    "(docs/cli.md)", self.id, why, self.id)
 
     # -- the driver task -----------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -70,4 +70,4 @@ async def test_member_removed_while_down_stops_serving_and_campaigning(cluster: 
     assert later["role"] != "leader", later
     # It said so once, with how to come back.
     text = cluster.nodes[gone].log_text()
-    assert text.count("members add --learner") == 1, text[-3000:]
+    assert text.count("--readmit` (it comes back as a learner)") == 1, text[-3000:]
