@@ -251,13 +251,35 @@ class RaftDriver:
     # lists it as removed) it stops ticking, so it never campaigns again; the core is untouched.
     removed: str | None = None
 
-    def mark_removed(self, why: str | None) -> None:
-        """Record why this node was removed; None: an applied configuration has it as a member
-        again (re-admitted, and it caught up from the log)."""
-        if why is None or self.removed is not None:
-            if why is None and self.removed is not None:
-                log.warning("%s: a member of the configuration again; serving", self.id)
-                self.removed = None  # _catch_up_ticks kept the tick clock current
+    _removal_told: frozenset[str] = frozenset()
+    _removed_conf: Any = None  # the configuration in force when we learned it
+
+    def told_removed(self, peer: str) -> None:
+        """Member `peer` (authenticated, dialled by us) refused us as removed. Believed once a
+        majority of the other voters of our own configuration say so: one lagging member that
+        has not applied our re-admission yet is not enough. A node that knows no configuration
+        of its own (joining) or is not in it has nothing to believe."""
+        conf = self.core.conf
+        if self.id not in conf.voters and self.id not in conf.learners:
+            return
+        others = set(conf.voters) - {self.id}
+        self._removal_told = self._removal_told | {peer}
+        if len(self._removal_told & others) >= len(others) // 2 + 1:
+            self.mark_removed(f"removed from the configuration (refused by members "
+                              f"{', '.join(sorted(self._removal_told & others))})")
+
+    def _recheck_removed(self) -> None:
+        """A later configuration that does not list us as removed (a re-admission applied or
+        installed) lifts the mark; so `removed` holds only for the configuration it was
+        learned in."""
+        conf = self.core.conf
+        if conf != self._removed_conf and self.id not in conf.removed:
+            log.warning("%s: a member of the configuration again; serving", self.id)
+            self.removed, self._removal_told = None, frozenset()
+
+    def mark_removed(self, why: str) -> None:
+        self._removed_conf = self.core.conf
+        if self.removed is not None:
             return
         self.removed = why
         log.warning("%s: this node was %s; it no longer campaigns or serves. To bring it back, "
@@ -312,6 +334,8 @@ class RaftDriver:
         before it could answer a read (ticks are the core's only clock)."""
         now = trio.current_time()
         if self.removed is not None:  # removed: time no longer moves for the core
+            self._recheck_removed()
+        if self.removed is not None:
             self._next_tick_at = now + self.tick_s
             return
         n = 0

@@ -190,12 +190,8 @@ class Node:
         return self.log.state()
 
     def _on_applied(self, applied: Any) -> None:
-        # A node catching up from an old log applies its own removal, then its re-admission.
-        conf, me = self.log.core.conf, self.cfg.node_id
-        if me in conf.removed:
+        if self.cfg.node_id in self.log.core.conf.removed:
             self.log.mark_removed("removed from the configuration (applied its removal)")
-        elif me in conf.voters or me in conf.learners:
-            self.log.mark_removed(None)
         self.dispatcher.on_applied(applied)
         self.topics.on_applied(applied)
 
@@ -347,8 +343,7 @@ class Node:
             trust_domain=self.cfg.trust_domain, is_member=self._admits_peer,
             on_message=self.log.on_peer_message, limits=self.cfg.to_peer_limits(),
             handshakes=self.handshakes, is_removed=lambda n: n in self.log.core.conf.removed,
-            on_removed=lambda peer: self.log.mark_removed(
-                f"removed from the configuration (refused by member {peer})"))
+            on_removed=self.log.told_removed)
 
     # -- ACL seeding and reload -----------------------------------------------------------------
     async def _seed_acl(self) -> None:
