@@ -34,6 +34,7 @@ class Session:
 
     conn_id = "c1"
     listener = "client"
+    source = "127.0.0.1"
     client_id = "acl-apply-test"
     version = 1
     identity = Identity(Role.CLIENT, "writer", WRITER_P, "loom.dev")
