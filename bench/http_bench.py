@@ -42,7 +42,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import Result, run_load
+from bench.loadgen import CONNECT_CONCURRENCY, Result, open_connection, run_load
 from loom.cli.loomd import EXAMPLE_ACL
 from loom.http import HTTPClient
 from loom.security.devpki import create_dev_pki
@@ -111,7 +111,7 @@ class Nodes:
                 with (d / "loomd.log").open("wb") as log:
                     self.procs[n] = subprocess.Popen(
                         [sys.executable, "-m", "loom.cli.loomd", "--config",
-                         str(d / "loomd.toml")],
+                         str(d / "loomd.toml"), "--initial-cluster-state", "new"],
                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             yield self
         finally:
@@ -155,16 +155,12 @@ async def find_leader(nodes: Nodes, ctx: ssl.SSLContext, limit_s: float = 30) ->
                 await trio.sleep(0.2)
 
 
-async def _http_client(addr: str, ctx: ssl.SSLContext, op: str, first: int, step: int,
+async def _http_client(stream: TLSStream, addr: str, op: str, first: int, step: int,
                        deadline: float, out: Result) -> None:
     """One keep-alive connection, one request at a time: the HTTP twin of bench/loadgen.py's
     lean loop (requests written from a template; the answer read up to its Content-Length,
     which loomd's door always sends for these routes). Not a general client: anything but a
     Content-Length answer is an error of the benchmark."""
-    host, port = addr.rsplit(":", 1)
-    stream = TLSStream(await trio.open_tcp_stream(host, int(port)), ctx,
-                       server_hostname="localhost")
-    await stream.do_handshake()
     if op == "MAP_PUT":
         template = (b"PUT /v1/maps/bench/k%d HTTP/1.1\r\nhost: " + addr.encode() +
                     b"\r\ncontent-type: application/octet-stream\r\ncontent-length: %d"
@@ -208,10 +204,15 @@ async def _receive(stream: TLSStream) -> bytes:
 async def http_load(addr: str, ctx: ssl.SSLContext, op: str, clients: int,
                     seconds: float) -> Result:
     out = Result(0, 0, 0.0, [])
+    streams: list[TLSStream] = []
+    limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
+    async with trio.open_nursery() as n:
+        for _ in range(clients):
+            n.start_soon(open_connection, int(addr.rsplit(":", 1)[1]), ctx, limiter, streams)
     start = time.perf_counter()
     async with trio.open_nursery() as n:
-        for k in range(clients):
-            n.start_soon(_http_client, addr, ctx, op, k, clients, start + seconds, out)
+        for k, stream in enumerate(streams):
+            n.start_soon(_http_client, stream, addr, op, k, clients, start + seconds, out)
     out.seconds = time.perf_counter() - start
     return out
 

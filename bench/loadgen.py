@@ -50,12 +50,23 @@ RUN_ID = uuid.uuid4().hex[:12]  # fresh dedupe identities per run and per connec
 _CONN_IDS = itertools.count(1)
 
 
-async def _client(port: int, ctx: ssl.SSLContext, op: str, body: Body, window: int,
-                  deadline: float, budget: list[int], out: Result, rate_per_s: float,
-                  cid: int) -> None:
-    tcp = await trio.open_tcp_stream("127.0.0.1", port)
-    stream = TLSStream(tcp, ctx, server_hostname="localhost")
-    await stream.do_handshake()
+# Connections are opened before the clock starts, at most this many handshakes at a time, as a
+# client's pool would: loomd refuses a source address holding more than
+# `max_handshaking_per_source` (default 32) unfinished handshakes.
+CONNECT_CONCURRENCY = 16
+
+
+async def open_connection(port: int, ctx: ssl.SSLContext, limiter: trio.CapacityLimiter,
+                   into: list[TLSStream]) -> None:
+    async with limiter:
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        stream = TLSStream(tcp, ctx, server_hostname="localhost")
+        await stream.do_handshake()
+    into.append(stream)
+
+
+async def _client(stream: TLSStream, op: str, body: Body, window: int,
+                  deadline: float, budget: list[int], out: Result, rate_per_s: float) -> None:
     dec = FrameDecoder(1 << 24)
     opcode = catalog.BY_NAME[op].opcode
 
@@ -120,13 +131,18 @@ async def run_load(port: int, ctx: ssl.SSLContext, op: str, body: Body, *, clien
                    window: int, total: int, max_seconds: float, rate_per_s: float = 0.0) -> Result:
     out = Result(0, 0, 0.0, [])
     budget = [total]
+    streams: list[TLSStream] = []
+    limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
+    async with trio.open_nursery() as n:
+        for _ in range(clients):
+            n.start_soon(open_connection, port, ctx, limiter, streams)
     start = time.perf_counter()
     deadline = start + max_seconds
     per_client_rate = rate_per_s / clients if rate_per_s else 0.0
     async with trio.open_nursery() as n:
-        for c in range(clients):
-            n.start_soon(_client, port, ctx, op, body, window, deadline, budget, out,
-                         per_client_rate, c)
+        for stream in streams:
+            n.start_soon(_client, stream, op, body, window, deadline, budget, out,
+                         per_client_rate)
     out.seconds = time.perf_counter() - start
     return out
 
