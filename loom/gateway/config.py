@@ -188,6 +188,7 @@ class JwtConfig:
     require: tuple[str, ...] = ("exp", "iat")  # claims a token must carry
     cache_size: int = 10_000  # L1 verified tokens
     jwks_cooldown_s: float = 60.0  # L2: at most one refetch per issuer per cooldown
+    jwks_refresh_s: float = 600.0  # L2: every key set refetched at least this often
     jwks_max_keys: int = 64
     max_token_bytes: int = 8192
 
@@ -645,10 +646,14 @@ def _jwt(s: _Section, ctx: _Ctx, auth_type: str) -> JwtConfig:
         leeway_s=s.duration("leeway", 30.0), require=s.strs("require") or ("exp", "iat"),
         cache_size=s.int_("cache_size", 10_000),
         jwks_cooldown_s=s.duration("jwks_cooldown", 60.0),
+        jwks_refresh_s=s.duration("jwks_refresh", 600.0),
         jwks_max_keys=s.int_("jwks_max_keys", 64),
         max_token_bytes=s.int_("max_token_bytes", 8192))
     if out.enabled and not issuers:
         raise ConfigError(s.path("issuers"), "jwt is enabled with no issuer")
+    if not 0 < out.jwks_cooldown_s <= out.jwks_refresh_s:
+        raise ConfigError(s.path("jwks_refresh"),
+                          "must be at least jwks_cooldown, which must be positive")
     if "exp" not in out.require:
         raise ConfigError(s.path("require"), "exp is always required (the L1 cache needs it)")
     if auth_type == "auth0" and out.enabled:

@@ -62,6 +62,7 @@ class IdP:
     down: bool = False
     active: dict[str, dict[str, Any]] = field(default_factory=dict)  # introspection answers
     introspection_auth: list[str] = field(default_factory=list)
+    introspection_delay_s: float = 0.0  # how long the endpoint takes to answer
 
     @property
     def issuer(self) -> str:
@@ -107,6 +108,7 @@ class IdP:
             if auth.decode() != f"Basic {expected}":
                 return Response(401, [("www-authenticate", 'Basic realm="idp"')])
             form = dict(parse_qsl(request.body.decode()))
+            await trio.sleep(self.introspection_delay_s)
             return _json(self.active.get(form.get("token", ""), {"active": False}))
         return Response(404)
 

@@ -192,6 +192,11 @@ def test_smaller_refusals() -> None:
             "algorithms": ["RS256"]}]}}}}, "middleware.auth.jwt.issuers[0].issuer"),
         ({"upstreams": [{"name": "l", "kind": "loom", "endpoints": ["https://h:1"]}]},
          "upstreams[0].tls"),
+        ({"middleware": {"auth": {"jwt": {"jwks_cooldown": "2m", "jwks_refresh": "1m",
+                                          "issuers": [{"name": "x", "issuer": "https://idp",
+                                                       "discovery": True,
+                                                       "algorithms": ["RS256"]}]}}}},
+         "middleware.auth.jwt.jwks_refresh"),
     ]
     for doc, key in cases:
         with pytest.raises(ConfigError) as e:

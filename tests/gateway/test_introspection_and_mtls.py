@@ -7,6 +7,7 @@ import hashlib
 import time
 
 import pytest
+import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -58,6 +59,49 @@ async def test_introspection_results_are_cached_and_expire(idp: IdP,
     r = await auth.authenticate(bearer("tok-b"))
     assert isinstance(r, AuthFailure) and r.status == 401
     assert r.challenge is not None and 'error="invalid_token"' in r.challenge
+
+
+async def test_concurrent_misses_for_one_token_make_one_call(idp: IdP,
+                                                             fetcher: HTTPSFetcher) -> None:
+    auth = IntrospectionAuthenticator(oauth(idp), fetcher)
+    idp.active["tok-a"] = {"active": True, "sub": "alice", "exp": int(time.time()) + 60}
+    idp.introspection_delay_s = 0.2
+    results: list[object] = []
+
+    async def one(token: str) -> None:
+        results.append(await auth.authenticate(bearer(token)))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(one, "tok-a")
+        for _ in range(5):  # an inactive token: shared too, and still never cached
+            nursery.start_soon(one, "tok-x")
+    assert idp.calls["/introspect"] == 2
+    assert auth.statistics().shared == 23
+    assert sum(isinstance(r, Identity) and r.name == "idp:alice" for r in results) == 20
+    assert sum(isinstance(r, AuthFailure) and r.status == 401 for r in results) == 5
+    assert auth.statistics().cached == 1
+    # the request making the shared call goes away: its waiters get 503, never a pass
+    idp.active["tok-c"] = {"active": True, "sub": "carol"}
+    scopes: list[trio.CancelScope] = []
+
+    async def first() -> None:
+        with trio.CancelScope() as scope:
+            scopes.append(scope)
+            await auth.authenticate(bearer("tok-c"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first)
+        await trio.sleep(0.05)  # its POST is in flight: the endpoint answers after 0.2 s
+        nursery.start_soon(one, "tok-c")
+        await trio.sleep(0.05)
+        scopes[0].cancel()
+    assert isinstance(results[-1], AuthFailure) and results[-1].status == 503
+    assert results[-1].retry_after == 1
+    assert auth.statistics().shared == 24
+    idp.introspection_delay_s = 0.0  # the next request makes a call of its own
+    who = await auth.authenticate(bearer("tok-c"))
+    assert isinstance(who, Identity) and who.name == "idp:carol"
 
 
 async def test_inactive_is_401_and_never_cached(idp: IdP, fetcher: HTTPSFetcher) -> None:

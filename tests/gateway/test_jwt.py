@@ -145,6 +145,35 @@ async def test_a_new_kid_refetches_the_jwks_once(idp: IdP, fetcher: HTTPSFetcher
         headers={"kid": "rsa-1"}))), "unknown signing key")
 
 
+async def test_the_key_set_is_refreshed_periodically(idp: IdP, fetcher: HTTPSFetcher,
+                                                     signing_keys: list[SigningKey]) -> None:
+    mono = Mono()
+    auth = JwtAuthenticator(config(idp, jwks_refresh_s=600.0), fetcher, monotonic=mono)
+    assert isinstance(await auth.authenticate(bearer(idp.token("rsa-1"))), Identity)
+    keys = auth.issuers[idp.issuer][1]
+    assert keys is not None and idp.calls["/jwks"] == 1
+    mono.now += 599  # known kids within refresh_s: no fetch
+    assert isinstance(await auth.authenticate(bearer(idp.token("rsa-1"))), Identity)
+    assert idp.calls["/jwks"] == 1
+    # the provider withdraws rsa-1 without any new kid appearing: refused after the refresh
+    idp.keys = [k for k in idp.keys if k.kid != "rsa-1"]
+    stale = jwt.encode({"iss": idp.issuer, "sub": "a", "aud": "loom", "iat": int(time.time()),
+                        "exp": int(time.time()) + 60}, signing_keys[0].private,
+                       algorithm="RS256", headers={"kid": "rsa-1"})
+    mono.now += 1
+    refused(await auth.authenticate(bearer(stale)), "unknown signing key")
+    assert idp.calls["/jwks"] == 2 and keys.statistics().periodic == 1
+    # a failing periodic refresh is retried after the cooldown, not on every request
+    idp.down = True
+    mono.now += 600
+    for _ in range(50):
+        assert isinstance(await auth.authenticate(bearer(idp.token("ec-1"))), Identity)
+    assert idp.calls["/jwks"] == 3 and keys.statistics().fetch_errors == 1
+    mono.now += 60
+    assert isinstance(await auth.authenticate(bearer(idp.token("ec-1"))), Identity)
+    assert idp.calls["/jwks"] == 4 and keys.statistics().periodic == 3
+
+
 async def test_a_thousand_made_up_kids_refetch_at_most_once_per_cooldown(
         idp: IdP, fetcher: HTTPSFetcher) -> None:
     mono = Mono()

@@ -8,6 +8,12 @@ Results are cached by the SHA-256 of the token for `cache_ttl`, never past the t
 `exp`, bounded by `cache_size` (LRU). Only active results are cached: an inactive answer is
 never stored, so it can never be served as active, and a token revoked at the provider stops
 working within `cache_ttl` at the latest. The provider unreachable is 503, never a pass.
+
+Concurrent misses for one token share one call (single flight): a burst of requests carrying
+a token that is not cached yet, or whose entry just expired, costs the provider one POST, and
+every waiter gets that call's answer. If the call is cancelled (its request went away), the
+waiters get 503 with `Retry-After`, never a pass and never an unbounded wait. The flights in
+progress are bounded by the requests in progress, which the listener bounds.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
+
+import trio
 
 from loom.gateway.auth.base import AuthFailure, AuthRequest, Identity, bad_request
 from loom.gateway.auth.fetch import Fetch, FetchError
@@ -36,6 +44,17 @@ class IntrospectionStatistics:
     inactive: int
     errors: int
     cached: int
+    shared: int = 0  # misses that waited for another request's call instead of making one
+
+
+class _Flight:
+    """One introspection call in progress; `result` is set before `done` unless cancelled."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: Identity | AuthFailure | None = None
 
 
 class IntrospectionAuthenticator:
@@ -52,13 +71,14 @@ class IntrospectionAuthenticator:
             config.client_secret.decode(), safe="").encode()
         self._auth = "Basic " + base64.b64encode(creds).decode()
         self._cache: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
-        self._calls = self._hits = self._inactive = self._errors = 0
+        self._flights: dict[bytes, _Flight] = {}
+        self._calls = self._hits = self._inactive = self._errors = self._shared = 0
         # Told (seconds, result) after each call to the endpoint: the metrics' latency.
         self.on_call: Callable[[float, str], None] | None = None
 
     def statistics(self) -> IntrospectionStatistics:
         return IntrospectionStatistics(self._calls, self._hits, self._inactive, self._errors,
-                                       len(self._cache))
+                                       len(self._cache), self._shared)
 
     def _fail(self, reason: str) -> AuthFailure:
         return AuthFailure(401, reason, f'{self._invalid}, error_description="{reason}"')
@@ -86,6 +106,22 @@ class IntrospectionAuthenticator:
                 self._hits += 1
                 return hit[1]
             del self._cache[key]
+        flight = self._flights.get(key)
+        if flight is not None:
+            self._shared += 1
+            await flight.done.wait()
+            if flight.result is not None:
+                return flight.result
+            return AuthFailure(503, "token introspection unavailable", retry_after=1)
+        flight = self._flights[key] = _Flight()
+        try:
+            flight.result = await self._call(token, key, now)
+            return flight.result
+        finally:
+            del self._flights[key]
+            flight.done.set()
+
+    async def _call(self, token: bytes, key: bytes, now: float) -> Identity | AuthFailure:
         body = urlencode({"token": token.decode("ascii"),
                           "token_type_hint": "access_token"}).encode()
         self._calls += 1

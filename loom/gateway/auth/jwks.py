@@ -4,6 +4,11 @@
   refetch, at most one per `cooldown_s` for this issuer, whatever the number of distinct unknown
   kids: a flood of made-up kids costs the identity provider one request per cooldown.
 - Concurrent misses share one fetch (a lock; the waiters look again when it is done).
+- The set is also refreshed every `refresh_s` (`jwks_refresh`, 10 minutes by default), so a key
+  the provider withdrew stops verifying within that time even when no unknown kid ever arrives.
+  The request that finds the set due refreshes it; requests meanwhile go on with the keys held
+  (they never wait for a periodic refresh). A failed refresh is retried after `cooldown_s`, not
+  on every request.
 - A failed fetch keeps the keys we have: the provider being down does not log anyone out.
   A successful fetch replaces the set, so a key the provider withdrew stops verifying.
 - Only what the configuration allows is kept: public keys (`oct` symmetric keys in a JWKS are
@@ -46,6 +51,7 @@ class KeySetStatistics:
     refused_by_cooldown: int  # unknown kids answered without a fetch
     hits: int = 0  # L2 hits: the token's key was known
     misses: int = 0  # L2 misses: unknown key (a fetch, or a refusal within the cooldown)
+    periodic: int = 0  # refreshes started because the set was older than refresh_s
 
 
 def discovery_url(issuer: str) -> str:
@@ -54,22 +60,32 @@ def discovery_url(issuer: str) -> str:
 
 class KeySet:
     def __init__(self, issuer: IssuerConfig, fetch: Fetch, *, cooldown_s: float = 60.0,
-                 max_keys: int = 64, clock: Callable[[], float] = time.monotonic) -> None:
+                 refresh_s: float = 600.0, max_keys: int = 64,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        assert refresh_s >= cooldown_s > 0
         self.issuer = issuer
         self._fetch = fetch
         self.cooldown_s = cooldown_s
+        self.refresh_s = refresh_s
         self.max_keys = max_keys
         self._clock = clock
         self._keys: dict[str, PyJWK] = {}
         self._jwks_uri = issuer.jwks_url
         self._last_attempt = -math.inf
+        self._fetched_at = -math.inf  # last successful fetch; -inf: never (the first need fetches)
         self._lock = trio.Lock()
         self._fetches = self._discoveries = self._errors = self._refused = 0
-        self._hits = self._misses = 0
+        self._hits = self._misses = self._periodic = 0
 
     def statistics(self) -> KeySetStatistics:
         return KeySetStatistics(len(self._keys), self._fetches, self._discoveries,
-                                self._errors, self._refused, self._hits, self._misses)
+                                self._errors, self._refused, self._hits, self._misses,
+                                self._periodic)
+
+    def _due(self) -> bool:
+        now = self._clock()
+        return (self._fetched_at > -math.inf and now - self._fetched_at >= self.refresh_s
+                and now - self._last_attempt >= self.cooldown_s)
 
     def _lookup(self, kid: str | None, alg: str) -> PyJWK | None:
         if kid is None:
@@ -82,6 +98,12 @@ class KeySet:
     async def key(self, kid: str | None, alg: str) -> PyJWK | None:
         """The key that may verify a token with this header, refetching at most once per
         cooldown when it is unknown; None when there is none."""
+        if self._due() and not self._lock.locked():
+            async with self._lock:
+                if self._due():
+                    self._last_attempt = self._clock()
+                    self._periodic += 1
+                    await self.refresh()
         found = self._lookup(kid, alg)
         if found is not None or (kid is not None and kid in self._keys):
             self._hits += found is not None
@@ -114,6 +136,7 @@ class KeySet:
                         self.issuer.name, e, len(self._keys))
             return False
         self._keys = keys
+        self._fetched_at = self._clock()
         return True
 
     async def _discover(self) -> str:

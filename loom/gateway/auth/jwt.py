@@ -114,6 +114,7 @@ class JwtAuthenticator:
                 if fetch is None:
                     raise ValueError(f"issuer {iss.name} needs HTTPS to fetch its keys")
                 keys = KeySet(iss, fetch, cooldown_s=config.jwks_cooldown_s,
+                              refresh_s=config.jwks_refresh_s,
                               max_keys=config.jwks_max_keys, clock=monotonic)
             self.issuers[iss.issuer] = (iss, keys)
         self._verifications = self._refused = 0
