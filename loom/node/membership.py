@@ -1,5 +1,6 @@
 """Cluster administration on the driver task: membership changes, leadership transfer, and the
-views of the membership the node serves (CLUSTER_STATUS, the peer links to keep).
+views of the membership the node serves (CLUSTER_STATUS, the peers it admits, the peer links
+to keep, the committed configuration it tells its peers).
 
 Requests arrive typed (`parse_admin` turns the dispatcher's `what, **body` into one, refusing a
 bad combination in the caller's task). Rules kept here:
@@ -15,11 +16,20 @@ bad combination in the caller's task). Rules kept here:
   transfer window (`election_ticks_min` ticks, the core's) closes with this node still leading,
   CONFLICT when another node took office, TIMEOUT (the waiter's deadline) when no leader is
   heard of in time. A transfer to the node that already leads is answered OK at once.
+
+Who the peer plane admits is loom/security/peertrust.py's rule (stated and proved there): the
+members of this node's own configuration (a node that knows none yet: its configured peers),
+and those of a newer configuration a trusted member vouches for, never an id the replicated
+removed set names. This module feeds it: `refresh_trust` after every applied batch that
+changed the configuration (or while a vouch is held, so the node's own log retires it),
+`hear` for each PEER_MEMBERS a peer sends; `vouch` is what this node says of itself. The peer
+links follow both: own members at their replicated (or configured) address, vouched ones at the
+address their voucher gave.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +37,7 @@ from loom.node.waiters import Waiter, Waiters
 from loom.raft.confchange import ConfChange, ConfChangeType
 from loom.raft.core import RaftCore
 from loom.raft.ready import Busy, NotLeader, Role
+from loom.security.peertrust import MAX_MEMBERS, PeerTrust, Vouch
 from loom.state.command import Outcome
 from loom.state.members import member_address
 from loom.wire import errors as E
@@ -78,9 +89,14 @@ def parse_admin(what: str, kw: Mapping[str, Any]) -> AdminRequest:
 
 class Membership:
     def __init__(self, core: RaftCore, node_id: str, waiters: Waiters,
-                 not_leader: Callable[[], E.NotLeader]) -> None:
+                 not_leader: Callable[[], E.NotLeader],
+                 configured: Iterable[str] = ()) -> None:
         self.core = core
         self.id = node_id
+        # The configured peers: trusted only while the node knows no configuration (joining).
+        self.configured = frozenset(configured) - {node_id}
+        self.trust = PeerTrust(node_id)
+        self.refresh_trust(force=True)
         self._waiters = waiters
         self._not_leader = not_leader
         self.transfers_started = 0  # leadership transfers this node began as leader
@@ -165,13 +181,59 @@ class Membership:
         c = self.core.conf
         return node in c.voters or node in c.learners
 
-    def link_peers(self, addr_of: Callable[[str], str | None]) -> dict[str, str]:
-        """The peer links to keep: one per other current member with a known address."""
+    # -- the peer plane's view ------------------------------------------------------------------
+    def _trusted(self) -> frozenset[str]:
         c = self.core.conf
+        if not c.voters and not c.learners:
+            return self.configured
+        return frozenset((*c.voters, *c.learners))
+
+    def refresh_trust(self, force: bool = False) -> bool:
+        """The configuration or the applied index moved: True if the vouched peers changed.
+        Cheap unless the configuration changed (`force`) or a vouch is held."""
+        if not force and not self.trust.holding:
+            return False
+        return self.trust.update(self._trusted(), self.core.conf.removed, self.core.log.applied)
+
+    def hear(self, peer: str, vouch: Vouch) -> bool:
+        """Admitted peer `peer` told us its committed configuration: True if the vouched
+        peers changed (the links must follow)."""
+        self.trust.update(self._trusted(), self.core.conf.removed, self.core.log.applied)
+        return self.trust.hear(peer, vouch)
+
+    def admits_peer(self, node: str) -> bool:
+        """Whether `node` may hold a peer connection to us (asked for every inbound frame):
+        the own configuration is read live; vouched ids come from the trust's last update."""
+        c = self.core.conf
+        if node == self.id or node in c.removed:
+            return False
+        if node in c.voters or node in c.learners:
+            return True
+        if not c.voters and not c.learners and node in self.configured:
+            return True
+        return self.trust.admits(node)
+
+    def vouch(self, addr_of: Callable[[str], str | None]) -> Vouch | None:
+        """What this node tells its peers: its committed configuration (None while it knows
+        none, or when it names more members than a vouch may)."""
+        c = self.core.conf
+        members = (*c.voters, *c.learners)
+        if not members or len(members) > MAX_MEMBERS:
+            return None
+        return Vouch(self.core.log.applied, {n: addr_of(n) or "" for n in sorted(members)})
+
+    def link_peers(self, addr_of: Callable[[str], str | None]) -> dict[str, str]:
+        """The peer links to keep: one per other trusted member with a known address (our own
+        configuration's, or the configured peers while we know none), and one per vouched
+        member (at our own address for it, if any, else its voucher's)."""
         out = {}
-        for n in (*c.voters, *c.learners):
+        for n in sorted(self._trusted()):
             addr = addr_of(n)
             if n != self.id and addr is not None:
+                out[n] = addr
+        for n, vouched_addr in self.trust.vouched().items():
+            addr = addr_of(n) or vouched_addr
+            if addr:
                 out[n] = addr
         return out
 

@@ -13,14 +13,16 @@ nothing of the connection is decoded before all of it passed:
    the same CA are refused.
 3. `is_member(node id)` is true now (a valid node certificate of a non-member or of a removed
    member is refused). It is asked again for every frame, so removing a member also closes its
-   open connection.
+   open connection. The node answers it with loom/security/peertrust.py's rule: its own
+   configuration's members, and those of a newer one that a member it trusts vouches for.
 4. The first frame, at most PRE_HELLO_MAX_FRAME bytes and within `handshake_timeout_s` of the
    handshake, is PEER_HELLO naming the same node id and our cluster (the session protocol,
    wire/session.py, the same as the client listener's).
 Every refusal is logged with its reason and counted. After admission, only PEER_HELLO
-(keepalive) and RAFT opcodes of the peer listener decode; any malformed frame closes the
-connection. A Raft message whose `frm` is not the certificate's node id, or whose `to` is not
-us, is dropped, logged and counted, and never reaches Raft (A4).
+(keepalive), PEER_MEMBERS (the peer's vouch, handed to `on_members`) and RAFT opcodes of the
+peer listener decode; any malformed frame closes the connection. A Raft message whose `frm`
+is not the certificate's node id, or whose `to` is not us, is dropped, logged and counted, and
+never reaches Raft (A4).
 
 The transport calls into Raft only through `on_message`; `send` never blocks; nothing raised in
 a connection escapes its task. One authenticated inbound connection per node id: a newer one
@@ -47,6 +49,7 @@ from loom.node.ratelog import RateLimitedLog
 from loom.raft.messages import MalformedMessage, Message, from_wire
 from loom.security.handshake import revocation_reason
 from loom.security.identity import IdentityError, check_peer, identity_from_der
+from loom.security.peertrust import Vouch, VouchError, parse_vouch
 from loom.security.revocation import Revocation, seconds_left
 from loom.security.tlsstream import TLSStream
 from loom.wire import catalog
@@ -98,7 +101,8 @@ class PeerTransport:
                  limits: PeerLimits = PeerLimits(),  # noqa: B008 - frozen dataclass
                  http_addr: str = "", handshakes: Handshakes | None = None,
                  is_removed: Callable[[str], bool] = lambda node: False,
-                 on_removed: Callable[[str], None] | None = None) -> None:
+                 on_removed: Callable[[str], None] | None = None,
+                 on_members: Callable[[str, Vouch], None] | None = None) -> None:
         self.node_id = node_id
         self.cluster = cluster
         self.listen = listen
@@ -111,6 +115,8 @@ class PeerTransport:
         self._on_message = on_message
         self._is_removed = is_removed  # ids in ConfState.removed: told so before we hang up
         self.on_removed = on_removed  # a member we dialled says we were removed
+        self._on_members = on_members  # an admitted peer's committed configuration (its vouch)
+        self._vouch: Vouch | None = None  # ours, told to every peer we dial
         self.limits = limits
         self._handshakes = handshakes  # failed authentications: counted and audited
         self._port = 0
@@ -170,11 +176,18 @@ class PeerTransport:
                             http_addr=self.http_addr)
                 link.revocation = self._revocation
                 link.on_removed = self.on_removed
+                link.set_vouch(self._vouch)
                 self._links[pid] = link
                 if self._nursery is not None:
                     self._nursery.start_soon(link.run)
             elif link.addr != addr:
                 link.retarget(addr)
+
+    def set_vouch(self, vouch: Vouch | None) -> None:
+        """Our committed configuration changed: every link tells its peer (PEER_MEMBERS)."""
+        self._vouch = vouch
+        for link in self._links.values():
+            link.set_vouch(vouch)
 
     def set_contexts(self, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
         """Reloaded certificates (SIGHUP): every new connection, in and out, uses them;
@@ -423,9 +436,22 @@ class PeerTransport:
             if hello_only and mt.name != "PEER_HELLO":
                 raise _Malformed("the first frame must be PEER_HELLO")
             body = catalog.validate_body(mt, req.body)
-            msg = None if mt.name == "PEER_HELLO" else from_wire(body["msg"])
-        except (FrameError, LoomError, MalformedMessage) as e:
+            if mt.name == "PEER_MEMBERS":
+                vouch: Vouch | None = parse_vouch(body)
+                msg = None
+            else:
+                vouch = None
+                msg = None if mt.name == "PEER_HELLO" else from_wire(body["msg"])
+        except (FrameError, LoomError, MalformedMessage, VouchError) as e:
             raise _Malformed(str(e)) from None
+        if vouch is not None:
+            self._stat(node).last_received = trio.current_time()
+            if self._on_members is not None:
+                try:
+                    self._on_members(node, vouch)
+                except Exception:
+                    log.exception("peer %s: on_members raised", node)
+            return
         if msg is None:
             try:
                 check_peer_hello(body, node, self.cluster)

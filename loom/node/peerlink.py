@@ -16,6 +16,9 @@ Invariants:
   lanes keep what was queued (bounded) and send it on reconnect: Raft ignores stale terms.
 - An idle link repeats its PEER_HELLO every `keepalive_s`, so the receiver's idle timeout and
   its `reachable` view stay fresh between nodes that have no Raft traffic for each other.
+- Right after PEER_HELLO, and again whenever it changes, a link sends the node's committed
+  configuration (PEER_MEMBERS, the node's vouch: loom/security/peertrust.py), so a peer that
+  lags behind a membership change learns from a member it trusts whom else to admit.
 - Nothing is written before the TLS handshake succeeded AND the server's certificate names the
   node we dialled (`check_peer(identity, expected=peer_id)`, SECURITY-CATALOGUE A5). The first
   frame is PEER_HELLO; after that, everything queued when the writer wakes leaves in one TLS
@@ -42,6 +45,7 @@ import trio
 from loom.node.config import ConfigError, PeerLimits, parse_host_port
 from loom.raft.messages import AppendEntries, InstallSnapshot, Message
 from loom.security.identity import IdentityError, check_peer, identity_from_der
+from loom.security.peertrust import Vouch
 from loom.security.revocation import Revocation, seconds_left
 from loom.security.tlsstream import TLSStream
 from loom.wire import catalog
@@ -51,6 +55,7 @@ log = logging.getLogger("loom.peer")
 
 READ_CHUNK = 65536
 PEER_HELLO_OP = catalog.BY_NAME["PEER_HELLO"].opcode
+PEER_MEMBERS_OP = catalog.BY_NAME["PEER_MEMBERS"].opcode
 # The one thing a listener ever writes on a peer connection: it refuses the dialer because the
 # dialer was removed from the configuration. The dialer believes it only from the node it dialled
 # (the certificate was checked against the peer id, a member of the dialer's configuration).
@@ -93,6 +98,11 @@ def hello_frame(frame_id: int, node_id: str, cluster: str, client_addr: str,
     return encode({"v": PROTOCOL_VERSION, "id": frame_id, "op": PEER_HELLO_OP, "b": body})
 
 
+def members_frame(frame_id: int, vouch: Vouch) -> bytes:
+    return encode({"v": PROTOCOL_VERSION, "id": frame_id, "op": PEER_MEMBERS_OP,
+                   "b": vouch.body()})
+
+
 def raft_frame(frame_id: int, msg: Message) -> bytes:
     return encode({"v": PROTOCOL_VERSION, "id": frame_id, "op": RAFT_OPCODES[msg.KIND],
                    "b": {"msg": msg.to_wire()}})
@@ -133,6 +143,8 @@ class Link:
         self._failed: BaseException | None = None  # a direct write failed: the writer ends
         self.revocation = Revocation()  # set by the transport (SIGHUP)
         self._peer_der = b""  # the certificate of the peer we are connected to, if any
+        self._vouch: Vouch | None = None  # our committed configuration, told to the peer
+        self._vouch_due = False  # not yet sent on the current connection
 
     # -- called synchronously from the transport (trio thread) ----------------------------------
     def enqueue(self, msg: Message) -> bool:
@@ -173,6 +185,13 @@ class Link:
             self._unflushed += n
             self._parked = None
             self._wakeup.set()
+
+    def set_vouch(self, vouch: Vouch | None) -> None:
+        """Our committed configuration changed: the peer hears it next (and on each connect)."""
+        self._vouch = vouch
+        self._vouch_due = vouch is not None
+        if self._vouch_due:
+            self._wakeup.set()  # a parked writer wakes and sends it
 
     def queued(self) -> tuple[int, int]:
         return len(self._prio), len(self._bulk)
@@ -298,10 +317,12 @@ class Link:
 
     async def _writer(self, stream: TLSStream) -> None:
         pending = [hello_frame(self._next_id(), *self._hello)]
+        self._vouch_due = self._vouch is not None
         keepalive = self._lim.keepalive_s
         try:
             while True:
-                if not pending and not self._prio and not self._bulk and not self._unflushed:
+                if (not pending and not self._prio and not self._bulk and not self._unflushed
+                        and not self._vouch_due):
                     self._parked = stream
                     try:
                         with trio.move_on_after(keepalive):
@@ -317,6 +338,9 @@ class Link:
                         # and its view of our reachability fresh on links without Raft traffic.
                         pending.append(hello_frame(self._next_id(), *self._hello))
                 self._wakeup = trio.Event()  # before draining: a later enqueue sets the new one
+                if self._vouch_due and self._vouch is not None:
+                    self._vouch_due = False
+                    pending.append(members_frame(self._next_id(), self._vouch))
                 n = self._drain(pending) + self._unflushed
                 self._unflushed = 0
                 data = b"".join(pending)

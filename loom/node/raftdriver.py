@@ -56,6 +56,7 @@ from loom.raft.core import RaftCore
 from loom.raft.messages import Message
 from loom.raft.ready import Busy, NotLeader, Ready, Role, plan
 from loom.raft.types import EntryType
+from loom.security.peertrust import Vouch
 from loom.state.command import Command, Outcome
 from loom.state.limits import StateLimits
 from loom.state.machine import StateMachine
@@ -125,7 +126,8 @@ class RaftDriver:
         self._synced = recovered.hard_state  # the hard state last made durable
         self._inbox = Inbox(inbox)
         self._waiters = Waiters(settings.proposal_timeout_s, settings.read_timeout_s)
-        self.membership = Membership(self.core, node_id, self._waiters, self.not_leader)
+        self.membership = Membership(self.core, node_id, self._waiters, self.not_leader,
+                                     configured=member_addrs)
         self.snapshots = SnapshotPolicy(node_id, settings, self.core, self._storage, snap_index)
         self._nursery: trio.Nursery | None = None
         self._read_seq = 0
@@ -195,6 +197,37 @@ class RaftDriver:
 
     def is_member(self, node: str) -> bool:
         return self.membership.is_member(node)
+
+    def admits_peer(self, node: str) -> bool:
+        """The peer listener's question, for every frame (membership.py, security/peertrust)."""
+        return self.membership.admits_peer(node)
+
+    def heard_members(self, peer: str, vouch: Vouch) -> None:
+        """An admitted peer's committed configuration (PEER_MEMBERS): it may vouch for members
+        we do not know yet; the links follow."""
+        if self.membership.hear(peer, vouch):
+            self._vouched_changed()
+
+    def _vouched_changed(self) -> None:
+        st = self.membership.trust.statistics()
+        if st.vouched:
+            log.info("%s: admitting %s, members at index %s as %s vouches (our log is at %d)",
+                     self.id, ", ".join(st.vouched), st.vouch_index, st.voucher,
+                     self.core.log.applied)
+        else:
+            log.info("%s: no vouched members left (our log is at %d)", self.id,
+                     self.core.log.applied)
+        if self.transport is not None:
+            self.transport.set_peers(self.membership.link_peers(self.member_addr))
+
+    def _follow_membership(self, changed: bool) -> None:
+        """After a batch is applied: our configuration (`changed`), or the vouches our log now
+        supersedes, move the peer links; a changed configuration is told to every peer."""
+        if self.membership.refresh_trust(force=changed):
+            self._vouched_changed()
+        if changed and self.transport is not None:
+            self.transport.set_peers(self.membership.link_peers(self.member_addr))
+            self.transport.set_vouch(self.membership.vouch(self.member_addr))
 
     def member_addr(self, node: str) -> str | None:
         return self._sm.members.addrs.get(node) or self._config_addrs.get(node)
@@ -293,6 +326,7 @@ class RaftDriver:
             self._nursery = nursery
             self._inbox.accepting = True
             await self._catch_up_alone()
+            self._follow_membership(True)  # links and vouch from the recovered configuration
             self._next_tick_at = trio.current_time() + self.tick_s
             nursery.start_soon(self._ticker)
             task_status.started()
@@ -427,8 +461,7 @@ class RaftDriver:
             if self._on_joined is not None and not core.joining:
                 self._on_joined()  # after _persist: what brought it up to date is durable
                 self._on_joined = None
-            if (conf_changed or rd.snapshot is not None) and self.transport is not None:
-                self.transport.set_peers(self.membership.link_peers(self.member_addr))
+            self._follow_membership(conf_changed or rd.snapshot is not None)
             if rd.soft_state is not None:
                 self._on_soft_state(rd)
         await self.snapshots.maybe(self._sm, self._nursery, self._inbox.put_built)

@@ -219,6 +219,7 @@ class Node:
                            "refused_in_flight": d.refused_in_flight}
         if self.log.transport is not None:
             out["peer"] = asdict(self.log.transport.statistics())
+        out["peer_trust"] = asdict(self.log.membership.trust.statistics())
         out["backup"] = asdict(self.backup.statistics())
         return out
 
@@ -311,14 +312,11 @@ class Node:
             conns.cancel_scope.deadline = trio.current_time() + grace
 
     def _admits_peer(self, node: str) -> bool:
-        """Peers admitted on the peer listener: the current members. A node that joins an
-        existing cluster knows no configuration until the leader's first entries (or snapshot)
-        arrive, and those can only arrive through its listener; until then it admits the nodes
-        of its configured `peers` (node certificates of this cluster's CA, as always)."""
-        if self.log.is_member(node):
-            return True
-        conf = self.log.core.conf
-        return not conf.voters and not conf.learners and node in self.cfg.peers
+        """Peers admitted on the peer listener (node/membership.py, security/peertrust.py): the
+        current members, those of a newer configuration a trusted member vouches for, and,
+        while a joining node knows no configuration yet, its configured `peers` (node
+        certificates of this cluster's CA, as always)."""
+        return self.log.admits_peer(node)
 
     async def _run_transport(self, scope: trio.CancelScope, *,
                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -343,7 +341,7 @@ class Node:
             trust_domain=self.cfg.trust_domain, is_member=self._admits_peer,
             on_message=self.log.on_peer_message, limits=self.cfg.to_peer_limits(),
             handshakes=self.handshakes, is_removed=lambda n: n in self.log.core.conf.removed,
-            on_removed=self.log.told_removed)
+            on_removed=self.log.told_removed, on_members=self.log.heard_members)
 
     # -- ACL seeding and reload -----------------------------------------------------------------
     async def _seed_acl(self) -> None:

@@ -413,6 +413,13 @@ _t(0x7E01, "PEER_HELLO", C.CLUSTER, A,
    "First frame on a peer link: the sender's node id (must equal its certificate's) and the "
    "addresses its clients connect to (binary, and HTTP when it serves it).",
    listener=Listener.PEER, runs=LOCAL)
+_t(0x7E02, "PEER_MEMBERS", C.CLUSTER, A,
+   {"index": Field(Kind.INT, min=0, doc="the sender's applied index"),
+    "members": Field(Kind.ANY, doc="node id -> peer address (\"\" when unknown)")},
+   "The sender's committed configuration (its voters and learners, in force after `index`), "
+   "sent after PEER_HELLO and whenever it changes: a member vouches for the members of a "
+   "configuration newer than the receiver's own (loom/security/peertrust.py).",
+   listener=Listener.PEER, runs=LOCAL)
 for _i, _n in enumerate(RAFT_NAMES):
     _t(0x7F01 + _i, _n, C.RAFT, A, {"msg": Field(Kind.ANY)},
        "Raft consensus message between members.", listener=Listener.PEER, runs=LOCAL)

@@ -1,10 +1,11 @@
-"""A follower that missed the membership change which added the current leader.
+"""A follower that missed the membership change which added the current leader catches up.
 
 Found by the chaos membership nemesis (runs that never converged: a restarted follower stuck as
 pre-candidate, a learner stuck at index 64, each refusing the leader with "not a member"). The
-peer listener admits only the members of the node's own newest configuration, so a node whose
-log stops before the leader's MEMBER_ADD refuses the only node that could bring it up to date.
-Expected to fail until the peer plane always admits such a leader.
+peer listener admitted only the members of the node's own newest configuration, so a node
+whose log stopped before the leader's MEMBER_ADD refused the only node that could bring it up
+to date. Now the members it still trusts tell it their committed configuration (PEER_MEMBERS),
+and it admits, and dials, the members of a newer one (loom/security/peertrust.py).
 """
 
 from __future__ import annotations
@@ -29,10 +30,7 @@ async def _until_ok(c: AsyncClient, op: str, **body: object) -> None:
     raise AssertionError(f"{op} {body} never succeeded")
 
 
-# not strict: on the newest main the follower catches up now and then (1 run in 4), so the
-# outcome is no longer certain either way
-@pytest.mark.xfail(strict=False, raises=AssertionError,
-                   reason="a node behind the leader's MEMBER_ADD refuses it")
+@pytest.mark.timeout(240)
 def test_follower_behind_the_leaders_admission_catches_up(tmp_path: Path) -> None:
     # run without pytest-trio so the assertion is not wrapped in an exception group
     stuck = trio.run(_behind_the_leaders_admission, tmp_path)
@@ -68,9 +66,16 @@ async def _behind_the_leaders_admission(tmp_path: Path) -> str | None:
             assert await cluster.leader() == "n4"
             await cluster.start(behind)
             try:
-                await cluster.wait_converged(20)
-            except ConvergeError as e:  # while the bug stands
-                stuck = str(e)
+                sts = await cluster.wait_converged(20)
+                # caught up from the leader it had refused, while that node still leads
+                leaders = {nid: st.get("leader") for nid, st in sts.items()}
+                if set(leaders.values()) != {"n4"}:
+                    stuck = f"converged under another leader: {leaders}"
+            except ConvergeError as e:
+                st = (await cluster.diagnose()).get(behind)
+                seen = {k: st.get(k) for k in ("peer_trust", "peer")} if isinstance(st, dict) \
+                    else st
+                stuck = f"{e}\n{behind}: {seen}"
             nursery.cancel_scope.cancel()
     finally:
         await cluster.aclose()
