@@ -131,7 +131,7 @@ class PeerTrustStatistics:
     vouched: tuple[str, ...]  # ids admitted only because of it
     held: int  # vouches kept (the latest of each voucher, newer than our own log)
     heard: int  # PEER_MEMBERS frames heard
-    ignored: int  # vouches not kept: superseded on arrival, or over `max_vouchers`
+    ignored: int  # vouches not kept: from an id not read, superseded, over `max_vouchers`
 
 
 class PeerTrust:
@@ -139,8 +139,9 @@ class PeerTrust:
 
     The owner calls `update` with its own view whenever that view changes (and while any vouch
     is held, after every applied batch), and `hear` with each vouch a peer sends; `admits` and
-    `vouched` answer from the result. Vouches are kept only from ids not removed and only
-    while newer than the owner's applied index: at most one per admitted peer, and
+    `vouched` answer from the result. A vouch is kept only from an id the rule reads when it
+    arrives (trusted, or a member of the vouched configuration in force, and not removed) and
+    only while newer than the owner's applied index: at most one per such id, and
     `max_vouchers` bounds them regardless (a new voucher over it is ignored and counted)."""
 
     def __init__(self, node_id: str, *, max_vouchers: int = 64) -> None:
@@ -171,10 +172,15 @@ class PeerTrust:
     def hear(self, voucher: str, vouch: Vouch) -> bool:
         """`voucher` (an admitted peer) sent `vouch`. True if the vouched peers changed."""
         self.heard += 1
-        if vouch.index <= self._applied or voucher in self._removed or (
+        readable = voucher in self._trusted or (
+            self._best is not None and voucher in self._best[1].members)
+        if not readable or voucher in self._removed or (
                 voucher not in self._vouches and len(self._vouches) >= self.max_vouchers):
+            self.ignored += 1  # a word the rule would not read now (an admitted peer's is)
+            return False
+        if vouch.index <= self._applied:
             self.ignored += 1
-            self._vouches.pop(voucher, None)  # its newest word is not newer than our log
+            self._vouches.pop(voucher, None)  # its latest word is not newer than our log
             return self._recompute()
         self._vouches[voucher] = vouch  # the latest word of each voucher counts
         return self._recompute()
