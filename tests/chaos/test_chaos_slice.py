@@ -1,11 +1,11 @@
 """The bounded chaos slice of the default suite: `python -m loom.chaos` itself, six seeded runs
-of 15 s each with mixed nemeses, real loomd processes, every history checked.
+of 15 s each with mixed nemeses (membership changes included), real loomd processes, every
+history checked.
 
-The long run is `make chaos RUNS=500 SECONDS=60`. One known bug keeps the membership nemesis
-out of the slice until it is fixed: a node behind the MEMBER_ADD of the current leader refuses
-that leader and never catches up (test_catch_up_new_leader.py, expected to fail until then).
-The topic workload found a resumed subscription repeating messages; fixed, its deterministic
-test is test_topic_resume.py.
+The long run is `make chaos RUNS=500 SECONDS=60`. Two bugs the runs found are fixed, each with
+a deterministic test: a node behind the MEMBER_ADD of the current leader refused that leader
+and never caught up (test_catch_up_new_leader.py), and a resumed subscription repeated
+messages (test_topic_resume.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 RUNS, SECONDS, FIRST_SEED = 6, 15, 1000
 WORKLOADS = "register,counter,queue,set,lock,topic"
-NEMESES = "kill,pause,partition,rolling,clock,disk"
+NEMESES = "kill,pause,partition,rolling,clock,disk,membership"
 
 
 @pytest.mark.slow
