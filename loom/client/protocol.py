@@ -407,9 +407,11 @@ class Router:
     """Which endpoint to dial: the leader a NOT_LEADER answer named, then every endpoint in
     rotation. A lost connection or an UNAVAILABLE answer moves the rotation past that node.
     An endpoint whose breaker is open is left out until its window passes, and is then offered
-    after every closed endpoint (its one trial). The shells report each dial: `dialing`, then
-    `connected`, `dial_failed` (a connect timeout included) or `abandoned` (the call's own
-    deadline or cancellation), and `timed_out` for a request
+    after every closed endpoint (its one trial), except the leader a NOT_LEADER answer named:
+    its trial comes first, since the closed endpoints have just said they cannot serve (with
+    it last, a client connected to a follower would never try the leader again). The shells
+    report each dial: `dialing`, then `connected`, `dial_failed` (a connect timeout included)
+    or `abandoned` (the call's own deadline or cancellation), and `timed_out` for a request
     that got no answer before the call's deadline."""
 
     def __init__(self, endpoints: Sequence[Addr], breaker: BreakerPolicy | None = None) -> None:
@@ -427,7 +429,8 @@ class Router:
         return b
 
     def candidates(self, now: float) -> list[Addr]:
-        """The endpoints to try, in order, each once: closed ones, then those due a trial."""
+        """The endpoints to try, in order, each once: closed ones, then those due a trial (the
+        named leader first, closed or due)."""
         n = len(self.endpoints)
         first = [self.preferred] if self.preferred is not None else []
         order = list(dict.fromkeys(first + [self.endpoints[(self.rotate + i) % n]
@@ -435,6 +438,8 @@ class Router:
         closed = [a for a in order if self._breaker(a).closed()]
         trials = [a for a in order if self._breaker(a).due(now)]
         self.skipped += len(order) - len(closed) - len(trials)
+        if self.preferred is not None and self.preferred in trials:
+            return [self.preferred, *closed, *(a for a in trials if a != self.preferred)]
         return closed + trials
 
     def dialing(self, addr: Addr, now: float) -> None:

@@ -71,6 +71,22 @@ def test_an_abandoned_trial_is_due_again_and_all_open_is_a_retryable_failure() -
     assert r.candidates(1.0) == [A]
 
 
+def test_the_named_leader_is_tried_first_once_its_window_passed() -> None:
+    """A follower answering NOT_LEADER names a leader whose breaker is open: when its window
+    passes, its trial comes before the healthy follower, which has just said it cannot serve
+    (placed last, the trial would never come while the follower accepts connections)."""
+    r = p.Router([A, B], BreakerPolicy(failures=1, open_s=1.0))
+    r.dialing(A, 0.0)
+    r.dial_failed(A, 0.0)  # the leader A went away
+    assert r.candidates(0.5) == [B]
+    assert r.refused(B, p.NotLeader("not the leader", leader_addr="a:1"))
+    assert r.candidates(0.5) == [B]  # A's window still lasts
+    assert r.candidates(1.0) == [A, B]  # then A's trial first
+    r.dialing(A, 1.0)
+    r.connected(A)
+    assert r.candidates(1.0) == [A, B]
+
+
 def test_policy_validated() -> None:
     with pytest.raises(ValueError):
         BreakerPolicy(failures=0)
