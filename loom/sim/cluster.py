@@ -1,9 +1,10 @@
 """One seeded, single-threaded simulation of a whole Raft cluster under a client workload.
 
-Everything comes from `random.Random(seed)`: cluster size, network quality, node clock
-rates, the nemesis schedule and the clients. Events live in one heap ordered by (time,
-sequence number), so a seed replays exactly. Time is in nominal ticks; node i ticks every
-1/rate_i (rates within +-`DRIFT` of 1: clock drift).
+Everything comes from `random.Random(seed)`: the profile (`loom.sim.profiles`), cluster
+size, network quality, node clocks, the nemesis schedule and the clients. Events live in one
+heap ordered by (time, sequence number), so a seed replays exactly. Time is in nominal
+ticks; each node ticks on its own clock (`loom.sim.clock`: an offset, a rate within
+`1 +- drift`, rate changes and forward jumps).
 
 The driver (`_drain`) carries out each Ready as `loom.raft.ready.plan` allows, the order
 loomd's driver runs (a leader's replication traffic leaves, and committed entries are applied,
@@ -11,15 +12,16 @@ before the write), and can crash the node at every persistence point: before the
 the write but before fsync, after fsync but before sending the rest, after sending it but
 before serving reads. Nemeses: partitions (halves, majority ring, bridge, isolated leader,
 asymmetric), crash/restart (the disk keeps only what was synced, maybe a torn tail),
-pause/resume (SIGSTOP: the clock catches up on resume), clock
-jumps (a burst of ticks; only with lease reads off, since a lease assumes bounded drift),
-leadership transfer, graceful leader shutdown (transfer, then stop), membership changes
-(add learner with a fresh id, promote, remove). Message loss, duplication and reordering are
-always on at seed-chosen rates. Every fourth seed (`disk="mix"`; all with `disk="wal"`)
-persists through the real `loom.storage.Storage` on `FaultFS` instead of `SimDisk` (see
-`loom.sim.waldisk`): power cuts, torn WAL tails, failed fsyncs (the node fail-stops) and slow
-ones, and every restart recovers through `Storage.open`. Invariants are in
-`loom.sim.invariants`; client histories go to `loom.sim.linearizability` at the end.
+pause/resume (SIGSTOP: the clock catches up on resume), clock faults (rate changes within
+the profile's drift, stalls and forward jumps: with lease reads on, rates only within the
+bound the lease assumes and jumps only on a leader), leadership transfer, graceful leader
+shutdown (transfer, then stop), membership changes (add learner with a fresh id, promote,
+remove, readmit). The profile weighs them (`loom.sim.profiles`). Message loss, duplication
+and reordering are always on at seed-chosen rates. Every fourth seed (`disk="mix"`; all
+with `disk="wal"`) persists through the real `loom.storage.Storage` on `FaultFS` instead of
+`SimDisk` (see `loom.sim.waldisk`): power cuts, torn WAL tails, failed fsyncs (the node
+fail-stops) and slow ones, and every restart recovers through `Storage.open`. Invariants are
+in `loom.sim.invariants`; client histories go to `loom.sim.linearizability` at the end.
 """
 
 from __future__ import annotations
@@ -40,92 +42,28 @@ from loom.raft.core import RaftCore
 from loom.raft.quorum import majority
 from loom.raft.ready import Busy, NotLeader, Ready, Role, Snapshot, plan
 from loom.raft.types import EntryType, HardState, SnapshotMeta
+from loom.sim.clock import SimClock
 from loom.sim.disk import SimDisk, durable_tail
 from loom.sim.invariants import Oracle, Violation
 from loom.sim.linearizability import Op, check_history
 from loom.sim.mutants import core_class
 from loom.sim.network import PARTITIONS, SimNetwork, partition
+from loom.sim.profiles import (
+    ELECTION_TICK_MIN,
+    LEASE_DRIFT,
+    LEASE_DRIFT_TICKS,
+    NEMESES,
+    REJOIN_EVERY,
+    SimParams,
+)
 from loom.sim.waldisk import WalDisk
 from loom.storage.errors import FatalIOError
 
-DRIFT = 0.04  # clock rate spread; RaftConfig.lease_drift_ticks must cover it (see core.py)
 TRACE_LEN = 60
 DISK_MODES = ("sim", "wal", "mix")  # mix: every WAL_EVERY-th seed on the real storage code
 WAL_EVERY = 4
-REJOIN_EVERY = 10  # seeds k*10+5 run the "rejoin" profile (see SimParams.from_seed)
+__all__ = ["REJOIN_EVERY", "SimParams", "Simulation"]
 _TICK, _DELIVER, _CLIENT, _TIMEOUT, _NEMESIS, _RESTART, _RESUME, _HEAL, _CALL = range(9)
-
-
-@dataclass
-class SimParams:
-    """What one seed runs; drawn from the seed, overridable for tests."""
-
-    nodes: int = 3
-    duration: float = 240.0  # ticks of nemesis + workload, then a quiet period
-    quiet: float = 40.0
-    clients: int = 3
-    keys: int = 3
-    loss: float = 0.02
-    dup: float = 0.02
-    delay_max: float = 0.5
-    lease_reads: bool = False
-    max_entries_per_append: int = 8
-    snapshot_every: int = 25
-    trailing_entries: int = 5
-    crash_ready_p: float = 0.002
-    crash_vote_p: float = 0.0  # extra crash chance right after a term/vote change
-    crash_commit_p: float = 0.0  # extra crash chance when a leader's commit advances
-    leader_chaos: float = 0.0  # chance a new leader is crashed or isolated right away
-    crash_win_p: float = 0.0  # chance a new leader crashes after persisting its first entry,
-    #                           before sending it: a stranded entry of a newer term
-    pre_vote: bool = True
-    nemesis_every: float = 15.0
-    mutant: str | None = None
-    disk: str = "sim"  # "sim": SimDisk; "wal": loom.storage.Storage over FaultFS
-    sync_fail_rate: float = 0.0  # wal only: chance an fsync fails (the node fail-stops)
-    slow_sync_rate: float = 0.0  # wal only: chance an fsync is slow (holds back sends)
-    rejoin: bool = False  # aim at a wiped node readmitted under its old name (see from_seed)
-
-    @staticmethod
-    def from_seed(rng: random.Random, mutant: str | None, rejoin: bool = False) -> SimParams:
-        if rejoin:
-            # "rejoin" profile (seeds k * REJOIN_EVERY + 5): founders are removed, wiped and
-            # readmitted under their old names (n1 first: the bootstrap's first entry makes it
-            # the only voter), the leader crashes while it replays the log's first entries to
-            # the empty node, and that node's clock jumps: a node that counted itself before
-            # catching up would elect itself from a stale prefix (loom.raft.core, "joining")
-            return SimParams(
-                nodes=5, max_entries_per_append=rng.choice((1, 1, 4)), snapshot_every=1000,
-                nemesis_every=rng.choice((6.0, 10.0)), rejoin=True,
-                pre_vote=rng.random() < 0.5, mutant=mutant,
-            )
-        if rng.random() < 0.25:
-            # "figure 8" profile: five nodes, one entry per append, leaders crash right after
-            # committing, and right after winning with their first entry durable but unsent,
-            # so logs with entries of newer, unreplicated terms compete with older ones
-            return SimParams(
-                nodes=5, max_entries_per_append=1, crash_commit_p=0.3, crash_win_p=0.8,
-                loss=rng.choice((0.0, 0.02)), delay_max=rng.choice((0.2, 0.5)),
-                lease_reads=mutant == "lease_expired" or rng.random() < 0.3,
-                pre_vote=rng.random() < 0.5 and mutant != "lease_expired",
-                snapshot_every=rng.choice((25, 1000)), mutant=mutant,
-            )
-        return SimParams(
-            nodes=rng.choice((3, 3, 5)),
-            loss=rng.choice((0.0, 0.01, 0.05)),
-            dup=rng.choice((0.0, 0.02)),
-            delay_max=rng.choice((0.2, 0.5, 1.5)),
-            lease_reads=mutant == "lease_expired" or rng.random() < 0.4,
-            max_entries_per_append=rng.choice((1, 4, 64)),
-            snapshot_every=rng.choice((10, 25, 1000)),
-            trailing_entries=rng.choice((0, 5, 50)),
-            crash_ready_p=rng.choice((0.0, 0.002, 0.01)),
-            crash_vote_p=rng.choice((0.0, 0.0, 0.1, 0.3)),
-            leader_chaos=rng.choice((0.0, 0.0, 0.3, 0.6)),
-            pre_vote=rng.random() < 0.6 and mutant != "lease_expired",
-            nemesis_every=rng.choice((8.0, 15.0, 30.0)),
-            mutant=mutant,
-        )
 
 
 @dataclass
@@ -144,9 +82,9 @@ class PendingOp:
 class SimNode:
     id: str
     disk: SimDisk | WalDisk
-    rate: float
+    clock: SimClock
     core: RaftCore | None = None
-    inc: int = 0
+    inc: int = 0  # tick generation: bumped when the process stops or its clock changes
     paused: bool = False
     missed: int = 0
     deferred: list[m.Message] = field(default_factory=list)
@@ -166,20 +104,25 @@ class SimNode:
 
 class Simulation:
     def __init__(self, seed: int, params: SimParams | None = None,
-                 mutant: str | None = None, disk: str = "mix") -> None:
+                 mutant: str | None = None, disk: str = "mix",
+                 beyond_lease_bound: bool = False) -> None:
+        """`beyond_lease_bound`: let clocks drift past what lease reads assume even with
+        lease reads on (only a test that the simulator can break the assumption wants it)."""
         if disk not in DISK_MODES:
             raise ValueError(f"disk must be one of {DISK_MODES}")
         self.seed = seed
         self.rng = random.Random(seed)
         if params is None:
-            params = SimParams.from_seed(self.rng, mutant,
-                                         rejoin=seed % REJOIN_EVERY == REJOIN_EVERY // 2)
+            params = SimParams.from_seed(seed, self.rng, mutant)
             if disk == "wal" or (disk == "mix" and seed % WAL_EVERY == WAL_EVERY - 1):
                 params.disk = "wal"
                 # crashes between the WAL write and its fsync: torn tails for recovery to cut
                 params.crash_ready_p = max(params.crash_ready_p, self.rng.choice((0.002, 0.01)))
                 params.sync_fail_rate = self.rng.choice((0.0, 0.0005, 0.002))
                 params.slow_sync_rate = self.rng.choice((0.0, 0.01, 0.05))
+        if params.lease_reads and params.drift > LEASE_DRIFT and not beyond_lease_bound:
+            raise ValueError(f"lease reads assume clock rates within 1 +- {LEASE_DRIFT:.4f}, "
+                             f"not 1 +- {params.drift}")
         self.p = params
         self.oracle = Oracle()
         self.net = SimNetwork(self.rng, self.p.loss, self.p.dup, 0.05, self.p.delay_max)
@@ -195,7 +138,7 @@ class Simulation:
         self.stats = {"crashes": 0, "fail_stops": 0, "elections": 0, "acked": 0, "reads": 0,
                       "snapshots": 0, "transfers": 0, "conf_changes": 0, "partitions": 0,
                       "wipes": 0, "readmits": 0, "puts": 0, "joined": 0,
-                      "rejoin_chaos": 0}
+                      "rejoin_chaos": 0, "clock_jumps": 0, "clock_rates": 0}
         voters = tuple(f"n{i}" for i in range(1, self.p.nodes + 1))
         self.next_node = self.p.nodes + 1
         hs, ents = bootstrap(voters)
@@ -216,11 +159,13 @@ class Simulation:
 
     def _cfg(self, nid: str) -> RaftConfig:
         return RaftConfig(
-            node_id=nid, election_tick_min=10, election_tick_max=20, heartbeat_tick=2,
-            max_entries_per_append=self.p.max_entries_per_append, max_inflight=4,
-            max_uncommitted_bytes=4096, check_quorum=True, pre_vote=self.p.pre_vote,
-            lease_reads=self.p.lease_reads, lease_drift_ticks=2, snapshot_chunk_bytes=64,
-            snapshot_window=2, trailing_entries=self.p.trailing_entries,
+            node_id=nid, election_tick_min=ELECTION_TICK_MIN,
+            election_tick_max=self.p.election_tick_max,
+            heartbeat_tick=2, max_entries_per_append=self.p.max_entries_per_append,
+            max_inflight=4, max_uncommitted_bytes=4096, check_quorum=True,
+            pre_vote=self.p.pre_vote, lease_reads=self.p.lease_reads,
+            lease_drift_ticks=LEASE_DRIFT_TICKS, snapshot_chunk_bytes=64, snapshot_window=2,
+            trailing_entries=self.p.trailing_entries,
         )
 
     def _new_disk(self) -> SimDisk | WalDisk:
@@ -232,7 +177,7 @@ class Simulation:
         return SimDisk(Snapshot(SnapshotMeta(), b"{}"))
 
     def _add_node(self, nid: str, start: bool = True) -> SimNode:
-        node = SimNode(nid, self._new_disk(), 1.0 + self.rng.uniform(-DRIFT, DRIFT))
+        node = SimNode(nid, self._new_disk(), SimClock(self._draw_rate(), self.rng.random()))
         self.nodes[nid] = node
         if start:  # not a founder: it starts empty and joins
             node.joining = True
@@ -252,8 +197,19 @@ class Simulation:
         node.paused, node.missed, node.deferred = False, 0, []
         node.ready_reads = []
         node.synced = rec.hard_state
-        self._at(self.now + self.rng.uniform(0, 1) / node.rate, _TICK, (node.id, node.inc))
+        self._schedule_tick(node)
         self._drain(node)
+
+    def _draw_rate(self) -> float:
+        """A clock rate within 1 +- drift; half the time at an extreme, where skew bites."""
+        d = self.p.drift
+        return 1.0 + (self.rng.choice((-d, d)) if self.rng.random() < 0.5
+                      else self.rng.uniform(-d, d))
+
+    def _schedule_tick(self, node: SimNode) -> None:
+        """(Re)schedule the node's next tick from its clock; earlier ones become stale."""
+        node.inc += 1
+        self._at(node.clock.resync(self.now), _TICK, (node.id, node.inc))
 
     def _wipe(self, node: SimNode) -> None:
         """Replace the node's disk with an empty one and restart it (same id)."""
@@ -283,7 +239,8 @@ class Simulation:
             node.disk.fail_stop() if fail_stop else node.disk.crash()
         else:
             node.disk.crash(self.rng, tear)
-        delay = self.rng.choice((self.rng.uniform(0.2, 3), self.rng.uniform(3, 30)))
+        delay = (self.rng.uniform(0.2, 3) if self.rng.random() < self.p.quick_restart_p
+                 else self.rng.uniform(3, 30))
         self._at(self.now + delay, _RESTART, node.id)
 
     def leader(self) -> str | None:
@@ -321,6 +278,19 @@ class Simulation:
                 p += self.p.crash_vote_p
             if p and self.rng.random() < p:
                 point = self.rng.randrange(4)
+            if (self.p.vote_crash_p and any(isinstance(x, m.VoteResponse) and not x.reject
+                                            for x in rd.messages)
+                    and self.rng.random() < self.p.vote_crash_p):
+                point = 3  # the voter dies once its vote is out: does it remember it?
+            if (self.p.isolate_winner_p and rd.soft_state is not None
+                    and rd.soft_state.role is Role.LEADER
+                    and self.rng.random() < self.p.isolate_winner_p):
+                # cut off before its first append leaves: rival candidates of its term stay
+                # candidates, and their retried requests meet voters that already voted
+                self.net.blocked = partition("isolate_leader", sorted(self.nodes), node.id,
+                                             self.rng)
+                self.trace.append((self.now, "partition", ("isolate", node.id)))
+                self._at(self.now + self.rng.uniform(5, 20), _HEAL, None)
             order = plan(rd, node.synced)  # the overlaps loomd's driver runs, too
             early, late = order.early, order.late
             if (self.p.crash_win_p and rd.soft_state is not None
@@ -411,6 +381,12 @@ class Simulation:
             wire = m.from_wire(msg.to_wire())  # every message crosses the strict codec
             for t in self.net.deliveries(msg.frm, msg.to, self.now + delay):
                 self._at(t, _DELIVER, wire)
+            if (self.p.vote_retry_p and isinstance(msg, m.RequestVote)
+                    and self.rng.random() < self.p.vote_retry_p):
+                # the candidate retries an unanswered request (Raft's RPCs are retried); a
+                # voter that crashed and came back meanwhile hears the same request again
+                for t in self.net.deliveries(msg.frm, msg.to, self.now + self.rng.uniform(1, 6)):
+                    self._at(t, _DELIVER, wire)
 
     def _apply(self, node: SimNode, core: RaftCore, rd: Ready) -> None:
         if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
@@ -480,7 +456,7 @@ class Simulation:
         self._seq += 1
         key = f"k{self.rng.randrange(self.p.keys)}"
         op_id = f"c{c}.{self._seq}"
-        kind = "put" if self.rng.random() < 0.55 else "get"
+        kind = "get" if self.rng.random() < self.p.read_ratio else "put"
         op = PendingOp(op_id, c, key, kind, op_id if kind == "put" else None, self.now, target)
         if node.paused or node.core is None:
             self._at(self.now + 1, _CLIENT, c)  # connection refused: definitely not done
@@ -505,7 +481,7 @@ class Simulation:
         self.in_flight[op_id] = op
         if kind == "put":
             self.stats["puts"] += 1
-        self._at(self.now + 30, _TIMEOUT, op)
+        self._at(self.now + self.p.op_timeout, _TIMEOUT, op)
         self._drain(node)
 
     def _complete(self, op: PendingOp, result: str | None) -> None:
@@ -536,45 +512,76 @@ class Simulation:
         self._at(self.now + self.rng.uniform(0.5, 1.5) * self.p.nemesis_every, _NEMESIS, None)
         live = self._live()
         leader = self.leader()
-        r = self.rng.random()
-        if r < 0.3:
-            kind = self.rng.choice(PARTITIONS)
+        kind = self.rng.choices(NEMESES, self.p.nemeses)[0]
+        if kind == "partition":
+            shape = self.rng.choice(self.p.partitions or PARTITIONS)
             self.stats["partitions"] += 1
-            self.net.blocked = partition(kind, sorted(self.nodes), leader, self.rng)
-            self.trace.append((self.now, "partition", kind))
+            self.net.blocked = partition(shape, sorted(self.nodes), leader, self.rng)
+            self.trace.append((self.now, "partition", shape))
             self._at(self.now + self.rng.uniform(5, 40), _HEAL, None)
-        elif r < 0.45:
+        elif kind == "crash":
             down = sum(1 for n in self.nodes.values() if n.core is None)
             if down < (len(self.nodes) - 1) // 2 and live:
                 victim = leader if leader and self.rng.random() < 0.5 else self.rng.choice(live)
                 self._crash(self.nodes[victim])
-        elif r < 0.55 and live:
+        elif kind == "pause" and live:
             victim = leader if leader and self.rng.random() < 0.5 else self.rng.choice(live)
             node = self.nodes[victim]
             if not node.paused:
                 node.paused = True
                 self.trace.append((self.now, "pause", victim))
                 self._at(self.now + self.rng.uniform(3, 40), _RESUME, victim)
-        elif r < 0.62 and live and not self.p.lease_reads:
-            node = self.nodes[self.rng.choice(live)]
-            if not node.paused and node.core is not None:
-                jump = self.rng.randrange(5, 40)
-                self.trace.append((self.now, "clock_jump", (node.id, jump)))
-                self._ticks(node, jump)
-        elif r < 0.8 and leader is not None:
-            core = self.nodes[leader].core
-            assert core is not None
-            others = [v for v in core.conf.voters if v != leader]
-            if others:
-                to = self.rng.choice(others)
-                self.stats["transfers"] += 1
-                self.trace.append((self.now, "transfer", (leader, to)))
-                core.transfer_leadership(to)
-                self._drain(self.nodes[leader])
-                if self.rng.random() < 0.3:  # graceful shutdown: stop once it handed over
-                    self._at(self.now + 6, _CALL, ("stop", leader))
-        elif leader is not None:
+        elif kind == "clock" and live:
+            self._clock_fault(live, leader)
+        elif kind == "transfer" and leader is not None:
+            self._transfer(leader)
+        elif kind == "membership" and leader is not None:
             self._membership(leader)
+
+    def _clock_fault(self, live: list[str], leader: str | None) -> None:
+        """A new rate within the profile's drift (sometimes a stall), or a forward jump.
+        With lease reads on, rates stay within the bound the lease assumes and only a
+        leader's clock jumps: that only shortens its own lease (loom.sim.clock)."""
+        node = self.nodes[self.rng.choice(live)]
+        if self.rng.random() < 0.5:
+            if self.rng.random() < self.p.stall_p:
+                rate = self.rng.uniform(0.02, 0.1)  # the clock barely moves
+                self._at(self.now + self.rng.uniform(3, 30), _CALL, ("unstall", node.id))
+            else:
+                rate = self._draw_rate()
+            self.stats["clock_rates"] += 1
+            self.trace.append((self.now, "clock_rate", (node.id, round(rate, 4))))
+            node.clock.set_rate(self.now, rate)
+            if node.core is not None:
+                self._schedule_tick(node)
+            return
+        if self.p.lease_reads:
+            if leader is None:
+                return
+            node = self.nodes[leader]
+        self._clock_jump(node, self.rng.uniform(5, 40))
+
+    def _clock_jump(self, node: SimNode, by: float) -> None:
+        if node.paused or node.core is None:
+            return
+        self.stats["clock_jumps"] += 1
+        self.trace.append((self.now, "clock_jump", (node.id, round(by, 3))))
+        crossed = node.clock.jump(self.now, by)
+        self._schedule_tick(node)
+        self._ticks(node, crossed)
+
+    def _transfer(self, leader: str) -> None:
+        core = self.nodes[leader].core
+        assert core is not None
+        others = [v for v in core.conf.voters if v != leader]
+        if others:
+            to = self.rng.choice(others)
+            self.stats["transfers"] += 1
+            self.trace.append((self.now, "transfer", (leader, to)))
+            core.transfer_leadership(to)
+            self._drain(self.nodes[leader])
+            if self.rng.random() < 0.3:  # graceful shutdown: stop once it handed over
+                self._at(self.now + 6, _CALL, ("stop", leader))
 
     def _membership(self, leader: str) -> None:
         node = self.nodes[leader]
@@ -585,7 +592,7 @@ class Simulation:
         back = [n for n in conf.removed if n in self.nodes]
         if conf.learners:
             cc = ConfChange(ConfChangeType.ADD_VOTER, conf.learners[0])
-        elif back and len(conf.voters) < 5 and self.rng.random() < 0.5:
+        elif back and len(conf.voters) < 5 and (self.p.rejoin or self.rng.random() < 0.5):
             # An operator re-admits a removed node: with its old disk, or wiped (a new
             # machine under the old name), which must not let it vote twice in a term.
             nid = self.rng.choice(back)
@@ -598,6 +605,8 @@ class Simulation:
             self._add_node(nid)
             cc = ConfChange(ConfChangeType.ADD_LEARNER, nid)
         elif len(conf.voters) > 3 or (self.p.rejoin and len(conf.voters) > 2):
+            if self.p.rejoin and leader == min(conf.voters):
+                return self._transfer(leader)  # the lowest founder goes first, as a follower
             cands = [v for v in conf.voters if v != leader]
             victim = min(cands) if self.p.rejoin else self.rng.choice(cands)
             cc = ConfChange(ConfChangeType.REMOVE, victim)
@@ -624,7 +633,7 @@ class Simulation:
                 node = self.nodes[nid]
                 if node.inc != inc or node.core is None:
                     continue
-                self._at(t + 1.0 / node.rate, _TICK, payload)
+                self._at(node.clock.ticked(), _TICK, payload)
                 if node.paused:
                     node.missed += 1
                     continue
@@ -664,6 +673,12 @@ class Simulation:
             elif kind == _CALL:
                 what, nid = cast(tuple[str, str], payload)
                 node = self.nodes[nid]
+                if what == "unstall":  # the stalled clock runs again (the machine's clock)
+                    node.clock.set_rate(t, self._draw_rate())
+                    self.trace.append((t, "clock_rate", (nid, round(node.clock.rate, 4))))
+                    if node.core is not None:
+                        self._schedule_tick(node)
+                    continue
                 if node.core is None:
                     continue
                 if what == "stop" and node.core.role is not Role.LEADER:
@@ -695,9 +710,7 @@ class Simulation:
             return
         self.stats["rejoin_chaos"] += 1
         self._crash(self.nodes[leader])
-        jump = self.rng.randrange(20, 40)
-        self.trace.append((self.now, "clock_jump", (node.id, jump)))
-        self._ticks(node, jump)
+        self._clock_jump(node, self.rng.randrange(20, 40))
 
     def _resume(self, node: SimNode) -> None:
         if not node.paused or node.core is None:
