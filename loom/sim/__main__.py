@@ -2,7 +2,9 @@
 
 Runs N seeded whole-cluster simulations (stopping early at the time limit), exits 1 at the
 first violation with the seed, the message, the event trace before it and a command that
-reproduces it exactly; prints seeds/s at the end. `--mutant list` names the planted bugs.
+reproduces it exactly; ends with one summary line: the seed range, seeds run, violations and
+time. `--mutant list` names the planted bugs; `--mutant all` runs each of them over the same
+N seeds from K and says at which seed each was caught (exit 1 if one survived).
 `--disk wal` persists every node through the real `loom.storage` on a fault-injecting file
 system, `--disk sim` through the simulated disk; the default `mix` puts every fourth seed on
 the WAL.
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, what in MUTANTS.items():
             print(f"{name:20} {what}")
         return 0
-    if args.mutant is not None and args.mutant not in MUTANTS:
+    if args.mutant is not None and args.mutant not in MUTANTS and args.mutant != "all":
         print(f"unknown mutant {args.mutant!r}; try --mutant list", file=sys.stderr)
         return 2
     # torn tails and fail-stops are what the fault injection is for: keep them off stderr
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     level = storage_log.level
     storage_log.setLevel(logging.CRITICAL + 1)
     try:
-        return _run(args)
+        return _run_all(args) if args.mutant == "all" else _run(args)
     finally:
         storage_log.setLevel(level)
 
@@ -64,8 +66,29 @@ def _run(args: argparse.Namespace) -> int:
         print("event trace before the violation (most recent last):")
         print(fail.trace)
         print(f"reproduce: {fail.command()}")
-    print(f"{ran} seeds in {elapsed:.1f}s: {ran / elapsed:.1f} seeds/s")
+    cut = (" (stopped by --time-limit)" if fail is None and ran < args.seeds else "")
+    print(f"seeds {args.first_seed}..{args.first_seed + args.seeds - 1}: {ran} run{cut}, "
+          f"{0 if fail is None else 1} violations, {elapsed:.1f}s, {ran / elapsed:.1f} seeds/s"
+          + (f", mutant {args.mutant}" if args.mutant else ""))
     return 1 if fail is not None else 0
+
+
+def _run_all(args: argparse.Namespace) -> int:
+    """Each planted bug over the same seeds: where it was first caught, or that it was not."""
+    survived = 0
+    for name in MUTANTS:
+        start = time.monotonic()
+        ran, fail = run_seeds(args.first_seed, args.seeds, name, None, args.disk)
+        took = time.monotonic() - start
+        if fail is None:
+            survived += 1
+            print(f"{name:20} SURVIVED {ran} seeds from {args.first_seed} ({took:.1f}s)")
+        else:
+            print(f"{name:20} caught at seed {fail.seed}, the {ran}th from {args.first_seed} "
+                  f"({took:.1f}s): {fail.message.splitlines()[0][:90]}")
+    print(f"{len(MUTANTS) - survived} of {len(MUTANTS)} planted bugs caught within "
+          f"{args.seeds} seeds from {args.first_seed}")
+    return 1 if survived else 0
 
 
 if __name__ == "__main__":

@@ -148,7 +148,8 @@ def _elections(rng: random.Random, mutant: str | None) -> SimParams:
     return SimParams(
         profile="elections", nodes=rng.choice((3, 3, 5)), election_tick_max=12,
         pre_vote=rng.random() < 0.3, vote_retry_p=0.8, vote_crash_p=0.8,
-        isolate_winner_p=0.8, quick_restart_p=0.9, delay_max=rng.choice((0.2, 0.5)),
+        isolate_winner_p=0.8, quick_restart_p=0.9, crash_ready_p=0.03,
+        delay_max=rng.choice((0.2, 0.5)),
         loss=rng.choice((0.0, 0.02)), nemesis_every=rng.choice((8.0, 15.0)),
         nemeses=(30.0, 30.0, 10.0, 10.0, 20.0, 0.0), mutant=mutant,
     )
