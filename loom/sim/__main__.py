@@ -84,7 +84,7 @@ def _run_all(args: argparse.Namespace) -> int:
             survived += 1
             print(f"{name:20} SURVIVED {ran} seeds from {args.first_seed} ({took:.1f}s)")
         else:
-            print(f"{name:20} caught at seed {fail.seed}, the {ran}th from {args.first_seed} "
+            print(f"{name:20} caught at seed {fail.seed}, seed {ran} of the range "
                   f"({took:.1f}s): {fail.message.splitlines()[0][:90]}")
     print(f"{len(MUTANTS) - survived} of {len(MUTANTS)} planted bugs caught within "
           f"{args.seeds} seeds from {args.first_seed}")
