@@ -79,6 +79,9 @@ def _parser(command: str = "run") -> argparse.ArgumentParser:
     p.add_argument("--tls-ca")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
+    p.add_argument("--tls-key-passphrase-file", metavar="FILE",
+                   help="file (mode 0600) holding the passphrase of an encrypted --tls-key; "
+                        "never the passphrase itself")
     p.add_argument("--require-client-auth", action=argparse.BooleanOptionalAction, default=None,
                    help="require a client certificate (default: yes)")
     p.add_argument("--allow-insecure-guest-bind", action="store_true", default=None,
@@ -101,6 +104,7 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
         "cluster_name": a.cluster_name,
         "join": a.join,
         "tls.ca": a.tls_ca, "tls.cert": a.tls_cert, "tls.key": a.tls_key,
+        "tls.key_passphrase_file": a.tls_key_passphrase_file,
         "require_client_auth": a.require_client_auth,
         "allow_insecure_guest_bind": a.allow_insecure_guest_bind,
         "audit.sink": a.audit_sink, "audit.path": a.audit_path, "log_level": a.log_level,

@@ -359,6 +359,8 @@ class Options:
     ca: str | Path
     cert: str | Path | None = None
     key: str | Path | None = None
+    # A file (mode 0600) holding the passphrase of an encrypted `key`; never the passphrase.
+    key_passphrase_file: str | Path | None = None
     client_name: str = "loom-py"
     timeout: float = 10.0
     headers: Mapping[str, str] = field(default_factory=dict)

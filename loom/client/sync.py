@@ -115,7 +115,8 @@ class Client(Ops[Any]):
     def __init__(
         self, endpoints: str | Sequence[str], *, ca: str | Path,
         cert: str | Path | None = None, key: str | Path | None = None,
-        client_name: str | None = None, timeout: float | None = None,
+        key_passphrase_file: str | Path | None = None, client_name: str | None = None,
+        timeout: float | None = None,
         headers: Mapping[str, str] | None = None, retry: p.RetryPolicy | None = None,
         server_hostname: str | None = None, check_hostname: bool | None = None,
         client_id: str | None = None, resend_unknown_writes: bool | None = None,
@@ -123,13 +124,15 @@ class Client(Ops[Any]):
         breaker: BreakerPolicy | None = None,
     ) -> None:
         self.options = o = p.Options.build(
-            endpoints, ca=ca, cert=cert, key=key, client_name=client_name, timeout=timeout,
+            endpoints, ca=ca, cert=cert, key=key, key_passphrase_file=key_passphrase_file,
+            client_name=client_name, timeout=timeout,
             headers=headers, retry=retry, server_hostname=server_hostname,
             check_hostname=check_hostname, client_id=client_id,
             resend_unknown_writes=resend_unknown_writes,
             max_writes_in_flight=max_writes_in_flight, connect_timeout=connect_timeout,
             breaker=breaker)
-        self._ctx = make_context(o.ca, o.cert, o.key, check_hostname=o.check_hostname)
+        self._ctx = make_context(o.ca, o.cert, o.key, check_hostname=o.check_hostname,
+                                 key_passphrase_file=o.key_passphrase_file)
         self._window = p.WriteWindow(o.max_writes_in_flight)
         self._router = p.Router(o.endpoints, o.breaker)
         self._conn: _Conn | None = None

@@ -17,11 +17,12 @@ def _readable(path: str | Path, what: str) -> str:
 
 def make_context(
     ca: str | Path, cert: str | Path | None = None, key: str | Path | None = None,
-    *, check_hostname: bool = True,
+    *, check_hostname: bool = True, key_passphrase_file: str | Path | None = None,
 ) -> ssl.SSLContext:
     """A TLS 1.3-only context trusting `ca`, presenting `cert`/`key` when given (built by
-    loom.security.tls). Missing or unusable files raise ConfigError."""
-    from loom.security.tls import TLSConfigError, client_context
+    loom.security.tls; an encrypted key needs `key_passphrase_file`). Missing or unusable
+    files raise ConfigError."""
+    from loom.security.tls import KeyPassphrase, TLSConfigError, client_context
 
     if (cert is None) != (key is None):
         raise ConfigError("a client certificate and its key must be given together "
@@ -30,7 +31,9 @@ def make_context(
     cert_p = Path(_readable(cert, "client certificate")) if cert is not None else None
     key_p = Path(_readable(key, "client key")) if key is not None else None
     try:
-        return client_context(ca_p, cert_p, key_p, server_name_check=check_hostname)
+        pw = KeyPassphrase(Path(key_passphrase_file)) if key_passphrase_file else None
+        return client_context(ca_p, cert_p, key_p, server_name_check=check_hostname,
+                              passphrase=pw)
     except TLSConfigError as e:
         raise ConfigError(str(e)) from None
 

@@ -69,7 +69,7 @@ from loom.http import (
     ServerStatistics,
     StreamingResponse,
 )
-from loom.security.tls import TLSConfigError, client_context, server_context
+from loom.security.tls import client_context, load_chain, server_context
 
 __all__ = [
     "Gateway",
@@ -106,14 +106,12 @@ def listener_context(listener: Listener) -> ssl.SSLContext:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         ctx.options |= ssl.OP_NO_COMPRESSION
         ctx.verify_mode = ssl.CERT_NONE
-        try:
-            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-        except (OSError, ssl.SSLError) as e:
-            raise TLSConfigError(f"cannot load {tls.cert_file} / {tls.key_file}: {e}") from e
+        load_chain(ctx, tls.cert_file, tls.key_file, tls.passphrase)
         return ctx
     assert tls.ca_file is not None  # the schema requires it for every other mode
     return server_context(tls.ca_file, tls.cert_file, tls.key_file,
-                          require_client_auth=tls.client_auth in ("require", "verify"))
+                          require_client_auth=tls.client_auth in ("require", "verify"),
+                          passphrase=tls.passphrase)
 
 
 def upstream_context(upstream: Upstream) -> ssl.SSLContext:
@@ -123,9 +121,9 @@ def upstream_context(upstream: Upstream) -> ssl.SSLContext:
         ctx = ssl.create_default_context()
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if t.cert_file is not None and t.key_file is not None:
-            ctx.load_cert_chain(str(t.cert_file), str(t.key_file))
+            load_chain(ctx, t.cert_file, t.key_file, t.passphrase)
         return ctx
-    return client_context(t.ca_file, t.cert_file, t.key_file)
+    return client_context(t.ca_file, t.cert_file, t.key_file, passphrase=t.passphrase)
 
 
 @dataclass(frozen=True, slots=True)

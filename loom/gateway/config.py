@@ -34,6 +34,7 @@ from urllib.parse import unquote
 import yaml
 
 from loom.security.attrs import ATTR_NAME_RE, MAX_ATTRS
+from loom.security.tls import KeyPassphrase, TLSConfigError
 
 __all__ = [
     "AUTH_TYPES",
@@ -105,6 +106,7 @@ class ListenerTLS:
     client_auth: ClientAuth = "none"
     ca_file: Path | None = None
     client_cert_headers: ClientCertHeaders = ClientCertHeaders()
+    passphrase: KeyPassphrase | None = None  # of an encrypted key_file (security/tls.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +262,7 @@ class UpstreamTLS:
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    passphrase: KeyPassphrase | None = None  # of an encrypted key_file (security/tls.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,11 +517,25 @@ def _listener(s: _Section, ctx: _Ctx) -> Listener:
         cert = ctx.file(t, "cert_file", required=True)
         keyf = ctx.file(t, "key_file", required=True)
         assert cert is not None and keyf is not None
-        tls = ListenerTLS(cert, keyf, mode, ca, headers)  # type: ignore[arg-type]
+        tls = ListenerTLS(cert, keyf, mode, ca, headers,  # type: ignore[arg-type]
+                          _passphrase(t, ctx))
         t.done()
     out = Listener(s.str_("name", required=True), host, port, tls, s.bool_("metrics", False))
     s.done()
     return out
+
+
+def _passphrase(t: _Section, ctx: _Ctx) -> KeyPassphrase | None:
+    """`key_passphrase_file` or `key_passphrase_credential` (a systemd credential name): where
+    an encrypted key_file's passphrase is read, at start and at every reload."""
+    f, cred = ctx.file(t, "key_passphrase_file"), t.opt_str("key_passphrase_credential")
+    if f is None and cred is None:
+        return None
+    try:
+        return KeyPassphrase(f, cred)
+    except TLSConfigError as e:
+        raise ConfigError(t.path("key_passphrase_file" if cred is None else
+                                 "key_passphrase_credential"), str(e)) from None
 
 
 def _api_keys(s: _Section, ctx: _Ctx) -> ApiKeyConfig:
@@ -756,7 +773,8 @@ def _upstream(s: _Section, ctx: _Ctx) -> Upstream:
         if kind == "loom" and not e.startswith("https://"):
             raise ConfigError(s.path(f"endpoints[{i}]"), "a loom upstream is https:// only")
     t = s.section("tls")
-    tls = UpstreamTLS(ctx.file(t, "ca_file"), ctx.file(t, "cert_file"), ctx.file(t, "key_file"))
+    tls = UpstreamTLS(ctx.file(t, "ca_file"), ctx.file(t, "cert_file"), ctx.file(t, "key_file"),
+                      _passphrase(t, ctx))
     t.done()
     if kind == "loom" and (tls.cert_file is None or tls.key_file is None or tls.ca_file is None):
         raise ConfigError(s.path("tls"), "a loom upstream needs ca_file, cert_file and key_file "

@@ -17,6 +17,7 @@ import tomli_w
 
 from loom.raft import RaftConfig
 from loom.security.revocation import RevocationError, parse_serial
+from loom.security.tls import KeyPassphrase, TLSConfigError
 from loom.state.limits import StateLimits
 from loom.storage import StorageOptions
 
@@ -34,6 +35,15 @@ class TLSConfig:
     # Certificates refused even though they verify, by serial number (hex): checked at every
     # handshake and, on reload, against every open connection (security/revocation.py).
     denied_serials: tuple[str, ...] = ()
+    # An encrypted key's passphrase: a file (mode 0600), or a systemd credential name read from
+    # $CREDENTIALS_DIRECTORY (LoadCredential=). Never the passphrase itself (security/tls.py).
+    key_passphrase_file: Path | None = None
+    key_passphrase_credential: str | None = None
+
+    def passphrase(self) -> KeyPassphrase | None:
+        if self.key_passphrase_file is None and self.key_passphrase_credential is None:
+            return None
+        return KeyPassphrase(self.key_passphrase_file, self.key_passphrase_credential)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +274,7 @@ def _coerce(key: str, want: Any, v: Any) -> Any:
         if not isinstance(v, bool):
             raise ConfigError(f"{key}: must be true or false, got {v!r}")
         return v
-    if t == "str":
+    if t in ("str", "str | None"):
         if not isinstance(v, str):
             raise ConfigError(f"{key}: must be a string, got {v!r}")
         return v
@@ -383,6 +393,10 @@ def validate(cfg: NodeConfig) -> NodeConfig:
             parse_serial(serial)
         except RevocationError as e:
             raise ConfigError(f"tls.denied_serials: {e}") from None
+    try:
+        cfg.tls.passphrase()
+    except TLSConfigError as e:
+        raise ConfigError(f"tls.key_passphrase_credential: {e}") from None
     _validate_obs(cfg)
     if cfg.audit.queue_size < 1 or cfg.audit.priority_queue_size < 1:
         raise ConfigError("audit.queue_size: must be positive")

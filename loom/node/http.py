@@ -105,7 +105,8 @@ def http_context(cfg: NodeConfig) -> ssl.SSLContext:
     """The client listener's TLS, except that a certificate is requested, never required at
     the handshake: the door itself refuses requests without one (all but the two probes)."""
     t = cfg.tls
-    return server_context(t.ca, t.cert, t.key, require_client_auth=False, crl=t.crl)
+    return server_context(t.ca, t.cert, t.key, require_client_auth=False, crl=t.crl,
+                          passphrase=t.passphrase())
 
 
 def advertised_http_addr(cfg: NodeConfig) -> str:

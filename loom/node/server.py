@@ -164,7 +164,8 @@ class Node:
         t = cfg.tls
         try:
             return server_context(t.ca, t.cert, t.key,
-                                  require_client_auth=cfg.require_client_auth, crl=t.crl)
+                                  require_client_auth=cfg.require_client_auth, crl=t.crl,
+                                  passphrase=t.passphrase())
         except TLSConfigError as e:
             raise ConfigError(f"tls: {e}") from None
 
@@ -329,8 +330,9 @@ class Node:
 
         t = self.cfg.tls
         try:
-            server_ctx = peer_server_context(t.ca, t.cert, t.key, crl=t.crl)
-            client_ctx = peer_client_context(t.ca, t.cert, t.key, crl=t.crl)
+            pw = t.passphrase()
+            server_ctx = peer_server_context(t.ca, t.cert, t.key, crl=t.crl, passphrase=pw)
+            client_ctx = peer_client_context(t.ca, t.cert, t.key, crl=t.crl, passphrase=pw)
         except TLSConfigError as e:
             raise ConfigError(f"tls: {e}") from None
         return PeerTransport(
@@ -381,8 +383,9 @@ class Node:
             cfg = load(self.config_path) if self.config_path else self.cfg
             new_ctx = self._load_tls(cfg)
             t = cfg.tls
-            peer_ctxs = (peer_server_context(t.ca, t.cert, t.key, crl=t.crl),
-                         peer_client_context(t.ca, t.cert, t.key, crl=t.crl))
+            pw = t.passphrase()
+            peer_ctxs = (peer_server_context(t.ca, t.cert, t.key, crl=t.crl, passphrase=pw),
+                         peer_client_context(t.ca, t.cert, t.key, crl=t.crl, passphrase=pw))
             http_ctx = http_context(cfg) if self.http is not None else None
             file_policy = Policy.from_config(cfg.acl)
             revocation = self._load_revocation(cfg)

@@ -223,11 +223,15 @@ def _write_atomic(path: Path, data: bytes, mode: int, *, exclusive: bool = False
         raise
 
 
-def write_key(path: Path, key: ec.EllipticCurvePrivateKey, *, exclusive: bool = False) -> None:
+def write_key(path: Path, key: ec.EllipticCurvePrivateKey, *, exclusive: bool = False,
+              passphrase: bytes | None = None) -> None:
+    """PKCS#8 PEM, mode 0600; encrypted under `passphrase` when given (AES-256-CBC, the key
+    derived with PBKDF2: cryptography's best available PKCS#8 encryption)."""
+    enc: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase
+        else serialization.NoEncryption())
     data = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
     _write_atomic(Path(path), data, 0o600, exclusive=exclusive)
 
 
@@ -281,9 +285,10 @@ def write_ca(out: Path, *, common_name: str) -> tuple[Path, Path]:
 def issue_leaf(
     ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, out: Path, role: Role, name: str,
     *, trust_domain: str = "loom.dev", dns: Sequence[str] = (), ips: Sequence[str] = (),
-    days: int = LEAF_DAYS, exclusive: bool = True,
+    days: int = LEAF_DAYS, exclusive: bool = True, passphrase: bytes | None = None,
 ) -> tuple[Path, Path]:
-    """Issue `name`'s certificate for `role` and write out/<name>.pem and out/<name>.key (0600).
+    """Issue `name`'s certificate for `role` and write out/<name>.pem and out/<name>.key (0600,
+    encrypted under `passphrase` when given).
 
     Nodes and gateways get serverAuth and the DNS/IP SANs they are dialled by (default
     localhost, 127.0.0.1, ::1). exclusive=True (the default) refuses to replace either file;
@@ -309,7 +314,7 @@ def issue_leaf(
     cert, key = issue_cert(ca, ca_key, role=role, name=name, trust_domain=trust_domain,
                            not_before=nb, not_after=na, dns=dns, ips=ips, server=serves)
     out.mkdir(parents=True, exist_ok=True)
-    write_key(keyp, key, exclusive=exclusive)
+    write_key(keyp, key, exclusive=exclusive, passphrase=passphrase)
     try:
         write_cert(pem, cert, exclusive=exclusive)
     except BaseException:

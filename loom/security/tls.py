@@ -11,18 +11,36 @@ handshakes):
 
 Every function is a pure function of the files it is given, so a reload is "build new contexts,
 swap them in"; a bad file raises `TLSConfigError` naming it and the old contexts stay in force.
+
+Private keys (`load_chain`, the one function that loads a key, for loomd, loom-gateway and
+loomctl alike):
+- the key file must not be accessible by group or others (like the keyring: chmod 600);
+- an encrypted key (PKCS#8 `ENCRYPTED PRIVATE KEY`, or a legacy `Proc-Type: 4,ENCRYPTED` PEM)
+  needs a `KeyPassphrase`: a file, or a systemd credential (`LoadCredential=NAME:...` in the
+  unit, read from `$CREDENTIALS_DIRECTORY/NAME`). Never the passphrase itself from a flag or an
+  environment value: those show up in `ps`, in /proc/PID/environ and in shell histories. The
+  passphrase file is held to the same mode rule, and is read again at every (re)load, so a
+  SIGHUP picks up a new key and its new passphrase together.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import ssl
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 __all__ = [
+    "KeyPassphrase",
     "TLSConfigError",
     "client_context",
+    "load_chain",
     "peer_client_context",
     "peer_server_context",
     "server_context",
@@ -33,9 +51,108 @@ class TLSConfigError(Exception):
     """A certificate, key, CA or CRL file is missing, unreadable, malformed or mismatched."""
 
 
-def _no_password(*_args: object) -> bytes:
-    # Without a callback OpenSSL would prompt on the terminal for an encrypted key.
-    raise TLSConfigError("encrypted private keys are not supported")
+MAX_PRIVATE_FILE = 1 << 20
+# OpenSSL's PEM password buffer is 1024 bytes (PEM_BUFSIZE), terminator included.
+MAX_PASSPHRASE = 1023
+_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,254}")
+
+
+def read_private(path: Path, what: str) -> bytes:
+    """A secret file's bytes, refused when group or others may access it (checked on the open
+    descriptor, so the file checked is the file read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise TLSConfigError(f"cannot read {what} file {path}: {e.strerror or e}") from e
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise TLSConfigError(
+                f"{what} file {path} is accessible by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 on it")
+        if st.st_size > MAX_PRIVATE_FILE:
+            raise TLSConfigError(f"{what} file {path} is larger than 1 MiB")
+        data = os.read(fd, MAX_PRIVATE_FILE + 1)
+    finally:
+        os.close(fd)
+    if not data.strip():
+        raise TLSConfigError(f"{what} file {path} is empty")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPassphrase:
+    """Where the passphrase of an encrypted private key comes from: exactly one of a file
+    (`key_passphrase_file`) or a systemd credential name (`key_passphrase_credential`)."""
+
+    file: Path | None = None
+    credential: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.file is None) == (self.credential is None):
+            raise TLSConfigError("a key passphrase comes from key_passphrase_file or "
+                                 "key_passphrase_credential: give exactly one")
+        if self.credential is not None and not _CREDENTIAL_NAME.fullmatch(self.credential):
+            raise TLSConfigError(f"key_passphrase_credential {self.credential!r} is not a "
+                                 "credential name (letters, digits, '._@-', no '/')")
+
+    def path(self, environ: Mapping[str, str] | None = None) -> Path:
+        """The file the passphrase is read from."""
+        if self.file is not None:
+            return self.file
+        env = os.environ if environ is None else environ
+        directory = env.get("CREDENTIALS_DIRECTORY", "")
+        if not directory:
+            raise TLSConfigError(
+                f"key_passphrase_credential = {self.credential!r} but $CREDENTIALS_DIRECTORY "
+                f"is not set: start the service with LoadCredential={self.credential}:FILE")
+        return Path(directory) / str(self.credential)
+
+    def read(self, environ: Mapping[str, str] | None = None) -> bytes:
+        """The passphrase: the file's content without its trailing line break."""
+        path = self.path(environ)
+        what = "key passphrase" if self.file is not None else "key passphrase credential"
+        data = read_private(path, what)
+        if data.endswith(b"\r\n"):
+            data = data[:-2]
+        elif data.endswith(b"\n"):
+            data = data[:-1]
+        if not data:
+            raise TLSConfigError(f"{what} file {path} is empty")
+        if len(data) > MAX_PASSPHRASE:
+            raise TLSConfigError(f"{what} in {path} is longer than {MAX_PASSPHRASE} bytes")
+        return data
+
+
+def is_encrypted_pem(data: bytes) -> bool:
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data
+
+
+def _check_key(key: Path, data: bytes, passphrase: KeyPassphrase | None) -> bytes | None:
+    """The password to give OpenSSL for `key` (None for a plain key), checked here first so
+    that a wrong passphrase is one clear line rather than an OpenSSL reason code."""
+    if not is_encrypted_pem(data):
+        return None
+    if passphrase is None:
+        raise TLSConfigError(
+            f"private key file {key} is encrypted: give its passphrase with "
+            "key_passphrase_file or key_passphrase_credential")
+    pw = passphrase.read()
+    try:
+        serialization.load_pem_private_key(data, pw)
+    except (ValueError, TypeError) as e:
+        src = passphrase.file or f"credential {passphrase.credential}"
+        if "password" in str(e).lower() or "decrypt" in str(e).lower():
+            raise TLSConfigError(
+                f"wrong passphrase for private key {key} (passphrase from {src})") from None
+        raise TLSConfigError(f"private key file {key} cannot be read: {e}") from None
+    return pw
+
+
+def _refuse_prompt(*_args: object) -> bytes:
+    # Never reached for a key `_check_key` passed; without a callback OpenSSL would prompt
+    # on the terminal if the file changed in between.
+    raise TLSConfigError("the private key changed while it was being loaded")
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -89,11 +206,14 @@ def _load_crl(ctx: ssl.SSLContext, crl: Path) -> None:
     ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
 
 
-def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
+def load_chain(ctx: ssl.SSLContext, cert: Path, key: Path,
+               passphrase: KeyPassphrase | None = None) -> None:
+    """Load a certificate chain and its private key into `ctx`: the one place a key is read
+    (mode check, encrypted keys and their passphrase: see the module docstring)."""
     _read(cert, "certificate")
-    _read(key, "private key")
+    pw = _check_key(key, read_private(key, "private key"), passphrase)
     try:
-        ctx.load_cert_chain(str(cert), str(key), password=_no_password)
+        ctx.load_cert_chain(str(cert), str(key), password=pw if pw is not None else _refuse_prompt)
     except TLSConfigError as e:
         raise TLSConfigError(f"private key file {key}: {e}") from e
     except ssl.SSLError as e:
@@ -108,7 +228,8 @@ def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
 
 
 def server_context(
-    ca: Path, cert: Path, key: Path, *, require_client_auth: bool, crl: Path | None = None
+    ca: Path, cert: Path, key: Path, *, require_client_auth: bool, crl: Path | None = None,
+    passphrase: KeyPassphrase | None = None,
 ) -> ssl.SSLContext:
     """Context for the client listener.
 
@@ -122,7 +243,7 @@ def server_context(
     _load_ca(ctx, ca)
     if crl is not None:
         _load_crl(ctx, crl)
-    _load_chain(ctx, cert, key)
+    load_chain(ctx, cert, key, passphrase)
     return ctx
 
 
@@ -133,6 +254,7 @@ def client_context(
     *,
     server_name_check: bool = True,
     crl: Path | None = None,
+    passphrase: KeyPassphrase | None = None,
 ) -> ssl.SSLContext:
     """Context for dialling a Loom client listener (SDK, loomctl, tests).
 
@@ -148,23 +270,26 @@ def client_context(
     if crl is not None:
         _load_crl(ctx, crl)
     if cert is not None and key is not None:
-        _load_chain(ctx, cert, key)
+        load_chain(ctx, cert, key, passphrase)
     return ctx
 
 
 def peer_server_context(
-    ca: Path, cert: Path, key: Path, *, crl: Path | None = None
+    ca: Path, cert: Path, key: Path, *, crl: Path | None = None,
+    passphrase: KeyPassphrase | None = None,
 ) -> ssl.SSLContext:
     """Context for the peer listener: mutual TLS always.
 
     The caller must then require a NODE identity that is a current member
     (`identity.check_peer`): a client or gateway cert from the same CA is not a peer.
     """
-    return server_context(ca, cert, key, require_client_auth=True, crl=crl)
+    return server_context(ca, cert, key, require_client_auth=True, crl=crl,
+                          passphrase=passphrase)
 
 
 def peer_client_context(
-    ca: Path, cert: Path, key: Path, *, crl: Path | None = None
+    ca: Path, cert: Path, key: Path, *, crl: Path | None = None,
+    passphrase: KeyPassphrase | None = None,
 ) -> ssl.SSLContext:
     """Context for dialling a peer: mutual TLS always.
 
@@ -172,4 +297,5 @@ def peer_client_context(
     caller MUST check the server's identity against the node id it dialled
     (`identity.check_peer(identity, expected=node_id)`) before sending anything.
     """
-    return client_context(ca, cert, key, server_name_check=False, crl=crl)
+    return client_context(ca, cert, key, server_name_check=False, crl=crl,
+                          passphrase=passphrase)

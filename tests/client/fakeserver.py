@@ -44,6 +44,7 @@ def make_pki(tmp: Path) -> Pki:
     cert, key = tmp / "client.pem", tmp / "client.key"
     leaf.cert_chain_pems[0].write_to_path(str(cert))
     leaf.private_key_pem.write_to_path(str(key))
+    key.chmod(0o600)  # a private key readable by others is refused (security/tls.py)
     return Pki(ca, tmp, ca_file, cert, key)
 
 

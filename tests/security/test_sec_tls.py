@@ -237,14 +237,16 @@ def test_config_errors_name_the_file(pki: PKI, tmp_path: Path) -> None:
         client_context(pki.ca, c)
 
 
-def test_encrypted_key_refused_without_prompt(pki: PKI, tmp_path: Path) -> None:
+def test_encrypted_key_without_passphrase_refused_without_prompt(pki: PKI,
+                                                                   tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
 
     key = serialization.load_pem_private_key((pki.dir / "n1.key").read_bytes(), None)
     enc = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.BestAvailableEncryption(b"pw"))
     (tmp_path / "enc.key").write_bytes(enc)
-    with pytest.raises(TLSConfigError, match=r"enc\.key"):
+    (tmp_path / "enc.key").chmod(0o600)
+    with pytest.raises(TLSConfigError, match=r"enc\.key is encrypted: give its passphrase"):
         server_context(pki.ca, pki.dir / "n1.pem", tmp_path / "enc.key",
                        require_client_auth=True)
 

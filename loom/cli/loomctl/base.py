@@ -68,7 +68,8 @@ class Ctx:
             raise ConfigError("no CA certificate: pass --ca or set LOOM_CA")
         headers = dict(_kv(h) for h in a.header or [])
         opts: dict[str, Any] = {
-            "ca": a.ca_file, "cert": a.cert_file, "key": a.key_file, "client_name": "loomctl",
+            "ca": a.ca_file, "cert": a.cert_file, "key": a.key_file,
+            "key_passphrase_file": a.key_passphrase_file, "client_name": "loomctl",
             "timeout": a.timeout, "headers": headers or None, "server_hostname": a.server_name,
             "connect_timeout": min(a.timeout, 5.0), **overrides}
         return Client(endpoints, **opts)

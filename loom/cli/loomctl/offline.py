@@ -58,11 +58,12 @@ def certs_issue(c: Ctx, a: argparse.Namespace) -> Any:
         raise UsageError("--dns and --ip apply to node and gateway certificates only")
     if a.days < 1:
         raise UsageError("--days must be at least 1")
+    passphrase = _passphrase(a.passphrase_file)
     try:
         ca, ca_key = load_ca(Path(a.ca_dir))
         pem, key = issue_leaf(ca, ca_key, Path(a.out or a.ca_dir), role, a.name,
                               trust_domain=a.trust_domain, dns=a.dns or (), ips=a.ip or (),
-                              days=a.days)
+                              days=a.days, passphrase=passphrase)
     except PKIExistsError as e:
         raise OfflineError("EXISTS", str(e)) from None
     except IdentityError as e:
@@ -73,12 +74,25 @@ def certs_issue(c: Ctx, a: argparse.Namespace) -> Any:
         out["acl_principals"] = {principal: list(a.role)}
     if a.output == "json":
         return out
-    lines = [f"{a.kind} certificate for {principal}: {pem} (key {key}, mode 0600)"]
+    enc = ", encrypted" if passphrase else ""
+    lines = [f"{a.kind} certificate for {principal}: {pem} (key {key}, mode 0600{enc})"]
     if a.role:
         roles = ", ".join(f'"{r}"' for r in a.role)
         lines.append(f"grant its roles by adding to the policy's principals and running "
                      f"'loomctl acl set': \"{principal}\" = [{roles}]")
     return "\n".join(lines)
+
+
+def _passphrase(path: str | None) -> bytes | None:
+    """--passphrase-file: read with the rules loomd applies to it (security/tls.py)."""
+    if not path:
+        return None
+    from loom.security.tls import KeyPassphrase, TLSConfigError
+
+    try:
+        return KeyPassphrase(Path(path)).read()
+    except TLSConfigError as e:
+        raise UsageError(f"--passphrase-file: {e}") from None
 
 
 def _storage_admin() -> Any:

@@ -55,6 +55,9 @@ def _globals(p: argparse.ArgumentParser, suppress: bool) -> None:
                    help="client certificate (env LOOM_CERT)", **d)
     g.add_argument("--key", dest="key_file", metavar="FILE",
                    help="client private key (env LOOM_KEY)", **d)
+    g.add_argument("--key-passphrase-file", dest="key_passphrase_file", metavar="FILE",
+                   help="file (mode 0600) holding the passphrase of an encrypted --key "
+                        "(env LOOM_KEY_PASSPHRASE_FILE); never the passphrase itself", **d)
     g.add_argument("--server-name", metavar="NAME",
                    help="name expected in the server certificate (default: endpoint host)", **d)
     g.add_argument("--timeout", type=float, metavar="SECONDS",
@@ -125,6 +128,8 @@ def settle(a: argparse.Namespace) -> None:
     a.ca_file = getattr(a, "ca_file", None) or env.get("LOOM_CA") or None
     a.cert_file = getattr(a, "cert_file", None) or env.get("LOOM_CERT") or None
     a.key_file = getattr(a, "key_file", None) or env.get("LOOM_KEY") or None
+    a.key_passphrase_file = (getattr(a, "key_passphrase_file", None)
+                             or env.get("LOOM_KEY_PASSPHRASE_FILE") or None)
     a.timeout = getattr(a, "timeout", None) or 10.0
     a.output = getattr(a, "output", None) or "text"
     a.map = getattr(a, "map", None) or DEFAULT_MAP

@@ -266,7 +266,9 @@ TREE: tuple[Group | Cmd, ...] = (
                                                            "reached by (default localhost)"},
         ip={"action": "append", "metavar": "ADDR", "help": "node, gateway: an IP address it is "
                                                           "reached by (default loopback)"},
-        days={"type": int, "default": 825, "metavar": "N", "help": "validity in days"}),
+        days={"type": int, "default": 825, "metavar": "N", "help": "validity in days"},
+        passphrase_file={"metavar": "FILE", "help": "encrypt NAME.key (PKCS#8) under the "
+                                                    "passphrase in FILE (mode 0600)"}),
     Group("wal", "write-ahead log tools (offline)"),
     cmd("wal inspect", "summarise the log of a data directory (DIR or DIR/raft)",
         tool(offline.wal_inspect), "dir", keyring={"metavar": "FILE"}),
