@@ -6,7 +6,8 @@ BIN=.venv/bin
 # Real components some tests run, from Debian's packages: nginx in front of loomd and htpasswd
 # (apache2-utils) for its Basic users (tests/e2e/test_nginx_gateway.py, tests/gateway);
 # chromium and chromium-driver for the dashboard (tests/obs/test_dashboard.py); prometheus and
-# promtool (tests/obs/test_prometheus.py, test_deploy.py). Installed here when missing, as root
+# promtool (tests/obs/test_prometheus.py, test_deploy.py); softhsm2, a PKCS#11 token for the
+# keys held outside the node (tests/e2e/test_keys_hsm.py). Installed here when missing, as root
 # with apt-get (one `apt-get update`, one install); where that cannot run, those tests skip and
 # say why.
 missing=()
@@ -15,6 +16,8 @@ command -v htpasswd >/dev/null || missing+=(apache2-utils)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing+=(prometheus)
+{ command -v softhsm2-util >/dev/null && [ -f /usr/lib/softhsm/libsofthsm2.so ]; } \
+  || missing+=(softhsm2)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${missing[*]} from Debian's packages for the tests that run them" \

@@ -36,7 +36,7 @@ from loom.node import snapshotter
 from loom.raft.types import ConfState, SnapshotMeta
 from loom.state.command import Command
 from loom.state.machine import StateMachine
-from loom.storage.crypto import load_keyring
+from loom.storage.crypto import Keyring, load_keyring
 from loom.storage.fs import OSFileSystem
 from loom.storage.snapshot import write_snapshot
 from loom.wire.errors import Busy, LoomError, NotFound, Unavailable
@@ -80,8 +80,11 @@ class _File:
 class SnapshotSaver:
     def __init__(self, *, node_id: str, data_dir: Path, log_: Log, clock_ms: Callable[[], int],
                  keyring: Path | None, chunk_bytes: int = 256 << 10, idle_s: float = 300.0,
-                 fork: bool = True) -> None:
+                 fork: bool = True, keys: Callable[[], Keyring | None] | None = None) -> None:
         self.node_id = node_id
+        # The data keys in force (the node's storage: rotated online, possibly unwrapped by an
+        # HSM); without it the keyring file is read, which works for a plain keyring only.
+        self.keys = keys
         self.dir = Path(data_dir) / BACKUP_SUBDIR
         self.log = log_
         self.clock_ms = clock_ms
@@ -184,7 +187,10 @@ class SnapshotSaver:
     def _write(self, sid: str, meta: SnapshotMeta, data: bytes) -> tuple[Path, str, int]:
         work = self.dir / sid
         work.mkdir(parents=True, mode=0o700)
-        keyring = load_keyring(str(self.keyring)) if self.keyring else None
+        if self.keys is not None:
+            keyring = self.keys() if self.keyring else None
+        else:
+            keyring = load_keyring(str(self.keyring)) if self.keyring else None
         written = Path(write_snapshot(OSFileSystem(), str(work), meta, [data],
                                       keyring=keyring, max_chunk=FILE_CHUNK))
         path = self.dir / f"{sid}.snap"

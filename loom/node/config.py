@@ -137,6 +137,16 @@ class RaftSettings:
 class StorageSettings:
     segment_bytes: int = 64 << 20
     keyring: Path | None = None  # encryption at rest when set
+    # The PIN of the key-encryption key a wrapped keyring names (PKCS#11: storage/kms.py): a
+    # file (mode 0600) or a systemd credential name, read like the TLS key's passphrase.
+    kek_pin_file: Path | None = None
+    kek_pin_credential: str | None = None
+    pkcs11_module: Path | None = None  # the PKCS#11 library (e.g. SoftHSM2's, an HSM vendor's)
+
+    def kek_pin(self) -> KeyPassphrase | None:
+        if self.kek_pin_file is None and self.kek_pin_credential is None:
+            return None
+        return KeyPassphrase(self.kek_pin_file, self.kek_pin_credential, "KEK PIN")
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +233,15 @@ class NodeConfig:
     def to_storage_options(self) -> StorageOptions:
         """The write-ahead log's options (`[storage]`, and `[raft] trailing_entries`)."""
         keyring = str(self.storage.keyring) if self.storage.keyring else None
+        source = self.storage.kek_pin()
+        try:
+            pin = source.read() if source is not None and keyring else None
+        except TLSConfigError as e:
+            raise ConfigError(f"storage: {e}") from None
         return StorageOptions(segment_size=self.storage.segment_bytes, keyring_path=keyring,
-                              trailing_entries=self.raft.trailing_entries)
+                              trailing_entries=self.raft.trailing_entries, kek_pin=pin,
+                              pkcs11_module=str(self.storage.pkcs11_module)
+                              if self.storage.pkcs11_module else None)
 
     def to_peer_limits(self) -> PeerLimits:
         """The peer transport's limits (`[peer]`)."""
@@ -397,6 +414,10 @@ def validate(cfg: NodeConfig) -> NodeConfig:
         cfg.tls.passphrase()
     except TLSConfigError as e:
         raise ConfigError(f"tls.key_passphrase_credential: {e}") from None
+    try:
+        cfg.storage.kek_pin()
+    except TLSConfigError as e:
+        raise ConfigError(f"storage.kek_pin_credential: {e}") from None
     _validate_obs(cfg)
     if cfg.audit.queue_size < 1 or cfg.audit.priority_queue_size < 1:
         raise ConfigError("audit.queue_size: must be positive")

@@ -73,8 +73,10 @@ _REFUSALS = frozenset({"denied", "unauthenticated"})
 _ADMIN_VERBS = {"MEMBER_ADD": "add", "MEMBER_PROMOTE": "promote", "MEMBER_REMOVE": "remove",
                 "LEADER_TRANSFER": "transfer"}
 assert frozenset(_ADMIN_VERBS) == catalog.names_with(Execution.CLUSTER_ADMIN)
-# The one type the node runs in the caller's task: a backup (node/backup.py).
-assert catalog.names_with(Execution.NODE_TASK) == {"SNAPSHOT_SAVE"}
+# The types the node runs in the caller's task: a backup (node/backup.py) and the data-key
+# commands (node/keys.py).
+assert catalog.names_with(Execution.NODE_TASK) == {"SNAPSHOT_SAVE", "KEYS_ROTATE",
+                                                  "KEYS_REWRAP"}
 
 # How many times in a row a write refused at apply for a changed ACL policy is decided again
 # and proposed anew before the caller hears BUSY (policy changes are rare; this bounds a storm).
@@ -185,6 +187,8 @@ class Dispatcher:
         self.metrics = NodeMetrics(self.node_statistics)
         # SNAPSHOT_SAVE's handler (node/backup.py); None: the type answers UNAVAILABLE.
         self.snapshot_saver: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
+        # KEYS_ROTATE's and KEYS_REWRAP's handlers (node/keys.py), by type name.
+        self.node_tasks: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
 
     # -- the policy in force: the replicated document, else the configured seed ----------------
     def policy(self) -> Policy:
@@ -367,9 +371,11 @@ class Dispatcher:
         try:
             if mt.execution is Execution.CLUSTER_ADMIN:
                 result = await self.replicator.admin(_ADMIN_VERBS[mt.name], **call.body)
+            elif mt.execution is Execution.NODE_TASK and mt.name in self.node_tasks:
+                result = await self.node_tasks[mt.name](call.body)
             elif mt.execution is Execution.NODE_TASK:
-                if self.snapshot_saver is None:
-                    raise Unavailable("this node does not save snapshots")
+                if self.snapshot_saver is None or mt.name != "SNAPSHOT_SAVE":
+                    raise Unavailable(f"this node does not run {mt.name}")
                 result = await self.snapshot_saver(call.body)
             else:
                 out = await self._run_waiting(call, read=mt.execution is Execution.LOG_READ,

@@ -41,6 +41,7 @@ from loom.node.connection import ConnectionContext
 from loom.node.dispatcher import Dispatcher
 from loom.node.handshakes import Handshakes
 from loom.node.http import HttpDoor, advertised_http_addr, http_context
+from loom.node.keys import KeyAdmin
 from loom.node.raftdriver import RaftDriver, prepare_storage
 from loom.node.testhooks import FaultHooks
 from loom.node.topics import TopicHub
@@ -124,9 +125,12 @@ class Node:
         self.clients.set_revocation(self.revocation)
         self.backup = SnapshotSaver(
             node_id=cfg.node_id, data_dir=cfg.data_dir, log_=self.log, clock_ms=self.clock.now_ms,
-            keyring=cfg.storage.keyring,
+            keyring=cfg.storage.keyring, keys=lambda: self.storage.keyring,
             chunk_bytes=min(256 << 10, cfg.limits.max_frame_bytes // 2))
         self.dispatcher.snapshot_saver = self.backup.handle
+        self.keys = KeyAdmin(cfg, self.storage)
+        self.dispatcher.node_tasks.update(KEYS_ROTATE=self.keys.rotate,
+                                          KEYS_REWRAP=self.keys.rewrap)
         self.port = 0
         self._stop = trio.Event()
         self.http: HttpDoor | None = HttpDoor(self) if cfg.http.listen else None
@@ -222,6 +226,7 @@ class Node:
             out["peer"] = asdict(self.log.transport.statistics())
         out["peer_trust"] = asdict(self.log.membership.trust.statistics())
         out["backup"] = asdict(self.backup.statistics())
+        out["keys"] = asdict(self.keys.statistics())
         return out
 
     def _disk(self) -> dict[str, int] | None:

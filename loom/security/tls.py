@@ -82,36 +82,38 @@ def read_private(path: Path, what: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class KeyPassphrase:
-    """Where the passphrase of an encrypted private key comes from: exactly one of a file
-    (`key_passphrase_file`) or a systemd credential name (`key_passphrase_credential`)."""
+    """Where a secret that unlocks a key comes from (an encrypted key's passphrase, an HSM's
+    PIN): exactly one of a file or a systemd credential name. `what` names it in messages."""
 
     file: Path | None = None
     credential: str | None = None
+    what: str = "key passphrase"
 
     def __post_init__(self) -> None:
         if (self.file is None) == (self.credential is None):
-            raise TLSConfigError("a key passphrase comes from key_passphrase_file or "
-                                 "key_passphrase_credential: give exactly one")
+            raise TLSConfigError(f"a {self.what} comes from a file or a systemd credential: "
+                                 "give exactly one")
         if self.credential is not None and not _CREDENTIAL_NAME.fullmatch(self.credential):
-            raise TLSConfigError(f"key_passphrase_credential {self.credential!r} is not a "
+            raise TLSConfigError(f"{self.what} credential {self.credential!r} is not a "
                                  "credential name (letters, digits, '._@-', no '/')")
 
     def path(self, environ: Mapping[str, str] | None = None) -> Path:
-        """The file the passphrase is read from."""
+        """The file the secret is read from."""
         if self.file is not None:
             return self.file
         env = os.environ if environ is None else environ
         directory = env.get("CREDENTIALS_DIRECTORY", "")
         if not directory:
             raise TLSConfigError(
-                f"key_passphrase_credential = {self.credential!r} but $CREDENTIALS_DIRECTORY "
-                f"is not set: start the service with LoadCredential={self.credential}:FILE")
+                f"{self.what} credential {self.credential!r} is configured but "
+                f"$CREDENTIALS_DIRECTORY is not set: start the service with "
+                f"LoadCredential={self.credential}:FILE")
         return Path(directory) / str(self.credential)
 
     def read(self, environ: Mapping[str, str] | None = None) -> bytes:
-        """The passphrase: the file's content without its trailing line break."""
+        """The secret: the file's content without its trailing line break."""
         path = self.path(environ)
-        what = "key passphrase" if self.file is not None else "key passphrase credential"
+        what = self.what if self.file is not None else f"{self.what} credential"
         data = read_private(path, what)
         if data.endswith(b"\r\n"):
             data = data[:-2]

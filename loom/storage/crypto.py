@@ -27,6 +27,7 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -84,25 +85,14 @@ class Keyring:
 
 
 def load_keyring(path: str) -> Keyring:
-    """Read and validate a keyring file. Every problem is an `EncryptionKeyError`."""
+    """Read and validate a plain (v1) keyring file. Every problem is an `EncryptionKeyError`.
+    A keyring whose data keys are wrapped (v2) is read by `loom.storage.kms.open_keystore`."""
+    doc = parse_keyring_json(path, read_private_file(path))
+    if doc.get("format") == "loom-keyring-v2":
+        raise EncryptionKeyError(
+            f"keyring {path} holds data keys wrapped by a key-encryption key: it needs the "
+            "KEK's PIN (loomd: [storage] kek_pin_file or kek_pin_credential)")
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise EncryptionKeyError(f"cannot open keyring {path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise EncryptionKeyError(
-                f"keyring {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 on it"
-            )
-        if st.st_size > 1 << 20:
-            raise EncryptionKeyError(f"keyring {path} is larger than 1 MiB")
-        raw = os.read(fd, 1 << 20)
-    finally:
-        os.close(fd)
-    try:
-        doc = json.loads(raw)
         if doc.get("format") != KEYRING_FORMAT:
             raise ValueError(f"format is not {KEYRING_FORMAT!r}")
         keys: dict[int, bytes] = {}
@@ -122,7 +112,43 @@ def load_keyring(path: str) -> Keyring:
     return Keyring(keys, active)
 
 
+def parse_keyring_json(path: str, raw: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise EncryptionKeyError(f"keyring {path} is invalid: {exc}") from None
+    if not isinstance(doc, dict):
+        raise EncryptionKeyError(f"keyring {path} is invalid: not a JSON object")
+    return doc
+
+
 def write_keyring(path: str, keyring: Keyring, *, exclusive: bool) -> None:
+    """Write atomically (temp file, fsync, rename, fsync of the directory), mode 0600."""
+    write_private_file(path, keyring.to_json(), exclusive=exclusive)
+
+
+def read_private_file(path: str, what: str = "keyring") -> bytes:
+    """A keyring file's bytes, refused when group or others may access it (checked on the
+    open descriptor, so the file checked is the file read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise EncryptionKeyError(f"cannot open {what} {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise EncryptionKeyError(
+                f"{what} {path} is accessible by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 on it"
+            )
+        if st.st_size > 1 << 20:
+            raise EncryptionKeyError(f"{what} {path} is larger than 1 MiB")
+        return os.read(fd, 1 << 20)
+    finally:
+        os.close(fd)
+
+
+def write_private_file(path: str, data: bytes, *, exclusive: bool) -> None:
     """Write atomically (temp file, fsync, rename, fsync of the directory), mode 0600."""
     tmp = f"{path}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
@@ -131,7 +157,6 @@ def write_keyring(path: str, keyring: Keyring, *, exclusive: bool) -> None:
     fd = os.open(tmp, flags, 0o600)
     try:
         os.fchmod(fd, 0o600)
-        data = keyring.to_json()
         os.write(fd, data)
         os.fsync(fd)
     finally:

@@ -23,10 +23,17 @@ from types import TracebackType
 
 from loom.raft.types import Entry, HardState, SnapshotMeta
 from loom.storage.codec import RecordType
-from loom.storage.crypto import Keyring, load_keyring
-from loom.storage.errors import DataDirLockedError, DiskFullError, FatalIOError, StorageError
+from loom.storage.crypto import Keyring
+from loom.storage.errors import (
+    DataDirLockedError,
+    DiskFullError,
+    EncryptionKeyError,
+    FatalIOError,
+    StorageError,
+)
 from loom.storage.fs import DirLock, FileSystem, OSFileSystem
 from loom.storage.hardstate import HS_NAME, write_hard_state
+from loom.storage.kms import KeyStore, open_keystore
 from loom.storage.records import ENTRY_OVERHEAD, encode_entry, encode_mark, encode_state
 from loom.storage.recovery import SNAP_DIR, WAL_DIR, max_payload, recover_dir
 from loom.storage.snapshot import SnapshotReader, list_snapshots, write_snapshot
@@ -47,6 +54,9 @@ class StorageOptions:
     snapshots_to_retain: int = 2  # installed snapshot files kept (newest first)
     snapshot_chunk_size: int = 1 * MiB  # snapshot data is stored in chunks of at most this
     keyring_path: str | None = None  # None: no encryption at rest
+    # The PIN of the key-encryption key a wrapped keyring names (storage/kms.py).
+    kek_pin: bytes | None = field(default=None, repr=False, compare=False)
+    pkcs11_module: str | None = None  # the PKCS#11 library a wrapped keyring's KEK is reached by
     verify_snapshot_on_open: bool = True  # read the whole newest snapshot at start
     auto_compact: bool = True  # compact the WAL behind each saved snapshot
     fs: FileSystem | None = field(default=None, compare=False)  # None: the real file system
@@ -152,6 +162,7 @@ class Storage:
         snapshot_path: str | None,
     ) -> None:
         self._fs, self._dir, self._opts, self._keyring = fs, data_dir, options, keyring
+        self._keystore: KeyStore | None = None
         self._lock: DirLock | None = lock
         self._wal = writer
         self._runs = runs
@@ -176,7 +187,10 @@ class Storage:
         opts.validate()
         fs = opts.fs or OSFileSystem()
         data_dir = os.path.normpath(data_dir)
-        keyring = load_keyring(opts.keyring_path) if opts.keyring_path else None
+        keystore = keyring = None
+        if opts.keyring_path:
+            keystore = open_keystore(opts.keyring_path, opts.kek_pin, opts.pkcs11_module)
+            keyring = keystore.load()
         created = fs.makedirs(data_dir)
         if created:
             fs.sync_dir(os.path.dirname(created[0]))
@@ -189,7 +203,9 @@ class Storage:
                 f"data directory {data_dir} is in use by another process (lock file {LOCK_NAME})"
             ) from None
         try:
-            return cls._open_locked(fs, data_dir, opts, keyring, lock)
+            storage, recovered = cls._open_locked(fs, data_dir, opts, keyring, lock)
+            storage._keystore = keystore
+            return storage, recovered
         except BaseException:
             lock.release()
             raise
@@ -308,6 +324,28 @@ class Storage:
     @property
     def segment_count(self) -> int:
         return len(self._wal.segments)
+
+    # ----- keys (encryption at rest) -----------------------------------------------------
+    @property
+    def keyring(self) -> Keyring | None:
+        """The data keys in force (in memory only); None when nothing is encrypted."""
+        return self._keyring
+
+    @property
+    def keystore(self) -> KeyStore | None:
+        return self._keystore
+
+    def use_keys(self, store: KeyStore, keyring: Keyring) -> None:
+        """Put a rotated or rewrapped keyring in force, once `store` holds it durably: the
+        next WAL segment and the next snapshot are written with its active key. Every key of
+        the keyring in force must still be in it, so every existing file stays readable."""
+        if self._keyring is None:
+            raise EncryptionKeyError("this node does not encrypt at rest (no [storage] keyring)")
+        missing = set(self._keyring.keys) - set(keyring.keys)
+        if missing or any(keyring.keys[k] != v for k, v in self._keyring.keys.items()):
+            raise EncryptionKeyError(f"the new keyring lacks or changes key ids {sorted(missing)}")
+        self._keystore, self._keyring = store, keyring
+        self._wal.keyring = keyring
 
     def _check(self) -> None:
         if self._failed is not None:

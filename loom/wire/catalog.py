@@ -398,6 +398,18 @@ _t(0x0F08, "SNAPSHOT_SAVE", C.ADMIN, A,
    "round) into a checksummed file, encrypted when the node encrypts at rest, and answers its "
    "id, index, term, size and SHA-256 with the first chunk; with it, the chunk at `offset`.",
    runs=NODE_TASK)
+_t(0x0F09, "KEYS_ROTATE", C.ADMIN, A, {},
+   "Encryption at rest, on the receiving node only: a new data key becomes the active one at "
+   "once (new WAL segments and snapshots use it; files written before stay readable with the "
+   "keys kept) and the keyring file is rewritten, wrapped when its keys are wrapped. Answers "
+   "the new key id and the key ids held.", runs=NODE_TASK)
+_t(0x0F0A, "KEYS_REWRAP", C.ADMIN, A,
+   {"label": Field(Kind.STR, min=1, max=128, doc="the new key-encryption key's label"),
+    "token": opt(Kind.STR, min=1, max=128,
+                 doc="the PKCS#11 token holding it (default: the one in use)")},
+   "Encryption at rest, on the receiving node only: rewrite its keyring with every data key "
+   "wrapped by another AES key of the configured PKCS#11 module (a plain keyring becomes a "
+   "wrapped one); no data is re-encrypted.", runs=NODE_TASK)
 
 # -- RAFT (peer listener only; bodies are validated by loom.raft.messages.from_wire) -----------
 # tests/test_catalog.py checks this list against loom.raft.messages.RAFT_MESSAGE_NAMES.

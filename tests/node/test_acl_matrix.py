@@ -215,6 +215,9 @@ SAMPLES: dict[str, Sample] = {
     "NODE_STATS": S(),
     "METRICS_GET": S(),
     "SNAPSHOT_SAVE": S(),  # a whole backup's first chunk (tests/node/test_backup.py)
+    # This node does not encrypt at rest: UNAVAILABLE once allowed (tests/e2e/test_keys_hsm.py)
+    "KEYS_ROTATE": S(ok=False),
+    "KEYS_REWRAP": S(label="kek", ok=False),
 }
 
 

@@ -173,3 +173,31 @@ def _deny_hint(cert: str | None, node: str) -> dict[str, Any]:
     return {"denied_serial": serial,
             "deny": f"{node}'s certificate has serial {serial}: add it to [tls] denied_serials "
                     "on every node and reload them (SIGHUP) to refuse it on every port"}
+
+
+# -- keys rotate / rewrap -----------------------------------------------------------------------
+def keys_rotate(c: Ctx, a: argparse.Namespace) -> Any:
+    """With FILE: the offline edit of a plain keyring (nodes use it from their next start).
+    Without: KEYS_ROTATE on the node --endpoints names, in force at once."""
+    if a.file:
+        from loom.cli.loomctl.base import offline as tool
+        from loom.cli.loomctl.offline import keys_rotate as rotate_file
+
+        return tool(rotate_file)(c, a)
+    r = c.call("KEYS_ROTATE")
+    if a.output == "json":
+        return r
+    return (f"data key {r['key_id']} is active on {c.args.endpoints} for new segments and "
+            f"snapshots (keys held: {', '.join(map(str, r['keys']))})")
+
+
+def keys_rewrap(c: Ctx, a: argparse.Namespace) -> Any:
+    """KEYS_REWRAP on the node --endpoints names: its data keys wrapped under --label."""
+    body: dict[str, Any] = {"label": a.label}
+    if a.token:
+        body["token"] = a.token
+    r = c.call_body("KEYS_REWRAP", body)
+    if a.output == "json":
+        return r
+    return (f"keyring of {c.args.endpoints} rewrapped under PKCS#11 key {r['label']!r} on "
+            f"token {r['token']!r} (keys {', '.join(map(str, r['keys']))})")

@@ -275,10 +275,17 @@ TREE: tuple[Group | Cmd, ...] = (
     cmd("wal verify", "check every record of a data directory's log (exit 1 if nothing was "
                       "checked, or an encrypted log without --keyring)",
         tool(offline.wal_verify), "dir", keyring={"metavar": "FILE"}),
-    Group("keys", "encryption-at-rest keyrings (offline)"),
-    cmd("keys create", "create keyring FILE", tool(offline.keys_create), "file"),
-    cmd("keys rotate", "add a new current key to FILE; prints its id",
-        tool(offline.keys_rotate), "file"),
+    Group("keys", "encryption-at-rest data keys"),
+    cmd("keys create", "create keyring FILE (offline)", tool(offline.keys_create), "file"),
+    cmd("keys rotate", "a new data key, in force at once on the node --endpoints names (new "
+                       "segments and snapshots use it, older files stay readable); with FILE, "
+                       "add it to a plain keyring offline instead (used from the next start)",
+        ops.keys_rotate, "file?"),
+    cmd("keys rewrap", "rewrap the data keys of the node --endpoints names under another "
+                       "AES key of its PKCS#11 module (a plain keyring becomes a wrapped one)",
+        ops.keys_rewrap, label={"required": True, "metavar": "LABEL",
+                                "help": "the new key-encryption key's label"},
+        token={"metavar": "TOKEN", "help": "its token (default: the one in use)"}),
     Group("audit", "audit log tools (offline)"),
     cmd("audit verify", "check that every seq in FILES (a log and its rotated copies) is "
                         "present or inside a dropped range (exit 1 otherwise)",
