@@ -253,3 +253,13 @@ def rewrapped(store: KeyStore, keyring: Keyring, kek: KeyEncryptionKey) -> Wrapp
     new = WrappedKeyStore(store.path, kek)
     new.save(keyring)
     return new
+
+
+def create_wrapped(path: str, kek: KeyEncryptionKey) -> int:
+    """A new wrapped keyring at `path` (refused if it exists) with one data key, drawn in
+    memory and written only wrapped. Returns its id."""
+    if os.path.exists(path):
+        raise FileExistsError(f"keyring {path} already exists")
+    keyring = Keyring.generate()
+    WrappedKeyStore(path, kek).save(keyring, exclusive=True)
+    return keyring.active

@@ -319,16 +319,17 @@ class WalWriter:
                 f.allocate(self.segment_size)
             cipher = None
             header = SegmentHeader(seq, first_index, self.last[1])
-            if self.keyring is not None:
+            ring = self.keyring  # read once: a rotation may swap it (Storage.use_keys)
+            if ring is not None:
                 salt = new_salt()
                 cipher = FileCipher(
-                    self.keyring.keys[self.keyring.active],
+                    ring.keys[ring.active],
                     salt,
                     WAL_PURPOSE,
                     seq.to_bytes(8, "little"),
                 )
                 header = SegmentHeader(
-                    seq, first_index, self.last[1], self.keyring.active, salt, cipher.check_tag()
+                    seq, first_index, self.last[1], ring.active, salt, cipher.check_tag()
                 )
             data, crc = codec.encode_record(RecordType.SEGMENT_HEADER, 0, header.encode(), 0)
             opened = _Open(seq, first_index, path, f, len(data), crc, 1, cipher)

@@ -255,3 +255,20 @@ def test_wrong_pin_and_missing_key_are_refused_clearly(node: Node) -> None:
     n.ring.write_text(json.dumps(doc))
     r = n.loomd()
     assert r.returncode != 0 and "does not unwrap data key 1" in r.stderr, r.stderr
+
+
+def test_a_keyring_created_wrapped_never_holds_a_key_in_clear(node: Node) -> None:
+    n = node
+    r = n.ctl("admin", "-o", "json", "keys", "create", str(n.ring), "--pkcs11-module",
+              str(MODULE), "--token", "loom", "--label", "kek-1", "--pin-file", str(n.pin))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["result"] == {"key_id": 1, "wrapped": True}
+    doc = json.loads(n.ring.read_text())
+    assert doc["format"] == "loom-keyring-v2" and "key" not in doc["keys"][0]
+    r = n.ctl("admin", "keys", "create", str(n.ring), "--pkcs11-module", str(MODULE))
+    assert r.returncode == 2 and "needs --pkcs11-module, --token, --label" in r.stderr
+    n.start()
+    _fill(n, "c", 5)
+    n.stop()
+    n.start()
+    _check(n, "c", 5)

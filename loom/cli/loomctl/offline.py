@@ -85,14 +85,16 @@ def certs_issue(c: Ctx, a: argparse.Namespace) -> Any:
 
 def _passphrase(path: str | None) -> bytes | None:
     """--passphrase-file: read with the rules loomd applies to it (security/tls.py)."""
-    if not path:
-        return None
+    return _secret(path, "--passphrase-file", "key passphrase") if path else None
+
+
+def _secret(path: str, flag: str, what: str) -> bytes:
     from loom.security.tls import KeyPassphrase, TLSConfigError
 
     try:
-        return KeyPassphrase(Path(path)).read()
+        return KeyPassphrase(Path(path), what=what).read()
     except TLSConfigError as e:
-        raise UsageError(f"--passphrase-file: {e}") from None
+        raise UsageError(f"{flag}: {e}") from None
 
 
 def _storage_admin() -> Any:
@@ -140,10 +142,24 @@ def audit_verify(c: Ctx, a: argparse.Namespace) -> Any:
 
 
 def keys_create(c: Ctx, a: argparse.Namespace) -> Any:
-    key_id = _storage_admin().create_keyring(a.file)
+    """A plain keyring, or with --pkcs11-module a wrapped one whose first data key is drawn in
+    memory and written only wrapped by the token's key --label."""
+    wrapped = (a.pkcs11_module, a.token, a.label, a.pin_file)
+    if any(wrapped) and not all(wrapped):
+        raise UsageError("a wrapped keyring needs --pkcs11-module, --token, --label and "
+                         "--pin-file")
+    if all(wrapped):
+        from loom.storage.kms import Pkcs11Kek, create_wrapped
+
+        kek = Pkcs11Kek(a.pkcs11_module, a.token, a.label,
+                        _secret(a.pin_file, "--pin-file", "KEK PIN"))
+        key_id = create_wrapped(a.file, kek)
+    else:
+        key_id = _storage_admin().create_keyring(a.file)
     if a.output == "json":
-        return {"key_id": key_id}
-    return f"keyring {a.file} created, key id {key_id}"
+        return {"key_id": key_id, "wrapped": all(wrapped)}
+    how = f", wrapped by PKCS#11 key {a.label!r} on token {a.token!r}" if all(wrapped) else ""
+    return f"keyring {a.file} created, key id {key_id}{how}"
 
 
 def keys_rotate(c: Ctx, a: argparse.Namespace) -> Any:

@@ -276,7 +276,13 @@ TREE: tuple[Group | Cmd, ...] = (
                       "checked, or an encrypted log without --keyring)",
         tool(offline.wal_verify), "dir", keyring={"metavar": "FILE"}),
     Group("keys", "encryption-at-rest data keys"),
-    cmd("keys create", "create keyring FILE (offline)", tool(offline.keys_create), "file"),
+    cmd("keys create", "create keyring FILE (offline): plain, or with the four PKCS#11 options "
+                       "its data key wrapped by an AES key in the token",
+        tool(offline.keys_create), "file",
+        pkcs11_module={"metavar": "LIB", "help": "the PKCS#11 library"},
+        token={"metavar": "TOKEN", "help": "the token's label"},
+        label={"metavar": "LABEL", "help": "the AES key-encryption key's label"},
+        pin_file={"metavar": "FILE", "help": "the token's PIN (mode 0600)"}),
     cmd("keys rotate", "a new data key, in force at once on the node --endpoints names (new "
                        "segments and snapshots use it, older files stay readable); with FILE, "
                        "add it to a plain keyring offline instead (used from the next start)",
