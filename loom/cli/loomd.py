@@ -135,10 +135,23 @@ def restore_main(argv: list[str]) -> int:
     p.add_argument("--keyring", type=Path, metavar="FILE",
                    help="the encryption-at-rest keyring: reads an encrypted backup, and "
                         "encrypts the new data directory")
+    p.add_argument("--pkcs11-module", metavar="LIB",
+                   help="a wrapped keyring: the PKCS#11 library its key-encryption key is in")
+    p.add_argument("--kek-pin-file", type=Path, metavar="FILE",
+                   help="a wrapped keyring: the file (mode 0600) holding the token's PIN")
     a = p.parse_args(argv)
     try:
+        pin = None
+        if a.kek_pin_file is not None:
+            from loom.security.tls import KeyPassphrase, TLSConfigError
+
+            try:
+                pin = KeyPassphrase(a.kek_pin_file, what="KEK PIN").read()
+            except TLSConfigError as e:
+                raise RestoreError(str(e)) from None
         r = restore(a.file, data_dir=a.data_dir, node_id=a.node_id, peers=parse_peers(a.peers),
-                    cluster_name=a.cluster_name, keyring=a.keyring)
+                    cluster_name=a.cluster_name, keyring=a.keyring, kek_pin=pin,
+                    pkcs11_module=a.pkcs11_module)
     except RestoreError as e:
         print(f"loomd restore: {e}", file=sys.stderr)
         return 1

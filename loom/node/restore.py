@@ -28,9 +28,9 @@ from pathlib import Path
 
 from loom.raft.types import ConfState, HardState, SnapshotMeta
 from loom.state.machine import StateMachine
-from loom.storage.crypto import load_keyring
 from loom.storage.errors import CorruptionError, EncryptionKeyError, StorageError
 from loom.storage.fs import OSFileSystem
+from loom.storage.kms import open_keystore
 from loom.storage.recovery import max_payload
 from loom.storage.snapshot import SnapshotReader
 from loom.storage.storage import Storage, StorageOptions
@@ -55,14 +55,17 @@ class Restored:
     state_bytes: int
 
 
-def read_backup(path: Path, keyring: Path | None) -> tuple[SnapshotMeta, StateMachine, bool]:
-    """The backup's meta and its state, every check passed; RestoreError otherwise."""
+def read_backup(path: Path, keyring: Path | None, *, kek_pin: bytes | None = None,
+                pkcs11_module: str | None = None) -> tuple[SnapshotMeta, StateMachine, bool]:
+    """The backup's meta and its state, every check passed; RestoreError otherwise. A wrapped
+    keyring (storage/kms.py) needs the PKCS#11 module and the KEK's PIN."""
     if not path.is_file():
         raise RestoreError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise RestoreError(f"{path} is empty: not a Loom snapshot")
     try:
-        ring = load_keyring(str(keyring)) if keyring is not None else None
+        ring = (open_keystore(str(keyring), kek_pin, pkcs11_module).load()
+                if keyring is not None else None)
         reader = SnapshotReader(OSFileSystem(), str(path), keyring=ring,
                                 max_payload=max_payload(StorageOptions().max_record_size))
         data = b"".join(reader.chunks())
@@ -88,10 +91,12 @@ def check_target(data_dir: Path) -> None:
 
 
 def restore(backup: Path, *, data_dir: Path, node_id: str, peers: dict[str, str],
-            cluster_name: str, keyring: Path | None = None) -> Restored:
+            cluster_name: str, keyring: Path | None = None, kek_pin: bytes | None = None,
+            pkcs11_module: str | None = None) -> Restored:
     if node_id not in peers:
         raise RestoreError(f"--peers must name this node ({node_id}) too")
-    meta, sm, encrypted = read_backup(backup, keyring)
+    meta, sm, encrypted = read_backup(backup, keyring, kek_pin=kek_pin,
+                                      pkcs11_module=pkcs11_module)
     check_target(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     voters = tuple(sorted(peers))
@@ -100,7 +105,8 @@ def restore(backup: Path, *, data_dir: Path, node_id: str, peers: dict[str, str]
     sm.members.load(dict(peers))
     blob = sm.snapshot()
     new_meta = SnapshotMeta(meta.index, meta.term, ConfState(voters=voters))
-    opts = StorageOptions(keyring_path=str(keyring) if keyring is not None else None)
+    opts = StorageOptions(keyring_path=str(keyring) if keyring is not None else None,
+                          kek_pin=kek_pin, pkcs11_module=pkcs11_module)
     storage, _ = Storage.open(str(data_dir / LOG_SUBDIR), opts)
     try:
         storage.save_snapshot(new_meta, [blob])

@@ -208,6 +208,19 @@ def test_wrapped_keys_rotate_and_rewrap_online(node: Node) -> None:
     # Rewrap under another KEK of the token; then a restart reads everything back.
     n.ok("keys", "rewrap", "--label", "kek-2")
     assert json.loads(n.ring.read_text())["kek"]["label"] == "kek-2"
+
+    # A backup is encrypted with the keys in force; restoring it needs the module and the PIN.
+    backup = n.tmp / "backup.snap"
+    n.ok("snapshot", "save", str(backup))
+    restore = [sys.executable, "-m", "loom.cli.loomd", "restore", str(backup), "--data-dir",
+               str(n.tmp / "restored"), "--node-id", "n1", "--peers", "n1=127.0.0.1:1",
+               "--cluster-name", "copy", "--keyring", str(n.ring)]
+    r = subprocess.run(restore, env=n.env, capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == 1 and "give the PKCS#11 module" in r.stderr, r.stderr
+    r = subprocess.run([*restore, "--pkcs11-module", str(MODULE), "--kek-pin-file", str(n.pin)],
+                       env=n.env, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0 and "(encrypted)" in r.stdout, r.stderr
     n.stop()
     # Snapshots taken after the rotation, before any restart, are under key 2; the segment
     # open at the rotation keeps its key 1 (the next segment the log opens takes key 2).
