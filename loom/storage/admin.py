@@ -14,10 +14,11 @@ from typing import Any
 
 from loom.raft.types import HardState
 from loom.storage.codec import RecordType
-from loom.storage.crypto import Keyring, load_keyring, write_keyring
+from loom.storage.crypto import Keyring, write_keyring
 from loom.storage.errors import CorruptionError, DataDirLockedError, StorageError
 from loom.storage.fs import FileSystem, OSFileSystem
 from loom.storage.hardstate import read_hard_state
+from loom.storage.kms import open_keystore
 from loom.storage.records import decode_entry, decode_state, merge_hard_states
 from loom.storage.recovery import SNAP_DIR, WAL_DIR, max_payload, recover_dir
 from loom.storage.snapshot import SnapshotReader, list_snapshots
@@ -42,13 +43,19 @@ def _locked(fs: FileSystem, data_dir: str) -> Iterator[None]:
         lock.release()
 
 
+def _keyring(path: str | None, pin: bytes | None, module: str | None) -> Keyring | None:
+    """A plain keyring, or a wrapped one given the PKCS#11 module and PIN (storage/kms.py)."""
+    return open_keystore(path, pin, module).load() if path else None
+
+
 def inspect(
-    data_dir: str, keyring_path: str | None = None, fs: FileSystem | None = None
+    data_dir: str, keyring_path: str | None = None, fs: FileSystem | None = None, *,
+    kek_pin: bytes | None = None, pkcs11_module: str | None = None,
 ) -> dict[str, Any]:
     """Describe the directory: hard state, segments (with index ranges when readable) and
     snapshots. A damaged segment gets an `error` field instead of stopping the listing."""
     fs = fs or OSFileSystem()
-    keyring = load_keyring(keyring_path) if keyring_path else None
+    keyring = _keyring(keyring_path, kek_pin, pkcs11_module)
     limit = max_payload(OFFLINE_MAX_RECORD)
     with _locked(fs, data_dir):
         hs: HardState | None = None
@@ -133,13 +140,14 @@ def inspect(
 
 
 def verify(
-    data_dir: str, keyring_path: str | None = None, fs: FileSystem | None = None
+    data_dir: str, keyring_path: str | None = None, fs: FileSystem | None = None, *,
+    kek_pin: bytes | None = None, pkcs11_module: str | None = None,
 ) -> dict[str, Any]:
     """Check everything a start would check, and every retained snapshot. Raises
     CorruptionError naming file and offset; returns a report otherwise. Without a keyring,
     encrypted records are checked by CRC only (`authenticated` is then False)."""
     fs = fs or OSFileSystem()
-    keyring: Keyring | None = load_keyring(keyring_path) if keyring_path else None
+    keyring = _keyring(keyring_path, kek_pin, pkcs11_module)
     with _locked(fs, data_dir):
         res = recover_dir(
             fs,
@@ -205,9 +213,12 @@ def create_keyring(path: str) -> int:
     return keyring.active
 
 
-def rotate_key(keyring_path: str) -> int:
+def rotate_key(keyring_path: str, *, kek_pin: bytes | None = None,
+               pkcs11_module: str | None = None) -> int:
     """Add a new key and make it the active one; old keys stay for reading. Returns its id.
-    Running nodes pick the new key up at their next start."""
-    keyring = load_keyring(keyring_path).rotated()
-    write_keyring(keyring_path, keyring, exclusive=False)
+    Nodes stopped now use it from their next start (a running node: `loomctl keys rotate`).
+    A wrapped keyring stays wrapped: the new key is written only wrapped."""
+    store = open_keystore(keyring_path, kek_pin, pkcs11_module)
+    keyring = store.load().rotated()
+    store.save(keyring)
     return keyring.active

@@ -117,12 +117,18 @@ def log_dir(given: str) -> str:
                                  "data_dir)")
 
 
+def _kek(a: argparse.Namespace) -> dict[str, Any]:
+    """--pkcs11-module and --kek-pin-file: what a wrapped keyring needs (storage/kms.py)."""
+    pin = _secret(a.kek_pin_file, "--kek-pin-file", "KEK PIN") if a.kek_pin_file else None
+    return {"kek_pin": pin, "pkcs11_module": a.pkcs11_module}
+
+
 def wal_inspect(c: Ctx, a: argparse.Namespace) -> Any:
-    return _storage_admin().inspect(log_dir(a.dir), a.keyring)
+    return _storage_admin().inspect(log_dir(a.dir), a.keyring, **_kek(a))
 
 
 def wal_verify(c: Ctx, a: argparse.Namespace) -> Any:
-    r = _storage_admin().verify(log_dir(a.dir), a.keyring)
+    r = _storage_admin().verify(log_dir(a.dir), a.keyring, **_kek(a))
     if not isinstance(r, dict):
         return "OK" if r is None or r is True else r
     if not r.get("segments") and not r.get("snapshots"):
@@ -163,5 +169,5 @@ def keys_create(c: Ctx, a: argparse.Namespace) -> Any:
 
 
 def keys_rotate(c: Ctx, a: argparse.Namespace) -> Any:
-    key_id = _storage_admin().rotate_key(a.file)
+    key_id = _storage_admin().rotate_key(a.file, **_kek(a))
     return {"key_id": key_id} if a.output == "json" else key_id

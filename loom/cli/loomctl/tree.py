@@ -15,6 +15,11 @@ VFILE: dict[str, Any] = {"metavar": "FILE", "help": "read the value from FILE (V
                                                     "omitted)"}
 WAIT: dict[str, Any] = {"type": int, "default": 0, "metavar": "MS", "help": "wait up to MS"}
 INT: dict[str, Any] = {"type": int}
+# A keyring wrapped by a PKCS#11 key (docs/security.md "Keys"), for the offline tools.
+PKCS11_MODULE: dict[str, Any] = {"metavar": "LIB", "help": "a wrapped keyring: its PKCS#11 "
+                                                           "library"}
+KEK_PIN_FILE: dict[str, Any] = {"metavar": "FILE", "help": "a wrapped keyring: the token's PIN "
+                                                           "(mode 0600)"}
 FLAG: dict[str, Any] = {"action": "store_true"}
 CURSOR: dict[str, Any] = {"metavar": "CURSOR"}
 EXPECTED: dict[str, Any] = {"required": True, "metavar": "VALUE",
@@ -271,10 +276,12 @@ TREE: tuple[Group | Cmd, ...] = (
                                                     "passphrase in FILE (mode 0600)"}),
     Group("wal", "write-ahead log tools (offline)"),
     cmd("wal inspect", "summarise the log of a data directory (DIR or DIR/raft)",
-        tool(offline.wal_inspect), "dir", keyring={"metavar": "FILE"}),
+        tool(offline.wal_inspect), "dir", keyring={"metavar": "FILE"},
+        pkcs11_module=PKCS11_MODULE, kek_pin_file=KEK_PIN_FILE),
     cmd("wal verify", "check every record of a data directory's log (exit 1 if nothing was "
                       "checked, or an encrypted log without --keyring)",
-        tool(offline.wal_verify), "dir", keyring={"metavar": "FILE"}),
+        tool(offline.wal_verify), "dir", keyring={"metavar": "FILE"},
+        pkcs11_module=PKCS11_MODULE, kek_pin_file=KEK_PIN_FILE),
     Group("keys", "encryption-at-rest data keys"),
     cmd("keys create", "create keyring FILE (offline): plain, or with the four PKCS#11 options "
                        "its data key wrapped by an AES key in the token",
@@ -286,7 +293,7 @@ TREE: tuple[Group | Cmd, ...] = (
     cmd("keys rotate", "a new data key, in force at once on the node --endpoints names (new "
                        "segments and snapshots use it, older files stay readable); with FILE, "
                        "add it to a plain keyring offline instead (used from the next start)",
-        ops.keys_rotate, "file?"),
+        ops.keys_rotate, "file?", pkcs11_module=PKCS11_MODULE, kek_pin_file=KEK_PIN_FILE),
     cmd("keys rewrap", "rewrap the data keys of the node --endpoints names under another "
                        "AES key of its PKCS#11 module (a plain keyring becomes a wrapped one)",
         ops.keys_rewrap, label={"required": True, "metavar": "LABEL",
