@@ -76,9 +76,11 @@ class KeyAdmin:
             store, ring = self._in_force()
             try:
                 new = ring.rotated()
-                # Wrapping (an HSM round trip) and the fsyncs run off the trio thread.
+                # Wrapping (an HSM round trip) and the fsyncs run off the trio thread. The wait
+                # is not cancellable (abandon_on_cancel is off), and nothing between its end
+                # and use_keys checkpoints: a keyring written is always put in force.
                 await trio.to_thread.run_sync(store.save, new, limiter=self._limiter)
-            except EncryptionKeyError as e:
+            except (EncryptionKeyError, OSError) as e:
                 raise Unavailable(f"key rotation failed, keys unchanged: {e}") from None
             self.storage.use_keys(store, new)
             self._rotations += 1
@@ -114,7 +116,7 @@ class KeyAdmin:
             try:
                 new: WrappedKeyStore = await trio.to_thread.run_sync(
                     rewrapped, store, ring, kek, limiter=self._limiter)
-            except EncryptionKeyError as e:
+            except (EncryptionKeyError, OSError) as e:
                 raise Unavailable(f"rewrap failed, keyring unchanged: {e}") from None
             self.storage.use_keys(new, ring)
             self._rewraps += 1

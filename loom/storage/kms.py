@@ -116,6 +116,8 @@ class Pkcs11Kek:
         except pkcs11.MultipleObjectsReturned:
             raise EncryptionKeyError(f"several AES keys labelled {self.label!r} on token "
                                      f"{self.token!r}: labels must be unique") from None
+        except UnicodeDecodeError:
+            raise EncryptionKeyError(f"the PIN for {self._where()} is not UTF-8") from None
         except (pkcs11.PKCS11Error, RuntimeError, OSError) as e:
             raise EncryptionKeyError(f"{self._where()}: {type(e).__name__} {e}") from None
 
