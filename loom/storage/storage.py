@@ -338,7 +338,12 @@ class Storage:
     def use_keys(self, store: KeyStore, keyring: Keyring) -> None:
         """Put a rotated or rewrapped keyring in force, once `store` holds it durably: the
         next WAL segment and the next snapshot are written with its active key. Every key of
-        the keyring in force must still be in it, so every existing file stays readable."""
+        the keyring in force must still be in it, so every existing file stays readable.
+
+        Safe to call from another thread than the one saving (the node calls it from trio while
+        AsyncStorage's worker may be writing): it only swaps references to immutable keyrings,
+        each reader takes one reference per file (WalWriter.create_segment, save_snapshot),
+        and either keyring decrypts every file, since the new one holds all the old keys."""
         if self._keyring is None:
             raise EncryptionKeyError("this node does not encrypt at rest (no [storage] keyring)")
         missing = set(self._keyring.keys) - set(keyring.keys)
