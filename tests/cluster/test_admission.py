@@ -85,10 +85,17 @@ async def test_non_member_and_foreign_ca_node_cannot_join_or_disturb(
         cluster.extra_procs.append(await cluster.spawn(d / f"{name}.toml", d / f"{name}.log",
                                                        "--initial-cluster-state", "new"))
 
-    # Let them try for many election timeouts (elections here take 200..400 ms).
-    for _ in range(40):
+    # Let them try for many election timeouts (elections here take 200..400 ms), and until
+    # both were refused at least once (a loaded machine starts them slowly), at most 30 s.
+    def refused_both() -> bool:
+        text = "".join(n.log_text() for n in cluster.nodes.values())
+        return ("(n9): not a member" in text and "tls handshake failed" in text)
+
+    for i in range(300):
         await trio.sleep(0.1)
         assert all(p.returncode is None for p in cluster.extra_procs), "an intruder exited"
+        if i >= 40 and refused_both():
+            break
     for i in range(10):  # the cluster keeps serving meanwhile
         assert (await c.call("MAP_PUT", name="m", key=f"k{i}", value=b"v"))["s"] == 0
 
