@@ -335,7 +335,11 @@ class Gateway:
             log.warning("route %s: %s", route.id, e)
             return self._refuse(f"upstream_{e.status}", e.status, str(e)), route.id
         if extra:
-            answer = StreamingResponse(answer.status, [*answer.headers, *extra], answer.chunks)
+            if isinstance(answer, Response):
+                answer = Response(answer.status, [*answer.headers, *extra], answer.body)
+            else:
+                answer = StreamingResponse(answer.status, [*answer.headers, *extra],
+                                           answer.chunks)
         return answer, route.id
 
 

@@ -330,8 +330,12 @@ def canonical_path(path: str) -> bool:
     if "" in segments[:-1]:
         return False
     for seg in segments:
+        if "%" not in seg:  # no slash nor backslash in it: the segment is what it says
+            if seg in (".", ".."):
+                return False
+            continue
         try:
-            decoded = unquote(seg, errors="strict") if "%" in seg else seg
+            decoded = unquote(seg, errors="strict")
         except UnicodeDecodeError:
             return False
         if any(part in (".", "..") for part in re.split(r"[/\\]", decoded)):

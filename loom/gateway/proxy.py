@@ -22,8 +22,10 @@ This module owns the forwarding rules (docs/gateway.md, "Forwarding"):
 - A request goes to another endpoint after a failure only when that cannot execute it twice:
   the connection was refused (nothing was sent), or repeating is safe (an idempotent method,
   or a POST with an Idempotency-Key). Anything else that broke is 502.
-- Responses are streamed, never buffered: the head is answered as soon as it arrives and each
-  body piece is sent on as it comes (server-sent events reach the client live). Hop-by-hop
+- Responses are streamed, never waited for: the head is answered as soon as it arrives and
+  each body piece is sent on as it comes (server-sent events reach the client live). A body
+  that arrived whole with its head (at most `whole_bytes`, nothing waited for: the usual small
+  JSON answer) is passed on as one complete response, head and body in one write. Hop-by-hop
   response fields are dropped too.
 """
 
@@ -33,7 +35,6 @@ import json
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -43,7 +44,14 @@ import trio
 
 from loom.gateway.auth.mtls import certificate_fields
 from loom.gateway.config import ClientCertHeaders, Upstream
-from loom.http import HTTPClient, Request, ResponseTooLarge, StreamedResponse, StreamingResponse
+from loom.http import (
+    HTTPClient,
+    Request,
+    Response,
+    ResponseTooLarge,
+    StreamedResponse,
+    StreamingResponse,
+)
 from loom.http.client import IDEMPOTENT
 from loom.wire.codec import valid_traceparent
 
@@ -187,8 +195,8 @@ class _Body:
     `aclose` (the server always calls it) returns the connection to the pool when the body was
     read to its end, else closes it."""
 
-    def __init__(self, stack: AsyncExitStack, response: StreamedResponse) -> None:
-        self._stack = stack
+    def __init__(self, response: StreamedResponse) -> None:
+        self._response = response
         self._chunks = response.chunks()
 
     def __aiter__(self) -> _Body:
@@ -201,7 +209,7 @@ class _Body:
         try:
             await self._chunks.aclose()
         finally:
-            await self._stack.aclose()
+            await self._response.aclose()
 
 
 class Forwarder:
@@ -210,8 +218,11 @@ class Forwarder:
     def __init__(self, upstream: Upstream, client: HTTPClient, *, max_redirects: int = 3,
                  head_timeout_s: float = 120.0,
                  cert_headers: ClientCertHeaders | None = None,
-                 gateway_set: Iterable[str] = ()) -> None:
+                 gateway_set: Iterable[str] = (), whole_bytes: int = 64 * 1024) -> None:
         self.upstream = upstream
+        # An answer whose body arrived whole with its head, up to this size, is passed on as
+        # one complete response (one write); any other is streamed.
+        self.whole_bytes = whole_bytes
         self.client = client
         self.max_redirects = max_redirects
         self.head_timeout_s = head_timeout_s
@@ -238,7 +249,7 @@ class Forwarder:
         return order
 
     async def forward(self, request: Request, identity: ForwardIdentity | None,
-                      traceparent: str = "") -> StreamingResponse:
+                      traceparent: str = "") -> Response | StreamingResponse:
         headers = upstream_headers(request, identity, loom=self.loom,
                                    cert_headers=None if self.loom else self.cert_headers,
                                    gateway_set=self.gateway_set, traceparent=traceparent)
@@ -254,20 +265,16 @@ class Forwarder:
         redirects = 0
         last = "no endpoint answered"
         while True:
-            stack = AsyncExitStack()
             try:
                 with trio.fail_after(self.head_timeout_s):
-                    r = await stack.enter_async_context(self.client.stream(
-                        request.method, url, headers=headers, body=request.body,
-                        idempotent=again))
+                    r = await self.client.send(request.method, url, headers=headers,
+                                               body=request.body, idempotent=again)
             except trio.TooSlowError:
-                await stack.aclose()
                 self._errors += 1
                 raise UpstreamUnavailable(504, f"upstream {self.upstream.name}: no answer "
                                           f"within {self.head_timeout_s:g} s") from None
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
                     h11.RemoteProtocolError, ResponseTooLarge) as e:
-                await stack.aclose()
                 self._errors += 1
                 last = f"{urlsplit(url).netloc}: {type(e).__name__}"
                 if self._leader is not None and url.startswith(self._leader):
@@ -280,22 +287,26 @@ class Forwarder:
                                               f"{last}") from None
                 url = origins[tried] + target
                 continue
-            except BaseException:
-                await stack.aclose()
-                raise
             try:
                 nxt = await self._not_leader(r, target, origins, url) if self.loom else None
+                # HEAD: the answer's Content-Length describes a body it does not carry, and
+                # only the streamed form passes it on as it is.
+                body = (None if nxt is not None or request.method == "HEAD"
+                        else r.arrived(self.whole_bytes))
             except _Answer as a:
-                await stack.aclose()
+                await r.aclose()
                 self._forwarded += 1
                 return StreamingResponse(a.status, a.headers, _once(a.body))
             except BaseException:
-                await stack.aclose()
+                await r.aclose()
                 raise
             if nxt is None:
                 self._forwarded += 1
-                return StreamingResponse(r.status, response_headers(r.headers), _Body(stack, r))
-            await stack.aclose()
+                if body is None:
+                    return StreamingResponse(r.status, response_headers(r.headers), _Body(r))
+                await r.aclose()  # read to its end: the connection goes back to the pool
+                return Response(r.status, response_headers(r.headers), body)
+            await r.aclose()
             redirects += 1
             self._followed += 1
             if redirects > self.max_redirects:

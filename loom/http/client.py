@@ -16,7 +16,7 @@ the caller's to see, since the request may have been executed.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -131,34 +131,30 @@ class HTTPClient:
         """Send one request and read the whole response (at most `max_response_bytes`).
         Raises trio.BrokenResourceError / OSError when the server cannot be reached or the
         connection breaks, h11.RemoteProtocolError on a malformed answer, ResponseTooLarge."""
-        # `stream` without its context manager and generator: this is the per-request path.
-        if self._closed:
-            raise trio.ClosedResourceError("this client was closed")
-        host, port, req = _prepare(method, url, headers, body)
-        retry_ok = req.method.decode() in IDEMPOTENT if idempotent is None else idempotent
-        origin = await self._origin((host, port))
-        origin.users += 1
+        r = await self.send(method, url, headers=headers, body=body, idempotent=idempotent)
         try:
-            async with origin.slots:
-                conn, head = await self._begin(origin, host, port, req, body, retry_ok)
-                r = StreamedResponse(head, conn, self.limits.receive_bytes)
-                try:
-                    data = await r.read(self.limits.max_response_bytes)
-                except BaseException:
-                    await self._discard(origin, conn)
-                    raise
-                await self._checkin(origin, conn)
+            data = await r.read(self.limits.max_response_bytes)
         finally:
-            origin.users -= 1
+            await r.aclose()
         return ClientResponse(r.status, r.reason, r.headers, data, r.http_version)
 
     @asynccontextmanager
     async def stream(self, method: str, url: str, *, headers: Headers = (), body: bytes = b"",
                      idempotent: bool | None = None) -> AsyncIterator[StreamedResponse]:
-        """Send one request; the response's head is available in the block and its body is
-        read as it arrives (server-sent events, long-poll, forwarding without buffering).
-        The connection returns to the pool only if the body was read to its end in the block;
-        otherwise it is closed. No total size limit applies here: the reader decides."""
+        """`send` as a context manager: the response is closed when the block ends."""
+        r = await self.send(method, url, headers=headers, body=body, idempotent=idempotent)
+        try:
+            yield r
+        finally:
+            await r.aclose()
+
+    async def send(self, method: str, url: str, *, headers: Headers = (), body: bytes = b"",
+                   idempotent: bool | None = None) -> StreamedResponse:
+        """Send one request and return once the response's head is in; its body is read as it
+        arrives (server-sent events, long-poll, forwarding without buffering). The caller
+        must `aclose()` the response: its connection returns to the pool only if the body
+        was read to its end, else it is closed. No total size limit applies here: the reader
+        decides. Raises as `request` does."""
         if self._closed:
             raise trio.ClosedResourceError("this client was closed")
         host, port, req = _prepare(method, url, headers, body)
@@ -166,19 +162,28 @@ class HTTPClient:
         origin = await self._origin((host, port))
         origin.users += 1
         try:
-            async with origin.slots:
+            await origin.slots.acquire()
+            try:
                 conn, head = await self._begin(origin, host, port, req, body, retry_ok)
-                response = StreamedResponse(head, conn, self.limits.receive_bytes)
-                try:
-                    yield response
-                except BaseException:
-                    await self._discard(origin, conn)
-                    raise
-                if response.complete:
-                    await self._checkin(origin, conn)
-                else:
-                    await self._discard(origin, conn)
+            except BaseException:
+                origin.slots.release()
+                raise
+        except BaseException:
+            origin.users -= 1
+            raise
+        return StreamedResponse(head, conn, self.limits.receive_bytes,
+                                lambda r: self._finish(origin, conn, r))
+
+    async def _finish(self, origin: _Origin, conn: _Conn, r: StreamedResponse) -> None:
+        """A response's end (`StreamedResponse.aclose`): its connection back to the pool when
+        the body was read to its end, else closed; then its slot is free."""
+        try:
+            if r.complete:
+                await self._checkin(origin, conn)
+            else:
+                await self._discard(origin, conn)
         finally:
+            origin.slots.release()
             origin.users -= 1
 
     async def _begin(self, origin: _Origin, host: str, port: int, req: h11.Request,
@@ -267,9 +272,11 @@ class HTTPClient:
             await self._discard(origin, origin.idle.pop(0))
 
 class StreamedResponse:
-    """The head of a response, and its body as it arrives (`HTTPClient.stream`)."""
+    """The head of a response, and its body as it arrives (`HTTPClient.send` and `stream`).
+    `aclose()` ends it (once; later calls do nothing)."""
 
-    def __init__(self, head: h11.Response, conn: _Conn, receive_bytes: int) -> None:
+    def __init__(self, head: h11.Response, conn: _Conn, receive_bytes: int,
+                 finish: Callable[[StreamedResponse], Awaitable[None]]) -> None:
         self.status: int = head.status_code
         self.reason = bytes(head.reason)
         self.headers: tuple[tuple[bytes, bytes], ...] = tuple(head.headers)
@@ -278,10 +285,20 @@ class StreamedResponse:
         self._conn = conn
         self._receive_bytes = receive_bytes
         self._announced = _announced(head)
+        # Body pieces `arrived` took from h11 without returning them: yielded first.
+        self._taken: list[bytes] = []
+        self._closed_early = False  # `arrived` saw the connection close before the end
+        self._finish: Callable[[StreamedResponse], Awaitable[None]] | None = finish
 
     def header_values(self, name: str | bytes) -> list[bytes]:
         key = (name.encode("ascii") if isinstance(name, str) else name).lower()
         return [v for k, v in self.headers if k == key]
+
+    async def aclose(self) -> None:
+        """Give the connection back (body read to its end) or close it (anything else)."""
+        finish, self._finish = self._finish, None
+        if finish is not None:
+            await finish(self)
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body's pieces as they arrive (never empty ones)."""
@@ -301,8 +318,39 @@ class StreamedResponse:
                 raise ResponseTooLarge(f"response body over {max_bytes} bytes")
         return b"".join(parts)
 
+    def arrived(self, max_bytes: int) -> bytes | None:
+        """The whole body when it has already arrived with the head (no wait) and is at most
+        `max_bytes`; else None, and what was looked at is still yielded by `chunks()`/`read()`.
+        A small answer usually arrives in the same read as its head: passing it on whole
+        saves a proxy the machinery and the separate writes of a stream."""
+        h = self._conn.h
+        size = sum(map(len, self._taken))
+        while not self.complete and size <= max_bytes:
+            try:
+                event = h.next_event()
+            except h11.RemoteProtocolError:
+                return None  # raised again, to the reader, by the next `_next_chunk`
+            if isinstance(event, h11.Data):
+                self._taken.append(bytes(event.data))
+                size += len(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self.complete = True
+            else:  # NEED_DATA (not all here), or closed early: the reader finds out
+                if event is not h11.NEED_DATA:
+                    self._closed_early = True
+                return None
+        if not self.complete:
+            return None
+        body = b"".join(self._taken)
+        self._taken.clear()
+        return body
+
     async def _next_chunk(self) -> bytes | None:
         """The next piece of body; None at its end."""
+        if self._taken:
+            return self._taken.pop(0)
+        if self._closed_early:
+            raise trio.BrokenResourceError("connection closed during the answer")
         h, stream = self._conn.h, self._conn.stream
         while not self.complete:
             event = h.next_event()
