@@ -33,6 +33,9 @@ settings.register_profile("loom", deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("loom")
 
+# The HTTP-door cluster fixtures (`hcluster`, `audited_hcluster`), shared by several directories.
+pytest_plugins = ["tests.doorcluster"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", help="run soak/chaos tests (long)")

@@ -9,54 +9,21 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
 from loom.http import ClientResponse, HTTPClient
-from loom.node.config import AuditConfig, NodeConfig
 from loom.security.tls import client_context
-from tests.cluster.conftest import FAST_RAFT, free_ports
+from tests.cluster.conftest import free_ports
 from tests.conftest import PKI
+from tests.doorcluster import AuditedCluster
 from tests.gateway.proxy_support import API_KEYS, dev_token, gateway_config, write_config
-from tests.http_door.test_http_cluster import HttpCluster
 
 pytestmark = pytest.mark.slow
 
 GATEWAY = Path(sys.executable).parent / "loom-gateway"
-
-
-class AuditedCluster(HttpCluster):
-    def config_for(self, nid: str) -> NodeConfig:
-        cfg = super().config_for(nid)
-        return replace(cfg, audit=AuditConfig(sink="file", path=self.audit(nid)))
-
-    def audit(self, nid: str) -> Path:
-        return self.nodes[nid].dir / "audit.jsonl"
-
-    def records(self) -> list[dict[str, Any]]:
-        out = []
-        for nid in self.ids:
-            p = self.audit(nid)
-            if p.exists():
-                out += [json.loads(line) for line in p.read_text().splitlines() if line]
-        return out
-
-
-@pytest.fixture
-async def cluster(pki: PKI, tmp_path: Path, nursery: trio.Nursery
-                  ) -> AsyncIterator[AuditedCluster]:
-    c = AuditedCluster(pki, tmp_path / "cluster", nursery, ("n1", "n2", "n3"), FAST_RAFT, False)
-    try:
-        await c.start()
-        yield c
-    finally:
-        await c.aclose()
-        c.dump_logs()
 
 
 async def start_gateway(config: Path, log: Path, port: int, *args: str
@@ -77,8 +44,8 @@ async def start_gateway(config: Path, log: Path, port: int, *args: str
 
 
 async def test_gateway_to_cluster_audit_not_leader_and_sigterm(
-        cluster: AuditedCluster, pki: PKI, tmp_path: Path) -> None:
-    c = cluster
+        audited_hcluster: AuditedCluster, pki: PKI, tmp_path: Path) -> None:
+    c = audited_hcluster
     leader = await c.wait_leader()
     follower = next(n for n in c.ids if n != leader)
     (port,) = free_ports(1)

@@ -4,49 +4,15 @@ Idempotency-Key that makes a POST apply once across a leader kill (SIGKILL)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import pytest
 import trio
 
 from loom.http import ClientResponse, HTTPClient
-from loom.node.config import HttpConfig, NodeConfig
 from loom.security.tls import client_context
-from tests.cluster.conftest import FAST_RAFT, Cluster, free_ports
+from tests.cluster.conftest import FAST_RAFT
 from tests.conftest import PKI
-
-
-class HttpCluster(Cluster):
-    """A `Cluster` whose nodes also serve HTTP, each on its own fixed free port."""
-
-    def __init__(self, *args: Any, without_http: tuple[str, ...] = (), **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.http_ports = dict(zip(self.ids, free_ports(len(self.ids)), strict=True))
-        self.without_http = without_http
-
-    def config_for(self, nid: str) -> NodeConfig:
-        cfg = super().config_for(nid)
-        if nid in self.without_http:
-            return cfg
-        return replace(cfg, http=HttpConfig(listen=f"127.0.0.1:{self.http_ports[nid]}"))
-
-    def url(self, nid: str, path: str) -> str:
-        return f"https://127.0.0.1:{self.http_ports[nid]}{path}"
-
-
-@pytest.fixture
-async def hcluster(pki: PKI, tmp_path: Path, nursery: trio.Nursery
-                   ) -> AsyncIterator[HttpCluster]:
-    c = HttpCluster(pki, tmp_path / "cluster", nursery, ("n1", "n2", "n3"), FAST_RAFT, False)
-    try:
-        await c.start()
-        yield c
-    finally:
-        await c.aclose()
-        c.dump_logs()
+from tests.doorcluster import HttpCluster
 
 
 async def send(http: HTTPClient, method: str, url: str, key: str) -> ClientResponse:

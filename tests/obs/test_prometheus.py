@@ -11,16 +11,15 @@ import json
 import shutil
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from tests.cluster.conftest import FAST_RAFT, free_ports
+from tests.cluster.conftest import free_ports
 from tests.conftest import PKI
-from tests.http_door.test_http_cluster import HttpCluster
+from tests.doorcluster import HttpCluster
 from tests.obs.test_deploy import RULES
 
 pytestmark = pytest.mark.timeout(90)
@@ -33,18 +32,6 @@ def _prometheus() -> str:
         pytest.skip("prometheus not installed (Debian's prometheus package; scripts/test.sh "
                     "installs it with apt-get when it can)")
     return path
-
-
-@pytest.fixture
-async def hcluster(pki: PKI, tmp_path: Path, nursery: trio.Nursery
-                   ) -> AsyncIterator[HttpCluster]:
-    c = HttpCluster(pki, tmp_path / "cluster", nursery, ("n1", "n2", "n3"), FAST_RAFT, False)
-    try:
-        await c.start()
-        yield c
-    finally:
-        await c.aclose()
-        c.dump_logs()
 
 
 def _config(c: HttpCluster, pki: PKI) -> str:
