@@ -169,3 +169,37 @@ async def test_expired_idle_connections_are_closed_not_reused(pki: PKI) -> None:
         assert (await c.request("GET", srv.base)).status == 200
         stats = c.statistics()
         assert (stats.connections_made, stats.connections_open, stats.retries) == (3, 1, 0)
+
+
+async def test_send_and_a_body_that_arrived_whole(pki: PKI) -> None:
+    go = trio.Event()
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b"first"
+        await go.wait()
+        yield b"second"
+
+    async def handler(request: Request) -> Response | StreamingResponse:
+        if request.path == "/stream":
+            return StreamingResponse(200, [], events())
+        return await whoami(request)
+
+    async with running(pki, handler, shutdown_grace_s=0.1) as srv, client(pki) as c:
+        r = await c.send("GET", srv.base)  # a small answer: in with its head
+        assert r.arrived(1 << 16) == b"spiffe://loom.dev/client/admin" and r.complete
+        await r.aclose()
+        await r.aclose()  # once only
+        assert c.statistics().connections_idle == 1  # read to its end: pooled again
+        r = await c.send("GET", f"{srv.base}/big")
+        assert r.arrived(100) is None  # over the bound (or not all here): what it took stays
+        assert await r.read(10_000) == b"x" * 5000
+        await r.aclose()
+        assert c.statistics().connections_idle == 1
+        r = await c.send("GET", f"{srv.base}/stream")  # the rest is not here: None
+        assert r.arrived(1 << 16) is None  # the end is not sent yet (a piece may be taken)
+        go.set()
+        async with aclosing(r.chunks()) as chunks:
+            assert [x async for x in chunks] == [b"first", b"second"]
+        await r.aclose()
+        stats = c.statistics()
+        assert stats.connections_idle == 1 and stats.requests == 3
