@@ -289,10 +289,13 @@ class Forwarder:
                 continue
             try:
                 nxt = await self._not_leader(r, target, origins, url) if self.loom else None
-                # HEAD: the answer's Content-Length describes a body it does not carry, and
-                # only the streamed form passes it on as it is.
-                body = (None if nxt is not None or request.method == "HEAD"
-                        else r.arrived(self.whole_bytes))
+                body = None
+                if nxt is None and request.method == "HEAD":
+                    # The answer's Content-Length describes a body it does not carry: only the
+                    # streamed form passes it on as it is. Its end is already here.
+                    r.arrived(0)
+                elif nxt is None:
+                    body = r.arrived(self.whole_bytes)
             except _Answer as a:
                 await r.aclose()
                 self._forwarded += 1

@@ -331,7 +331,10 @@ class ServerConnection:
         if head is None:
             return await self._send_answer(request, _internal_error())
         await self._send(self._h.send(head) or b"")
-        if not head_only:
+        if head_only:  # never iterated, but closed: its cleanup runs now, not at collection
+            async with _closing(answer.chunks):
+                pass
+        else:
             try:
                 async with _closing(answer.chunks) as chunks:
                     self._scope.deadline = math.inf

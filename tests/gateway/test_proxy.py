@@ -9,6 +9,7 @@ import json
 import re
 import ssl
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from loom.gateway.app import Gateway
 from loom.gateway.config import ConfigError, load
 from loom.gateway.proxy import trace_parent
-from loom.http import ClientResponse, HTTPClient
+from loom.http import ClientResponse, HTTPClient, Request, Response, StreamingResponse
 from loom.security.tls import client_context, server_context
 from tests.cluster.conftest import free_ports
 from tests.conftest import PKI
@@ -281,3 +282,49 @@ async def test_a_metrics_listener_answers_its_own_metrics(pki: PKI, tmp_path: Pa
     assert 'loom_gateway_requests_total{method="GET",result="4xx",route="api"} 2.0' in text
     gw.shutdown()
     echo.server.shutdown()
+
+
+async def test_an_answer_that_arrived_whole_is_passed_on_whole(
+        gateway: tuple[Gateway, EchoUpstream], pki: PKI) -> None:
+    gw, echo = gateway
+    forwarder = next(iter(gw._forwarders.values()))
+    who = gw._state.chain.guest
+
+    def request(method: str, path: str) -> Request:
+        return Request(method=method, target=path, path=path, query="",
+                       headers=((b"host", b"gw"),), body=b"", remote="127.0.0.1:1",
+                       peer_certificate=None)
+
+    with trio.fail_after(10):
+        answer = await forwarder.forward(request("GET", "/api/x"), who)
+        # A small answer arrives with its head: one complete response, its connection back in
+        # the pool before the caller has written a byte of it.
+        assert isinstance(answer, Response)
+        assert json.loads(answer.body)["target"] == "/api/x"
+        assert dict(answer.headers)[b"content-length"] == b"%d" % len(answer.body)
+        assert b"keep-alive" not in dict(answer.headers)  # hop-by-hop, dropped either way
+        assert forwarder.client.statistics().connections_idle == 1
+        # HEAD: the upstream's Content-Length describes a body it does not send; the streamed
+        # form passes it on as it is.
+        head = await forwarder.forward(request("HEAD", "/api/x"), who)
+        assert isinstance(head, StreamingResponse)
+        assert int(dict(head.headers)[b"content-length"]) > 0
+        async with aclosing(head.chunks) as chunks:  # type: ignore[type-var]
+            assert [c async for c in chunks] == []
+        # An answer still being produced streams.
+        events = await forwarder.forward(request("GET", "/api/events"), who)
+        assert isinstance(events, StreamingResponse)
+        echo.release.set()
+        async with aclosing(events.chunks) as chunks:  # type: ignore[type-var]
+            assert b"".join([c async for c in chunks]) == b"data: one\n\ndata: two\n\n"
+        stats = forwarder.client.statistics()  # each read to its end: one connection, reused
+        assert (stats.connections_made, stats.connections_idle) == (1, 1)
+    async with HTTPClient(client_context(pki.ca)) as http:  # and through the listener
+        with trio.fail_after(10):
+            r = await http.request("HEAD", url(gw, "/api/x"), headers=key("alice"))
+            assert r.status == 200 and r.body == b""
+            assert int(r.header_values("content-length")[0]) > 0
+            # The upstream connection of a HEAD goes back to the pool (it once leaked: the
+            # server never closed a HEAD answer's stream).
+            while forwarder.client.statistics().connections_idle != 1:
+                await trio.sleep(0.01)
