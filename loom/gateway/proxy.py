@@ -31,6 +31,7 @@ This module owns the forwarding rules (docs/gateway.md, "Forwarding"):
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import ssl
@@ -107,8 +108,9 @@ def _connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     return out
 
 
-def _hop_by_hop(headers: Sequence[tuple[bytes, bytes]]) -> set[bytes]:
-    return set(HOP_BY_HOP) | _connection_listed(headers)
+def _hop_by_hop(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes] | set[bytes]:
+    listed = _connection_listed(headers)
+    return HOP_BY_HOP | listed if listed else HOP_BY_HOP
 
 
 def trace_parent(inbound: bytes | None) -> bytes:
@@ -118,7 +120,8 @@ def trace_parent(inbound: bytes | None) -> bytes:
         value = valid_traceparent(inbound.strip().decode("latin-1"))
         if value:
             return value.encode()
-    return b"00-%s-%s-01" % (secrets.token_hex(16).encode(), secrets.token_hex(8).encode())
+    ids = secrets.token_hex(24).encode()  # trace id and parent id from one read of randomness
+    return b"00-%s-%s-01" % (ids[:32], ids[32:])
 
 
 def certificate_headers(der: bytes, names: ClientCertHeaders) -> list[tuple[str, str]]:
@@ -140,10 +143,7 @@ def upstream_headers(request: Request, identity: ForwardIdentity | None, *, loom
     removed from every inbound request. `traceparent`: the gateway's own span's (tracing
     on), sent instead of the caller's."""
     drop = _hop_by_hop(request.headers)
-    ours = {_norm(n.encode()) for n in gateway_set}
-    if cert_headers is not None:
-        ours |= {_norm(n.encode()) for n in (cert_headers.subject, cert_headers.issuer,
-                                             cert_headers.serial, cert_headers.fingerprint)}
+    ours = _gateway_names(tuple(gateway_set), cert_headers)
     out: list[tuple[bytes, bytes]] = []
     for k, v in request.headers:
         n = _norm(k)
@@ -168,6 +168,18 @@ def upstream_headers(request: Request, identity: ForwardIdentity | None, *, loom
     out.append((b"traceparent", traceparent.encode() if traceparent
                 else trace_parent(_single(request, b"traceparent"))))
     return out
+
+
+@functools.lru_cache(maxsize=16)  # a forwarder's settings: a handful per configuration
+def _gateway_names(gateway_set: tuple[str, ...], cert_headers: ClientCertHeaders | None
+                   ) -> frozenset[bytes]:
+    """The normalised names of the fields the gateway sets itself (removed from every inbound
+    request)."""
+    names = list(gateway_set)
+    if cert_headers is not None:
+        names += (cert_headers.subject, cert_headers.issuer, cert_headers.serial,
+                  cert_headers.fingerprint)
+    return frozenset(_norm(n.encode()) for n in names)
 
 
 def _single(request: Request, name: bytes) -> bytes | None:

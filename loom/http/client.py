@@ -406,7 +406,10 @@ def _prepare(method: str, url: str, headers: Headers,
         authority += f":{port}"
     method = method.upper()
     all_headers = [(b"host", authority.encode("idna" if not authority.isascii() else "ascii"))]
-    all_headers += [(_lower(k), _raw(v)) for k, v in headers if _lower(k) not in _SET_BY_US]
+    for k, v in headers:
+        name = _lower(k)
+        if name not in _SET_BY_US:
+            all_headers.append((name, _raw(v)))
     if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
         all_headers.append((b"content-length", b"%d" % len(body)))
     return host, port, h11.Request(method=method, target=target, headers=all_headers)
