@@ -38,6 +38,7 @@ import trio
 from loom.http.limits import ServerLimits
 from loom.http.message import Headers, RefusedRequest, Request, Response, StreamingResponse
 from loom.http.problem import PROBLEM_CONTENT_TYPE, Problem
+from loom.security.tlsstream import TLSStream
 
 __all__ = ["Handler", "ServerConnection", "ServerState"]
 
@@ -92,6 +93,7 @@ class ServerConnection:
     def __init__(self, stream: trio.abc.Stream, handler: Handler, limits: ServerLimits,
                  state: ServerState, *, remote: str, peer_certificate: bytes | None) -> None:
         self._stream = stream
+        self._tls = stream if isinstance(stream, TLSStream) else None
         self._handler = handler
         self._limits = limits
         self._state = state
@@ -365,9 +367,17 @@ class ServerConnection:
 
     async def _send(self, data: bytes) -> None:
         """Write within `write_timeout_s` (the cycle's scope: a stalled reader ends the cycle;
-        a stream lifts the deadline again before it waits for its next chunk)."""
+        a stream lifts the deadline again before it waits for its next chunk). On a
+        `TLSStream` an answer the socket takes at once (the usual case) is written without
+        moving the deadline or passing through the scheduler: only a wait needs the bound."""
+        tls = self._tls
+        if tls is not None and tls.send_nowait(data):
+            return
         self._scope.deadline = trio.current_time() + self._limits.write_timeout_s
-        await self._stream.send_all(data)
+        if tls is not None:
+            await tls.flush()  # what the socket did not take, in order
+        else:
+            await self._stream.send_all(data)
 
     def _report(self, refusal: _Refusal, head: bytearray) -> None:
         """Tell the server's `on_refusal` (e.g. to audit a refused identity header); a fault
