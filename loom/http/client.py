@@ -375,7 +375,12 @@ async def _send_and_read_head(conn: _Conn, req: h11.Request, body: bytes, receiv
     out += h.send(h11.EndOfMessage()) or b""
     answered = False  # a byte of answer arrived: from here on, no retry
     try:
-        await stream.send_all(out)
+        # Written at once when the socket has room (the usual case): no pass through the
+        # scheduler before the wait for the answer; the rest is flushed under the caller's
+        # deadline. A caller already cancelled sends nothing.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not stream.send_nowait(out):
+            await stream.flush()
         while True:
             event = h.next_event()
             if event is h11.NEED_DATA:
