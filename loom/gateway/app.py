@@ -172,9 +172,11 @@ class Gateway:
         cert_headers = next((x.tls.client_cert_headers for x in config.listeners if x.tls),
                             None)
         claims = tuple(config.auth.jwt.claims_to_headers.values())
+        credentials = config.auth.credential_carriers()
         self._forwarders = {u.name: Forwarder(u, self._clients[u.name],
                                               max_redirects=max_redirects,
-                                              cert_headers=cert_headers, gateway_set=claims)
+                                              cert_headers=cert_headers, gateway_set=claims,
+                                              credentials=credentials)
                             for u in config.upstreams}
         self._state = _State(config, build(config, self._fetch, cert_headers=cert_headers),
                              _limiter(config))

@@ -235,6 +235,24 @@ class AuthConfig:
         on = [m for m in BUILTIN_METHODS if getattr(self, m).enabled]
         return (*on, *self.custom)
 
+    def credential_carriers(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The header names (lower case) and query parameters that carry a credential some
+        enabled method verifies: what `hide_credentials` removes before forwarding."""
+        headers: set[str] = set()
+        params: set[str] = set()
+        if self.api_key.enabled:
+            if self.api_key.header:
+                headers.add(self.api_key.header.lower())
+            if self.api_key.query_param:
+                params.add(self.api_key.query_param)
+        if self.basic.enabled:
+            headers.add("authorization")
+        if self.jwt.enabled:
+            headers.add(self.jwt.header.lower())
+        if self.oauth.enabled:
+            headers.add(self.oauth.header.lower())
+        return frozenset(headers), frozenset(params)
+
 
 @dataclass(frozen=True, slots=True)
 class RouteAuth:
@@ -271,6 +289,9 @@ class Upstream:
     kind: Literal["loom", "http"]
     endpoints: tuple[str, ...]
     tls: UpstreamTLS = UpstreamTLS()
+    # The credentials the gateway verified (Authorization, the API key's header and query
+    # parameter) are not sent on; always so for a loom upstream, which never reads them.
+    hide_credentials: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -783,7 +804,12 @@ def _upstream(s: _Section, ctx: _Ctx) -> Upstream:
     if kind == "loom" and (tls.cert_file is None or tls.key_file is None or tls.ca_file is None):
         raise ConfigError(s.path("tls"), "a loom upstream needs ca_file, cert_file and key_file "
                           "(mutual TLS with the gateway certificate)")
-    out = Upstream(s.str_("name", required=True), kind, endpoints, tls)  # type: ignore[arg-type]
+    hide = s.bool_("hide_credentials", True)
+    if kind == "loom" and not hide:
+        raise ConfigError(s.path("hide_credentials"), "a loom upstream never reads end-user "
+                          "credentials: the gateway sends the identity (X-Auth-User) instead")
+    out = Upstream(s.str_("name", required=True), kind, endpoints,  # type: ignore[arg-type]
+                   tls, hide)
     s.done()
     return out
 

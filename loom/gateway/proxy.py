@@ -9,6 +9,11 @@ This module owns the forwarding rules (docs/gateway.md, "Forwarding"):
   `X-Auth-*` name is dropped, and so is every inbound field the gateway itself sets
   (X-Forwarded-*, the claims and client-certificate headers), so a caller can never speak for
   the gateway. Only then are the gateway's own fields added.
+- The credentials the gateway verified do not travel on (`hide_credentials`, an upstream's
+  setting, always on for a loom upstream): for an authenticated request, every header and
+  query parameter that an enabled method reads a credential from (Authorization, the API key's
+  header and query parameter) is removed, as Envoy's jwt_authn does by default. The upstream
+  gets the identity instead, and an end-user secret goes no further than the edge.
 - `X-Forwarded-For` is the TCP peer, `X-Forwarded-Proto` https: the gateway is the edge and
   trusts no inbound X-Forwarded-* (it would let any client choose its address).
 - `traceparent` (W3C Trace Context): with tracing on, the gateway's own span's (a child of the
@@ -38,7 +43,7 @@ import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 import h11
 import trio
@@ -65,6 +70,7 @@ __all__ = [
     "response_headers",
     "trace_parent",
     "upstream_headers",
+    "without_params",
 ]
 
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding",
@@ -132,17 +138,32 @@ def certificate_headers(der: bytes, names: ClientCertHeaders) -> list[tuple[str,
             (names.serial, f["serial"]), (names.fingerprint, f["fingerprint"])]
 
 
+def without_params(target: str, names: frozenset[str]) -> str:
+    """`target` without the query parameters named in `names` (compared decoded, as the
+    authenticators read them); every other parameter is kept byte for byte, in order."""
+    path, sep, query = target.partition("?")
+    if not sep or not names:
+        return target
+    kept = [p for p in query.split("&")
+            if unquote_plus(p.partition("=")[0], errors="replace") not in names]
+    return f"{path}?{'&'.join(kept)}" if kept else path
+
+
 def upstream_headers(request: Request, identity: ForwardIdentity | None, *, loom: bool,
                      cert_headers: ClientCertHeaders | None = None,
                      gateway_set: Iterable[str] = (),
-                     traceparent: str = "") -> list[tuple[bytes, bytes]]:
+                     traceparent: str = "",
+                     hidden: frozenset[bytes] = frozenset()) -> list[tuple[bytes, bytes]]:
     """The header fields sent upstream for `request` (module docstring: the order of removal
     and addition is the rule). `identity` None: a public route to a plain upstream (a loom
     upstream always gets an identity: loomd refuses a gateway request without X-Auth-User).
     `gateway_set` names the fields the gateway sets for some callers (claims_to_headers):
     removed from every inbound request. `traceparent`: the gateway's own span's (tracing
-    on), sent instead of the caller's."""
+    on), sent instead of the caller's. `hidden`: the normalised names of the credential
+    headers, removed when the request was authenticated (`identity` given)."""
     drop = _hop_by_hop(request.headers)
+    if identity is not None and hidden:
+        drop = drop | hidden
     ours = _gateway_names(tuple(gateway_set), cert_headers)
     out: list[tuple[bytes, bytes]] = []
     for k, v in request.headers:
@@ -230,8 +251,13 @@ class Forwarder:
     def __init__(self, upstream: Upstream, client: HTTPClient, *, max_redirects: int = 3,
                  head_timeout_s: float = 120.0,
                  cert_headers: ClientCertHeaders | None = None,
-                 gateway_set: Iterable[str] = (), whole_bytes: int = 64 * 1024) -> None:
+                 gateway_set: Iterable[str] = (), whole_bytes: int = 64 * 1024,
+                 credentials: tuple[Iterable[str], Iterable[str]] = ((), ())) -> None:
         self.upstream = upstream
+        # The credential carriers removed from authenticated requests (hide_credentials).
+        hide = upstream.hide_credentials or upstream.kind == "loom"
+        self.hidden = frozenset(_norm(h.encode()) for h in credentials[0]) if hide else frozenset()
+        self.hidden_params = frozenset(credentials[1]) if hide else frozenset()
         # An answer whose body arrived whole with its head, up to this size, is passed on as
         # one complete response (one write); any other is streamed.
         self.whole_bytes = whole_bytes
@@ -264,9 +290,12 @@ class Forwarder:
                       traceparent: str = "") -> Response | StreamingResponse:
         headers = upstream_headers(request, identity, loom=self.loom,
                                    cert_headers=None if self.loom else self.cert_headers,
-                                   gateway_set=self.gateway_set, traceparent=traceparent)
+                                   gateway_set=self.gateway_set, traceparent=traceparent,
+                                   hidden=self.hidden)
         origins = self._origins()
         target = request.target
+        if identity is not None and self.hidden_params:
+            target = without_params(target, self.hidden_params)
         url = origins[0] + target
         # Safe to send again (to this or another endpoint) after a failure that may have
         # reached the upstream: by method, or a POST carrying an Idempotency-Key (loomd applies

@@ -87,7 +87,8 @@ async def test_identity_headers_are_the_gateways_alone(
         assert h["x-auth-user"] == ["apikey:alice"]
         assert h["x-auth-roles"] == ["data-writer,reader"]
         for gone in ("x_auth_roles", "x-auth-other", "x-secret", "keep-alive", "te",
-                     "proxy-authorization", "x-user-id", "x-client-subject"):
+                     "proxy-authorization", "x-user-id", "x-client-subject",
+                     "x-api-key"):  # the verified credential goes no further
             assert gone not in h, gone
         assert h["x-forwarded-for"] == ["127.0.0.1"] and h["x-forwarded-proto"] == ["https"]
         assert h["traceparent"] == [tp]
@@ -96,6 +97,52 @@ async def test_identity_headers_are_the_gateways_alone(
 
         r = await get(http, gw, "/api/x", key("alice"))
         assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", echoed(r.body)["traceparent"][0])
+
+
+async def test_verified_credentials_are_hidden_unless_the_upstream_asks(
+        pki: PKI, tmp_path: Path, nursery: trio.Nursery) -> None:
+    """Authorization and the API key (header or query parameter) stop at the gateway, other
+    query parameters are kept byte for byte; `hide_credentials: false` on a plain upstream
+    passes them on, and a loom upstream refuses that setting."""
+    token = dev_token("ada", ["reader"])
+    gw, echo = await start(pki, tmp_path, nursery)
+    async with HTTPClient(client_context(pki.ca)) as http:
+        r = await get(http, gw, "/api/me", [("authorization", f"Bearer {token}")])
+        assert r.status == 200 and "authorization" not in echoed(r.body)
+        q = f"/api/x?a=1&api%5Fkey={API_KEYS['alice']}&b=%2F+2&api_keys=3"
+        r = await get(http, gw, q)
+        assert r.status == 200, r.body
+        assert json.loads(r.body)["target"] == "/api/x?a=1&b=%2F+2&api_keys=3"
+        assert echoed(r.body)["x-auth-user"] == ["apikey:alice"]
+        r = await get(http, gw, f"/api/x?api_key={API_KEYS['alice']}")
+        assert json.loads(r.body)["target"] == "/api/x"
+        # a public route: nothing was verified, nothing is taken away
+        r = await get(http, gw, "/public/x?api_key=k", [("authorization", "Bearer t")])
+        assert json.loads(r.body)["target"] == "/public/x?api_key=k"
+        assert echoed(r.body)["authorization"] == ["Bearer t"]
+    gw.shutdown()
+    echo.server.shutdown()
+
+    d = tmp_path / "gw2"
+    raw = gateway_config(pki, d, upstream={"kind": "http", "endpoints": [echo.url],
+                                           "tls": {"ca_file": str(pki.ca)},
+                                           "hide_credentials": False})
+    echo2 = EchoUpstream(pki)
+    await echo2.start(nursery)
+    raw["upstreams"][0]["endpoints"] = [echo2.url]
+    gw2 = Gateway(load(write_config(d, raw), env={}))
+    await nursery.start(gw2.run)
+    async with HTTPClient(client_context(pki.ca)) as http:
+        r = await get(http, gw2, "/api/me", [("authorization", f"Bearer {token}")])
+        assert echoed(r.body)["authorization"] == [f"Bearer {token}"]
+    gw2.shutdown()
+    echo2.server.shutdown()
+    raw["upstreams"][0].update(kind="loom", endpoints=["https://127.0.0.1:1"], tls={
+        "ca_file": str(pki.ca), "cert_file": str(pki.pair("gateway")[0]),
+        "key_file": str(pki.pair("gateway")[1])})
+    with pytest.raises(ConfigError) as e:
+        load(write_config(d, raw), env={})
+    assert e.value.key == "upstreams[0].hide_credentials"
 
 
 async def test_jwt_claims_and_client_certificate_headers_reach_a_plain_upstream(
