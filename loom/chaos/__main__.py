@@ -47,12 +47,16 @@ def parser() -> argparse.ArgumentParser:
                    help="where runs live (failing ones are kept); default: a new temp dir")
     p.add_argument("--keep", action="store_true", help="keep passing runs' directories too")
     p.add_argument("--json", type=Path, default=None, help="also write the summary as JSON")
+    p.add_argument("--network", choices=("auto", "netns", "proxy"), default="auto",
+                   help="partitions by network namespaces (root, `ip netns`), by fault proxies, "
+                        "or auto (default): namespaces when the machine allows them")
     return p
 
 
 def repeat_command(args: argparse.Namespace, seed: int) -> str:
     return (f"{sys.executable} -m loom.chaos --runs 1 --seconds {args.seconds:g} --seed {seed} "
-            f"--nemesis {','.join(args.nemesis)} --workload {','.join(args.workload)} --keep")
+            f"--nemesis {','.join(args.nemesis)} --workload {','.join(args.workload)} "
+            f"--network {args.network} --keep")
 
 
 def summarize(reports: list[RunReport]) -> dict[str, object]:
@@ -67,7 +71,8 @@ def summarize(reports: list[RunReport]) -> dict[str, object]:
             indeterminate[res.workload] += res.indeterminate
             notes += [f"seed {r.seed}: {n}" for n in res.notes]
     return {
-        "runs": len(reports), "failed_runs": [r.seed for r in reports if r.anomalies],
+        "runs": len(reports), "network": sorted({r.network for r in reports}),
+        "failed_runs": [r.seed for r in reports if r.anomalies],
         "faults": dict(sorted(faults.items())), "faults_total": sum(faults.values()),
         "checked": dict(checked), "indeterminate": dict(indeterminate),
         "anomalies": sum(len(r.anomalies) for r in reports),
@@ -85,7 +90,10 @@ async def main_async(args: argparse.Namespace) -> int:
     for i in range(args.runs):
         seed = first + i
         t0 = time.monotonic()
-        r = await run_one(seed, args.seconds, base, args.nemesis, args.workload, keep=args.keep)
+        r = await run_one(seed, args.seconds, base, args.nemesis, args.workload, keep=args.keep,
+                          network=args.network)
+        if i == 0:
+            print(f"network: {r.network}", flush=True)
         reports.append(r)
         ops = sum(x.checked for x in r.results)
         print(f"run {i + 1}/{args.runs} seed {seed}: {r.size} nodes, lease_reads "

@@ -1,13 +1,16 @@
-"""A real Loom cluster for one chaos run: `loomd` processes on loopback behind fault proxies.
+"""A real Loom cluster for one chaos run: `loomd` processes joined by a partition network.
 
 `ChaosCluster` creates a development PKI (node certificates for the voters and for spare ids
 that membership changes add), writes one config per node (mutual TLS, fsync on as always, its own
 data directory and log file, a fast Raft profile), starts every process in its own process group,
-and puts a `FaultProxy` on every directed peer link so partitions need no privileges.
+and joins them by a partition network: each node in its own network namespace (netns.py) when
+the machine allows it, else a `FaultProxy` on every directed peer link on 127.0.0.1 (proxy.py),
+which needs no privileges. `network="auto"` chooses; `network_note` says what and why.
 
 Ownership rule: every process started here is in `self.procs` until it has been reaped, and
 `aclose()` (called from a `finally` by the runner) SIGKILLs the process group of each one that
-is still alive, so nothing outlives a run, even one that failed or was cancelled.
+is still alive, then closes the network (namespaces and bridge deleted, proxies stopped), so
+nothing outlives a run, even one that failed or was cancelled.
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ import socket
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from loom.chaos.proxy import FaultProxy
+from loom.chaos import netns
+from loom.chaos.netns import NetnsNetwork
+from loom.chaos.proxy import ProxyNetwork
 from loom.cli.loomd import EXAMPLE_ACL
 from loom.client import AsyncClient, RetryPolicy, open_client
 from loom.client.errors import ClientError
@@ -83,6 +88,7 @@ class NodeProc:
     client_port: int
     peer_port: int
     dir: Path
+    host: str = "127.0.0.1"  # the address it listens on (its namespace's, or loopback)
     proc: trio.Process | None = None
     paused: bool = False
     starts: int = 0
@@ -97,7 +103,11 @@ class NodeProc:
 
     @property
     def client_addr(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def peer_listen(self) -> str:
+        return f"{self.host}:{self.peer_port}"
 
     @property
     def running(self) -> bool:
@@ -110,19 +120,26 @@ class ChaosCluster:
     size: int
     rng: random.Random
     lease_reads: bool = False
+    network: str = "auto"  # "netns", "proxy", or "auto": netns when available
     nodes: dict[str, NodeProc] = field(default_factory=dict)
-    proxies: dict[tuple[str, str], FaultProxy] = field(default_factory=dict)
     members: list[str] = field(default_factory=list)  # current voters and learners
     removed: set[str] = field(default_factory=set)
     exits: list[str] = field(default_factory=list)  # unexpected exits seen (node: code)
     expect_exit: set[str] = field(default_factory=set)  # an injected fault may stop these
-    _proxy_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    network_note: str = ""
 
     def __post_init__(self) -> None:
         ids = [f"n{i}" for i in range(1, self.size + SPARES + 1)]
+        why_not = netns.available() if self.network != "proxy" else "asked for the proxy"
+        if self.network == "netns" and why_not is not None:
+            raise netns.NetnsError(f"network namespaces asked for but unavailable: {why_not}")
+        self.net: NetnsNetwork | ProxyNetwork = \
+            NetnsNetwork(ids) if why_not is None else ProxyNetwork(ids, self.rng)
+        self.network_note = self.net.describe() + (f"; netns: {why_not}" if why_not else "")
         ports = free_ports(2 * len(ids))
         for i, nid in enumerate(ids):
-            self.nodes[nid] = NodeProc(nid, ports[2 * i], ports[2 * i + 1], self.root / nid)
+            self.nodes[nid] = NodeProc(nid, ports[2 * i], ports[2 * i + 1], self.root / nid,
+                                       self.net.host(nid))
         self.members = ids[: self.size]
         self.founders = frozenset(self.members)
         self.certs = self.root / "certs"
@@ -136,47 +153,40 @@ class ChaosCluster:
         return [n.client_addr for n in self.nodes.values()]
 
     def client_kwargs(self) -> dict[str, Any]:
+        # node certificates name localhost and 127.0.0.1: a namespace's address is checked
+        # against the name (the certificate is still verified against the CA)
         return {"ca": self.certs / "ca.pem", "cert": self.certs / "admin.pem",
-                "key": self.certs / "admin.key", "client_name": "loom-chaos"}
+                "key": self.certs / "admin.key", "client_name": "loom-chaos",
+                **({"server_hostname": "localhost"} if self.net.kind == "netns" else {})}
 
     # -- set-up ---------------------------------------------------------------------------------
     async def setup(self, nursery: trio.Nursery) -> None:
-        """PKI, proxies (in `nursery`), configs; then start the voters and wait for them."""
+        """PKI, the network (proxies run in `nursery`), configs; then start the voters."""
         create_dev_pki(self.certs, nodes=tuple(self.nodes))
-        await nursery.start(self._run_proxies)
+        if isinstance(self.net, ProxyNetwork):
+            await nursery.start(self.net.run, {n.id: n.peer_port for n in self.nodes.values()})
+        else:
+            await trio.to_thread.run_sync(self.net.setup)
         for nid in self.nodes:
             self.write_config(nid, join=nid not in self.members)
         for nid in self.members:
             await self.start(nid)
 
-    async def _run_proxies(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                           ) -> None:
-        with self._proxy_scope:
-            async with trio.open_nursery() as n:
-                for src in self.nodes:
-                    for dst, d in self.nodes.items():
-                        if src != dst:
-                            p = FaultProxy(src, dst, d.peer_port,
-                                           random.Random(self.rng.random()))
-                            self.proxies[(src, dst)] = p
-                            await n.start(p.run)
-                task_status.started()
-
     def peer_addr(self, src: str, dst: str) -> str:
-        """The address `src` uses to reach `dst`: the proxy of that directed link."""
-        return f"127.0.0.1:{self.proxies[(src, dst)].port}"
+        """The address `src` uses to reach `dst` (its proxy, or `dst`'s namespace address)."""
+        return self.net.peer_addr(src, dst, self.nodes[dst].peer_port)
 
     def write_config(self, nid: str, *, join: bool) -> None:
         n = self.nodes[nid]
         n.dir.mkdir(parents=True, exist_ok=True)
         # a config's peers name the node itself (its own listener) and, for a founding voter,
-        # the founders; a joiner knows every id. Others are reached through their proxies.
+        # the founders; a joiner knows every id. Others are reached through the network.
         peers = {o: self.peer_addr(nid, o) for o in (self.nodes if join else self.members)
                  if o != nid}
-        peers[nid] = f"127.0.0.1:{n.peer_port}"
+        peers[nid] = n.peer_listen
         cfg = NodeConfig(
             node_id=nid, data_dir=n.dir / "data", client_listen=n.client_addr,
-            peer_listen=f"127.0.0.1:{n.peer_port}", peers=peers, join=join,
+            peer_listen=n.peer_listen, peers=peers, join=join,
             cluster_name="loom-chaos", log_level="info",
             tls=TLSConfig(ca=self.certs / "ca.pem", cert=self.certs / f"{nid}.pem",
                           key=self.certs / f"{nid}.key"),
@@ -205,8 +215,8 @@ class ChaosCluster:
         fd = _open_log(n.log, f"=== chaos: start #{n.starts + 1} hooks {hooks or {}}\n")
         try:  # the child keeps its own descriptor
             n.proc = await trio.lowlevel.open_process(
-                argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
-                start_new_session=True, env=env)
+                self.net.wrap(nid, argv), stdin=subprocess.DEVNULL, stdout=fd,
+                stderr=subprocess.STDOUT, start_new_session=True, env=env)
         finally:
             os.close(fd)
         n.paused = False
@@ -264,7 +274,7 @@ class ChaosCluster:
         return list(self.exits)
 
     async def aclose(self) -> None:
-        """Stop every process and proxy (shielded: also on failure and cancellation)."""
+        """Stop every process, then the network (shielded: also on failure and cancellation)."""
         with trio.CancelScope(shield=True):
             for n in self.nodes.values():
                 if n.proc is not None and n.proc.returncode is None:
@@ -273,16 +283,14 @@ class ChaosCluster:
                 if n.proc is not None:
                     with trio.move_on_after(10):
                         await n.proc.wait()
-            self._proxy_scope.cancel()
+            self.net.close()
 
     # -- the network ----------------------------------------------------------------------------
     def cut(self, a: str, b: str) -> None:
-        self.proxies[(a, b)].cut()
-        self.proxies[(b, a)].cut()
+        self.net.cut(a, b)
 
     def heal_network(self) -> None:
-        for p in self.proxies.values():
-            p.heal()
+        self.net.heal()
 
     # -- observation ----------------------------------------------------------------------------
     def live(self) -> list[str]:
@@ -347,11 +355,9 @@ class ChaosCluster:
 
     async def diagnose(self) -> dict[str, Any]:
         """What a failed convergence leaves behind: every node's NODE_STATS (peer links
-        included) and every proxy's counters."""
+        included) and the network's state (every proxy's counters)."""
         out: dict[str, Any] = {"members": self.members, "removed": sorted(self.removed),
-                               "proxies": {f"{a}->{b}": {"cut": p.is_cut,
-                                                          **asdict(p.statistics())}
-                                           for (a, b), p in self.proxies.items()}}
+                               **self.net.diagnose()}
         for nid, n in self.nodes.items():
             if not n.running or n.paused:
                 out[nid] = None if n.proc is None else f"exit {n.proc.returncode}"

@@ -8,12 +8,18 @@ path looks like to a peer link (it reconnects, messages in flight are gone).
 
 Bounds: at most `max_conns` forwarded connections (more are refused), one 64 KiB read at a time
 per direction, a delay of at most `MAX_DELAY_S` per chunk.
+
+`ProxyNetwork` is the partition network made of these proxies (one per directed link): the
+fallback when network namespaces are not available (loom/chaos/netns.py); it needs no
+privileges and runs in the harness's own nursery.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import trio
 
@@ -109,3 +115,65 @@ class FaultProxy:
         self.is_cut = False
         self.delay_s = 0.0
         self.loss = 0.0
+
+
+@dataclass
+class ProxyNetwork:
+    """Every node on 127.0.0.1; `src` reaches `dst` through the proxy of that directed link."""
+
+    ids: Sequence[str]
+    rng: random.Random
+    kind: str = "proxy"
+    shapes: frozenset[str] = frozenset({"cut", "delay", "loss"})
+    proxies: dict[tuple[str, str], FaultProxy] = field(default_factory=dict)
+    _scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    def host(self, nid: str) -> str:
+        return "127.0.0.1"
+
+    def peer_addr(self, src: str, dst: str, port: int) -> str:
+        del port  # the proxy knows its target
+        return f"127.0.0.1:{self.proxies[(src, dst)].port}"
+
+    def wrap(self, nid: str, argv: Sequence[str]) -> list[str]:
+        return list(argv)
+
+    async def run(self, ports: dict[str, int], *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve a proxy per directed link to `ports[dst]` (the peer ports) until close()."""
+        with self._scope:
+            async with trio.open_nursery() as n:
+                for src in self.ids:
+                    for dst in self.ids:
+                        if src != dst:
+                            p = FaultProxy(src, dst, ports[dst], random.Random(self.rng.random()))
+                            self.proxies[(src, dst)] = p
+                            await n.start(p.run)
+                task_status.started()
+
+    def close(self) -> None:
+        self._scope.cancel()
+
+    def cut(self, a: str, b: str) -> None:
+        self.proxies[(a, b)].cut()
+        self.proxies[(b, a)].cut()
+
+    def set_delay(self, delay_s: float) -> None:
+        for p in self.proxies.values():
+            p.delay_s = delay_s
+
+    def set_loss(self, loss: float) -> None:
+        for p in self.proxies.values():
+            p.loss = loss
+
+    def heal(self) -> None:
+        for p in self.proxies.values():
+            p.heal()
+
+    def describe(self) -> str:
+        return "proxy (a fault proxy per directed peer link on 127.0.0.1)"
+
+    def diagnose(self) -> dict[str, Any]:
+        return {"network": self.describe(),
+                "proxies": {f"{a}->{b}": {"cut": p.is_cut, **asdict(p.statistics())}
+                            for (a, b), p in self.proxies.items()}}

@@ -44,6 +44,7 @@ class RunReport:
     lease_reads: bool
     seconds: float
     dir: Path
+    network: str = ""  # which partition network, and why (cluster.network_note)
     faults: Counter[str] = field(default_factory=Counter)
     results: list[CheckResult] = field(default_factory=list)
     recovery_s: float = 0.0  # the slowest: from a heal to the next acknowledged write
@@ -57,7 +58,8 @@ class RunReport:
 
 
 async def run_one(seed: int, seconds: float, base: Path, nemeses: Sequence[str],
-                  workloads: Sequence[str], *, keep: bool = False) -> RunReport:
+                  workloads: Sequence[str], *, keep: bool = False,
+                  network: str = "auto") -> RunReport:
     rng = random.Random(seed)
     size = rng.choice((3, 5))
     root = base / f"run-{seed}"
@@ -65,7 +67,9 @@ async def run_one(seed: int, seconds: float, base: Path, nemeses: Sequence[str],
         shutil.rmtree(root)
     root.mkdir(parents=True)
     report = RunReport(seed, size, rng.random() < 0.5, seconds, root)
-    cluster = ChaosCluster(root, size, random.Random(rng.random()), report.lease_reads)
+    cluster = ChaosCluster(root, size, random.Random(rng.random()), report.lease_reads,
+                           network)
+    report.network = cluster.network_note
     history = History()
     try:
         async with trio.open_nursery() as nursery:
@@ -78,7 +82,7 @@ async def run_one(seed: int, seconds: float, base: Path, nemeses: Sequence[str],
                         encoding="utf-8")
                 raise
             finally:
-                nursery.cancel_scope.cancel()  # the proxies
+                nursery.cancel_scope.cancel()  # the proxies, if any
     except Exception as e:  # the run could not complete: kept, reported, never hidden
         leaf = _leaf(e)
         report.error = f"{leaf}" if isinstance(leaf, ConvergeError) else \

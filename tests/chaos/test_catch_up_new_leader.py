@@ -52,7 +52,7 @@ async def _behind_the_leaders_admission(tmp_path: Path) -> str | None:
                 admin = await cluster.admin(nursery, limit_s=10)
                 await cluster.start("n4")
                 await admin.call("MEMBER_ADD", node="n4", learner=True,
-                                 peer_addr=f"127.0.0.1:{cluster.nodes['n4'].peer_port}")
+                                 peer_addr=cluster.nodes['n4'].peer_listen)
                 cluster.members.append("n4")
                 await _until_ok(admin, "MEMBER_PROMOTE", node="n4")
                 for _ in range(20):  # a transfer is acknowledged when it starts

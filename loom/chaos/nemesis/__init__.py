@@ -4,7 +4,7 @@ A nemesis `inject()`s one fault (answering its kind, e.g. "kill-leader", counted
 report, or None when nothing fitted) and `heal()`s it; `heal_all()` at the end of a run undoes
 whatever is still in force. Nemeses that act on processes (kill, pause, membership, rolling
 restarts) take the run's process lock, so two of them never pick the same process at once;
-partitions act on the proxies only and overlap freely with them.
+partitions act on the network only and overlap freely with them.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ class MembershipNemesis(Nemesis):
     async def _replace(self, admin: AsyncClient, new: str) -> str:
         c = self.cluster
         await c.start(new)
-        addr = f"127.0.0.1:{c.nodes[new].peer_port}"
+        addr = c.nodes[new].peer_listen
         r = await _call(admin, "MEMBER_ADD", node=new, peer_addr=addr, learner=True)
         if r == "ok":
             c.members.append(new)

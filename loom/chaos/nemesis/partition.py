@@ -1,11 +1,13 @@
-"""Partitions made with the per-link fault proxies, plus delay and loss.
+"""Partitions made by the cluster's network (namespaces or proxies), plus delay and loss.
 
 Shapes (over the current members): isolate the leader; halves (a minority and a majority);
 a majority ring (each node still sees a majority, a different one: 5 nodes and more); a bridge
-(two halves that only one node connects); delay (every link slowed by 20-200 ms per chunk);
-loss (every forwarded chunk resets its connection with probability 2-10 %).
-A member added by a membership change is reached on its own port (its address is replicated),
-so partitions cut the links between the other members only.
+(two halves that only one node connects); delay (every link slowed by 20-200 ms); loss (2-10 %:
+packets in the namespaces, chunks that reset their connection with the proxies). Only the shapes
+the network supports are chosen (a kernel without sch_netem has no delay or loss).
+With the proxies, a member added by a membership change is reached on its own port (its address
+is replicated), so partitions cut the links between the other members only; in namespaces every
+node has one address and partitions reach added members too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ class PartitionNemesis(Nemesis):
         c = self.cluster
         ids = list(c.members)
         self.rng.shuffle(ids)
-        shapes = ["isolate-leader", "halves", "bridge", "delay", "loss"]
+        shapes = ["isolate-leader", "halves", "bridge",
+                  *(s for s in ("delay", "loss") if s in c.net.shapes)]
         if len(ids) >= 5:
             shapes.append("majority-ring")
         shape = self.rng.choice(shapes)
@@ -51,13 +54,9 @@ class PartitionNemesis(Nemesis):
                     if min(j - i, n - (j - i)) > 1:  # only ring neighbours stay linked
                         c.cut(a, ids[j])
         elif shape == "delay":
-            d = self.rng.uniform(0.02, 0.2)
-            for p in c.proxies.values():
-                p.delay_s = d
+            c.net.set_delay(self.rng.uniform(0.02, 0.2))
         else:
-            loss = self.rng.uniform(0.02, 0.1)
-            for p in c.proxies.values():
-                p.loss = loss
+            c.net.set_loss(self.rng.uniform(0.02, 0.1))
         return f"partition-{shape}"
 
     async def heal(self) -> None:
