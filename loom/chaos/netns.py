@@ -16,8 +16,8 @@ reachable from the host (the clients). Healing deletes the filters. Delay and lo
 qdisc on class 1:1 when the kernel has sch_netem (probed at set-up; `shapes` says what this
 network can do, and the partition nemesis picks only those).
 
-Ownership rule: `close()` deletes every namespace and the bridge this network created (deleting
-a namespace deletes its veth pair), is idempotent, ignores what is already gone, and is called
+Ownership rule: `close()` deletes every veth pair, namespace and the bridge this network
+created, is idempotent, ignores what is already gone, and is called
 from the cluster's shielded `aclose()`, on failure and Ctrl-C too. A harness killed by SIGKILL
 leaves its prefix behind: `clean_stale()` at the start of every run deletes the namespaces and
 bridges of every prefix whose pid is no longer alive.
@@ -157,6 +157,7 @@ class NetnsNetwork:
             ns, veth = self.ns(nid), f"{self.prefix}h{i}"
             self._created.insert(0, ns)
             _run(["ip", "netns", "add", ns])
+            self._created.insert(0, veth)
             _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
             _run(["ip", "link", "set", veth, "master", br, "up"])
             _run(["ip", "-n", ns, "-batch", "-"], stdin="\n".join((
@@ -174,11 +175,11 @@ class NetnsNetwork:
                 self._tc(nid, "qdisc add dev eth0 parent 1:1 handle 10: netem delay 0ms")
 
     def close(self) -> None:
-        for name in self._created:
-            if name == self.bridge:
-                _run(["ip", "link", "del", name], check=False)
-            else:
+        for name in self._created:  # host veths (each takes its peer along), namespaces, bridge
+            if name.startswith(f"{self.prefix}-"):
                 _run(["ip", "netns", "del", name], check=False)
+            else:
+                _run(["ip", "link", "del", name], check=False)
         self._created.clear()
 
     def leftovers(self) -> list[str]:

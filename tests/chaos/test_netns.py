@@ -72,6 +72,8 @@ def test_a_cut_drops_the_pair_both_ways_and_heals() -> None:
         for p in servers:
             p.kill()
             p.wait(10)
+            if p.stdout is not None:
+                p.stdout.close()
         net.close()
     assert net.leftovers() == []
 
@@ -96,13 +98,17 @@ def test_a_dead_harness_leftovers_are_removed_at_the_next_start() -> None:
 @pytest.mark.timeout(300)
 def test_a_bounded_chaos_run_in_namespaces(tmp_path: Path) -> None:
     out = tmp_path / "summary.json"
-    p = subprocess.run(
-        [sys.executable, "-m", "loom.chaos", "--runs", "2", "--seconds", "12", "--seed", "4100",
-         "--network", "netns", "--nemesis", "partition,kill,pause",
-         "--workload", "register,counter,set", "--dir", str(tmp_path / "runs"),
-         "--json", str(out)],
-        capture_output=True, text=True, timeout=280, check=False)
-    assert p.returncode == 0, f"chaos runs failed:\n{p.stdout}\n{p.stderr[-4000:]}"
+    with subprocess.Popen(
+            [sys.executable, "-m", "loom.chaos", "--runs", "2", "--seconds", "12", "--seed",
+             "4100", "--network", "netns", "--nemesis", "partition,kill,pause",
+             "--workload", "register,counter,set", "--dir", str(tmp_path / "runs"),
+             "--json", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        try:
+            stdout, stderr = p.communicate(timeout=280)
+        finally:
+            p.kill()
+    assert p.returncode == 0, f"chaos runs failed:\n{stdout}\n{stderr[-4000:]}"
     s = json.loads(out.read_text())
     assert s["network"] and all(n.startswith("netns") for n in s["network"]), s["network"]
     assert s["anomalies"] == 0 and sum(v for k, v in s["faults"].items()
