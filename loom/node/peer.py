@@ -46,6 +46,7 @@ from loom.node.handshakes import Handshakes
 from loom.node.listen import accept
 from loom.node.peerlink import READ_CHUNK, REMOVED_NOTICE, Link, PeerStats
 from loom.node.ratelog import RateLimitedLog
+from loom.node.testhooks import FaultHooks
 from loom.raft.messages import MalformedMessage, Message, from_wire
 from loom.security.handshake import revocation_reason
 from loom.security.identity import IdentityError, check_peer, identity_from_der
@@ -94,6 +95,10 @@ class _Malformed(Exception):
 
 
 class PeerTransport:
+    # Test-only mutants (loom/node/testhooks.py), set by the server only under
+    # --enable-test-hooks; None in production, where no hook is ever consulted.
+    hooks: FaultHooks | None = None
+
     def __init__(self, *, node_id: str, cluster: str, listen: str, peers: dict[str, str],
                  client_addr: str, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
                  trust_domain: str, is_member: Callable[[str], bool],
@@ -346,7 +351,7 @@ class PeerTransport:
             raise _Refused(f"certificate revoked: {revoked}", node)
         if node == self.node_id:
             raise _Refused("our own node id", node)
-        if self._is_removed(node):
+        if self._is_removed(node) and not (self.hooks and self.hooks.forget_removed):
             # The only bytes a listener writes: the removed node learns why (peerlink.py).
             self._auth_failed(where, "not_a_member")
             try:
@@ -469,7 +474,8 @@ class PeerTransport:
         # Contact is recorded only for frames that decoded and passed the checks above.
         st = self._stat(node)
         st.last_received = trio.current_time()
-        if msg.frm != node or msg.to != self.node_id:
+        if (msg.frm != node and not (self.hooks and self.hooks.skip_identity_pin)) \
+                or msg.to != self.node_id:
             # A4: an authenticated peer speaking for someone else (or misrouted): never stepped.
             st.rejected += 1
             log.warning("peer %s: dropped %s claiming frm=%r to=%r (certificate: %r, us: %r)",

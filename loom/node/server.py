@@ -340,7 +340,7 @@ class Node:
             client_ctx = peer_client_context(t.ca, t.cert, t.key, crl=t.crl, passphrase=pw)
         except TLSConfigError as e:
             raise ConfigError(f"tls: {e}") from None
-        return PeerTransport(
+        transport = PeerTransport(
             node_id=self.cfg.node_id, cluster=self.cfg.cluster_name, listen=self.cfg.peer_listen,
             peers={n: a for n, a in self.cfg.peers.items() if n != self.cfg.node_id},
             client_addr=self.log.client_addr, server_ctx=server_ctx, client_ctx=client_ctx,
@@ -349,6 +349,8 @@ class Node:
             on_message=self.log.on_peer_message, limits=self.cfg.to_peer_limits(),
             handshakes=self.handshakes, is_removed=lambda n: n in self.log.core.conf.removed,
             on_removed=self.log.told_removed, on_members=self.log.heard_members)
+        transport.hooks = self.test_hooks
+        return transport
 
     # -- ACL seeding and reload -----------------------------------------------------------------
     async def _seed_acl(self) -> None:

@@ -1,4 +1,5 @@
-"""Test-only fault hooks of a node: a skewed clock and a slow or failing fsync.
+"""Test-only fault hooks of a node: a skewed clock, a slow or failing fsync, power loss, and
+planted bugs (mutants) that `loom.chaos` must catch.
 
 They exist for `loom.chaos` (real processes under faults) and must never be on by accident:
 - they are read once, at start, from the environment variable LOOM_TEST_HOOKS (JSON);
@@ -13,13 +14,23 @@ with), `clock_rate` (the node's monotonic time and Raft ticks run this many time
 elections, heartbeats and leases all follow it), `fsync_delay_ms` (every data sync of the
 write-ahead log and snapshots sleeps this long first), `fsync_fail_after` (the Nth sync and
 every later one fail with EIO: the storage then stops the node, which must never go on as if
-the data were durable).
+the data were durable), `power_loss` (what the node writes stays in its own memory until the
+file's next fsync, so a SIGKILL loses every byte that was not synced, as a power cut does; see
+`HookedFS`).
+
+Mutants: planted bugs, each one at its decision point in the node, that a chaos run must catch:
+`ack_before_fsync` (implies `power_loss`: a sync returns at once and makes durable only what was
+pending at the previous sync, so the node acknowledges data one sync before it is durable),
+`forget_removed` (the peer plane forgets that a removed member's id is refused by name: a
+removed member is never told, loom/node/peer.py), `skip_identity_pin` (the peer plane steps a
+Raft message whose sender is not the certificate's node id, loom/node/peer.py, A4).
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -38,6 +49,10 @@ class FaultHooks:
     clock_rate: float = 1.0
     fsync_delay_ms: int = 0
     fsync_fail_after: int = 0  # 0: never
+    power_loss: bool = False
+    ack_before_fsync: bool = False  # mutant
+    forget_removed: bool = False  # mutant
+    skip_identity_pin: bool = False  # mutant
 
     def describe(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
@@ -60,10 +75,14 @@ def from_environ(environ: Mapping[str, str], *, enabled: bool) -> FaultHooks | N
     if not isinstance(d, dict) or set(d) - known:
         raise ConfigError(f"{ENV}: expected an object with keys among {sorted(known)}")
     try:
+        flags = {k: d.get(k, False) for k in ("power_loss", "ack_before_fsync",
+                                               "forget_removed", "skip_identity_pin")}
+        if not all(isinstance(v, bool) for v in flags.values()):
+            raise TypeError("power_loss and the mutants are true or false")
         hooks = FaultHooks(clock_offset_ms=int(d.get("clock_offset_ms", 0)),
                           clock_rate=float(d.get("clock_rate", 1.0)),
                           fsync_delay_ms=int(d.get("fsync_delay_ms", 0)),
-                          fsync_fail_after=int(d.get("fsync_fail_after", 0)))
+                          fsync_fail_after=int(d.get("fsync_fail_after", 0)), **flags)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{ENV}: {e}") from None
     if not (abs(hooks.clock_offset_ms) <= 86_400_000 and 0.1 <= hooks.clock_rate <= 10
@@ -80,13 +99,28 @@ def mono_s(hooks: FaultHooks) -> Any:
     return lambda: time.monotonic() * hooks.clock_rate
 
 
+_WRITE, _TRUNCATE = 0, 1
+Op = tuple[int, int, bytes]  # (_WRITE, offset, data) or (_TRUNCATE, size, b"")
+
+
 class HookedFS(FileSystem):
-    """The real file system, with every file's syncs delayed and/or failing."""
+    """The real file system, with every file's syncs delayed and/or failing, and with
+    `power_loss`, a page cache that dies with the process.
+
+    Power loss: a file's writes and truncations are kept here, in order, per inode (so every
+    open of the file, and a renamed file, sees them, as with the kernel's page cache) and reach
+    the file only at its next sync. A SIGKILL then leaves on disk exactly what was synced. Not
+    modelled: directory entries (create, rename, remove) are durable at once, and no write is
+    torn (loom/storage/faultfs.py models both, in memory, for the simulator).
+    Memory: what a file writes between two syncs (the storage syncs every batch it saves)."""
 
     def __init__(self, hooks: FaultHooks, inner: FileSystem | None = None) -> None:
         self.hooks = hooks
         self.inner = inner or OSFileSystem()
         self.syncs = 0
+        self.buffered = hooks.power_loss or hooks.ack_before_fsync
+        self.pending: dict[tuple[int, int], list[Op]] = {}  # inode -> ops not yet synced
+        self.lagging: dict[tuple[int, int], list[Op]] = {}  # ack_before_fsync: the next sync's
 
     def _sync(self) -> None:
         self.syncs += 1
@@ -96,7 +130,20 @@ class HookedFS(FileSystem):
             raise OSError(errno.EIO, f"{ENV}: injected fsync failure #{self.syncs}")
 
     def open(self, path: str, *, create: bool = False, exclusive: bool = False) -> File:
-        return _HookedFile(self, self.inner.open(path, create=create, exclusive=exclusive))
+        f = self.inner.open(path, create=create, exclusive=exclusive)
+        return _HookedFile(self, f, _inode(path) if self.buffered else (0, 0))
+
+    def flush(self, ino: tuple[int, int], f: File) -> None:
+        """A sync of inode `ino` (open as `f`): its pending ops reach the file. The mutant
+        writes only those of the previous sync and keeps these for the next one."""
+        ops = self.pending.pop(ino, [])
+        if self.hooks.ack_before_fsync:
+            ops, self.lagging[ino] = self.lagging.pop(ino, []), ops
+        for op, arg, data in ops:
+            if op == _WRITE:
+                f.pwrite(arg, data)
+            else:
+                f.truncate(arg)
 
     def mkdir(self, path: str) -> None:
         self.inner.mkdir(path)
@@ -111,6 +158,10 @@ class HookedFS(FileSystem):
         return self.inner.is_dir(path)
 
     def remove(self, path: str) -> None:
+        if self.buffered:  # its unsynced ops die with it (an inode number may be reused)
+            ino = _inode(path)
+            self.pending.pop(ino, None)
+            self.lagging.pop(ino, None)
         self.inner.remove(path)
 
     def rename(self, src: str, dst: str) -> None:
@@ -124,32 +175,76 @@ class HookedFS(FileSystem):
         return self.inner.lock(path)
 
 
+def _inode(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 class _HookedFile(File):
-    def __init__(self, fs: HookedFS, inner: File) -> None:
+    def __init__(self, fs: HookedFS, inner: File, ino: tuple[int, int]) -> None:
         self.fs = fs
         self.inner = inner
+        self.ino = ino
+
+    def _ops(self) -> list[Op]:
+        return [*self.fs.lagging.get(self.ino, ()), *self.fs.pending.get(self.ino, ())]
 
     def pread(self, offset: int, size: int) -> bytes:
-        return self.inner.pread(offset, size)
+        ops = self._ops() if self.fs.buffered else []
+        if not ops:
+            return self.inner.pread(offset, size)
+        # the file as the process sees it: what is on disk, then every unsynced op in order
+        buf = bytearray(self.inner.pread(offset, size).ljust(size, b"\0"))
+        length = self.inner.size()
+        for op, arg, data in ops:
+            if op == _WRITE:
+                lo, hi = max(arg, offset), min(arg + len(data), offset + size)
+                if lo < hi:
+                    buf[lo - offset:hi - offset] = data[lo - arg:hi - arg]
+                length = max(length, arg + len(data))
+            else:
+                if arg < offset + size:  # cut off, then zeros if the file grows again
+                    start = max(arg - offset, 0)
+                    buf[start:] = bytes(len(buf) - start)
+                length = arg
+        return bytes(buf[:max(0, min(size, length - offset))])
 
     def pwrite(self, offset: int, data: bytes) -> None:
-        self.inner.pwrite(offset, data)
+        if self.fs.buffered:
+            self.fs.pending.setdefault(self.ino, []).append((_WRITE, offset, bytes(data)))
+        else:
+            self.inner.pwrite(offset, data)
 
     def size(self) -> int:
-        return self.inner.size()
+        length = self.inner.size()
+        for op, arg, data in self._ops() if self.fs.buffered else ():
+            length = max(length, arg + len(data)) if op == _WRITE else arg
+        return length
 
     def truncate(self, size: int) -> None:
-        self.inner.truncate(size)
+        if self.fs.buffered:
+            self.fs.pending.setdefault(self.ino, []).append((_TRUNCATE, size, b""))
+        else:
+            self.inner.truncate(size)
 
     def allocate(self, size: int) -> None:
-        self.inner.allocate(size)
+        # reserves blocks, changes no byte a reader sees unless the file grows: then it is
+        # a pending extension like any other
+        if not self.fs.buffered:
+            self.inner.allocate(size)
+        elif self.size() < size:
+            self.fs.pending.setdefault(self.ino, []).append((_WRITE, size - 1, b"\0"))
 
     def sync(self) -> None:
         self.fs._sync()
+        if self.fs.buffered:
+            self.fs.flush(self.ino, self.inner)
         self.inner.sync()
 
     def fullsync(self) -> None:
         self.fs._sync()
+        if self.fs.buffered:
+            self.fs.flush(self.ino, self.inner)
         self.inner.fullsync()
 
     def close(self) -> None:

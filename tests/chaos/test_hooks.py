@@ -60,3 +60,49 @@ def test_loomd_refuses_the_variable_without_the_flag(pki: PKI, tmp_path: Path) -
                        env=env, capture_output=True, text=True, timeout=50, check=False)
     assert p.returncode == 2, p.stderr
     assert "refusing to start" in p.stderr and "--enable-test-hooks" in p.stderr
+
+
+def test_power_loss_keeps_unsynced_bytes_in_the_process(tmp_path: Path) -> None:
+    """What is not synced is seen by the process (every open, a renamed file too) and is
+    not on disk: a SIGKILL (here: a new HookedFS on the same files) loses exactly that."""
+    fs = HookedFS(FaultHooks(power_loss=True))
+    path = str(tmp_path / "f")
+    f = fs.open(path, create=True)
+    f.pwrite(0, b"hello world")
+    f.sync()
+    f.pwrite(6, b"WORLD, again")
+    f.truncate(14)
+    assert f.pread(0, 100) == b"hello WORLD, a" and f.size() == 14
+    assert fs.open(path).pread(0, 100) == b"hello WORLD, a"  # a second open sees it too
+    fs.rename(path, path + ".2")
+    assert fs.open(path + ".2").pread(3, 5) == b"lo WO"
+    assert HookedFS(FaultHooks()).open(path + ".2").pread(0, 100) == b"hello world"  # on disk
+    f.fullsync()
+    assert HookedFS(FaultHooks()).open(path + ".2").pread(0, 100) == b"hello WORLD, a"
+    f.truncate(2)
+    f.pwrite(4, b"!")  # a hole after a truncation reads as zeros
+    assert f.pread(0, 10) == b"he\0\0!"
+    f.close()
+
+
+def test_the_ack_before_fsync_mutant_makes_a_sync_durable_one_sync_late(tmp_path: Path) -> None:
+    fs = HookedFS(FaultHooks(ack_before_fsync=True))
+    path = str(tmp_path / "wal")
+    f = fs.open(path, create=True)
+    on_disk = HookedFS(FaultHooks()).open(path)
+    f.pwrite(0, b"first")
+    f.sync()  # "durable", acknowledged, but not on disk
+    assert on_disk.pread(0, 100) == b"" and f.pread(0, 100) == b"first"
+    f.pwrite(5, b"second")
+    f.sync()
+    assert on_disk.pread(0, 100) == b"first" and f.pread(0, 100) == b"firstsecond"
+    f.close()
+    on_disk.close()
+
+
+def test_mutants_and_power_loss_are_flags() -> None:
+    hooks = from_environ({ENV: json.dumps({"power_loss": True, "skip_identity_pin": True})},
+                         enabled=True)
+    assert hooks == FaultHooks(power_loss=True, skip_identity_pin=True)
+    with pytest.raises(ConfigError):
+        from_environ({ENV: '{"forget_removed": 1}'}, enabled=True)
