@@ -21,6 +21,7 @@ import trio
 from loom.chaos.nemesis import all_nemeses
 from loom.chaos.run import RunReport, run_one
 from loom.chaos.workloads import all_workloads
+from loom.node.testhooks import MUTANTS
 
 
 def _list(kind: str, known: list[str]) -> argparse.Action | object:
@@ -47,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
                    help="where runs live (failing ones are kept); default: a new temp dir")
     p.add_argument("--keep", action="store_true", help="keep passing runs' directories too")
     p.add_argument("--json", type=Path, default=None, help="also write the summary as JSON")
+    p.add_argument("--mutant", choices=MUTANTS, default="",
+                   help="every node runs with this planted bug (a test-only hook): the run "
+                        "must find an anomaly")
     p.add_argument("--network", choices=("auto", "netns", "proxy"), default="auto",
                    help="partitions by network namespaces (root, `ip netns`), by fault proxies, "
                         "or auto (default): namespaces when the machine allows them")
@@ -56,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
 def repeat_command(args: argparse.Namespace, seed: int) -> str:
     return (f"{sys.executable} -m loom.chaos --runs 1 --seconds {args.seconds:g} --seed {seed} "
             f"--nemesis {','.join(args.nemesis)} --workload {','.join(args.workload)} "
-            f"--network {args.network} --keep")
+            f"--network {args.network}{f' --mutant {args.mutant}' if args.mutant else ''} "
+            f"--keep")
 
 
 def summarize(reports: list[RunReport]) -> dict[str, object]:
@@ -91,7 +96,7 @@ async def main_async(args: argparse.Namespace) -> int:
         seed = first + i
         t0 = time.monotonic()
         r = await run_one(seed, args.seconds, base, args.nemesis, args.workload, keep=args.keep,
-                          network=args.network)
+                          network=args.network, mutant=args.mutant)
         if i == 0:
             print(f"network: {r.network}", flush=True)
         reports.append(r)

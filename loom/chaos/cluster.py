@@ -53,6 +53,7 @@ LOOMD = (sys.executable, "-m", "loom.cli.loomd")
 FAST_RAFT = RaftSettings(tick_ms=20, election_ticks_min=10, election_ticks_max=20,
                          heartbeat_ticks=2, proposal_timeout_s=5.0, read_timeout_s=3.0)
 ELECTION_TIMEOUT_S = FAST_RAFT.tick_ms * FAST_RAFT.election_ticks_max / 1000
+CLUSTER_NAME = "loom-chaos"
 SPARES = 2  # ids beyond the voters that membership changes may add
 PORT_RANGE = (20_000, 32_000)
 STATUS_ERRORS = (ClientError, LoomError, trio.TooSlowError, OSError)
@@ -121,6 +122,7 @@ class ChaosCluster:
     rng: random.Random
     lease_reads: bool = False
     network: str = "auto"  # "netns", "proxy", or "auto": netns when available
+    mutant: str = ""  # a planted bug (loom/node/testhooks.py) every node runs with, or none
     nodes: dict[str, NodeProc] = field(default_factory=dict)
     members: list[str] = field(default_factory=list)  # current voters and learners
     removed: set[str] = field(default_factory=set)
@@ -187,7 +189,7 @@ class ChaosCluster:
         cfg = NodeConfig(
             node_id=nid, data_dir=n.dir / "data", client_listen=n.client_addr,
             peer_listen=n.peer_listen, peers=peers, join=join,
-            cluster_name="loom-chaos", log_level="info",
+            cluster_name=CLUSTER_NAME, log_level="info",
             tls=TLSConfig(ca=self.certs / "ca.pem", cert=self.certs / f"{nid}.pem",
                           key=self.certs / f"{nid}.key"),
             audit=AuditConfig(sink="off"), acl=EXAMPLE_ACL,
@@ -209,6 +211,7 @@ class ChaosCluster:
         argv = [*LOOMD, "--config", str(n.config)]
         if nid in self.founders:  # ignored once the node has a log
             argv += ["--initial-cluster-state", "new"]
+        hooks = {**({self.mutant: True} if self.mutant else {}), **(hooks or {})}
         if hooks:
             env[TEST_HOOKS_ENV] = json.dumps(hooks)
             argv.append("--enable-test-hooks")
@@ -231,6 +234,14 @@ class ChaosCluster:
         with trio.move_on_after(10):
             await n.proc.wait()
         n.paused = False
+
+    async def kill_all(self, ids: Sequence[str]) -> None:
+        """SIGKILL every one of `ids` at once (a power cut of those machines), then reap."""
+        procs = [self.nodes[n].proc for n in ids if self.nodes[n].running]
+        for p in procs:
+            _signal_group(p, signal.SIGKILL)
+        for nid in ids:
+            await self.kill(nid)
 
     def pause(self, nid: str) -> None:
         n = self.nodes[nid]
@@ -298,6 +309,9 @@ class ChaosCluster:
 
     async def status(self, nid: str, limit_s: float = 2.0) -> dict[str, Any] | None:
         """CLUSTER_STATUS from `nid` alone (no retries elsewhere); None when it cannot answer."""
+        return await self._local_call(nid, "CLUSTER_STATUS", limit_s)
+
+    async def _local_call(self, nid: str, op: str, limit_s: float) -> dict[str, Any] | None:
         n = self.nodes[nid]
         if not n.running or n.paused:
             return None
@@ -306,7 +320,7 @@ class ChaosCluster:
                 async with open_client([n.client_addr], timeout=limit_s, connect_timeout=limit_s,
                                        retry=RetryPolicy(attempts=1),
                                        **self.client_kwargs()) as c:
-                    st: dict[str, Any] = await c.call("CLUSTER_STATUS")
+                    st: dict[str, Any] = await c.call(op)
                     return st
         except STATUS_ERRORS:
             return None
@@ -362,15 +376,12 @@ class ChaosCluster:
             if not n.running or n.paused:
                 out[nid] = None if n.proc is None else f"exit {n.proc.returncode}"
                 continue
-            try:
-                with trio.fail_after(3):
-                    async with open_client([n.client_addr], timeout=3, connect_timeout=3,
-                                           retry=RetryPolicy(attempts=1),
-                                           **self.client_kwargs()) as c:
-                        out[nid] = await c.call("NODE_STATS")
-            except STATUS_ERRORS as e:
-                out[nid] = f"{type(e).__name__}: {e}"
+            out[nid] = await self.node_stats(nid, limit_s=3.0) or "no answer"
         return out
+
+    async def node_stats(self, nid: str, limit_s: float = 2.0) -> dict[str, Any] | None:
+        """NODE_STATS from `nid` alone; None when it cannot answer."""
+        return await self._local_call(nid, "NODE_STATS", limit_s)
 
     async def admin(self, nursery: trio.Nursery, limit_s: float = 5.0) -> AsyncClient:
         """A client of every node, each call bounded by `limit_s` (retries included)."""

@@ -50,25 +50,27 @@ class RunReport:
     recovery_s: float = 0.0  # the slowest: from a heal to the next acknowledged write
     converge_s: float = 0.0  # from the final heal to convergence
     error: str = ""  # the run could not complete (the harness's or the cluster's failure)
+    invariants: list[str] = field(default_factory=list)  # broken, as nemeses checked them
+    mutant: str = ""
 
     @property
     def anomalies(self) -> list[str]:
-        out = [a for r in self.results for a in r.anomalies]
+        out = [a for r in self.results for a in r.anomalies] + self.invariants
         return [*out, self.error] if self.error else out
 
 
 async def run_one(seed: int, seconds: float, base: Path, nemeses: Sequence[str],
                   workloads: Sequence[str], *, keep: bool = False,
-                  network: str = "auto") -> RunReport:
+                  network: str = "auto", mutant: str = "") -> RunReport:
     rng = random.Random(seed)
     size = rng.choice((3, 5))
     root = base / f"run-{seed}"
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    report = RunReport(seed, size, rng.random() < 0.5, seconds, root)
+    report = RunReport(seed, size, rng.random() < 0.5, seconds, root, mutant=mutant)
     cluster = ChaosCluster(root, size, random.Random(rng.random()), report.lease_reads,
-                           network)
+                           network, mutant)
     report.network = cluster.network_note
     history = History()
     try:
@@ -107,6 +109,8 @@ async def _run(report: RunReport, cluster: ChaosCluster, history: History, rng: 
                            for w in workloads]
     nems: list[Nemesis] = [all_nemeses()[n](cluster, random.Random(rng.random()))
                            for n in nemeses]
+    for nem in nems:  # the same list: what a nemesis finds is reported even if the run fails
+        nem.anomalies = report.invariants
     faults = FaultLog()
     report.faults = faults.kinds  # counted as they happen, also when the run fails later
     async with open_client(cluster.endpoints, timeout=START_S, **cluster.client_kwargs()) as c:

@@ -19,8 +19,9 @@ file's next fsync, so a SIGKILL loses every byte that was not synced, as a power
 `HookedFS`).
 
 Mutants: planted bugs, each one at its decision point in the node, that a chaos run must catch:
-`ack_before_fsync` (implies `power_loss`: a sync returns at once and makes durable only what was
-pending at the previous sync, so the node acknowledges data one sync before it is durable),
+`ack_before_fsync` (implies `power_loss`: a data sync, the write-ahead log's per-batch
+fdatasync, makes durable only what was pending at the previous one, so the node acknowledges
+every appended batch one sync before it is durable; a full fsync still flushes everything),
 `forget_removed` (the peer plane forgets that a removed member's id is refused by name: a
 removed member is never told, loom/node/peer.py), `skip_identity_pin` (the peer plane steps a
 Raft message whose sender is not the certificate's node id, loom/node/peer.py, A4).
@@ -40,6 +41,7 @@ from loom.node.config import ConfigError
 from loom.storage.fs import DirLock, File, FileSystem, OSFileSystem
 
 ENV = "LOOM_TEST_HOOKS"
+MUTANTS = ("ack_before_fsync", "forget_removed", "skip_identity_pin")
 FLAG = "--enable-test-hooks"
 
 
@@ -75,8 +77,7 @@ def from_environ(environ: Mapping[str, str], *, enabled: bool) -> FaultHooks | N
     if not isinstance(d, dict) or set(d) - known:
         raise ConfigError(f"{ENV}: expected an object with keys among {sorted(known)}")
     try:
-        flags = {k: d.get(k, False) for k in ("power_loss", "ack_before_fsync",
-                                               "forget_removed", "skip_identity_pin")}
+        flags = {k: d.get(k, False) for k in ("power_loss", *MUTANTS)}
         if not all(isinstance(v, bool) for v in flags.values()):
             raise TypeError("power_loss and the mutants are true or false")
         hooks = FaultHooks(clock_offset_ms=int(d.get("clock_offset_ms", 0)),
@@ -133,12 +134,14 @@ class HookedFS(FileSystem):
         f = self.inner.open(path, create=create, exclusive=exclusive)
         return _HookedFile(self, f, _inode(path) if self.buffered else (0, 0))
 
-    def flush(self, ino: tuple[int, int], f: File) -> None:
-        """A sync of inode `ino` (open as `f`): its pending ops reach the file. The mutant
-        writes only those of the previous sync and keeps these for the next one."""
-        ops = self.pending.pop(ino, [])
-        if self.hooks.ack_before_fsync:
-            ops, self.lagging[ino] = self.lagging.pop(ino, []), ops
+    def flush(self, ino: tuple[int, int], f: File, *, data_sync: bool) -> None:
+        """A sync of inode `ino` (open as `f`): its pending ops reach the file. The mutant's
+        data sync writes only those of the previous data sync and keeps these for the next."""
+        ops, newer = self.lagging.pop(ino, []), self.pending.pop(ino, [])
+        if self.hooks.ack_before_fsync and data_sync:
+            self.lagging[ino] = newer  # durable at the next sync, acknowledged already
+        else:
+            ops += newer
         for op, arg, data in ops:
             if op == _WRITE:
                 f.pwrite(arg, data)
@@ -238,13 +241,13 @@ class _HookedFile(File):
     def sync(self) -> None:
         self.fs._sync()
         if self.fs.buffered:
-            self.fs.flush(self.ino, self.inner)
+            self.fs.flush(self.ino, self.inner, data_sync=True)
         self.inner.sync()
 
     def fullsync(self) -> None:
         self.fs._sync()
         if self.fs.buffered:
-            self.fs.flush(self.ino, self.inner)
+            self.fs.flush(self.ino, self.inner, data_sync=False)
         self.inner.fullsync()
 
     def close(self) -> None:

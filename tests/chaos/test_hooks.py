@@ -96,6 +96,8 @@ def test_the_ack_before_fsync_mutant_makes_a_sync_durable_one_sync_late(tmp_path
     f.pwrite(5, b"second")
     f.sync()
     assert on_disk.pread(0, 100) == b"first" and f.pread(0, 100) == b"firstsecond"
+    f.fullsync()  # a full fsync (new segments, hard state, snapshots) still flushes all
+    assert on_disk.pread(0, 100) == b"firstsecond"
     f.close()
     on_disk.close()
 

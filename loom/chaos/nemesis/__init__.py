@@ -23,6 +23,7 @@ class Nemesis:
         self.cluster = cluster
         self.rng = rng
         self.outcomes: Counter[str] = Counter()  # what faults led to, added to the report
+        self.anomalies: list[str] = []  # invariants this nemesis checks itself, broken
 
     async def inject(self) -> str | None:
         raise NotImplementedError
@@ -41,12 +42,15 @@ class FaultLog:
 
 def all_nemeses() -> dict[str, type[Nemesis]]:
     from loom.chaos.nemesis.clock import ClockNemesis
-    from loom.chaos.nemesis.disk import DiskNemesis
+    from loom.chaos.nemesis.disk import DiskNemesis, PowerLossNemesis
+    from loom.chaos.nemesis.impostor import ImpostorNemesis
     from loom.chaos.nemesis.kill import KillNemesis
     from loom.chaos.nemesis.membership import MembershipNemesis
     from loom.chaos.nemesis.partition import PartitionNemesis
     from loom.chaos.nemesis.pause import PauseNemesis
+    from loom.chaos.nemesis.rejoin import RejoinNemesis
     from loom.chaos.nemesis.rolling import RollingRestartNemesis
 
     return {n.name: n for n in (KillNemesis, PauseNemesis, PartitionNemesis, MembershipNemesis,
-                                RollingRestartNemesis, ClockNemesis, DiskNemesis)}
+                                RollingRestartNemesis, ClockNemesis, DiskNemesis,
+                                PowerLossNemesis, RejoinNemesis, ImpostorNemesis)}

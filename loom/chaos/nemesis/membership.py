@@ -37,6 +37,19 @@ class MembershipNemesis(Nemesis):
                 await admin.aclose()
 
     async def _replace(self, admin: AsyncClient, new: str) -> str:
+        added = await self._add(admin, new)
+        if added != "promoted":
+            return added
+        await _call(admin, "LEADER_TRANSFER", to=new)
+        leader = await self.cluster.leader()
+        gone = self.rng.choice([m for m in self.cluster.members if m not in (new, leader)])
+        if await self._remove(admin, gone):
+            await self.cluster.stop(gone)
+        return "member-replace"
+
+    async def _add(self, admin: AsyncClient, new: str) -> str:
+        """Start `new`, add it as a learner, promote it once caught up: "promoted", or the kind
+        of fault it came to ("learner-add-failed", "learner-add": never promoted)."""
         c = self.cluster
         await c.start(new)
         addr = c.nodes[new].peer_listen
@@ -56,11 +69,11 @@ class MembershipNemesis(Nemesis):
                 if promoted != "fail":
                     break
                 await trio.sleep(0.3)
-        if promoted != "ok":
-            return "learner-add"
-        await _call(admin, "LEADER_TRANSFER", to=new)
-        leader = await c.leader()
-        gone = self.rng.choice([m for m in c.members if m not in (new, leader)])
+        return "promoted" if promoted == "ok" else "learner-add"
+
+    async def _remove(self, admin: AsyncClient, gone: str) -> bool:
+        """MEMBER_REMOVE `gone`; whether the cluster removed it (its process is left alone)."""
+        c = self.cluster
         r = await _call(admin, "MEMBER_REMOVE", node=gone)
         if r == "ok":
             c.members.remove(gone)
@@ -68,8 +81,8 @@ class MembershipNemesis(Nemesis):
             await _sync(c, admin)
         if gone not in c.members:
             c.removed.add(gone)
-            await c.stop(gone)
-        return "member-replace"
+            return True
+        return False
 
 
 async def _call(admin: AsyncClient, op: str, **body: Any) -> str:
