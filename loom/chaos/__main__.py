@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
                    help="where runs live (failing ones are kept); default: a new temp dir")
     p.add_argument("--keep", action="store_true", help="keep passing runs' directories too")
     p.add_argument("--json", type=Path, default=None, help="also write the summary as JSON")
+    p.add_argument("--stop-on-anomaly", action="store_true",
+                   help="stop after the first run that found an anomaly")
     p.add_argument("--mutant", choices=MUTANTS, default="",
                    help="every node runs with this planted bug (a test-only hook): the run "
                         "must find an anomaly")
@@ -109,6 +111,8 @@ async def main_async(args: argparse.Namespace) -> int:
             print(f"  anomaly: {a}", flush=True)
         if r.anomalies:
             print(f"  kept: {r.dir}\n  repeat: {repeat_command(args, seed)}", flush=True)
+            if args.stop_on_anomaly:
+                break
     s = summarize(reports)
     print(json.dumps(s, indent=2))
     if args.json:
