@@ -1,7 +1,7 @@
 """Linearizability of read / write / compare-and-set registers (Wing & Gong with Lowe's memo).
 
-The same search as loom/sim/linearizability.py (which checks put/get histories from the
-simulator), with compare-and-set in the model, since the chaos register workload uses CAS:
+The one register checker: the chaos register workload's histories (with compare-and-set) and,
+through loom/sim/linearizability.py, the simulator's put/get histories. The model:
 
 - `write(v)` sets the register; `read() -> v` observes it (None: absent);
 - `cas(exp, new) -> True` requires the register to equal `exp` and sets it to `new`;

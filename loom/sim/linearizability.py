@@ -1,12 +1,11 @@
-"""A linearizability checker for register histories (Wing & Gong search with Lowe's memo).
+"""Linearizability of the simulator's put/get histories, per key.
 
 A history is checked per key (registers compose: a history is linearizable iff each key's
 sub-history is). An operation is `put(v)` or `get() -> v`; `ret` is `math.inf` for an
 operation whose outcome is unknown (client timeout): it may take effect at any point after
-its call, or never. Search: repeatedly pick a "minimal" pending operation (one called before
-every pending operation returned), apply it to the model, backtrack on failure; states
-(set of linearized operations, register value) already explored are cached, so the search is
-polynomial for the mostly-sequential histories a simulator produces. `budget` bounds it.
+its call, or never. The search (Wing & Gong with Lowe's memo, bounded by `budget`) is the one
+register checker of the project, loom/chaos/linear.py, which also checks the chaos harness's
+histories (with compare-and-set); this module only maps the simulator's operations onto it.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from loom.chaos.linear import RegOp, check_register
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,52 +41,17 @@ class Result:
 
 
 def check_key(ops: list[Op], budget: int = 500_000) -> Result:
+    """One key's history, checked by the one register checker (loom/chaos/linear.py: a put is
+    a write, a get a read; an indeterminate get constrains nothing and is left out there)."""
     key = ops[0].key if ops else ""
-    observed = {o.value for o in ops if o.kind == "get"}
-    # an indeterminate get constrains nothing; an indeterminate put nobody observed can be
-    # left out (linearizing it never helps a later read)
-    ops = [
-        o for o in ops
-        if o.ret != math.inf or (o.kind == "put" and o.value in observed)
-    ]
-    ops.sort(key=lambda o: (o.call, o.ret))
-    n = len(ops)
-    required = 0
-    for i, o in enumerate(ops):
-        if o.ret != math.inf:
-            required |= 1 << i
-    calls = [o.call for o in ops]
-    rets = [o.ret for o in ops]
-    stack: list[tuple[int, str | None]] = [(0, None)]
-    seen: set[tuple[int, str | None]] = {(0, None)}
-    explored = 0
-    while stack:
-        done, state = stack.pop()
-        if done & required == required:
-            return Result(True, key, explored)
-        explored += 1
-        if explored > budget:
-            return Result(None, key, explored)
-        min_ret = math.inf
-        for i in range(n):
-            if not done >> i & 1 and rets[i] < min_ret:
-                min_ret = rets[i]
-        for i in range(n):
-            if done >> i & 1:
-                continue
-            if calls[i] > min_ret:
-                break  # sorted by call: nobody later is minimal either
-            o = ops[i]
-            if o.kind == "put":
-                nxt = (done | 1 << i, o.value)
-            elif o.value == state:
-                nxt = (done | 1 << i, state)
-            else:
-                continue
-            if nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return Result(False, key, explored)
+    ok, explored = check_register(
+        [RegOp("write" if o.kind == "put" else "read", _bytes(o.value), o.call, o.ret)
+         for o in ops], budget)
+    return Result(ok, key, explored)
+
+
+def _bytes(v: str | None) -> bytes | None:
+    return None if v is None else v.encode()
 
 
 def check_history(ops: Iterable[Op], budget: int = 500_000) -> list[Result]:
