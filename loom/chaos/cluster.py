@@ -103,6 +103,10 @@ class NodeProc:
         return self.dir / "loomd.log"
 
     @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    @property
     def client_addr(self) -> str:
         return f"{self.host}:{self.client_port}"
 
@@ -113,6 +117,26 @@ class NodeProc:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+async def spawn_loomd(config: Path, log: Path, *args: str, env: dict[str, str] | None = None,
+                      banner: str = "", wrap: Sequence[str] = ()) -> trio.Process:
+    """`loomd --config config *args` (behind `wrap`, e.g. `ip netns exec NS`) in its own
+    process group, appending its output to `log` (after `banner`), unbuffered."""
+    fd = _open_log(log, banner)
+    try:  # the child keeps its own descriptor
+        return await trio.lowlevel.open_process(
+            [*wrap, *LOOMD, "--config", str(config), *args], stdin=subprocess.DEVNULL,
+            stdout=fd, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"})
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -187,7 +211,7 @@ class ChaosCluster:
                  if o != nid}
         peers[nid] = n.peer_listen
         cfg = NodeConfig(
-            node_id=nid, data_dir=n.dir / "data", client_listen=n.client_addr,
+            node_id=nid, data_dir=n.data_dir, client_listen=n.client_addr,
             peer_listen=n.peer_listen, peers=peers, join=join,
             cluster_name=CLUSTER_NAME, log_level="info",
             tls=TLSConfig(ca=self.certs / "ca.pem", cert=self.certs / f"{nid}.pem",
@@ -207,21 +231,16 @@ class ChaosCluster:
             return
         self._note_exit(nid)
         env = {k: v for k, v in os.environ.items() if k != TEST_HOOKS_ENV}
-        env["PYTHONUNBUFFERED"] = "1"
-        argv = [*LOOMD, "--config", str(n.config)]
+        args: list[str] = []
         if nid in self.founders:  # ignored once the node has a log
-            argv += ["--initial-cluster-state", "new"]
+            args += ["--initial-cluster-state", "new"]
         hooks = {**({self.mutant: True} if self.mutant else {}), **(hooks or {})}
         if hooks:
             env[TEST_HOOKS_ENV] = json.dumps(hooks)
-            argv.append("--enable-test-hooks")
-        fd = _open_log(n.log, f"=== chaos: start #{n.starts + 1} hooks {hooks or {}}\n")
-        try:  # the child keeps its own descriptor
-            n.proc = await trio.lowlevel.open_process(
-                self.net.wrap(nid, argv), stdin=subprocess.DEVNULL, stdout=fd,
-                stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        finally:
-            os.close(fd)
+            args.append("--enable-test-hooks")
+        n.proc = await spawn_loomd(n.config, n.log, *args, env=env,
+                                   banner=f"=== chaos: start #{n.starts + 1} hooks {hooks}\n",
+                                   wrap=self.net.wrap(nid, []))
         n.paused = False
         n.starts += 1
 

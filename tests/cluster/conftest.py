@@ -5,9 +5,11 @@ directory and log file), starts and signals the processes (SIGKILL, SIGTERM, SIG
 asks each node for CLUSTER_STATUS, and at teardown stops every process it started (SIGTERM, then
 SIGKILL as a last resort) and prints the tail of every node's log (shown when a test fails).
 
-With `proxied=True` every directed peer link src -> dst goes through its own `LinkProxy` (a TCP
-forwarder in the test process): each node's `peers` map names the proxy in front of the other
-nodes, so a test can cut one pair of nodes (both directions) and heal it again.
+With `proxied=True` every directed peer link src -> dst goes through its own fault proxy (the
+chaos harness's `ProxyNetwork`, a TCP forwarder per link in the test process): each node's
+`peers` map names the proxy in front of the other nodes, so a test can cut one pair of nodes
+(both directions) and heal it again. `NodeProc` and the way loomd is spawned are the chaos
+harness's too (loom/chaos/cluster.py owns them).
 
 `Client` speaks frames over TLS like `tests.conftest.RawConn`, follows NOT_LEADER to the named
 leader, and retries BUSY / UNAVAILABLE / NOT_LEADER / connection errors with bounded backoff.
@@ -16,29 +18,25 @@ Every loop here is bounded both in attempts and in time.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import ssl
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from loom.chaos.cluster import FAST_RAFT, free_ports
+from loom.chaos.cluster import FAST_RAFT, NodeProc, free_ports, spawn_loomd
+from loom.chaos.proxy import ProxyNetwork
 from loom.client.protocol import hello_body
 from loom.node.config import AuditConfig, Limits, NodeConfig, RaftSettings, TLSConfig, to_toml
 from loom.wire import catalog
 from loom.wire.codec import decode_payload, encode
 from loom.wire.session import Session, SessionLimits
 from tests.conftest import PKI, make_config, tls_client_ctx
-
-LOOMD = [sys.executable, "-m", "loom.cli.loomd"]
 
 OK, CONFLICT, BUSY, TIMEOUT, UNAVAILABLE, NOT_LEADER = 0, 5, 7, 8, 9, 10
 LOST = -1  # synthetic: the connection broke after the request was sent (outcome unknown)
@@ -138,121 +136,6 @@ class Conn:
         await trio.aclose_forcefully(self.stream)
 
 
-@dataclass
-class LinkProxy:
-    """A TCP forwarder for the directed peer link src -> dst, which can be cut and healed."""
-
-    src: str
-    dst: str
-    target_port: int
-    port: int = 0
-    is_cut: bool = False
-    accepted: int = 0
-    refused: int = 0
-    _scopes: set[trio.CancelScope] = field(default_factory=set)
-    _open: set[trio.SocketStream] = field(default_factory=set)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        try:
-            async with listeners[0], trio.open_nursery() as nursery:
-                task_status.started()
-                await self._accept(listeners[0], nursery)
-        finally:
-            for stream in self._open:  # accepted but never piped (cancelled before it started)
-                stream.socket.close()
-
-    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        while True:
-            stream = await listener.accept()
-            if self.is_cut:
-                self.refused += 1
-                await trio.aclose_forcefully(stream)
-                continue
-            self.accepted += 1
-            self._open.add(stream)
-            nursery.start_soon(self._pipe, stream)
-
-    async def _pipe(self, downstream: trio.SocketStream) -> None:
-        with trio.CancelScope() as cs:
-            self._scopes.add(cs)
-            try:
-                try:
-                    upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-                except OSError:
-                    return
-                try:
-                    async with trio.open_nursery() as n:
-                        n.start_soon(_pump, downstream, upstream, n.cancel_scope)
-                        n.start_soon(_pump, upstream, downstream, n.cancel_scope)
-                finally:
-                    await trio.aclose_forcefully(upstream)
-            finally:
-                self._scopes.discard(cs)
-                self._open.discard(downstream)
-                await trio.aclose_forcefully(downstream)
-
-    def cut(self) -> None:
-        """Drop every open connection and refuse new ones."""
-        self.is_cut = True
-        for cs in list(self._scopes):
-            cs.cancel()
-
-    def heal(self) -> None:
-        self.is_cut = False
-
-
-async def _pump(a: trio.SocketStream, b: trio.SocketStream, done: trio.CancelScope) -> None:
-    try:
-        while True:
-            data = await a.receive_some(65536)
-            if not data:
-                break
-            await b.send_all(data)
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    done.cancel()
-
-
-@dataclass
-class NodeProc:
-    id: str
-    client_port: int
-    peer_port: int
-    dir: Path
-    proc: trio.Process | None = None
-    paused: bool = False
-    starts: int = 0
-
-    @property
-    def config(self) -> Path:
-        return self.dir / f"{self.id}.toml"
-
-    @property
-    def log(self) -> Path:
-        return self.dir / f"{self.id}.log"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.dir / "data"
-
-    @property
-    def client_addr(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-
-
 class Cluster:
     def __init__(self, pki: PKI, root: Path, nursery: trio.Nursery, ids: tuple[str, ...],
                  raft: RaftSettings, proxied: bool, name: str = "cluster-tests") -> None:
@@ -266,8 +149,7 @@ class Cluster:
         ports = free_ports(2 * len(ids))
         self.nodes = {nid: NodeProc(nid, ports[2 * i], ports[2 * i + 1], root / nid)
                       for i, nid in enumerate(ids)}
-        self.proxies: dict[tuple[str, str], LinkProxy] = {}
-        self._proxy_scope = trio.CancelScope()
+        self.net = ProxyNetwork(ids, random.Random(0)) if proxied else None
         self.extra_procs: list[trio.Process] = []
         self._clients: list[Client] = []
         self._conns: list[Conn] = []
@@ -286,26 +168,11 @@ class Cluster:
         return c
 
     # -- configuration ------------------------------------------------------------------------
-    async def _start_proxies(self) -> None:
-        async def run_all(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                          ) -> None:
-            with self._proxy_scope:
-                async with trio.open_nursery() as n:
-                    for src in self.ids:
-                        for dst in self.ids:
-                            if src != dst:
-                                p = LinkProxy(src, dst, self.nodes[dst].peer_port)
-                                self.proxies[(src, dst)] = p
-                                await n.start(p.run)
-                    task_status.started()
-
-        await self.nursery.start(run_all)
-
     def peers_of(self, nid: str) -> dict[str, str]:
         out = {}
         for other, n in self.nodes.items():
-            if other != nid and self.proxied:
-                out[other] = f"127.0.0.1:{self.proxies[(nid, other)].port}"
+            if other != nid and self.net is not None:
+                out[other] = self.net.peer_addr(nid, other, n.peer_port)
             else:
                 out[other] = f"127.0.0.1:{n.peer_port}"
         return out
@@ -328,15 +195,13 @@ class Cluster:
 
     # -- processes ----------------------------------------------------------------------------
     async def spawn(self, config: Path, log: Path, *args: str) -> trio.Process:
-        with open(log, "ab") as f:  # the child keeps its own descriptor
-            return await trio.lowlevel.open_process(
-                [*LOOMD, "--config", str(config), *args], stdin=subprocess.DEVNULL, stdout=f,
-                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return await spawn_loomd(config, log, *args)
 
     async def start(self, *ids: str, timeout: float = 30.0) -> None:
         """Start these nodes (all by default) and wait until each accepts clients."""
-        if self.proxied and not self.proxies:
-            await self._start_proxies()
+        if self.net is not None and not self.net.proxies:
+            await self.nursery.start(self.net.run,
+                                     {nid: n.peer_port for nid, n in self.nodes.items()})
         if not any(n.config.exists() for n in self.nodes.values()):
             self.write_configs()
         ids = ids or self.ids
@@ -408,8 +273,8 @@ class Cluster:
 
     def cut(self, a: str, b: str) -> None:
         """Cut both directions between a and b (open connections dropped, new ones refused)."""
-        self.proxies[(a, b)].cut()
-        self.proxies[(b, a)].cut()
+        assert self.net is not None, "cut needs proxied=True"
+        self.net.cut(a, b)
 
     def isolate(self, nid: str) -> None:
         for other in self.ids:
@@ -417,8 +282,8 @@ class Cluster:
                 self.cut(nid, other)
 
     def heal(self) -> None:
-        for p in self.proxies.values():
-            p.heal()
+        if self.net is not None:
+            self.net.heal()
 
     def live(self) -> list[str]:
         return [nid for nid, n in self.nodes.items() if n.running and not n.paused]
@@ -441,7 +306,8 @@ class Cluster:
                 for nid, n in self.nodes.items():
                     if n.proc is not None and n.proc.returncode is None:
                         ns.start_soon(self.stop, nid, 10.0)
-            self._proxy_scope.cancel()
+            if self.net is not None:
+                self.net.close()
 
     def dump_logs(self, tail: int = 60) -> None:
         for nid, n in self.nodes.items():
