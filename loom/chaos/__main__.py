@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -124,7 +125,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.runs < 1 or args.seconds <= 0:
         parser().error("--runs must be >= 1 and --seconds > 0")
-    return trio.run(main_async, args)
+    return trio.run(_until_terminated, args)
+
+
+async def _until_terminated(args: argparse.Namespace) -> int:
+    """main_async, cancelled by SIGTERM as Ctrl-C would: the runs' `finally` blocks stop
+    every process and delete every namespace they made."""
+    rc = 143  # unless main_async returns
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio.open_nursery() as n:
+            async def watch() -> None:
+                async for _ in signals:
+                    print("terminated: stopping every process of the run", file=sys.stderr)
+                    n.cancel_scope.cancel()
+                    return
+            n.start_soon(watch)
+            rc = await main_async(args)
+            n.cancel_scope.cancel()
+    return rc
 
 
 if __name__ == "__main__":

@@ -403,9 +403,18 @@ class ChaosCluster:
         return await self._local_call(nid, "NODE_STATS", limit_s)
 
     async def admin(self, nursery: trio.Nursery, limit_s: float = 5.0) -> AsyncClient:
-        """A client of every node, each call bounded by `limit_s` (retries included)."""
-        return await AsyncClient.connect(self.endpoints, nursery=nursery, timeout=limit_s,
-                                         **self.client_kwargs())
+        """A client of every node, each call bounded by `limit_s` (retries included). Its
+        first connection is retried for up to `limit_s` (every member may be starting up,
+        e.g. after a power cut of all of them)."""
+        deadline = trio.current_time() + limit_s
+        while True:
+            try:
+                return await AsyncClient.connect(self.endpoints, nursery=nursery,
+                                                 timeout=limit_s, **self.client_kwargs())
+            except ClientError:
+                if trio.current_time() >= deadline:
+                    raise
+                await trio.sleep(0.5)
 
 
 class ConvergeError(Exception):

@@ -19,8 +19,9 @@ network can do, and the partition nemesis picks only those).
 Ownership rule: `close()` deletes every veth pair, namespace and the bridge this network
 created, is idempotent, ignores what is already gone, and is called
 from the cluster's shielded `aclose()`, on failure and Ctrl-C too. A harness killed by SIGKILL
-leaves its prefix behind: `clean_stale()` at the start of every run deletes the namespaces and
-bridges of every prefix whose pid is no longer alive.
+leaves its prefix behind: `clean_stale()` at the start of every run kills the processes left
+in the namespaces of every prefix whose pid is no longer alive, then deletes those namespaces,
+veths and bridges. (SIGTERM and Ctrl-C of the harness end its runs through their `finally`.)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import itertools
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -90,7 +92,12 @@ def clean_stale() -> list[str]:
             m = _STALE.match(name)
             if m is None or _pid_alive(int(m.group(1), 16)):
                 continue
-            if kind == "netns":
+            if kind == "netns":  # its processes (loomd orphaned by the harness) first
+                for pid in _run(["ip", "netns", "pids", name], check=False).split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except (ProcessLookupError, ValueError):
+                        pass
                 _run(["ip", "netns", "del", name], check=False)
             else:
                 _run(["ip", "link", "del", name], check=False)

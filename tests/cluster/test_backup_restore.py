@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import trio
 
+from loom.chaos.cluster import LOOMD
 from loom.node.config import to_toml
-from tests.cluster.conftest import LOOMD, OK, Cluster, ClusterFactory
+from tests.cluster.conftest import OK, Cluster, ClusterFactory
 
 pytestmark = pytest.mark.slow
 
