@@ -1,10 +1,11 @@
 """Each real-process mutant (a planted bug behind a test-only hook, loom/node/testhooks.py) is
 caught by `python -m loom.chaos`: the run reports an anomaly, names the seed and prints the
-command that repeats it. The same nemeses without a mutant find nothing (the chaos slice,
-test_chaos_slice.py, runs them)."""
+command that repeats it. The same nemeses without a mutant find nothing, and show that they
+did their work (a removed member told, an impostor's heartbeats dropped, power cut)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,20 @@ def test_the_harness_catches_the_mutant(mutant: str, tmp_path: Path) -> None:
     assert any(e in a for a in anomalies for e in expected), p.stdout
     repeat = next(ln for ln in p.stdout.splitlines() if ln.startswith("  repeat: "))
     assert "--seed " in repeat and f"--mutant {mutant}" in repeat
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_same_nemeses_find_nothing_in_a_correct_cluster(tmp_path: Path) -> None:
+    out = tmp_path / "summary.json"
+    p = subprocess.run(
+        [sys.executable, "-m", "loom.chaos", "--runs", "1", "--seconds", "15", "--seed", "23",
+         "--nemesis", "power,rejoin,impostor", "--workload", "register,set,counter",
+         "--dir", str(tmp_path / "runs"), "--json", str(out)],
+        capture_output=True, text=True, timeout=280, check=False)
+    assert p.returncode == 0, f"{p.stdout}\n{p.stderr[-3000:]}"
+    s = json.loads(out.read_text())
+    f = s["faults"]
+    assert s["anomalies"] == 0 and f.get("rejoin-told-removed", 0) >= 1, f
+    assert f.get("impostor-rejected", 0) >= 1, f
+    assert f.get("power-loss-all", 0) + f.get("power-loss-majority", 0) >= 1, f

@@ -72,5 +72,6 @@ async def test_isolated_leader_refuses_majority_carries_on_then_converges(
         assert r["s"] == OK and r["r"] == b"during", r
     r = await c.call("MAP_GET", name="m", key="minority", retry_unknown=True)
     assert r["s"] == OK and r["r"] is None, r
-    refused = sum(p.refused for p in cluster.proxies.values())
+    assert cluster.net is not None
+    refused = sum(p.statistics().refused for p in cluster.net.proxies.values())
     print(f"connections refused at the cut proxies: {refused}")
