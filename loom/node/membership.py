@@ -252,8 +252,12 @@ class Membership:
                 "client_addr": client_addr_of(nid),
                 "reachable": True if nid == self.id else reachable(nid),
                 "match_index": pr.match if pr is not None else None,
+                # the leader's view: its acknowledgements count in no quorum (raft/core.py)
+                "joining": (core.joining if nid == self.id
+                            else pr.joining if pr is not None else None),
             })
         return {"node": self.id, "role": "learner" if self.id in c.learners else role.value,
+                "joining": core.joining,  # counts in no quorum until it has caught up
                 "term": core.term, "commit_index": core.log.committed,
                 "applied_index": core.log.applied, "leader": leader,
                 "leader_addr": leader_addr, "members": members}

@@ -73,6 +73,12 @@ def test_merge_without_a_leader_and_with_unknown_endpoints() -> None:
         ("10.0.0.9:6001", "unreachable", None, None), ("n1", "candidate", None, None)]
 
 
+def test_a_joining_node_says_so_in_its_role() -> None:
+    rows = merge_status([NodeAnswer("a:1", {**status("n4", "learner"), "joining": True}),
+                         NodeAnswer("b:1", {**status("n1", "leader"), "joining": False})])
+    assert [(r["id"], r["role"]) for r in rows] == [("n1", "leader"), ("n4", "learner (joining)")]
+
+
 def test_merge_takes_reachability_from_the_newest_leader() -> None:
     old = status("n1", "leader", term=2, members=[member("n2", 6002, False)])
     new = status("n2", "leader", term=5, leader="n2", members=[member("n1", 6001, False)])

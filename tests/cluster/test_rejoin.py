@@ -61,6 +61,8 @@ async def test_wiped_member_refuses_to_found_then_rejoins_with_join(cluster: Clu
                         encoding="utf-8")
     await cluster.start(wiped)
     assert (n.data_dir / JOINING_FILE).exists()
+    st = await cluster.request(wiped, "CLUSTER_STATUS", timeout=10)
+    assert st is not None and st["s"] == OK and st["r"]["joining"] is True, st
     r = await c.call("MEMBER_ADD", node=wiped, peer_addr=peer_addr(cluster, wiped), readmit=True)
     assert r["s"] == OK, r
     await put(c, "after-readmit", b"y")
@@ -68,6 +70,8 @@ async def test_wiped_member_refuses_to_found_then_rejoins_with_join(cluster: Clu
     with trio.fail_after(10):
         while (n.data_dir / JOINING_FILE).exists():
             await trio.sleep(0.05)
+    st = await cluster.request(wiped, "CLUSTER_STATUS", timeout=10)
+    assert st is not None and st["r"]["joining"] is False, st
     r = await c.call("MEMBER_PROMOTE", node=wiped, retry_unknown=True)
     assert r["s"] == OK, r
     for nid in cluster.ids:

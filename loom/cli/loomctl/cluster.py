@@ -82,7 +82,10 @@ def merge_status(answers: Sequence[NodeAnswer]) -> list[dict[str, Any]]:
     for a in answers:
         s = a.status
         if s is not None:
-            add(s.get("node"), {"endpoint": a.endpoint, "role": s.get("role"),
+            role = s.get("role")
+            if s.get("joining") is True:  # started empty, not yet caught up: counts in no quorum
+                role = f"{role} (joining)"
+            add(s.get("node"), {"endpoint": a.endpoint, "role": role,
                                 "term": s.get("term"), "commit": s.get("commit_index"),
                                 "applied": s.get("applied_index"), "leader": s.get("leader"),
                                 "error": None})
