@@ -126,6 +126,7 @@ class RaftSettings:
     heartbeat_ticks: int = 2
     snapshot_every: int = 10_000  # applied entries between snapshots (and log >= half the last)
     trailing_entries: int = 1_000  # kept behind a snapshot for slow followers
+    trailing_bytes: int = 16 << 20  # ... holding at most this much (they are kept in memory)
     max_uncommitted_bytes: int = 64 << 20  # proposals beyond this answer BUSY
     lease_reads: bool = False  # serve linearizable reads from a leader lease (bounded drift)
     proposal_timeout_s: float = 10.0  # a write not applied by then answers TIMEOUT (unknown)
@@ -254,7 +255,7 @@ def raft_config(node_id: str, r: RaftSettings) -> RaftConfig:
         node_id=node_id, election_tick_min=r.election_ticks_min,
         election_tick_max=r.election_ticks_max, heartbeat_tick=r.heartbeat_ticks,
         lease_reads=r.lease_reads, max_uncommitted_bytes=r.max_uncommitted_bytes,
-        trailing_entries=r.trailing_entries)
+        trailing_entries=r.trailing_entries, trailing_bytes=r.trailing_bytes)
 
 
 def parse_host_port(s: str, key: str) -> tuple[str, int]:
@@ -378,6 +379,8 @@ def validate(cfg: NodeConfig) -> NodeConfig:
                           "election_ticks_max")
     if r.tick_ms < 1 or r.snapshot_every < 1 or r.trailing_entries < 0:
         raise ConfigError("raft.tick_ms: tick_ms and snapshot_every must be positive")
+    if r.trailing_bytes < 0:
+        raise ConfigError("raft.trailing_bytes: must be >= 0")
     for f in fields(cfg.state):
         v = getattr(cfg.state, f.name)
         if isinstance(v, int) and v <= 0:

@@ -29,6 +29,9 @@ class RaftConfig:
     snapshot_chunk_bytes: int = 64 << 10
     snapshot_window: int = 4  # snapshot chunks in flight per follower
     trailing_entries: int = 128  # entries kept behind a snapshot for slow followers
+    # ... and at most this many bytes of them: the trailing entries are held in memory, and a
+    # follower further behind is sent the snapshot (streamed from its file) instead
+    trailing_bytes: int = 16 << 20
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -44,5 +47,5 @@ class RaftConfig:
                      "max_read_requests", "snapshot_chunk_bytes", "snapshot_window"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if self.trailing_entries < 0:
-            raise ValueError("trailing_entries must be >= 0")
+        if self.trailing_entries < 0 or self.trailing_bytes < 0:
+            raise ValueError("trailing_entries and trailing_bytes must be >= 0")

@@ -362,16 +362,30 @@ class RaftCore:
 
     def snapshot_taken(self, index: int, data: bytes | SnapshotSource) -> SnapshotMeta:
         """The application saved a snapshot of its state at applied index `index`: keep it for
-        slow followers and compact the log, keeping `trailing_entries` behind it."""
+        slow followers and compact the log, keeping at most `trailing_entries` and at most
+        `trailing_bytes` of entry data behind it (the in-memory log is bounded in bytes)."""
         self._check_idle()
         if index <= self.snapshot_meta.index:
             return self.snapshot_meta
         meta = self.snapshot_meta_at(index)
         self.snapshot_meta, self._snap_src = meta, _source(data)
-        self.log.compact(max(self.log.offset, index - self.cfg.trailing_entries))
+        self.log.compact(self._trailing_point(index))
         keep = [c for c in self._conf_history if c[0] > index]
         self._conf_history = [(index, meta.conf), *keep]
         return meta
+
+    def _trailing_point(self, index: int) -> int:
+        """The index to compact up to behind a snapshot at `index`: the entries after it, up
+        to `index`, are at most `trailing_entries` and hold at most `trailing_bytes`."""
+        log = self.log
+        at, budget = index, self.cfg.trailing_bytes
+        floor = max(log.offset, index - self.cfg.trailing_entries)
+        while at > floor:
+            budget -= len(log.entries[at - log.offset - 1].data)
+            if budget < 0:
+                break
+            at -= 1
+        return at
 
     def _conf_at(self, index: int) -> ConfState:
         conf = self._conf_history[0][1]

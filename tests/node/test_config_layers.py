@@ -29,6 +29,8 @@ def test_each_layer_gets_its_limits_from_one_config(tmp_path: Path) -> None:
     core = cfg.to_raft_config()
     assert (core.node_id, core.lease_reads) == ("n7", True)
     assert core.election_tick_min == cfg.raft.election_ticks_min
+    assert (core.trailing_entries, core.trailing_bytes) == (
+        cfg.raft.trailing_entries, cfg.raft.trailing_bytes)
     assert cfg.to_state_limits().map_caches == (("cache:*", 100),)
     opts = cfg.to_storage_options()
     assert opts.keyring_path == str(tmp_path / "ring.json")

@@ -189,3 +189,25 @@ def test_readmission_through_the_core_then_promotion() -> None:
     assert "n3 applies 7/2 NORMAL b'x'" in out, out  # the re-admitted learner caught up
     assert ("n1: leader term=2 leader=n1 commit=8 applied=8 last=8 voters=n1,n2,n3 learners=\n"
             in out), out
+
+
+@pytest.mark.parametrize(("entries", "max_bytes", "kept"), [
+    (100, 1 << 30, None),  # neither bound reached: nothing is compacted
+    (3, 1 << 30, 3),  # by the count
+    (100, 350, 3),  # by the bytes: 3 entries of 100 bytes fit in 350, a 4th does not
+    (100, 99, 0),  # not even one
+])
+def test_trailing_entries_behind_a_snapshot_are_bounded_in_count_and_bytes(
+        entries: int, max_bytes: int, kept: int | None) -> None:
+    core = single(trailing_entries=entries, trailing_bytes=max_bytes)
+    elect(core)
+    for _ in range(8):
+        assert isinstance(core.propose(b"x" * 100), int)
+        drain(core)
+    applied, offset = core.log.applied, core.log.offset
+    core.snapshot_taken(applied, b"state")
+    if kept is None:
+        assert core.log.offset == offset
+        return
+    assert core.log.offset == applied - kept
+    assert [len(e.data) for e in core.log.entries] == [100] * kept
