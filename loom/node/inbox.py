@@ -50,7 +50,7 @@ class Admin(NamedTuple):
 
 class SnapshotBuilt(NamedTuple):
     at: int  # the log index it was taken at
-    blob: bytes | None  # None: the child failed
+    blob: bytes | None  # the child's report (snapshots.py); None: the child failed
 
 
 Event = Tick | PeerMessage | Propose | Read | Admin | SnapshotBuilt

@@ -4,15 +4,21 @@ Policy: snapshot once `snapshot_every` commands were applied since the last snap
 written since holds at least half the last snapshot's size, so a large state is snapshotted
 proportionally less often (the rule of Redis's AOF rewrite percentage).
 
-A state of FORK_ABOVE_BYTES or more is serialised in a forked child (`snapshotter.py`) while the
-driver goes on replicating; when its bytes are back (a `SnapshotBuilt` inbox event) they are
-handed to the core and stored. A smaller state, or any state without fork or with
-`raft.snapshot_in_child = false`, is serialised on the driver task, which stops the driver for
-as long as that takes. One snapshot at a time.
+A state of FORK_ABOVE_BYTES or more is snapshotted by a forked child (`snapshotter.py`) while
+the driver goes on replicating: the child encodes its image of the state a batch at a time
+(`StateMachine.snapshot_chunks`) straight into a fsynced temp file (`Storage.write_snapshot_tmp`)
+and reports only the file's name and size. When that report is back (a `SnapshotBuilt` inbox
+event) the driver installs the file (renamed into place, WAL mark, then log compaction:
+durable before anything is truncated) and hands it to the core. A smaller state, or any state
+without fork or with `raft.snapshot_in_child = false` (or on a file system held in memory, in
+tests), is serialised on the driver task, which
+stops the driver for as long as that takes. One snapshot at a time.
 
-Memory: a snapshot's bytes live only while they are made, stored and (on a follower) installed.
-The core keeps the meta and a `FileSource` over the stored file, which a lagging follower's
-stream reads chunk by chunk (one storage chunk, SNAPSHOT_CHUNK bytes, in memory at a time).
+Memory: the parent never holds a large snapshot's bytes; the child holds one batch of encoded
+entries (plus the pages copy-on-write makes it copy). A small snapshot's bytes live only while
+they are made and stored, and a received one while it is stored and installed. The core keeps
+the meta and a `FileSource` over the stored file, which a lagging follower's stream reads
+chunk by chunk (one storage chunk, SNAPSHOT_CHUNK bytes, in memory at a time).
 
 The snapshot is taken at the core's applied index (which counts no-op and membership entries
 beyond the state machine's own), so no entry is skipped on restore.
@@ -20,6 +26,7 @@ beyond the state machine's own), so no entry is skipped on restore.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -105,8 +112,9 @@ class SnapshotPolicy:
         self.last_index = last_index  # index of the newest snapshot stored or installed
         self._last_bytes = 0  # size of the last snapshot taken here (0: none yet)
         self.log_bytes_since = 0  # command bytes applied since the last snapshot
-        self.building_at: int | None = None  # index being serialised in a child process
-        self._built: tuple[int, bytes | None] | None = None  # its result, back in the inbox
+        self.building_at: int | None = None  # index being written by a child process
+        self._building: SnapshotMeta | None = None  # ... and its meta
+        self._built: tuple[int, bytes | None] | None = None  # its report, back in the inbox
         self.taken = 0
         self.forked = 0  # of which serialised in a child
 
@@ -114,20 +122,21 @@ class SnapshotPolicy:
         """A snapshot from the leader replaced the state."""
         self.last_index = index
 
-    def built(self, index: int, blob: bytes | None) -> None:
-        """The child's result arrived (stored by the next `maybe`, at the end of the turn)."""
-        self._built = (index, blob)
+    def built(self, index: int, report: bytes | None) -> None:
+        """The child's report arrived (installed by the next `maybe`, at the end of the turn)."""
+        self._built = (index, report)
 
     async def maybe(self, sm: StateMachine, nursery: trio.Nursery | None,
                     post: Callable[[int, bytes | None], Awaitable[None]]) -> None:
         """Store a built snapshot, or start one if the policy says so. `post` hands a forked
         child's result back to the driver's inbox."""
         if self._built is not None:
-            index, blob = self._built
-            self._built = None
-            self.building_at = None
-            if blob is not None:
-                await self._store(index, blob)
+            index, report = self._built
+            meta = self._building
+            self._built, self._building, self.building_at = None, None, None
+            if report is not None and meta is not None:
+                tmp, size = json.loads(report)
+                await self._install(meta, tmp, size)
             else:
                 log.warning("%s: building the snapshot at index %d failed; trying again later",
                             self.id, index)
@@ -140,10 +149,18 @@ class SnapshotPolicy:
             return
         index = self.core.log.applied
         self.log_bytes_since = 0
+        storage = self._storage.storage
         if (self.s.snapshot_in_child and snapshotter.CAN_FORK and nursery is not None
+                and storage.child_can_write_snapshots
                 and sm.core.total_bytes >= FORK_ABOVE_BYTES):
-            child = snapshotter.start(sm.snapshot)  # the state as of `index`, now
-            self.building_at = index
+            meta = self.core.snapshot_meta_at(index)
+
+            def write() -> bytes:  # in the child: the state as of `index`, forked now
+                tmp, size = storage.write_snapshot_tmp(meta, sm.snapshot_chunks(), tag=".fork")
+                return json.dumps([tmp, size]).encode()
+
+            child = snapshotter.start(write)
+            self.building_at, self._building = index, meta
             self.forked += 1
             nursery.start_soon(self._collect, child, index, post)
             return
@@ -154,17 +171,33 @@ class SnapshotPolicy:
                        post: Callable[[int, bytes | None], Awaitable[None]]) -> None:
         await post(index, await child.result())
 
-    async def _store(self, index: int, blob: bytes) -> None:
+    def _superseded(self, index: int) -> bool:
         if index <= self.core.snapshot_meta.index or self.core.log.term(index) is None:
             # A newer snapshot (installed from the leader, say) replaced the log meanwhile.
             log.info("%s: snapshot at index %d is already superseded; dropped", self.id, index)
+            return True
+        return False
+
+    async def _install(self, meta: SnapshotMeta, tmp: str, size: int) -> None:
+        """A child's written file: into place, then the core reads it from there."""
+        if self._superseded(meta.index):
+            await self._storage.discard_snapshot_tmp(tmp)
+            return
+        await self._storage.install_snapshot(meta, tmp)
+        self._stored(meta, size)
+
+    async def _store(self, index: int, blob: bytes) -> None:
+        if self._superseded(index):
             return
         # Stored first, then handed to the core as a file: the blob goes when this returns.
         # Nothing else steps the core while this awaits (the driver task is here).
         meta: SnapshotMeta = self.core.snapshot_meta_at(index)
         await self._storage.save_snapshot(meta, chunks(blob))
-        self.core.snapshot_taken(index, stored_source(self._storage.storage, len(blob)))
+        self._stored(meta, len(blob))
+
+    def _stored(self, meta: SnapshotMeta, size: int) -> None:
+        self.core.snapshot_taken(meta.index, stored_source(self._storage.storage, size))
         self.last_index = meta.index
-        self._last_bytes = len(blob)
+        self._last_bytes = size
         self.taken += 1
-        log.info("%s: snapshot at index %d (%d bytes)", self.id, meta.index, len(blob))
+        log.info("%s: snapshot at index %d (%d bytes)", self.id, meta.index, size)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+import cbor2
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from loom.state.limits import StateLimits
@@ -155,8 +156,24 @@ class Family(Generic[S]):
     def dump(self) -> Any:
         raise NotImplementedError
 
+    def dump_cbor(self) -> Iterator[bytes]:
+        """`cbor2.dumps(self.dump())` in pieces whose concatenation is exactly that; a family
+        holding large structures overrides it to encode them a batch at a time."""
+        yield cbor2.dumps(self.dump())
+
     def load(self, data: Any) -> None:
         raise NotImplementedError
+
+
+def cbor_array_head(n: int) -> bytes:
+    """The head of a definite-length CBOR array of `n` items, in the shortest form (as
+    cbor2 writes it), so that a head followed by the items' encodings equals the array's."""
+    if n < 24:
+        return bytes((0x80 | n,))
+    for info, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if n < 1 << (8 * width):
+            return bytes((0x80 | info,)) + n.to_bytes(width, "big")
+    raise ValueError("array too long for CBOR")
 
 
 def canon(d: dict[Any, Any]) -> dict[Any, Any]:

@@ -31,13 +31,21 @@ Determinism: no wall clock, no randomness; every container iterated in apply is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cbor2
 
 from loom.state.atomics import CounterFamily, IdGenFamily, RefFamily
-from loom.state.base import CATEGORIES, Core, Family, Struct, decode_cursor, encode_cursor
+from loom.state.base import (
+    CATEGORIES,
+    Core,
+    Family,
+    Struct,
+    cbor_array_head,
+    decode_cursor,
+    encode_cursor,
+)
 from loom.state.collections import ListFamily, SetFamily
 from loom.state.command import POLICY_CHANGED, Command, Outcome
 from loom.state.dedupe import DedupeTable
@@ -361,11 +369,19 @@ class StateMachine:
     # -- snapshots ------------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """The whole state as CBOR; restore(snapshot()) behaves identically from then on."""
-        return bytes(cbor2.dumps([
-            SNAPSHOT_FORMAT, self.applied_index, self.core.now, self.acl_version,
-            self.acl_policy, self.sessions.dump(), self.dedupe.dump(),
-            [fam.dump() for fam in self.families.values()], self.members.dump(),
-        ]))
+        return b"".join(self.snapshot_chunks())
+
+    def snapshot_chunks(self) -> Iterator[bytes]:
+        """`snapshot()` in pieces, encoded as they are asked for (a large map a batch of
+        entries at a time), so a snapshot streamed to a file is never whole in memory. The
+        state must not change while the pieces are taken (a forked child's image does not)."""
+        head = [SNAPSHOT_FORMAT, self.applied_index, self.core.now, self.acl_version,
+                self.acl_policy, self.sessions.dump(), self.dedupe.dump()]
+        yield cbor_array_head(9) + b"".join(cbor2.dumps(x) for x in head)
+        yield cbor_array_head(len(self.families))
+        for fam in self.families.values():
+            yield from fam.dump_cbor()
+        yield cbor2.dumps(self.members.dump())
 
     @classmethod
     def restore(cls, data: bytes, limits: StateLimits = StateLimits()) -> StateMachine:  # noqa: B008

@@ -23,11 +23,13 @@ touched at the most recent end of the recency order.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
+import cbor2
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
-from loom.state.base import Core, Family, Struct, canon, page_sorted
+from loom.state.base import Core, Family, Struct, canon, cbor_array_head, page_sorted
 from loom.wire.errors import NotFound
 from loom.wire.glob import Glob
 from loom.wire.schema import MAX_KEY_BYTES
@@ -366,6 +368,23 @@ class MapFamily(Family[MapS]):
             out.append([name, m.max_size, [[k, m.data[k]] for k in m.keys], sorted(m.exp.items()),
                         None if m.lru is None else list(m.lru), canon(m.ops)])
         return [out, self.sweep_after]
+
+    def dump_cbor(self, batch: int = 4096) -> Iterator[bytes]:
+        """`dump()` encoded a batch of entries at a time: a map of millions of entries is never
+        a whole list of pairs, nor a whole encoding, in memory (the snapshot file is written
+        from these pieces as they come)."""
+        yield cbor_array_head(2) + cbor_array_head(len(self.items))
+        for name, m in sorted(self.items.items()):
+            n = len(m.keys)
+            yield (cbor_array_head(6) + cbor2.dumps(name) + cbor2.dumps(m.max_size)
+                   + cbor_array_head(n))
+            for lo in range(0, n, batch):
+                pairs = [[k, m.data[k]] for k in m.keys.islice(lo, lo + batch)]
+                yield cbor2.dumps(pairs)[len(cbor_array_head(len(pairs))):]
+            yield (cbor2.dumps(sorted(m.exp.items()))
+                   + cbor2.dumps(None if m.lru is None else list(m.lru))
+                   + cbor2.dumps(canon(m.ops)))
+        yield cbor2.dumps(self.sweep_after)
 
     def load(self, data: Any) -> None:
         maps, self.sweep_after = data

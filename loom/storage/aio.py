@@ -89,6 +89,12 @@ class AsyncStorage:
     async def save_snapshot(self, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
         await self._worker.run_sync(self.storage.save_snapshot, meta, chunks)
 
+    async def install_snapshot(self, meta: SnapshotMeta, tmp: str) -> None:
+        await self._worker.run_sync(self.storage.install_snapshot, meta, tmp)
+
+    async def discard_snapshot_tmp(self, tmp: str) -> None:
+        await self._worker.run_sync(self.storage.discard_snapshot_tmp, tmp)
+
     async def compact(self, up_to_index: int) -> int:
         return await self._worker.run_sync(self.storage.compact, up_to_index)
 

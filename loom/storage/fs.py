@@ -60,6 +60,10 @@ class DirLock(abc.ABC):
 
 
 class FileSystem(abc.ABC):
+    # Whether a forked child's writes reach the parent's files (a real file system: yes; one
+    # held in the process's memory: no). A snapshot is written by a child only where they do.
+    shared_with_children = False
+
     @abc.abstractmethod
     def open(self, path: str, *, create: bool = False, exclusive: bool = False) -> File:
         """Open for reading and writing; new files get mode 0600."""
@@ -189,6 +193,8 @@ class _OSLock(DirLock):
 
 class OSFileSystem(FileSystem):
     """The real file system (POSIX)."""
+
+    shared_with_children = True
 
     def open(self, path: str, *, create: bool = False, exclusive: bool = False) -> File:
         flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)

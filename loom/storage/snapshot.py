@@ -7,7 +7,8 @@ sequence of records in the WAL framing (`codec`, chained CRC32C):
     SNAP_CHUNK*  state-machine bytes, at most `max_chunk` each (AES-256-GCM if encrypted)
     SNAP_END     chunk count, total plaintext bytes, CRC32C of the plaintext stream
 
-A snapshot is written to `<name>.tmp`, fsynced, renamed into place and the directory fsynced:
+A snapshot is written to `<name>[tag].tmp` (`write_snapshot_tmp`, possibly in a forked child),
+fsynced, renamed into place (`install_snapshot_tmp`) and the directory fsynced:
 a file with a final name is always complete, so any check failing in it is corruption (no
 torn-tail forgiveness here). Leftover `.tmp` files are deleted at start.
 """
@@ -94,8 +95,26 @@ def write_snapshot(
     max_chunk: int,
 ) -> str:
     """Stream a snapshot into place atomically; returns its path."""
-    path = os.path.join(snap_dir, snapshot_name(meta.index, meta.term))
-    tmp = path + ".tmp"
+    tmp, _ = write_snapshot_tmp(fs, snap_dir, meta, chunks, keyring=keyring, max_chunk=max_chunk)
+    return install_snapshot_tmp(fs, snap_dir, meta, tmp)
+
+
+def write_snapshot_tmp(
+    fs: FileSystem,
+    snap_dir: str,
+    meta: SnapshotMeta,
+    chunks: Iterable[bytes],
+    *,
+    keyring: Keyring | None,
+    max_chunk: int,
+    tag: str = "",
+) -> tuple[str, int]:
+    """Stream a snapshot to its temporary file and fsync it; returns (temp path, plaintext
+    bytes). `install_snapshot_tmp` puts it into place. `tag` tells apart the temp files of
+    writers that may run at once (a forked child and the parent); every `.tmp` is deleted at
+    start. The chunks are consumed as they come: a state encoded chunk by chunk is never
+    whole in memory."""
+    tmp = os.path.join(snap_dir, snapshot_name(meta.index, meta.term) + tag + ".tmp")
     if fs.exists(tmp):
         fs.remove(tmp)
     f = fs.open(tmp, exclusive=True)
@@ -130,36 +149,71 @@ def write_snapshot(
             offset += pending_len
             pending, pending_len = [], 0
 
+    # Small chunks (an incremental encoder's) are gathered up to max_chunk per record.
+    acc = bytearray()
+
+    def flush() -> None:
+        nonlocal count, total, stream_crc
+        piece = bytes(acc)
+        acc.clear()
+        put(RecordType.SNAP_CHUNK, piece)
+        stream_crc = google_crc32c.extend(stream_crc, piece)
+        count += 1
+        total += len(piece)
+
     try:
         put(RecordType.SNAP_HEADER, head)
         for chunk in chunks:
             view = memoryview(chunk)
-            for start in range(0, len(view), max_chunk):
-                piece = bytes(view[start : start + max_chunk])
-                put(RecordType.SNAP_CHUNK, piece)
-                stream_crc = google_crc32c.extend(stream_crc, piece)
-                count += 1
-                total += len(piece)
+            while view:
+                take = max_chunk - len(acc)
+                acc += view[:take]
+                view = view[take:]
+                if len(acc) >= max_chunk:
+                    flush()
+        if acc:
+            flush()
         put(RecordType.SNAP_END, _END.pack(count, total, stream_crc))
         if pending:
             f.pwrite(offset, b"".join(pending))
         f.fullsync()
         f.close()
+    except BaseException as exc:
+        f.close()
+        _discard(fs, tmp)
+        if isinstance(exc, OSError):
+            raise _io_error(exc, tmp) from exc
+        raise
+    return tmp, total
+
+
+def install_snapshot_tmp(fs: FileSystem, snap_dir: str, meta: SnapshotMeta, tmp: str) -> str:
+    """Rename a written, fsynced temp file into place and fsync the directory; returns the
+    path. From here the snapshot is durable under its final name."""
+    path = os.path.join(snap_dir, snapshot_name(meta.index, meta.term))
+    try:
         fs.rename(tmp, path)
         fs.sync_dir(snap_dir)
     except BaseException as exc:
-        f.close()
-        try:
-            if fs.exists(tmp):
-                fs.remove(tmp)
-        except OSError:
-            pass
+        _discard(fs, tmp)
         if isinstance(exc, OSError):
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(f"no space left writing snapshot {path}: {exc}") from exc
-            raise FatalIOError(f"writing snapshot {path} failed: {exc}") from exc
+            raise _io_error(exc, path) from exc
         raise
     return path
+
+
+def _discard(fs: FileSystem, tmp: str) -> None:
+    try:
+        if fs.exists(tmp):
+            fs.remove(tmp)
+    except OSError:
+        pass
+
+
+def _io_error(exc: OSError, path: str) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"no space left writing snapshot {path}: {exc}")
+    return FatalIOError(f"writing snapshot {path} failed: {exc}")
 
 
 @dataclass

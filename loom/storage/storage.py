@@ -36,7 +36,12 @@ from loom.storage.hardstate import HS_NAME, write_hard_state
 from loom.storage.kms import KeyStore, open_keystore
 from loom.storage.records import ENTRY_OVERHEAD, encode_entry, encode_mark, encode_state
 from loom.storage.recovery import SNAP_DIR, WAL_DIR, max_payload, recover_dir
-from loom.storage.snapshot import SnapshotReader, list_snapshots, write_snapshot
+from loom.storage.snapshot import (
+    SnapshotReader,
+    install_snapshot_tmp,
+    list_snapshots,
+    write_snapshot_tmp,
+)
 from loom.storage.wal import WalWriter, cut_torn_tail
 
 log = logging.getLogger("loom.storage")
@@ -442,24 +447,48 @@ class Storage:
     def save_snapshot(self, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
         """Install a snapshot: stream it to a file, make it durable, mark the WAL, drop
         old snapshot files beyond the retention count and (by default) compact the log."""
-        self._check()
-        if self._snap is not None and meta.index < self._snap.index:
-            raise ValueError(
-                f"snapshot {meta.index} is older than the installed {self._snap.index}"
-            )
-        if meta.index < 1 or meta.term < 1:
-            raise ValueError("a snapshot needs index >= 1 and term >= 1")
+        self._check_snapshot(meta)
+        try:
+            tmp, _ = self.write_snapshot_tmp(meta, chunks)
+        except FatalIOError as exc:
+            raise self._fatal(exc) from exc.__cause__
+        self.install_snapshot(meta, tmp)
+
+    def write_snapshot_tmp(
+        self, meta: SnapshotMeta, chunks: Iterable[bytes], tag: str = ""
+    ) -> tuple[str, int]:
+        """The first half of `save_snapshot`: the snapshot in a fsynced temp file; returns
+        (its path, plaintext bytes). Reads only this object's configuration and writes only
+        that file, so a forked child may call it while the parent goes on using the WAL
+        (`tag` keeps its temp file apart from the parent's)."""
+        return write_snapshot_tmp(self._fs, os.path.join(self._dir, SNAP_DIR), meta, chunks,
+                                  keyring=self._keyring,
+                                  max_chunk=self._opts.snapshot_chunk_size, tag=tag)
+
+    @property
+    def child_can_write_snapshots(self) -> bool:
+        """Whether `write_snapshot_tmp` called in a forked child writes the parent's files."""
+        return self._fs.shared_with_children
+
+    def discard_snapshot_tmp(self, tmp: str) -> None:
+        """A temp file that will not be installed (its snapshot was superseded)."""
+        snap_dir = os.path.join(self._dir, SNAP_DIR)
+        if os.path.dirname(tmp) != snap_dir or not tmp.endswith(".tmp"):
+            raise ValueError(f"not a snapshot temp file: {tmp}")
+        try:
+            if self._fs.exists(tmp):
+                self._fs.remove(tmp)
+        except OSError as exc:
+            raise self._fatal(FatalIOError(f"removing {tmp} failed: {exc}")) from exc
+
+    def install_snapshot(self, meta: SnapshotMeta, tmp: str) -> None:
+        """The second half: rename the temp file into place (durable before anything else
+        happens), mark the WAL, prune old snapshot files, compact the log behind it."""
+        self._check_snapshot(meta)
         snap_dir = os.path.join(self._dir, SNAP_DIR)
         try:
             existed = {p for _, _, p in list_snapshots(self._fs, snap_dir)}
-            path = write_snapshot(
-                self._fs,
-                snap_dir,
-                meta,
-                chunks,
-                keyring=self._keyring,
-                max_chunk=self._opts.snapshot_chunk_size,
-            )
+            path = install_snapshot_tmp(self._fs, snap_dir, meta, tmp)
             runs = self._runs
             matches = runs.covers(meta.index, meta.term)
             after = (runs.last_index, runs.last_term) if matches else (meta.index, meta.term)
@@ -485,6 +514,15 @@ class Storage:
             raise self._fatal(exc) from exc.__cause__
         except OSError as exc:
             raise self._fatal(FatalIOError(f"snapshot install failed: {exc}")) from exc
+
+    def _check_snapshot(self, meta: SnapshotMeta) -> None:
+        self._check()
+        if self._snap is not None and meta.index < self._snap.index:
+            raise ValueError(
+                f"snapshot {meta.index} is older than the installed {self._snap.index}"
+            )
+        if meta.index < 1 or meta.term < 1:
+            raise ValueError("a snapshot needs index >= 1 and term >= 1")
 
     def _prune_snapshots(self, snap_dir: str) -> None:
         snaps = list_snapshots(self._fs, snap_dir)

@@ -13,14 +13,15 @@ from loom.node.raftdriver import RaftDriver, prepare_storage
 from loom.node.replicator import OnDone
 from loom.state.command import Command, Outcome
 from loom.storage.faultfs import FaultFS
+from loom.storage.fs import FileSystem
 from loom.storage.storage import Storage, StorageOptions
 from loom.wire import errors as E
 
 Answers = list[tuple[Outcome | None, E.LoomError | None]]
 
 
-def open_log(fs: FaultFS, settings: RaftSettings) -> RaftDriver:
-    storage, recovered = Storage.open("/data", StorageOptions(
+def open_log(fs: FileSystem, settings: RaftSettings, data_dir: str = "/data") -> RaftDriver:
+    storage, recovered = Storage.open(data_dir, StorageOptions(
         segment_size=64 * 1024, max_record_size=16 * 1024,
         snapshot_chunk_size=4096, fs=fs, preallocate=False))
     recovered = prepare_storage(storage, recovered, ["n1"])

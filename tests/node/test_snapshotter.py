@@ -1,10 +1,11 @@
-"""Snapshots serialised in a forked child: the bytes come back whole, a failure is None, a
-cancelled wait leaves no child behind, and the driver stores them as a snapshot that a restart
-recovers."""
+"""Snapshots made in a forked child: the bytes come back whole, a failure is None, a cancelled
+wait leaves no child behind; the driver's child writes the snapshot file itself (the driver
+gets only its name and size) and a restart recovers it."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import trio
@@ -13,6 +14,7 @@ from loom.node import snapshots, snapshotter
 from loom.node.config import RaftSettings
 from loom.state.command import Command
 from loom.storage.faultfs import FaultFS
+from loom.storage.fs import FileSystem, OSFileSystem
 from tests.node.test_raftdriver import Answers, open_log, put, recorder
 
 pytestmark = pytest.mark.skipif(not snapshotter.CAN_FORK, reason="needs fork()")
@@ -45,11 +47,19 @@ async def test_cancelling_the_wait_kills_the_child() -> None:
 
 @pytest.mark.parametrize("fork_above", [0, 1 << 40], ids=["forked", "on-the-driver"])
 async def test_the_driver_stores_a_snapshot_and_a_restart_recovers_it(
-        fork_above: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A state this small is normally serialised on the driver; 0 makes every state fork.
+        fork_above: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A state this small is normally serialised on the driver; 0 makes every state fork. A
+    # child writes the file itself, so it needs the real file system.
     monkeypatch.setattr(snapshots, "FORK_ABOVE_BYTES", fork_above)
-    fs = FaultFS(5)
-    log = open_log(fs, RaftSettings(tick_ms=10, snapshot_every=20))
+    reports: list[bytes | None] = []
+    built = snapshots.SnapshotPolicy.built
+    monkeypatch.setattr(snapshots.SnapshotPolicy, "built",
+                        lambda self, i, r: (reports.append(r), built(self, i, r))[1])
+    fs: FileSystem = OSFileSystem() if fork_above == 0 else FaultFS(5)
+    data = str(tmp_path / "data") if fork_above == 0 else "/data"
+    if fork_above == 0:
+        fs.mkdir(data)
+    log = open_log(fs, RaftSettings(tick_ms=10, snapshot_every=20), data)
     async with trio.open_nursery() as nursery:
         await nursery.start(log.run)
         answers: list[Answers] = [[] for _ in range(60)]
@@ -65,12 +75,17 @@ async def test_the_driver_stores_a_snapshot_and_a_restart_recovers_it(
         st = log.statistics()
         assert st.snapshot_building_at is None  # nothing left running
         assert (st.snapshots_forked > 0) == (fork_above == 0), st
+        # what came back from a child is a report (a file name and a size), never the bytes
+        assert all(r is not None and len(r) < 200 for r in reports), reports
+        assert len(reports) == st.snapshots_forked
         src = log.core._snap_src  # the core keeps no bytes: it reads the stored file
         assert isinstance(src, snapshots.FileSource)
         assert src.read(0, src.size) == b"".join(log._storage.storage.load_snapshot().chunks())
         log.stop()
     log._storage.storage.close()
-    again = open_log(fs, RaftSettings(tick_ms=10, snapshot_every=20))
+    if fork_above == 0:  # the child's temp file was renamed into place
+        assert not [n for n in os.listdir(tmp_path / "data" / "snap") if n.endswith(".tmp")]
+    again = open_log(fs, RaftSettings(tick_ms=10, snapshot_every=20), data)
     assert again.core.snapshot_meta.index == snap_index  # recovered from the stored snapshot
     assert again.state().applied_index > 0  # the state came from it, before any replay
     async with trio.open_nursery() as nursery:
