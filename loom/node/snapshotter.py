@@ -3,8 +3,11 @@
 Serialising the state machine is CPU-bound Python holding the GIL: on the driver task it stops
 heartbeats and replication for as long as it takes (about 1 s per million map entries), long
 enough for followers to elect someone else. `fork()` gives a child a copy-on-write image of the
-state at the instant of the call; the child serialises that image and streams the bytes back
-through a pipe while the parent goes on. This is how Redis writes its RDB files.
+state at the instant of the call; the child runs `serialise` over that image and streams what
+it returns back through a pipe while the parent goes on. This is how Redis writes its RDB
+files, and as Redis does, the driver's child writes the snapshot file itself and returns only
+a short report (`snapshots.py`), so the parent never holds the bytes; a backup's child
+returns the bytes.
 
 Invariants:
 - The fork happens synchronously in the driver, between two Ready batches, so the image is
@@ -14,7 +17,9 @@ Invariants:
   hooks, default signal handlers. If anything fails it exits non-zero and the parent gets None.
 - The parent reads the pipe and reaps the child in worker threads; cancelling the wait kills
   the child, so a stopping node never leaves one behind.
-- Memory: pages the child touches are copied, up to one more copy of the state while it runs.
+- Memory: pages the child touches are copied (reference counts live in every object's header),
+  up to one more copy of the state in the child while it runs; the parent's memory does not
+  grow unless it writes to those pages meanwhile.
 """
 
 from __future__ import annotations
