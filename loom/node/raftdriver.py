@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import trio
@@ -109,10 +109,17 @@ class RaftDriver:
         if recovered.snapshot is not None:
             reader = storage.load_snapshot()
             assert reader is not None, "recovered a snapshot that cannot be read"
-            snap_data = b"".join(reader.chunks())
-            self._sm = StateMachine.restore(snap_data, limits)
-            snap_src = FileSource(reader, len(snap_data))
-            del snap_data  # the core reads the file when a follower needs it
+            size = 0
+
+            def counted() -> Iterator[bytes]:
+                nonlocal size
+                for chunk in reader.chunks():
+                    size += len(chunk)
+                    yield chunk
+
+            # decoded as the file is read: the bytes are never whole in memory
+            self._sm = StateMachine.restore_from(counted(), limits)
+            snap_src = FileSource(reader, size)
         else:
             self._sm = StateMachine(limits)
         rcfg = raft_config(node_id, settings)

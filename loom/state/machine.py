@@ -31,7 +31,8 @@ Determinism: no wall clock, no randomness; every container iterated in apply is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import io
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import cbor2
@@ -385,7 +386,20 @@ class StateMachine:
 
     @classmethod
     def restore(cls, data: bytes, limits: StateLimits = StateLimits()) -> StateMachine:  # noqa: B008
-        doc = cbor2.loads(data)
+        return cls.restore_from((data,), limits)
+
+    @classmethod
+    def restore_from(
+        cls, chunks: Iterable[bytes], limits: StateLimits = StateLimits(),  # noqa: B008
+    ) -> StateMachine:
+        """`restore` from a snapshot's pieces (a file's chunks), decoded as they are read, so
+        the encoded snapshot is never whole in memory next to the state it becomes."""
+        stream = io.BufferedReader(_ChunkStream(iter(chunks)), _READ_BUFFER)
+        doc = cbor2.load(stream)
+        # read to the end, so a source that checks its data there (a snapshot file's end
+        # record) has checked it all
+        if stream.read(1):
+            raise ValueError("data after the snapshot")
         members: Any = {}
         if isinstance(doc, dict):
             # A node's snapshot written before format 3: the state machine's own snapshot
@@ -407,3 +421,29 @@ class StateMachine:
                 sm.core.registry.add((cat, name))
         sm.members.load(rest[0] if rest else members)
         return sm
+
+
+_READ_BUFFER = 1 << 16
+
+
+class _ChunkStream(io.RawIOBase):
+    """A read-only stream over an iterator of byte strings (the decoder reads it as a file)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            nxt = next(self._chunks, None)
+            if nxt is None:
+                return 0
+            self._buf = memoryview(nxt)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n

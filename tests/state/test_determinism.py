@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import cbor2
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -119,3 +121,24 @@ def test_streamed_snapshot_of_maps_larger_than_a_batch() -> None:
     assert b"".join(pieces) == _whole(sm)
     assert max(map(len, pieces)) < 4096 * 64  # a batch of small entries, never a whole map
     assert StateMachine.restore(sm.snapshot(), d.limits).snapshot() == sm.snapshot()
+
+
+def test_restore_from_pieces_reads_them_all() -> None:
+    """Restoring from a file's chunks decodes as it reads, and reads to the end (where a
+    snapshot file checks its end record); bytes after the snapshot are refused."""
+    sm, _ = run(3, 400)
+    snap = sm.snapshot()
+    read: list[int] = []
+
+    def pieces(data: bytes, size: int) -> Iterator[bytes]:
+        for lo in range(0, len(data), size):
+            read.append(lo)
+            yield data[lo:lo + size]
+        read.append(-1)  # exhausted
+
+    for size in (1, 7, 4096, len(snap)):
+        read.clear()
+        assert StateMachine.restore_from(pieces(snap, size), LIMITS).snapshot() == snap
+        assert read[-1] == -1
+    with pytest.raises(ValueError, match="after the snapshot"):
+        StateMachine.restore_from(pieces(snap + b"\x00", 4096), LIMITS)
