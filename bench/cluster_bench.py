@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import itertools
 import json
 import os
 import platform
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -149,6 +151,13 @@ def median_figures(runs: list[Figures]) -> Figures:
 
 # -- a minimal Loom wire client for status and failover probes -------------------------------
 
+# Every connection is a fresh deduplication identity: its request ids (the sequence numbers)
+# start at 1 again, so reusing an identity (as `id(conn)` of a collected connection would)
+# makes the node answer CONFLICT for a sequence number it already saw.
+RUN_ID = uuid.uuid4().hex[:12]
+_CONN_IDS = itertools.count(1)
+
+
 class LoomConn:
     """One long-lived mutual-TLS connection speaking Loom frames, one request at a time."""
 
@@ -169,7 +178,7 @@ class LoomConn:
                 conn = cls(addr, stream)
                 hello = await conn._call_raw("HELLO", {
                     "client_name": "cluster-bench", "min_version": 1, "max_version": 1,
-                    "client_id": f"cluster-bench-{os.getpid()}-{id(conn):x}"[:64]})
+                    "client_id": f"cluster-bench-{RUN_ID}-{next(_CONN_IDS)}"})
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
