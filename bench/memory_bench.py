@@ -7,7 +7,9 @@ of 256-byte values (MAP_PUT_ALL, 1,000 per command); `raft.snapshot_every` is se
 takes several snapshots while loading. A thread samples the process's VmRSS from
 /proc/PID/status every 100 ms; after the load, once the newest snapshot file covers the load,
 the bench waits for the RSS to settle and reports RSS per entry at steady state and VmHWM (the
-peak) per entry. Then the same number of 256-byte values go into Debian's redis-server (SET
+peak) per entry. Then the node is stopped and started again from its data directory: once it
+serves the last key loaded, its settled RSS and its peak are reported as "restarted" (skip
+with `--no-restart`). Then the same number of 256-byte values go into Debian's redis-server (SET
 pipelined, no persistence), installed with apt-get if missing, and its `INFO memory`
 (used_memory, used_memory_rss) and process RSS are reported the same way. The base RSS of each
 process before loading is reported too, and subtracted in the "net" columns. Nothing is
@@ -111,7 +113,9 @@ def settle(pid: int, seconds: float) -> int:
 # -- loomd -------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def loomd(work: Path, snapshot_every: int) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+def loomd(work: Path, snapshot_every: int) -> Iterator[tuple[list[subprocess.Popen[bytes]], str,
+                                                              Path]]:
+    """A node; `procs[-1]` is the running process (`restart` appends the next one)."""
     certs, d = work / "certs", work / "n1"
     create_dev_pki(certs)
     d.mkdir(parents=True)
@@ -127,15 +131,19 @@ def loomd(work: Path, snapshot_every: int) -> Iterator[tuple[subprocess.Popen[by
         "acl": EXAMPLE_ACL,
     }
     (d / "loomd.toml").write_text(tomli_w.dumps(cfg))
-    with (d / "loomd.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "loom.cli.loomd", "--config", str(d / "loomd.toml"),
-             "--initial-cluster-state", "new"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    procs = [start_loomd(d, new=True)]
     try:
-        yield proc, client, d / "data" / "raft" / "snap"
+        yield procs, client, d / "data" / "raft" / "snap"
     finally:
-        stop(proc)
+        stop(procs[-1])
+
+
+def start_loomd(d: Path, *, new: bool = False) -> subprocess.Popen[bytes]:
+    with (d / "loomd.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "loom.cli.loomd", "--config", str(d / "loomd.toml"),
+             *(["--initial-cluster-state", "new"] if new else [])],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def newest_snapshot(snap_dir: Path) -> int:
@@ -144,18 +152,36 @@ def newest_snapshot(snap_dir: Path) -> int:
     return max(found, default=0)
 
 
-async def load_loom(addr: str, certs: Path, entries: int) -> int:
-    """Load the entries; returns the log index of the last command (its revision)."""
+async def connect(addr: str, certs: Path) -> LoomConn:
     ctx = client_context(certs / "ca.pem", certs / "admin.pem", certs / "admin.key")
-    deadline = trio.current_time() + 60
+    deadline = trio.current_time() + 120
     while True:
         try:
-            conn = await LoomConn.open(addr, ctx, 5.0)
-            break
-        except (OSError, trio.TooSlowError, ConnectionError):
+            return await LoomConn.open(addr, ctx, 5.0)
+        except (OSError, trio.TooSlowError, ConnectionError, EOFError):
             if trio.current_time() > deadline:
                 raise
             await trio.sleep(0.5)
+
+
+async def read_back(addr: str, certs: Path, entries: int) -> None:
+    """Once a restarted node answers: a read of the last key loaded (the state is back)."""
+    conn = await connect(addr, certs)
+    try:
+        key = f"k{entries - 1:09d}"
+        for _ in range(600):
+            r = await conn.call("MAP_GET", {"name": "m", "key": key}, 30.0)
+            if r["s"] == OK and r.get("r") is not None:
+                return
+            await trio.sleep(0.2)
+        raise RuntimeError(f"the restarted node does not answer {key}: {r}")
+    finally:
+        await conn.aclose()
+
+
+async def load_loom(addr: str, certs: Path, entries: int) -> int:
+    """Load the entries; returns the log index of the last command (its revision)."""
+    conn = await connect(addr, certs)
     value = b"x" * VALUE_BYTES
     try:
         for c in range(0, entries, PER_COMMAND):
@@ -173,7 +199,8 @@ async def load_loom(addr: str, certs: Path, entries: int) -> int:
 
 
 def measure_loom(args: argparse.Namespace, work: Path) -> dict[str, float]:
-    with loomd(work / "loom", args.snapshot_every) as (proc, addr, snap_dir):
+    with loomd(work / "loom", args.snapshot_every) as (procs, addr, snap_dir):
+        proc = procs[0]
         time.sleep(1.0)
         base = status_kb(proc.pid, "VmRSS")
         t0 = time.monotonic()
@@ -193,7 +220,21 @@ def measure_loom(args: argparse.Namespace, work: Path) -> dict[str, float]:
         size = snaps[-1].stat().st_size if snaps else 0
         say(f"loomd: {args.entries} entries in {load_s:.0f} s; newest snapshot index "
             f"{newest_snapshot(snap_dir)} ({size / 1e6:.0f} MB file)")
-        return {"base_kb": base, "steady_kb": steady, "peak_kb": max(hwm, sampler.peak_kb)}
+        out: dict[str, float] = {"base_kb": base, "steady_kb": steady,
+                                 "peak_kb": max(hwm, sampler.peak_kb)}
+        if args.no_restart:
+            return out
+        # a restart: the state comes back from the newest snapshot and the log behind it
+        stop(proc)
+        t0 = time.monotonic()
+        procs.append(again := start_loomd(work / "loom" / "n1"))
+        with RssSampler(again.pid) as sampler:
+            trio.run(read_back, addr, work / "loom" / "certs", args.entries)
+            back_s = time.monotonic() - t0
+            steady = settle(again.pid, 30)
+        hwm = status_kb(again.pid, "VmHWM")
+        say(f"loomd: restarted and serving the last key in {back_s:.0f} s")
+        return out | {"restart_steady_kb": steady, "restart_peak_kb": max(hwm, sampler.peak_kb)}
 
 
 # -- redis -------------------------------------------------------------------------------------
@@ -286,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snapshot-wait-s", type=float, default=60.0,
                    help="how long to wait after the load for a snapshot covering it")
     p.add_argument("--skip-redis", action="store_true")
+    p.add_argument("--no-restart", action="store_true",
+                   help="skip restarting the node (RSS after recovering from its snapshot)")
     args = p.parse_args(argv)
     # a SIGTERM (a `timeout`, say) unwinds like Ctrl-C, so the servers started here are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -301,16 +344,24 @@ def main(argv: list[str] | None = None) -> int:
     say(f"{n} entries of {VALUE_BYTES}-byte values; bytes per entry (RSS / entries)")
     say(f"{'':8} | {'steady':>8} | {'peak':>8} | {'net steady':>10} | {'net peak':>8} | "
         f"{'base MB':>7}")
-    rows = [("loomd", loom)] + ([("redis", redis)] if redis else [])
+    rows = [("loomd", loom)]
+    if "restart_steady_kb" in loom:
+        rows.append(("restarted", {"steady_kb": loom["restart_steady_kb"],
+                                   "peak_kb": loom["restart_peak_kb"],
+                                   "base_kb": loom["base_kb"]}))
+    rows += [("redis", redis)] if redis else []
     for name, m in rows:
         say(f"{name:8} | {per(m['steady_kb']):8.0f} | {per(m['peak_kb']):8.0f} | "
             f"{per(m['steady_kb'] - m['base_kb']):10.0f} | "
             f"{per(m['peak_kb'] - m['base_kb']):8.0f} | {m['base_kb'] / 1024:7.0f}")
     if redis:
         say(f"redis used_memory per entry: {redis['used_memory'] / n:.0f} B")
-        for what in ("steady_kb", "peak_kb"):
-            ratio = loom[what] / redis[what]
-            say(f"loomd/redis {what[:-3]}: {ratio:.2f} (target <= {TARGET}: "
+        for what, theirs in (("steady_kb", "steady_kb"), ("peak_kb", "peak_kb"),
+                             ("restart_steady_kb", "steady_kb"), ("restart_peak_kb", "peak_kb")):
+            if what not in loom:
+                continue
+            ratio = loom[what] / redis[theirs]
+            say(f"loomd/redis {what[:-3].replace('_', ' ')}: {ratio:.2f} (target <= {TARGET}: "
                 f"{'met' if ratio <= TARGET else 'NOT met'})")
     say(f"machine load average: {os.getloadavg()[0]:.1f}")
     return 0
