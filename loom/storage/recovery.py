@@ -61,7 +61,11 @@ def recover_dir(
     max_record_size: int,
     verify_snapshot: bool = True,
     decrypt: bool = True,
+    keep_records: bool = True,
 ) -> RecoveryResult:
+    """Read and check a data directory. `keep_records=False` (a node's start) lets each
+    segment's records go once replayed: the replayed entries are what is kept, and holding
+    the records as well would double the log in memory while recovering."""
     limit = max_payload(max_record_size)
     file_hs = read_hard_state(fs, data_dir)
     snap_dir = os.path.join(data_dir, SNAP_DIR)
@@ -99,6 +103,8 @@ def recover_dir(
             replay_scan(replay, scan, states)
             marks.extend(replay.marks_seen)
             replay.marks_seen.clear()
+            if not keep_records:
+                scan.records = []
 
     hs = file_hs or HardState()
     if states:

@@ -242,6 +242,7 @@ class Storage:
                 keyring=keyring,
                 max_record_size=opts.max_record_size,
                 verify_snapshot=opts.verify_snapshot_on_open,
+                keep_records=False,
             )
         finally:
             if gc_was_enabled:
