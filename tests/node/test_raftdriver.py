@@ -160,6 +160,6 @@ async def test_admin_runs_on_the_driver_and_an_added_address_is_replicated_state
         assert out["index"] > 0 and log.member_addr("n2") == "127.0.0.1:9"
         assert log.cluster_status()["members"][1] == {
             "id": "n2", "voter": False, "peer_addr": "127.0.0.1:9", "client_addr": None,
-            "reachable": None, "match_index": 0}
+            "reachable": None, "match_index": 0, "joining": False}
         assert log.state().members.addrs == {"n2": "127.0.0.1:9"}  # in the snapshot, too
         log.stop()
