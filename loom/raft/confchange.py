@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from mypy_extensions import mypyc_attr
+
 from loom.raft.messages import MAX_ID_LEN
 from loom.raft.types import ConfState, Entry, EntryType, HardState
 
@@ -29,6 +31,8 @@ class ConfChangeType(Enum):
     READMIT = "readmit"
 
 
+# A compiled build (loom/buildinfo.py) cannot make a native subclass of ValueError.
+@mypyc_attr(native_class=False)
 class ConfChangeError(ValueError):
     """A malformed or inapplicable membership change."""
 

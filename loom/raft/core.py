@@ -53,6 +53,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from mypy_extensions import mypyc_attr
+
 from loom.raft import messages as m
 from loom.raft.confchange import ConfChange, ConfChangeType, apply_change, check_change
 from loom.raft.config import RaftConfig
@@ -83,6 +85,8 @@ def _source(data: bytes | SnapshotSource) -> SnapshotSource:
     return BytesSource(data) if isinstance(data, bytes) else data
 
 
+# The simulator's mutants (loom/sim/mutants.py) subclass the core in Python.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RaftCore:
     def __init__(
         self,

@@ -11,9 +11,13 @@ Invariants (checked by callers, relied upon here):
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from loom.raft.types import Entry
 
 
+# A compiled build (loom/buildinfo.py) cannot make a native subclass of RuntimeError.
+@mypyc_attr(native_class=False)
 class LogError(RuntimeError):
     """An operation that would break a log invariant (a bug, or corrupted input)."""
 
