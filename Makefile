@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint soak chaos bench cluster-bench clean
+.PHONY: run test lint soak chaos bench cluster-bench native clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP)
+# The compiled build (mypyc) where a C compiler exists, else pure Python; it says which. It runs
+# every time: nothing to do when the manifest's source digests match, a rebuild when a source
+# changed (loom/buildinfo.py). LOOM_PURE_PYTHON=1 removes it and selects pure Python.
+native: $(STAMP)
+	$(BIN)/python scripts/build_native.py
+
+run: native
 	$(BIN)/python scripts/run_local.py
 
 lint: $(STAMP)
@@ -30,7 +36,7 @@ test: $(STAMP)
 SEEDS   ?= 100000
 FIRST   ?=
 SOAK_FIRST := $(if $(FIRST),$(FIRST),$(shell date +%s))
-soak: $(STAMP)
+soak: native
 	$(BIN)/python -m loom.sim --seeds $(SEEDS) --first-seed $(SOAK_FIRST) \
 		$(if $(filter command line environment,$(origin SECONDS)),--time-limit $(SECONDS))
 
@@ -42,12 +48,12 @@ RUNS      ?= 500
 CHAOS_DIR ?= run/chaos
 SEED      ?=
 CHAOS_SECONDS := $(if $(filter command line environment,$(origin SECONDS)),$(SECONDS),60)
-chaos: $(STAMP)
+chaos: native
 	mkdir -p $(CHAOS_DIR)
 	$(BIN)/python -m loom.chaos --runs $(RUNS) --seconds $(CHAOS_SECONDS) --dir $(CHAOS_DIR) \
 		$(if $(SEED),--seed $(SEED)) --json $(CHAOS_DIR)/summary.json
 
-bench: $(STAMP)
+bench: native
 	$(BIN)/python bench/node_bench.py
 
 # 3-node Loom against 3-node etcd in one run, three times alternating (medians): a table and a
@@ -58,8 +64,10 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-cluster-bench: $(BENCH_STAMP)
+cluster-bench: $(BENCH_STAMP) native
 	$(BIN)/python bench/cluster_bench.py --lease-reads --repeat 3
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache run
+	find loom -name '*.so' -delete
+	rm -f loom/_native.json
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache run build/native

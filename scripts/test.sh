@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Lint, type-check, then the whole default test suite. Used by `make test` and `.ci/run`.
+# Lint, type-check, build, then the whole default test suite. Used by `make test` and `.ci/run`.
+# The suite runs on the build users get: compiled where a C compiler exists, else pure Python
+# (scripts/build_native.py says which; LOOM_PURE_PYTHON=1 selects pure Python).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -40,6 +42,7 @@ fi
 set -e
 echo "== ruff"; $BIN/ruff check loom tests bench scripts
 echo "== mypy"; $BIN/mypy
+echo "== build"; $BIN/python scripts/build_native.py
 set +e
 echo "== pytest"
 $BIN/python -m pytest "$@"
