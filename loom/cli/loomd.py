@@ -17,6 +17,8 @@ from typing import Any
 
 import trio
 
+from loom import __version__
+from loom.buildinfo import build_info
 from loom.cli.startcheck import acl_notice, check_node_certificate
 from loom.node.config import ConfigError, NodeConfig, load, to_toml
 from loom.node.testhooks import ENV as TEST_HOOKS_ENV
@@ -94,7 +96,19 @@ def _parser(command: str = "run") -> argparse.ArgumentParser:
                         "journal, where JOURNAL_STREAM is set; the default)")
     if command == "run":
         p.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--version", action="store_true",
+                   help="print the version and the build (compiled or pure Python, which "
+                        "modules) and exit")
     return p
+
+
+def version_text() -> str:
+    """`loomd --version`: the version, then the build (loom/buildinfo.py)."""
+    info = build_info()
+    lines = [f"loomd {__version__}", f"build: {info.summary()}"]
+    if info.modules:
+        lines.append("compiled modules: " + ", ".join(info.modules))
+    return "\n".join(lines) + "\n"
 
 
 def _overrides(a: argparse.Namespace) -> dict[str, Any]:
@@ -169,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = _split_command(argv)
     args = _parser(command).parse_args(rest)
     args.command = command
+    if args.version:
+        sys.stdout.write(version_text())
+        return 0
     try:
         cfg = load(args.config, _overrides(args))
         if args.command == "init":
@@ -179,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(to_toml(cfg))
             return 0
         configure_logging(node=cfg.node_id, level=cfg.log_level, fmt=cfg.log.format)
+        logging.getLogger("loomd").info("loomd %s, build: %s", __version__,
+                                        build_info().summary())
         from loom.node.server import Node
 
         check_node_certificate(cfg)

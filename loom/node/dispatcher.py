@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from loom.buildinfo import build_info
 from loom.node.audit import AuditLog
 from loom.node.replicator import Applied, Replicator
 from loom.obs.metrics import NodeMetrics
@@ -491,7 +492,8 @@ class Dispatcher:
 
     def _cluster_status(self, body: dict[str, Any], caller: Caller, sess: Session,
                         req: Request) -> Any:
-        return self.replicator.cluster_status()
+        # which build this node runs (compiled or pure, which modules): loom/buildinfo.py
+        return {**self.replicator.cluster_status(), "build": build_info().to_dict()}
 
     def _member_list(self, body: dict[str, Any], caller: Caller, sess: Session,
                      req: Request) -> Any:

@@ -87,15 +87,17 @@ def test_merge_takes_reachability_from_the_newest_leader() -> None:
 
 
 def test_status_table_and_json() -> None:
-    answers = [NodeAnswer("127.0.0.1:6001", status("n1", "leader", members=LEADER_MEMBERS[:1])),
-               NodeAnswer("127.0.0.1:6002", None, "refused")]
+    n1 = {**status("n1", "leader", members=LEADER_MEMBERS[:1]),
+          "build": {"kind": "compiled", "compiler": "mypyc 1.0", "modules": ["loom.raft.core"],
+                    "reason": "built from these sources"}}
+    answers = [NodeAnswer("127.0.0.1:6001", n1), NodeAnswer("127.0.0.1:6002", None, "refused")]
     lines = status_table(merge_status(answers)).splitlines()
     assert lines[0].split() == ["ID", "ROLE", "TERM", "COMMIT", "APPLIED", "LEADER",
-                                "REACHABLE"]
-    assert lines[1].split() == ["127.0.0.1:6002", "unreachable", "-", "-", "-", "-", "-"]
-    assert lines[2].split() == ["n1", "leader", "3", "10", "9", "n1", "yes"]
+                                "REACHABLE", "BUILD"]
+    assert lines[1].split() == ["127.0.0.1:6002", "unreachable", "-", "-", "-", "-", "-", "-"]
+    assert lines[2].split() == ["n1", "leader", "3", "10", "9", "n1", "yes", "compiled"]
     assert status_json(answers) == [
-        {"endpoint": "127.0.0.1:6001", **status("n1", "leader", members=LEADER_MEMBERS[:1])},
+        {"endpoint": "127.0.0.1:6001", **n1},
         {"endpoint": "127.0.0.1:6002", "role": "unreachable", "error": "refused"}]
 
 

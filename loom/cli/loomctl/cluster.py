@@ -20,7 +20,7 @@ from loom.client.protocol import RetryPolicy, format_endpoint, parse_endpoint, p
 from loom.wire.errors import Conflict, LoomError
 
 # -- status -----------------------------------------------------------------------------------
-STATUS_COLUMNS = ("ID", "ROLE", "TERM", "COMMIT", "APPLIED", "LEADER", "REACHABLE")
+STATUS_COLUMNS = ("ID", "ROLE", "TERM", "COMMIT", "APPLIED", "LEADER", "REACHABLE", "BUILD")
 UNREACHABLE = "unreachable"
 NOT_QUERIED = "not queried"
 
@@ -52,6 +52,13 @@ def _term(status: dict[str, Any]) -> int:
 def _members(status: dict[str, Any] | None) -> list[dict[str, Any]]:
     members = status.get("members") if status is not None else None
     return [m for m in members if isinstance(m, dict)] if isinstance(members, list) else []
+
+
+def _build(status: dict[str, Any]) -> str | None:
+    """"compiled" or "pure" (loom/buildinfo.py); None from a node too old to say."""
+    build = status.get("build")
+    kind = build.get("kind") if isinstance(build, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def merge_status(answers: Sequence[NodeAnswer]) -> list[dict[str, Any]]:
@@ -88,21 +95,21 @@ def merge_status(answers: Sequence[NodeAnswer]) -> list[dict[str, Any]]:
             add(s.get("node"), {"endpoint": a.endpoint, "role": role,
                                 "term": s.get("term"), "commit": s.get("commit_index"),
                                 "applied": s.get("applied_index"), "leader": s.get("leader"),
-                                "error": None})
+                                "build": _build(s), "error": None})
     for a in answers:
         if a.status is None:
             add(by_addr.get(a.endpoint, a.endpoint),
                 {"endpoint": a.endpoint, "role": UNREACHABLE, "term": None, "commit": None,
-                 "applied": None, "leader": None, "error": a.error})
+                 "applied": None, "leader": None, "build": None, "error": a.error})
     for node in known:
         if node is not None:
             add(node, {"endpoint": None, "role": NOT_QUERIED, "term": None, "commit": None,
-                       "applied": None, "leader": None, "error": None})
+                       "applied": None, "leader": None, "build": None, "error": None})
     return [rows[k] for k in sorted(rows)]
 
 
 def status_table(rows: Sequence[dict[str, Any]]) -> str:
-    keys = ("id", "role", "term", "commit", "applied", "leader", "reachable")
+    keys = ("id", "role", "term", "commit", "applied", "leader", "reachable", "build")
     return table(STATUS_COLUMNS, [[r[k] for k in keys] for r in rows])
 
 
