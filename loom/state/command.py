@@ -23,7 +23,8 @@ from typing import Any
 
 import cbor2
 
-from loom.wire.errors import ERROR_TYPES, LoomError, Status
+from loom.wire.catalog import BY_NAME, validate_body
+from loom.wire.errors import ERROR_TYPES, BadRequest, LoomError, Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +47,43 @@ class Command:
     def decode(data: bytes) -> Command:
         """Also reads the 5-element form written before commands carried a principal and the
         6-element form of internal commands (and of writes logged before they carried the
-        ACL version)."""
+        ACL version).
+
+        Every field's type is checked here, exactly (an int is never a bool): a compiled
+        build (loom/buildinfo.py) checks the declared types when the Command is built and a
+        pure one does not, so without this check the two builds would part ways on a
+        malformed entry. Both raise the same ValueError instead. The body's contents are
+        checked by `checked_body`, when the command is applied."""
         fields = cbor2.loads(data)
         if not isinstance(fields, list) or len(fields) not in (5, 6, 7):
             raise ValueError("not an encoded Command")
         op, body, time_ms, client_id, seq, *rest = fields
-        return Command(op, body, time_ms, client_id, seq, rest[0] if rest else "",
-                       rest[1] if len(rest) > 1 else -1)
+        principal = rest[0] if rest else ""
+        acl_version = rest[1] if len(rest) > 1 else -1
+        if not (type(op) is str and type(body) is dict and type(time_ms) is int
+                and type(client_id) is str and type(seq) is int and type(principal) is str
+                and type(acl_version) is int):
+            raise ValueError("not an encoded Command: a field of the wrong type")
+        return Command(op, body, time_ms, client_id, seq, principal, acl_version)
+
+
+def checked_body(op: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The body `apply` and `read` hand to the operation: validated against the catalog's
+    schema of `op` and normalised, as the dispatcher does before proposing
+    (catalog.validate_body; idempotent on a body it produced). A body from the log that fails
+    it raises BadRequest, on every replica alike.
+
+    This is the boundary that keeps the two builds in step: compiled operations check their
+    declared types (a str where a name is expected, an int for a TTL) and would raise where
+    the pure ones carry on, or fail with another message; past this check, every value has
+    the type both builds expect. Ops outside the catalog (MEMBER_ADDRESS, internal) check
+    their own body's contents; here it must be a map with string keys."""
+    if type(body) is not dict or not all(type(k) is str for k in body):
+        raise BadRequest(f"{op}: body must be a map with string keys")
+    mt = BY_NAME.get(op)
+    if mt is None:
+        return body
+    return validate_body(mt, body)
 
 
 # The `reason` of the FORBIDDEN outcome of a write refused at apply because the ACL policy at

@@ -48,7 +48,7 @@ from loom.state.base import (
     encode_cursor,
 )
 from loom.state.collections import ListFamily, SetFamily
-from loom.state.command import POLICY_CHANGED, Command, Outcome
+from loom.state.command import POLICY_CHANGED, Command, Outcome, checked_body
 from loom.state.dedupe import DedupeTable
 from loom.state.limits import StateLimits
 from loom.state.locks import LatchFamily, LockFamily, SemaphoreFamily
@@ -144,7 +144,12 @@ class StateMachine:
         self.sessions.housekeeping(budget)
         self.maps.housekeeping(budget)
         self.dedupe.housekeeping(core.now, budget)
-        self._expire_named(cmd.op, cmd.body)
+        try:
+            body: dict[str, Any] | BadRequest = checked_body(cmd.op, cmd.body)
+        except BadRequest as e:
+            body = e  # answered below, in the place a failing operation is
+        if not isinstance(body, BadRequest):
+            self._expire_named(cmd.op, body)
         core.undo.clear()  # housekeeping is committed whatever the command does
         dedupe = cmd.client_id != "" and cmd.seq > 0
         if dedupe:
@@ -156,7 +161,10 @@ class StateMachine:
                            f"the ACL policy changed (version {cmd.acl_version} -> "
                            f"{self.acl_version}) before {cmd.op} was applied; it was not",
                            {"reason": POLICY_CHANGED, "acl_version": self.acl_version})
-        out = self._run(cmd.op, cmd.body, counted=True)
+        if isinstance(body, BadRequest):
+            out = Outcome.from_error(body)
+        else:
+            out = self._run(cmd.op, body, counted=True)
         if dedupe and not out.wait:
             self.dedupe.store(cmd.client_id, cmd.seq, out, core.now)
         return out
@@ -169,6 +177,8 @@ class StateMachine:
         mt = BY_NAME.get(cmd.op)
         if mt is None or mt.execution is not Execution.LOG_READ:
             return Outcome.from_error(BadRequest(f"{cmd.op} is not a read"))
+        # No checked_body here: a read never crosses the log, its body is the one this node's
+        # dispatcher validated.
         saved = self.core.now, self.core.principal
         self.core.now = max(saved[0], cmd.time_ms)  # restored below: reads change nothing
         self.core.principal = cmd.principal
