@@ -67,7 +67,7 @@ class Command:
         return Command(op, body, time_ms, client_id, seq, principal, acl_version)
 
 
-def checked_body(op: str, body: dict[str, Any]) -> dict[str, Any]:
+def checked_body(op: str, body: object) -> dict[str, Any]:
     """The body `apply` and `read` hand to the operation: validated against the catalog's
     schema of `op` and normalised, as the dispatcher does before proposing
     (catalog.validate_body; idempotent on a body it produced). A body from the log that fails
@@ -78,6 +78,8 @@ def checked_body(op: str, body: dict[str, Any]) -> dict[str, Any]:
     the pure ones carry on, or fail with another message; past this check, every value has
     the type both builds expect. Ops outside the catalog (MEMBER_ADDRESS, internal) check
     their own body's contents; here it must be a map with string keys."""
+    # `body: object`, not the declared dict[str, Any]: a compiled build would check each key
+    # as a str while iterating, and raise where this says BadRequest.
     if type(body) is not dict or not all(type(k) is str for k in body):
         raise BadRequest(f"{op}: body must be a map with string keys")
     mt = BY_NAME.get(op)
