@@ -120,7 +120,7 @@ def build(root: Path, jobs: int) -> int:
     # The digests of the sources as read now: an edit during the build makes it stale.
     digests = {m: buildinfo.digest(buildinfo.source_path(m, root / "loom"))
                for m in buildinfo.COMPILED}
-    print(f"build: compiling {len(digests)} modules with mypyc (about a minute)...", flush=True)
+    print(f"build: compiling {len(digests)} modules with mypyc (a minute or more)...", flush=True)
     start = time.monotonic()
     out = io.StringIO()
     try:
