@@ -196,8 +196,6 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(to_toml(cfg))
             return 0
         configure_logging(node=cfg.node_id, level=cfg.log_level, fmt=cfg.log.format)
-        logging.getLogger("loomd").info("loomd %s, build: %s", __version__,
-                                        build_info().summary())
         from loom.node.server import Node
 
         check_node_certificate(cfg)
@@ -205,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if (why := check_cluster_name(cfg.data_dir, cfg.cluster_name)) is not None:
             raise ConfigError(why)
+        # after the checks above: a refused start says one line, the reason
+        logging.getLogger("loomd").info("loomd %s, build: %s", __version__,
+                                        build_info().summary())
         warn, notice = acl_notice(cfg, has_log=(cfg.data_dir / "raft").is_dir())
         logging.getLogger("loomd").log(logging.WARNING if warn else logging.INFO, "%s", notice)
         hooks = from_environ(os.environ, enabled=args.enable_test_hooks)
