@@ -28,13 +28,14 @@ from __future__ import annotations
 import os
 import re
 import ssl
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from loom.secretfile import SecretFileError, read_secret
 
 __all__ = [
     "KeyPassphrase",
@@ -51,30 +52,18 @@ class TLSConfigError(Exception):
     """A certificate, key, CA or CRL file is missing, unreadable, malformed or mismatched."""
 
 
-MAX_PRIVATE_FILE = 1 << 20
 # OpenSSL's PEM password buffer is 1024 bytes (PEM_BUFSIZE), terminator included.
 MAX_PASSPHRASE = 1023
 _CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,254}")
 
 
 def read_private(path: Path, what: str) -> bytes:
-    """A secret file's bytes, refused when group or others may access it (checked on the open
-    descriptor, so the file checked is the file read)."""
+    """A secret file's bytes, refused when group or others may access it (loom/secretfile.py
+    owns the rule) or when it is empty."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise TLSConfigError(f"cannot read {what} file {path}: {e.strerror or e}") from e
-    try:
-        st = os.fstat(fd)
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise TLSConfigError(
-                f"{what} file {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 on it")
-        if st.st_size > MAX_PRIVATE_FILE:
-            raise TLSConfigError(f"{what} file {path} is larger than 1 MiB")
-        data = os.read(fd, MAX_PRIVATE_FILE + 1)
-    finally:
-        os.close(fd)
+        data = read_secret(path, f"{what} file")
+    except SecretFileError as e:
+        raise TLSConfigError(str(e)) from None
     if not data.strip():
         raise TLSConfigError(f"{what} file {path} is empty")
     return data

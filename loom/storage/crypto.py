@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import stat
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from loom.secretfile import SecretFileError, read_secret
 from loom.storage.errors import EncryptionKeyError
 
 KEYRING_FORMAT = "loom-keyring-v1"
@@ -128,24 +128,12 @@ def write_keyring(path: str, keyring: Keyring, *, exclusive: bool) -> None:
 
 
 def read_private_file(path: str, what: str = "keyring") -> bytes:
-    """A keyring file's bytes, refused when group or others may access it (checked on the
-    open descriptor, so the file checked is the file read)."""
+    """A keyring file's bytes, refused when group or others may access it (loom/secretfile.py
+    owns the rule)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise EncryptionKeyError(f"cannot open {what} {path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise EncryptionKeyError(
-                f"{what} {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 on it"
-            )
-        if st.st_size > 1 << 20:
-            raise EncryptionKeyError(f"{what} {path} is larger than 1 MiB")
-        return os.read(fd, 1 << 20)
-    finally:
-        os.close(fd)
+        return read_secret(path, what)
+    except SecretFileError as e:
+        raise EncryptionKeyError(str(e)) from None
 
 
 def write_private_file(path: str, data: bytes, *, exclusive: bool) -> None:

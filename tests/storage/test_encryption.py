@@ -71,7 +71,7 @@ def test_missing_or_wrong_key_is_a_clear_startup_error(tmp_path: object, data_di
         json.dump(doc, f)
     with pytest.raises(EncryptionKeyError, match="key id 1"):
         Storage.open(data_dir, small_options(keyring_path=other))
-    with pytest.raises(EncryptionKeyError, match="cannot open keyring"):
+    with pytest.raises(EncryptionKeyError, match="cannot read keyring"):
         Storage.open(data_dir, small_options(keyring_path=ring + ".missing"))
     os.chmod(ring, 0o644)
     with pytest.raises(EncryptionKeyError, match="chmod 600"):
