@@ -165,6 +165,13 @@ class Waiters:
                                      "its outcome is unknown"))
 
     def stop(self) -> None:
+        """The driver stopped. A write proposed here is in this node's log and perhaps in
+        others': a later leader may still commit it, so its outcome is unknown (TIMEOUT, which
+        clients report as indeterminate). Every other request was never proposed: UNAVAILABLE,
+        not executed, safe to send again."""
+        fail_all(self.proposals.values(), E.Timeout(
+            "the node stopped before the write committed; it may or may not be applied"))
+        self.proposals.clear()
         stopping = E.Unavailable("the node stopped before this request completed")
         for dq in (self._writes, self._reads):
             while dq:

@@ -11,6 +11,7 @@ from loom.node.config import RaftSettings
 from loom.node.membership import AddMember, Transfer, parse_admin
 from loom.node.raftdriver import RaftDriver, prepare_storage
 from loom.node.replicator import OnDone
+from loom.node.waiters import Waiter, Waiters
 from loom.state.command import Command, Outcome
 from loom.storage.faultfs import FaultFS
 from loom.storage.fs import FileSystem
@@ -100,7 +101,25 @@ async def test_a_write_stuck_on_a_full_disk_times_out_once_and_later_applies() -
         log.stop()
 
 
-async def test_waiters_left_when_the_driver_stops_hear_unavailable() -> None:
+def test_a_stopped_driver_reports_proposed_writes_as_unknown_and_the_rest_as_unavailable(
+        ) -> None:
+    """A proposed write may still commit under the next leader: answering it UNAVAILABLE
+    ("not executed, safe to retry") let a client report as failed a write that was applied."""
+    w = Waiters(write_timeout_s=30, read_timeout_s=30)
+    proposed: Answers = []
+    queued: Answers = []
+    a = Waiter(put("a"), recorder(proposed), 30.0, "MAP_PUT")
+    b = Waiter(put("b"), recorder(queued), 30.0, "MAP_PUT")
+    w.write_started(a)
+    w.write_started(b)
+    w.proposals[7] = a
+    w.stop()
+    assert isinstance(proposed[0][1], E.Timeout) and "may or may not" in str(proposed[0][1])
+    assert isinstance(queued[0][1], E.Unavailable)
+    assert len(proposed) == len(queued) == 1 and not w.proposals
+
+
+async def test_waiters_left_when_the_driver_stops_hear_their_outcome_is_unknown() -> None:
     fs = FaultFS(3)
     log = open_log(fs, RaftSettings(tick_ms=10, proposal_timeout_s=30))
     with trio.fail_after(5):  # a driver waiting for disk space can still be stopped
@@ -116,8 +135,9 @@ async def _stop_while_full(log: RaftDriver, fs: FaultFS) -> None:
                    on_done=recorder(pending))
         while not log.disk_full:
             await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()  # the node is torn down with the write still queued
-    assert len(pending) == 1 and isinstance(pending[0][1], E.Unavailable), pending
+        nursery.cancel_scope.cancel()  # the node is torn down with the write still unsaved
+    # It was proposed (it has an index; the leader may have sent it already): unknown outcome.
+    assert len(pending) == 1 and isinstance(pending[0][1], E.Timeout), pending
 
 
 async def test_a_failing_callback_does_not_stop_the_driver(
