@@ -46,6 +46,7 @@ from loom.security.audit import AuditRecord, lane, record_for, result_of, should
 from loom.security.gateway import Caller, SpoofAttempt, resolve_principal
 from loom.security.identity import Identity
 from loom.state.command import POLICY_CHANGED, Command, Outcome
+from loom.state.dedupe import FINGERPRINTED_SCOPE, request_fingerprint
 from loom.state.machine import structure_of
 from loom.wire import catalog
 from loom.wire.catalog import Execution, Listener, MessageType
@@ -396,8 +397,12 @@ class Dispatcher:
             return Command(call.mt.name, call.body, self.clock_ms(), "", 0, principal)
         sess, seq = call.sess, call.req.seq
         cid = f"{principal}/{sess.client_id}" if sess.client_id and seq else ""
+        # An Idempotency-Key's write carries what it asked, so a key reused for another
+        # request is refused at apply (loom/state/dedupe.py), on every replica alike.
+        fp = (request_fingerprint(call.mt.name, call.body)
+              if cid and sess.client_id.startswith(FINGERPRINTED_SCOPE) else b"")
         return Command(call.mt.name, call.body, self.clock_ms(), cid, seq if cid else 0,
-                       principal, call.policy_version)
+                       principal, call.policy_version, fp)
 
     def _finish(self, call: Call, result: Any) -> dict[str, Any]:
         if call.redact:

@@ -66,6 +66,7 @@ from loom.node.http_topics import TopicFeed, topic_response, unless_gone
 from loom.security.handshake import revocation_reason
 from loom.security.identity import Identity, IdentityError, identity_from_der, identity_or_guest
 from loom.security.tls import server_context
+from loom.state.dedupe import IDEMPOTENCY_KEY_REUSED
 from loom.wire import routes
 from loom.wire.codec import PROTOCOL_VERSION
 from loom.wire.codec import Request as Message
@@ -408,6 +409,10 @@ class HttpDoor:
             # An identity header over a bound (too long, too many roles) is a malformed
             # request to an HTTP client: 400, like every other refused identity header.
             return error_response(status, err["msg"], details, http=400)
+        if status is Status.CONFLICT and details.get("reason") == IDEMPOTENCY_KEY_REUSED:
+            # The key was used for another request: 422 Unprocessable Content, as the IETF
+            # Idempotency-Key draft says; nothing was applied.
+            return error_response(status, err["msg"], details, http=422)
         return error_response(status, err["msg"], details)
 
     def _not_leader(self, request: Request, msg: str, details: dict[str, Any]) -> Response:

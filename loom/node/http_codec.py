@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from loom.http import Problem, Request, Response
+from loom.state.dedupe import FINGERPRINTED_SCOPE
 from loom.wire import catalog
 from loom.wire.catalog import MessageType
 from loom.wire.codec import valid_traceparent
@@ -165,14 +166,16 @@ def idempotency_client(key: bytes) -> str:
     """The dedupe client id an Idempotency-Key stands for (with sequence number 1).
 
     The dispatcher scopes it by principal, so two callers never share a key's outcome; the
-    key itself never reaches the replicated state (only its hash does)."""
+    key itself never reaches the replicated state (only its hash does). The dispatcher also
+    fingerprints such a write (loom/state/dedupe.py), so the key reused for another request
+    is refused (422, loom/node/http.py) rather than answered the first outcome."""
     try:
         text = key.decode("ascii")
     except UnicodeDecodeError:
         text = ""
     if not IDEMPOTENCY_KEY_RE.fullmatch(text):
         raise BadRequest("Idempotency-Key must be 1..255 visible ASCII characters")
-    return "idem:" + hashlib.sha256(key).hexdigest()[:32]
+    return FINGERPRINTED_SCOPE + hashlib.sha256(key).hexdigest()[:32]
 
 
 def trace_id(value: bytes | None) -> str:

@@ -36,18 +36,24 @@ class Command:
     seq: int = 0  # per-client sequence number; 0 = not deduplicated
     principal: str = ""  # who proposed it: owner of the sessions it opens; "" = internal
     acl_version: int = -1  # the ACL version it was authorized under; -1 = not checked
+    # what the deduplicated request was (loom/state/dedupe.py `request_fingerprint`), so that a
+    # reused dedupe identity with another request is refused; b"" = not checked
+    fingerprint: bytes = b""
 
     def encode(self) -> bytes:
-        fields = [self.op, self.body, self.time_ms, self.client_id, self.seq, self.principal]
-        if self.acl_version >= 0:
+        fields: list[Any] = [self.op, self.body, self.time_ms, self.client_id, self.seq,
+                             self.principal]
+        if self.acl_version >= 0 or self.fingerprint:
             fields.append(self.acl_version)
+        if self.fingerprint:
+            fields.append(self.fingerprint)
         return cbor2.dumps(fields)
 
     @staticmethod
     def decode(data: bytes) -> Command:
         """Also reads the 5-element form written before commands carried a principal and the
         6-element form of internal commands (and of writes logged before they carried the
-        ACL version).
+        ACL version); the 8-element form carries a request fingerprint.
 
         Every field's type is checked here, exactly (an int is never a bool): a compiled
         build (loom/buildinfo.py) checks the declared types when the Command is built and a
@@ -55,16 +61,17 @@ class Command:
         malformed entry. Both raise the same ValueError instead. The body's contents are
         checked by `checked_body`, when the command is applied."""
         fields = cbor2.loads(data)
-        if not isinstance(fields, list) or len(fields) not in (5, 6, 7):
+        if not isinstance(fields, list) or len(fields) not in (5, 6, 7, 8):
             raise ValueError("not an encoded Command")
         op, body, time_ms, client_id, seq, *rest = fields
         principal = rest[0] if rest else ""
         acl_version = rest[1] if len(rest) > 1 else -1
+        fingerprint = rest[2] if len(rest) > 2 else b""
         if not (type(op) is str and type(body) is dict and type(time_ms) is int
                 and type(client_id) is str and type(seq) is int and type(principal) is str
-                and type(acl_version) is int):
+                and type(acl_version) is int and type(fingerprint) is bytes):
             raise ValueError("not an encoded Command: a field of the wrong type")
-        return Command(op, body, time_ms, client_id, seq, principal, acl_version)
+        return Command(op, body, time_ms, client_id, seq, principal, acl_version, fingerprint)
 
 
 def checked_body(op: str, body: object) -> dict[str, Any]:

@@ -12,7 +12,9 @@ apply(cmd, index), in order:
 2. housekeeping, bounded by StateLimits.housekeeping_budget per kind: expire due sessions
    (releasing their locks and permits), purge expired map entries, forget idle dedupe clients;
    a session named by the command (or the owner of the lock it names) is expired now if due;
-3. deduplication: a (client_id, seq > 0) already applied returns the stored Outcome;
+3. deduplication: a (client_id, seq > 0) already applied returns the stored Outcome, or,
+   when both carry a request fingerprint and they differ, a CONFLICT refusal (reason
+   IDEMPOTENCY_KEY_REUSED) that changes nothing and is not stored (dedupe.py);
 3a. the ACL version: a client's write authorized under another policy version than the one at
    its log position is refused (FORBIDDEN, reason POLICY_CHANGED), changes nothing and is not
    stored for deduplication, so its proposer may decide it again and propose it anew (D8: a
@@ -153,7 +155,7 @@ class StateMachine:
         core.undo.clear()  # housekeeping is committed whatever the command does
         dedupe = cmd.client_id != "" and cmd.seq > 0
         if dedupe:
-            seen = self.dedupe.lookup(cmd.client_id, cmd.seq, core.now)
+            seen = self.dedupe.lookup(cmd.client_id, cmd.seq, core.now, cmd.fingerprint)
             if seen is not None:
                 return seen
         if cmd.acl_version >= 0 and cmd.acl_version != self.acl_version:
@@ -166,7 +168,7 @@ class StateMachine:
         else:
             out = self._run(cmd.op, body, counted=True)
         if dedupe and not out.wait:
-            self.dedupe.store(cmd.client_id, cmd.seq, out, core.now)
+            self.dedupe.store(cmd.client_id, cmd.seq, out, core.now, cmd.fingerprint)
         return out
 
     def read(self, cmd: Command) -> Outcome:
