@@ -175,6 +175,36 @@ async def test_idempotency_key_applies_once_and_answers_the_first_outcome(
     assert r.status == 400
 
 
+async def test_idempotency_key_reused_for_another_request_is_422_and_applies_nothing(
+        hnode: Node, as_: As) -> None:
+    admin = await as_("admin")
+    key = [("idempotency-key", "put-order-9")]
+    first = await admin.call("PUT", "/v1/maps/m/k", body=b"v1", headers=key)
+    again = await admin.call("PUT", "/v1/maps/m/k", body=b"v1", headers=key)
+    assert first.status == again.status == 200 and doc(first) == doc(again)
+    assert doc(await admin.call("POST", "/v1/counters/c/increment")) == {"result": 1}
+    # The same key with another body, another target, another route or another type: 422
+    # problem details naming the reuse, and nothing applied.
+    for method, path, body in [("PUT", "/v1/maps/m/k", b"v2"), ("PUT", "/v1/maps/m/other", b"v1"),
+                               ("POST", "/v1/counters/c/increment", b"")]:
+        r = await admin.call(method, path, body=body, headers=key)
+        assert r.status == 422, (path, r.body)
+        assert header(r, "content-type") == "application/problem+json"
+        problem = doc(r)
+        assert problem["code"] == "CONFLICT" and problem["reason"] == "idempotency_key_reused"
+        assert "Idempotency-Key" in problem["detail"]
+    r = await admin.call("POST", "/v1/call/MAP_PUT", body=json.dumps(
+        {"name": "m", "key": "k", "value": b64(b"v3")}).encode(),
+        headers=[*key, ("content-type", "application/json")])
+    assert r.status == 422
+    assert doc(await admin.call("GET", "/v1/maps/m/k")) == {"result": b64(b"v1")}
+    assert doc(await admin.call("GET", "/v1/maps/m/other")) == {"result": None}
+    assert doc(await admin.call("GET", "/v1/counters/c")) == {"result": 1}
+    # The first request's retry still answers its own outcome.
+    r = await admin.call("PUT", "/v1/maps/m/k", body=b"v1", headers=key)
+    assert r.status == 200 and doc(r) == doc(first)
+
+
 async def test_probes_need_no_certificate_but_everything_else_does(hnode: Node, as_: As) -> None:
     anon = await as_(None)
     r = await anon.call("GET", "/healthz")
