@@ -14,9 +14,10 @@ with), `clock_rate` (the node's monotonic time and Raft ticks run this many time
 elections, heartbeats and leases all follow it), `fsync_delay_ms` (every data sync of the
 write-ahead log and snapshots sleeps this long first), `fsync_fail_after` (the Nth sync and
 every later one fail with EIO: the storage then stops the node, which must never go on as if
-the data were durable), `power_loss` (what the node writes stays in its own memory until the
-file's next fsync, so a SIGKILL loses every byte that was not synced, as a power cut does; see
-`HookedFS`).
+the data were durable), `fsync_fail_file` (a path: every sync fails with EIO once that file
+exists, so a harness arms the failure when the node is up and taking writes), `power_loss`
+(what the node writes stays in its own memory until the file's next fsync, so a SIGKILL loses
+every byte that was not synced, as a power cut does; see `HookedFS`).
 
 Mutants: planted bugs, each one at its decision point in the node, that a chaos run must catch:
 `ack_before_fsync` (implies `power_loss`: a data sync, the write-ahead log's per-batch
@@ -43,6 +44,7 @@ from loom.storage.fs import DirLock, File, FileSystem, OSFileSystem
 ENV = "LOOM_TEST_HOOKS"
 MUTANTS = ("ack_before_fsync", "forget_removed", "skip_identity_pin")
 FLAG = "--enable-test-hooks"
+INJECTED = "injected fsync failure"  # in the error a failed sync raises (loomd logs it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,7 @@ class FaultHooks:
     clock_rate: float = 1.0
     fsync_delay_ms: int = 0
     fsync_fail_after: int = 0  # 0: never
+    fsync_fail_file: str = ""  # "": never; else every sync fails once this file exists
     power_loss: bool = False
     ack_before_fsync: bool = False  # mutant
     forget_removed: bool = False  # mutant
@@ -83,7 +86,10 @@ def from_environ(environ: Mapping[str, str], *, enabled: bool) -> FaultHooks | N
         hooks = FaultHooks(clock_offset_ms=int(d.get("clock_offset_ms", 0)),
                           clock_rate=float(d.get("clock_rate", 1.0)),
                           fsync_delay_ms=int(d.get("fsync_delay_ms", 0)),
-                          fsync_fail_after=int(d.get("fsync_fail_after", 0)), **flags)
+                          fsync_fail_after=int(d.get("fsync_fail_after", 0)),
+                          fsync_fail_file=d.get("fsync_fail_file", ""), **flags)
+        if not isinstance(hooks.fsync_fail_file, str):
+            raise TypeError("fsync_fail_file is a path")
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{ENV}: {e}") from None
     if not (abs(hooks.clock_offset_ms) <= 86_400_000 and 0.1 <= hooks.clock_rate <= 10
@@ -127,8 +133,9 @@ class HookedFS(FileSystem):
         self.syncs += 1
         if self.hooks.fsync_delay_ms:
             time.sleep(self.hooks.fsync_delay_ms / 1000)
-        if self.hooks.fsync_fail_after and self.syncs >= self.hooks.fsync_fail_after:
-            raise OSError(errno.EIO, f"{ENV}: injected fsync failure #{self.syncs}")
+        if (self.hooks.fsync_fail_after and self.syncs >= self.hooks.fsync_fail_after) or \
+                (self.hooks.fsync_fail_file and os.path.exists(self.hooks.fsync_fail_file)):
+            raise OSError(errno.EIO, f"{ENV}: {INJECTED} #{self.syncs}")
 
     def open(self, path: str, *, create: bool = False, exclusive: bool = False) -> File:
         f = self.inner.open(path, create=create, exclusive=exclusive)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from loom.node.config import ConfigError, to_toml
-from loom.node.testhooks import ENV, FaultHooks, HookedFS, from_environ
+from loom.node.testhooks import ENV, INJECTED, FaultHooks, HookedFS, from_environ
 from tests.conftest import PKI, make_config
 
 
@@ -29,7 +29,8 @@ def test_off_unless_set_and_enabled() -> None:
 
 
 @pytest.mark.parametrize("raw", ['{"clock_rate": 50}', '{"bogus": 1}', "[1]", "not json",
-                                 '{"fsync_fail_after": -1}', '{"clock_offset_ms": "x"}'])
+                                 '{"fsync_fail_after": -1}', '{"clock_offset_ms": "x"}',
+                                 '{"fsync_fail_file": 3}'])
 def test_bad_hooks_are_refused(raw: str) -> None:
     with pytest.raises(ConfigError):
         from_environ({ENV: raw}, enabled=True)
@@ -47,6 +48,24 @@ def test_syncs_are_delayed_then_fail(tmp_path: Path) -> None:
         with pytest.raises(OSError) as e:
             f.sync()
         assert e.value.errno == errno.EIO
+    finally:
+        f.close()
+
+
+def test_syncs_fail_once_the_arm_file_exists(tmp_path: Path) -> None:
+    armed = tmp_path / "armed"
+    fs = HookedFS(FaultHooks(fsync_fail_file=str(armed)))
+    f = fs.open(str(tmp_path / "f"), create=True)
+    try:
+        f.pwrite(0, b"x")
+        f.sync()
+        f.fullsync()
+        armed.touch()
+        with pytest.raises(OSError) as e:
+            f.sync()
+        assert e.value.errno == errno.EIO and INJECTED in str(e.value)
+        with pytest.raises(OSError):
+            f.fullsync()
     finally:
         f.close()
 
