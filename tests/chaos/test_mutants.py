@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -41,20 +42,33 @@ def test_the_harness_catches_the_mutant(mutant: str, tmp_path: Path) -> None:
     assert "--seed " in repeat and f"--mutant {mutant}" in repeat
 
 
+def _did_its_work(f: Counter[str]) -> bool:
+    """Every removed member restarted was told, an impostor's heartbeats were seen dropped,
+    the power was cut."""
+    return (f["rejoin-told-removed"] == f["rejoin-removed-member"] >= 1
+            and f["impostor-rejected"] >= 1
+            and f["power-loss-all"] + f["power-loss-majority"] >= 1)
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(560)
 def test_the_same_nemeses_find_nothing_in_a_correct_cluster(tmp_path: Path) -> None:
-    out = tmp_path / "summary.json"
-    p = subprocess.run(
-        [sys.executable, "-m", "loom.chaos", "--runs", "1", "--seconds", "20", "--seed", "23",
-         "--nemesis", "power,rejoin,impostor", "--workload", "register,set,counter",
-         "--dir", str(tmp_path / "runs"), "--json", str(out)],
-        capture_output=True, text=True, timeout=280, check=False)
-    assert p.returncode == 0, f"{p.stdout}\n{p.stderr[-3000:]}"
-    s = json.loads(out.read_text())
-    f = s["faults"]
-    assert s["anomalies"] == 0, s
-    # every removed member restarted was told; every impostor's heartbeats seen dropped
-    assert f.get("rejoin-told-removed", 0) == f.get("rejoin-removed-member", 0) >= 1, f
-    assert f.get("impostor-rejected", 0) >= 1, f
-    assert f.get("power-loss-all", 0) + f.get("power-loss-majority", 0) >= 1, f
+    # How many faults fit in a run, and whether the impostor's target is cut off by a power
+    # cut while it is being tried, is the machine's timing: under load one run may end before
+    # a nemesis got its chance. So runs go on (a bounded number, seeds 23, 24, 25) until every
+    # nemesis has done its work; every run must find nothing.
+    f: Counter[str] = Counter()
+    for seed in (23, 24, 25):
+        out = tmp_path / f"summary-{seed}.json"
+        p = subprocess.run(
+            [sys.executable, "-m", "loom.chaos", "--runs", "1", "--seconds", "20", "--seed",
+             str(seed), "--nemesis", "power,rejoin,impostor", "--workload",
+             "register,set,counter", "--dir", str(tmp_path / "runs"), "--json", str(out)],
+            capture_output=True, text=True, timeout=180, check=False)
+        assert p.returncode == 0, f"{p.stdout}\n{p.stderr[-3000:]}"
+        s = json.loads(out.read_text())
+        assert s["anomalies"] == 0, s
+        f.update(s["faults"])
+        if _did_its_work(f):
+            break
+    assert _did_its_work(f), f

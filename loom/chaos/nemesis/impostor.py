@@ -26,7 +26,7 @@ from loom.raft.messages import Heartbeat
 from loom.security.tls import peer_client_context
 
 FORGED_TERMS = 100_000  # far above any term a run reaches by itself
-DELIVER_S = 5.0
+DELIVER_S = 10.0  # a target restarted meanwhile must still see one
 
 
 class ImpostorNemesis(Nemesis):
@@ -60,6 +60,7 @@ class ImpostorNemesis(Nemesis):
                                                    certs / f"{wearer}.key"),
                     trust_domain="loom.dev", limits=PeerLimits(), stats=PeerStats())
         outcome = "impostor-undelivered"
+        starts = c.nodes[target].starts
         async with trio.open_nursery() as n:
             n.start_soon(link.run)
             with trio.move_on_after(DELIVER_S):
@@ -67,6 +68,11 @@ class ImpostorNemesis(Nemesis):
                     link.enqueue(Heartbeat(to=target, frm=claimed, term=term, commit=0, seq=seq))
                     await trio.sleep(0.2)
                     now = await c.node_stats(target)
+                    if c.nodes[target].starts != starts:
+                        # restarted meanwhile (another nemesis, e.g. a power cut): the new
+                        # process counts from 0, and the link redials it
+                        starts, rejected = c.nodes[target].starts, 0
+                        continue
                     if now is not None and _rejected(now, wearer) > rejected:
                         outcome = "impostor-rejected"
                         break
