@@ -8,7 +8,11 @@ What must hold, checked when the fault is healed (each breach an anomaly of the 
 - it learns it was removed (its CLUSTER_STATUS says `removed`) within `LEARN_S`: the members
   it dials refuse its id by name and tell it so (loom/node/peer.py), and it stops campaigning;
 - it never takes part again: no member steps a Raft message from it (the peer plane's
-  `received` count for its id, on every member that ran throughout, does not grow).
+  `received` count for its id, on every member that ran throughout, does not grow). The
+  count is taken once a member has applied the removal (its own CLUSTER_STATUS no longer lists
+  the id; waited for at most `APPLY_S`): before that, stepping a message the victim sent while
+  it was a member (still in the member's socket buffer when the victim was killed) is legal,
+  and a member that lags behind the removal is not checked.
 Healing stops it for good. Spare ids run out after a couple of rounds; then nothing is done.
 """
 
@@ -22,6 +26,7 @@ from loom.chaos.cluster import ChaosCluster
 from loom.chaos.nemesis.membership import STEP_S, MembershipNemesis
 
 LEARN_S = 10.0
+APPLY_S = 10.0  # how long the live members get to apply the removal before the count
 
 
 class RejoinNemesis(MembershipNemesis):
@@ -53,15 +58,33 @@ class RejoinNemesis(MembershipNemesis):
                     return "rejoin-remove-failed"
             finally:
                 await admin.aclose()
-        self.baseline = await self._received(victim)
+        self.baseline = await self._received(victim, await self._applied_removal(victim))
         await c.start(victim)
         self.back = victim
         return "rejoin-removed-member"
 
-    async def _received(self, nid: str) -> dict[str, tuple[int, int]]:
-        """Per live member: (its process's start count, Raft messages it stepped from `nid`)."""
+    async def _applied_removal(self, nid: str) -> list[str]:
+        """The live members whose own configuration no longer lists `nid`, waiting at most
+        `APPLY_S` for all of them."""
+        deadline = trio.current_time() + APPLY_S
+        while True:
+            live, done = self.cluster.live(), []
+            for m in live:
+                st = await self.cluster.status(m)
+                if st is not None and all(x.get("id") != nid for x in st.get("members", [])):
+                    done.append(m)
+            if len(done) == len(live) or trio.current_time() >= deadline:
+                return done
+            await trio.sleep(0.2)
+
+    async def _received(self, nid: str, among: list[str] | None = None
+                        ) -> dict[str, tuple[int, int]]:
+        """Per live member (of `among`, when given): (its process's start count, Raft messages
+        it stepped from `nid`)."""
         out = {}
         for m in self.cluster.live():
+            if among is not None and m not in among:
+                continue
             st = await self.cluster.node_stats(m)
             if st is not None:
                 peer = st.get("peer", {}).get("peers", {}).get(nid, {})
