@@ -26,16 +26,20 @@ CLUSTER = "test-cluster"
 MEMBERS = ("n1", "n2", "n3")
 
 
+def node_cert(pki: PKI, d: Path, name: str) -> Path:
+    """`d` holding NAME.pem / NAME.key: a valid node certificate of the test CA for `name`."""
+    ca = x509.load_pem_x509_certificate((pki.dir / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki.dir / "ca.key").read_bytes(), None)
+    cert, key = devpki.issue_cert(ca, ca_key, role="node", name=name)  # type: ignore[arg-type]
+    devpki.write_cert(d / f"{name}.pem", cert)
+    devpki.write_key(d / f"{name}.key", key)
+    return d
+
+
 @pytest.fixture(scope="session")
 def n9(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding n9.pem / n9.key: a valid node certificate of a non-member."""
-    d = tmp_path_factory.mktemp("n9")
-    ca = x509.load_pem_x509_certificate((pki.dir / "ca.pem").read_bytes())
-    ca_key = serialization.load_pem_private_key((pki.dir / "ca.key").read_bytes(), None)
-    cert, key = devpki.issue_cert(ca, ca_key, role="node", name="n9")  # type: ignore[arg-type]
-    devpki.write_cert(d / "n9.pem", cert)
-    devpki.write_key(d / "n9.key", key)
-    return d
+    return node_cert(pki, tmp_path_factory.mktemp("n9"), "n9")
 
 
 @dataclass

@@ -11,12 +11,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from loom.node.peer import PeerLimits, PeerTransport
 from loom.raft.messages import Heartbeat, RequestVote
-from loom.security import devpki
 from loom.security.peertrust import PeerTrust, Vouch
 from loom.security.tls import peer_client_context, peer_server_context
 from loom.wire import catalog
@@ -29,6 +26,7 @@ from tests.peer.conftest import (
     RawPeer,
     _scoped,
     client_ctx,
+    node_cert,
     start_peer,
     wait_until,
 )
@@ -41,13 +39,7 @@ VOTE = catalog.BY_NAME["RAFT_REQUEST_VOTE"].opcode
 @pytest.fixture(scope="module")
 def n4(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """n4.pem / n4.key: the node certificate of the member n3 does not know yet."""
-    d = tmp_path_factory.mktemp("n4")
-    ca = x509.load_pem_x509_certificate((pki.dir / "ca.pem").read_bytes())
-    ca_key = serialization.load_pem_private_key((pki.dir / "ca.key").read_bytes(), None)
-    cert, key = devpki.issue_cert(ca, ca_key, role="node", name="n4")  # type: ignore[arg-type]
-    devpki.write_cert(d / "n4.pem", cert)
-    devpki.write_key(d / "n4.key", key)
-    return d
+    return node_cert(pki, tmp_path_factory.mktemp("n4"), "n4")
 
 
 @dataclass
