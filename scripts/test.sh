@@ -24,7 +24,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${missing[*]} from Debian's packages for the tests that run them" \
          "(apt-get update, apt-get install)"
-    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"; } \
+    # The whole list, by name (packages already installed are left as they are).
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+        nginx apache2-utils chromium chromium-driver prometheus softhsm2; } \
       || echo "apt-get could not install ${missing[*]}: the tests that need them will skip" >&2
     # Debian's prometheus starts a service of its own on install: stop it, so it holds no port
     # (the tests run their own instance on a free loopback port).
