@@ -22,7 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,23 @@ async def spawn_loomd(config: Path, log: Path, *args: str, env: dict[str, str] |
             env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"})
     finally:
         os.close(fd)
+
+
+async def gather_statuses(ids: Sequence[str],
+                          status: Callable[[str], Awaitable[dict[str, Any] | None]]
+                          ) -> dict[str, dict[str, Any]]:
+    """`status` of every node of `ids`, asked in parallel; the nodes that answered."""
+    out: dict[str, dict[str, Any]] = {}
+
+    async def one(nid: str) -> None:
+        st = await status(nid)
+        if st is not None:
+            out[nid] = st
+
+    async with trio.open_nursery() as ns:
+        for nid in ids:
+            ns.start_soon(one, nid)
+    return out
 
 
 @dataclass
@@ -345,17 +362,7 @@ class ChaosCluster:
             return None
 
     async def statuses(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-
-        async def one(nid: str) -> None:
-            st = await self.status(nid)
-            if st is not None:
-                out[nid] = st
-
-        async with trio.open_nursery() as ns:
-            for nid in ids:
-                ns.start_soon(one, nid)
-        return out
+        return await gather_statuses(ids, self.status)
 
     async def leader(self) -> str | None:
         """A live member that says it leads and that another member follows in its term."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,20 @@ class History:
                     "value": _plain(o.value), "call": round(o.call, 6),
                     "ret": None if o.ret == math.inf else round(o.ret, 6), "status": o.status,
                     "result": _plain(o.result), "error": o.error}) + "\n")
+
+
+def after_completed(ops: list[Op]) -> Iterator[tuple[Op, int]]:
+    """Each op (in call order) with the largest integer result of any op that returned before
+    it was called (-1 when none did): what real time says it must not go below (a counter's
+    reads, a lock's fencing tokens)."""
+    by_call = sorted(ops, key=lambda o: o.call)
+    by_ret = sorted(ops, key=lambda o: o.ret)
+    best, j = -1, 0
+    for o in by_call:
+        while j < len(by_ret) and by_ret[j].ret < o.call:
+            best = max(best, by_ret[j].result)
+            j += 1
+        yield o, best
 
 
 def _plain(v: Any) -> Any:

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import trio
 
-from loom.chaos.cluster import FAST_RAFT, NodeProc, free_ports, spawn_loomd
+from loom.chaos.cluster import FAST_RAFT, NodeProc, free_ports, gather_statuses, spawn_loomd
 from loom.chaos.proxy import ProxyNetwork
 from loom.client.protocol import hello_body
 from loom.node.config import AuditConfig, Limits, NodeConfig, RaftSettings, TLSConfig, to_toml
@@ -348,17 +348,7 @@ class Cluster:
         return out
 
     async def statuses(self, ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-
-        async def one(nid: str) -> None:
-            st = await self.status(nid)
-            if st is not None:
-                out[nid] = st
-
-        async with trio.open_nursery() as ns:
-            for nid in ids if ids is not None else self.live():
-                ns.start_soon(one, nid)
-        return out
+        return await gather_statuses(ids if ids is not None else self.live(), self.status)
 
     async def wait_leader(self, among: list[str] | None = None, timeout: float = 20.0,
                           not_in: tuple[str, ...] = ()) -> str:

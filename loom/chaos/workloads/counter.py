@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import trio
 
-from loom.chaos.history import CheckResult
+from loom.chaos.history import CheckResult, after_completed
 from loom.chaos.workloads import Workload
 from loom.client import AsyncClient
 
@@ -60,15 +60,8 @@ class CounterWorkload(Workload):
                                  f"{len(acked) + len(info)}] (acked, acked + indeterminate)")
             if answers and max(answers) > final:
                 anomalies.append(f"counter: an increment answered {max(answers)} > final {final}")
-        reads = sorted((o for o in ops if o.f == "read" and o.status == "ok"),
-                       key=lambda o: o.call)
-        by_ret = sorted(reads, key=lambda o: o.ret)
-        # for each read, the largest value of any read that returned before it was called
-        best, j = -1, 0
-        for o in reads:
-            while j < len(by_ret) and by_ret[j].ret < o.call:
-                best = max(best, by_ret[j].result)
-                j += 1
+        reads = [o for o in ops if o.f == "read" and o.status == "ok"]
+        for o, best in after_completed(reads):
             if o.result < best:
                 anomalies.append(f"counter: read {o.result} after a completed read of {best}")
                 break

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import trio
 
-from loom.chaos.history import CheckResult
+from loom.chaos.history import CheckResult, after_completed
 from loom.chaos.workloads import Workload
 from loom.client import AsyncClient
 
@@ -120,12 +120,7 @@ class LockWorkload(Workload):
         tokens = [o.result for o in grants]
         if len(set(tokens)) != len(tokens):
             anomalies.append("lock: two acquisitions answered the same fencing token")
-        by_ret = sorted(grants, key=lambda o: o.ret)
-        best, j = -1, 0
-        for o in grants:
-            while j < len(by_ret) and by_ret[j].ret < o.call:
-                best = max(best, by_ret[j].result)
-                j += 1
+        for o, best in after_completed(grants):
             if o.result <= best:
                 anomalies.append(f"lock: token {o.result} granted after token {best} was")
                 break
