@@ -129,6 +129,7 @@ class RaftSettings:
     trailing_bytes: int = 16 << 20  # ... holding at most this much (they are kept in memory)
     max_uncommitted_bytes: int = 64 << 20  # proposals beyond this answer BUSY
     lease_reads: bool = False  # serve linearizable reads from a leader lease (bounded drift)
+    fast_failover: bool = True  # campaign once the leader's address refuses connections
     proposal_timeout_s: float = 10.0  # a write not applied by then answers TIMEOUT (unknown)
     read_timeout_s: float = 5.0
     snapshot_in_child: bool = True  # serialise snapshots in a forked child (where fork exists)
@@ -254,7 +255,8 @@ def raft_config(node_id: str, r: RaftSettings) -> RaftConfig:
     return RaftConfig(
         node_id=node_id, election_tick_min=r.election_ticks_min,
         election_tick_max=r.election_ticks_max, heartbeat_tick=r.heartbeat_ticks,
-        lease_reads=r.lease_reads, max_uncommitted_bytes=r.max_uncommitted_bytes,
+        lease_reads=r.lease_reads, fast_failover=r.fast_failover,
+        max_uncommitted_bytes=r.max_uncommitted_bytes,
         trailing_entries=r.trailing_entries, trailing_bytes=r.trailing_bytes)
 
 

@@ -1,7 +1,8 @@
 """The Raft driver's one input: a bounded channel of typed events, taken a turn at a time.
 
 Everything reaches the driver task through here: ticks, peer messages, proposals, reads,
-cluster administration and the bytes of a snapshot built in a child. The channel holds
+cluster administration, the bytes of a snapshot built in a child and a peer whose address
+refused a dial. The channel holds
 `limits.max_pending_proposals` events; when it is full
 - a proposal, a read or an admin request is refused at the door (BUSY), so the caller hears
   it at once and nothing was started;
@@ -53,7 +54,11 @@ class SnapshotBuilt(NamedTuple):
     blob: bytes | None  # the child's report (snapshots.py); None: the child failed
 
 
-Event = Tick | PeerMessage | Propose | Read | Admin | SnapshotBuilt
+class PeerGone(NamedTuple):
+    peer: str  # its address refused a dial: its process is gone (RaftCore.peer_gone)
+
+
+Event = Tick | PeerMessage | Propose | Read | Admin | SnapshotBuilt | PeerGone
 TICK = Tick()
 
 
@@ -79,6 +84,12 @@ class Inbox:
             self._send.send_nowait(PeerMessage(msg))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self.dropped_messages += 1  # Raft tolerates loss; the sender retries
+
+    def put_gone(self, peer: str) -> None:
+        try:
+            self._send.send_nowait(PeerGone(peer))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # a busy driver: the election timeout still notices
 
     def put_tick(self) -> bool:
         """False once the driver is gone (the ticker stops)."""

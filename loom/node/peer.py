@@ -107,6 +107,7 @@ class PeerTransport:
                  http_addr: str = "", handshakes: Handshakes | None = None,
                  is_removed: Callable[[str], bool] = lambda node: False,
                  on_removed: Callable[[str], None] | None = None,
+                 on_gone: Callable[[str], None] | None = None,
                  on_members: Callable[[str, Vouch], None] | None = None) -> None:
         self.node_id = node_id
         self.cluster = cluster
@@ -120,6 +121,7 @@ class PeerTransport:
         self._on_message = on_message
         self._is_removed = is_removed  # ids in ConfState.removed: told so before we hang up
         self.on_removed = on_removed  # a member we dialled says we were removed
+        self.on_gone = on_gone  # a peer's address refused our dial: its process is gone
         self._on_members = on_members  # an admitted peer's committed configuration (its vouch)
         self._vouch: Vouch | None = None  # ours, told to every peer we dial
         self.limits = limits
@@ -181,6 +183,7 @@ class PeerTransport:
                             http_addr=self.http_addr)
                 link.revocation = self._revocation
                 link.on_removed = self.on_removed
+                link.on_gone = self.on_gone
                 link.set_vouch(self._vouch)
                 self._links[pid] = link
                 if self._nursery is not None:

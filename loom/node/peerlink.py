@@ -127,6 +127,9 @@ class Link:
         self.stats = stats
         # Called with our peer's id when it says we were removed from the configuration.
         self.on_removed: Callable[[str], None] | None = None
+        # Called with our peer's id when a dial is refused: nothing listens at its address, so
+        # its process is gone (the Raft core may campaign early: RaftCore.peer_gone).
+        self.on_gone: Callable[[str], None] | None = None
         self._prio: deque[Message] = deque()
         self._bulk: deque[Message] = deque()
         self._wakeup = trio.Event()
@@ -233,6 +236,8 @@ class Link:
                             trio.ClosedResourceError, trio.TooSlowError, _LinkClosed,
                             ConfigError) as e:
                         log.debug("peer link %s (%s): %s", self.peer_id, self.addr, e)
+                        if self.on_gone is not None and refused(e):
+                            self.on_gone(self.peer_id)
                     except IdentityError as e:
                         self.stats.aborted += 1
                         log.warning("peer link %s (%s): aborted, wrong server identity: %s",
@@ -386,3 +391,15 @@ class Link:
         with trio.move_on_after(1) as cs:
             cs.shield = True
             await trio.aclose_forcefully(stream)
+
+
+def refused(e: BaseException) -> bool:
+    """Whether a dial failed only because the address refused it (ECONNREFUSED on every address
+    tried: trio.open_tcp_stream reports them as the cause of one OSError). A dropped or timed
+    out dial proves nothing about the peer's process: a partition or a pause looks like that."""
+    if isinstance(e, ConnectionRefusedError):
+        return True
+    cause = e.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        return all(isinstance(x, ConnectionRefusedError) for x in cause.exceptions)
+    return isinstance(cause, ConnectionRefusedError)

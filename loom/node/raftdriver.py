@@ -1,9 +1,9 @@
 """The Raft driver: the only writer of state, behind the `Replicator` seam.
 
 One task owns the consensus core. Everything reaches it through one bounded inbox (inbox.py:
-ticks, peer messages, proposals, reads, admin requests, built snapshots) and it carries out each
-Ready as the core's contract allows (loom/raft/ready.py, `plan`: the same rule the simulator
-runs):
+ticks, peer messages, proposals, reads, admin requests, built snapshots, peers gone) and it
+carries out each Ready as the core's contract allows (loom/raft/ready.py, `plan`: the same rule
+the simulator runs):
 
     take a turn of inbox events -> core.step/propose/admin ... ; elapsed ticks; one ReadIndex
     while core.has_ready():
@@ -48,7 +48,7 @@ import trio
 
 from loom.node.config import RaftSettings, raft_config
 from loom.node.heap import release_free_memory
-from loom.node.inbox import Admin, Inbox, PeerMessage, Propose, Read, SnapshotBuilt
+from loom.node.inbox import Admin, Inbox, PeerGone, PeerMessage, Propose, Read, SnapshotBuilt
 from loom.node.membership import Membership, parse_admin
 from loom.node.replicator import Applied, LogStatistics, OnDone
 from loom.node.snapshots import FileSource, SnapshotPolicy, chunks, stored_source
@@ -300,6 +300,11 @@ class RaftDriver:
     _removal_told: frozenset[str] = frozenset()
     _removed_conf: Any = None  # the configuration in force when we learned it
 
+    def peer_gone(self, peer: str) -> None:
+        """`peer`'s address refused our dial (peerlink.refused): the core decides whether that
+        lets it campaign early (RaftCore.peer_gone)."""
+        self._inbox.put_gone(peer)
+
     def told_removed(self, peer: str) -> None:
         """Member `peer` (authenticated, dialled by us) refused us as removed. Believed once a
         majority of the other voters of our own configuration say so: one lagging member that
@@ -411,6 +416,8 @@ class RaftDriver:
                     self.membership.run(evt.request, evt.waiter)
                 elif isinstance(evt, SnapshotBuilt):
                     self.snapshots.built(evt.at, evt.blob)
+                elif isinstance(evt, PeerGone):
+                    core.peer_gone(evt.peer)
                 # a Tick only wakes the loop: _catch_up_ticks counts them from the clock
             self._catch_up_ticks()
             self._flush_reads()

@@ -348,7 +348,8 @@ class Node:
             trust_domain=self.cfg.trust_domain, is_member=self._admits_peer,
             on_message=self.log.on_peer_message, limits=self.cfg.to_peer_limits(),
             handshakes=self.handshakes, is_removed=lambda n: n in self.log.core.conf.removed,
-            on_removed=self.log.told_removed, on_members=self.log.heard_members)
+            on_removed=self.log.told_removed, on_gone=self.log.peer_gone,
+            on_members=self.log.heard_members)
         transport.hooks = self.test_hooks
         return transport
 

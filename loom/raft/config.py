@@ -25,6 +25,9 @@ class RaftConfig:
     check_quorum: bool = True
     pre_vote: bool = True
     lease_reads: bool = False
+    # campaign soon after the transport proves the leader's process gone (core.peer_gone);
+    # effective only with pre_vote and without lease_reads
+    fast_failover: bool = True
     lease_drift_ticks: int = 2  # lease = election_tick_min - drift (and tick granularity)
     snapshot_chunk_bytes: int = 64 << 10
     snapshot_window: int = 4  # snapshot chunks in flight per follower

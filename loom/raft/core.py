@@ -79,6 +79,9 @@ _VOTE_REQS = (m.RequestVote, m.PreVote)
 # The context of the read a joining node asks for (see "Joining" above); never an
 # application's (those are surfaced as ReadStates; this one is consumed by the core).
 JOIN_READ_CTX = b"\x00loom:join"
+# A follower told its leader's process is gone (`peer_gone`) campaigns within 1..GONE_TICKS
+# ticks: random, so two followers told at once rarely split the vote.
+GONE_TICKS = 4
 
 
 def _source(data: bytes | SnapshotSource) -> SnapshotSource:
@@ -261,6 +264,29 @@ class RaftCore:
             self._ask_join_floor()
         elif self.election_elapsed >= self._timeout and self.promotable():
             self._campaign(pre=self.cfg.pre_vote, transfer=False)
+
+    def peer_gone(self, peer: str) -> None:
+        """The transport has proof that `peer`'s process is gone: a connection to its address
+        was refused (nothing listens there). A partition or a paused process drops packets
+        instead, and then only the election timeout notices.
+
+        A follower whose leader it is stops honouring that leader and campaigns within
+        GONE_TICKS instead of a whole election timeout (at least `election_tick_min`).
+        Timing is never a safety matter in Raft, and PreVote keeps this from disrupting a
+        live leader: a member that still hears the leader ignores the pre-vote, and a
+        heartbeat turns the pre-candidate back into a follower without a term change.
+        Ignored without PreVote (a real campaign would raise the term and depose a leader
+        that is only unreachable from here) and with lease reads (a leader's lease counts on
+        every follower honouring it for `election_tick_min` after its last acknowledgement,
+        whatever the transport believes)."""
+        self._check_idle()
+        cfg = self.cfg
+        if (not cfg.fast_failover or not cfg.pre_vote or cfg.lease_reads
+                or self.role is not Role.FOLLOWER or self.leader != peer or peer == self.id):
+            return
+        self.leader = None
+        self._timeout = min(self._timeout,
+                            self.election_elapsed + self._rng.randrange(1, GONE_TICKS + 1))
 
     def _tick_leader(self) -> None:
         self._heartbeat_elapsed += 1

@@ -63,7 +63,10 @@ TRACE_LEN = 60
 DISK_MODES = ("sim", "wal", "mix")  # mix: every WAL_EVERY-th seed on the real storage code
 WAL_EVERY = 4
 __all__ = ["REJOIN_EVERY", "SimParams", "Simulation"]
-_TICK, _DELIVER, _CLIENT, _TIMEOUT, _NEMESIS, _RESTART, _RESUME, _HEAL, _CALL = range(9)
+_TICK, _DELIVER, _CLIENT, _TIMEOUT, _NEMESIS, _RESTART, _RESUME, _HEAL, _CALL, _GONE = range(10)
+# Each nemesis round, the chance that a follower is told its live leader is gone (as a
+# one-way firewall rejecting its dials would tell it): PreVote must keep that harmless.
+FALSE_GONE_P = 0.15
 
 
 @dataclass
@@ -112,6 +115,9 @@ class Simulation:
             raise ValueError(f"disk must be one of {DISK_MODES}")
         self.seed = seed
         self.rng = random.Random(seed)
+        # refused dials (RaftCore.peer_gone) draw from their own generator, so adding them
+        # left every other draw of a seed where it was
+        self._gone_rng = random.Random(seed ^ 0x60E)
         if params is None:
             params = SimParams.from_seed(seed, self.rng, mutant)
             if disk == "wal" or (disk == "mix" and seed % WAL_EVERY == WAL_EVERY - 1):
@@ -138,7 +144,8 @@ class Simulation:
         self.stats = {"crashes": 0, "fail_stops": 0, "elections": 0, "acked": 0, "reads": 0,
                       "snapshots": 0, "transfers": 0, "conf_changes": 0, "partitions": 0,
                       "wipes": 0, "readmits": 0, "puts": 0, "joined": 0,
-                      "rejoin_chaos": 0, "clock_jumps": 0, "clock_rates": 0}
+                      "rejoin_chaos": 0, "clock_jumps": 0, "clock_rates": 0,
+                      "gone_hints": 0}
         voters = tuple(f"n{i}" for i in range(1, self.p.nodes + 1))
         self.next_node = self.p.nodes + 1
         hs, ents = bootstrap(voters)
@@ -242,6 +249,11 @@ class Simulation:
         delay = (self.rng.uniform(0.2, 3) if self.rng.random() < self.p.quick_restart_p
                  else self.rng.uniform(3, 30))
         self._at(self.now + delay, _RESTART, node.id)
+        # every peer that can reach its host redials and is refused while it is down
+        for other in self._live():
+            if (other, node.id) not in self.net.blocked:
+                self._at(self.now + self._gone_rng.uniform(0.3, 1.5), _GONE,
+                         (other, node.id, True))
 
     def leader(self) -> str | None:
         best: tuple[int, str] | None = None
@@ -512,6 +524,9 @@ class Simulation:
         self._at(self.now + self.rng.uniform(0.5, 1.5) * self.p.nemesis_every, _NEMESIS, None)
         live = self._live()
         leader = self.leader()
+        if leader is not None and self._gone_rng.random() < FALSE_GONE_P:
+            told = self._gone_rng.choice(live)
+            self._at(self.now + self._gone_rng.uniform(0, 5), _GONE, (told, leader, False))
         kind = self.rng.choices(NEMESES, self.p.nemeses)[0]
         if kind == "partition":
             shape = self.rng.choice(self.p.partitions or PARTITIONS)
@@ -670,6 +685,16 @@ class Simulation:
             elif kind == _RESUME:
                 assert isinstance(payload, str)
                 self._resume(self.nodes[payload])
+            elif kind == _GONE:
+                nid, peer, only_if_down = cast(tuple[str, str, bool], payload)
+                node = self.nodes[nid]
+                if (node.core is None or node.paused
+                        or (only_if_down and self.nodes[peer].core is not None)):
+                    continue  # a paused process dials nothing; a restarted peer listens again
+                self.stats["gone_hints"] += 1
+                self.trace.append((t, "gone", (nid, peer)))
+                node.core.peer_gone(peer)
+                self._drain(node)
             elif kind == _CALL:
                 what, nid = cast(tuple[str, str], payload)
                 node = self.nodes[nid]

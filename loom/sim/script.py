@@ -18,6 +18,7 @@ the applied entries and the reads made ready. Messages are printed when delivere
   add-node ID                  start an empty node, joining (to be added as a learner)
   partition A,B / C,D          cut every link between the two groups
   heal                         restore all links
+  gone NODE PEER               NODE's dial to PEER was refused (RaftCore.peer_gone)
   crash NODE                   drop NODE's unsynced state and in-flight messages, restart it
   wipe NODE                    NODE loses its whole disk and in-flight messages, restarts empty
                                and joining (RaftCore.joining)
@@ -190,6 +191,11 @@ class Script:
                     self.blocked |= {(a, b), (b, a)}
         elif cmd == "heal":
             self.blocked.clear()
+        elif cmd == "gone":
+            core = self.cores[rest[0]]
+            core.peer_gone(rest[1])
+            self.out.append(f"{rest[0]}: {core.role.value} term={core.term} leader={core.leader}")
+            self._drain(rest[0])
         elif cmd in ("crash", "wipe"):
             if not self.cores[rest[0]].joining:
                 self.joining.discard(rest[0])

@@ -207,3 +207,23 @@ async def test_new_leader_serves_linearizable_reads_before_any_new_write(
     assert await cluster.wait_leader(not_in=(old,)) == to
     r = await cluster.request(to, "MAP_GET", timeout=10, name="m", key="a")
     assert r is not None and r["s"] == OK and r["r"] == b"1", r
+
+
+async def test_a_killed_leader_is_replaced_before_the_election_timeout(
+        cluster_factory: ClusterFactory) -> None:
+    """Election timeouts of 5 s, yet a leader whose process is killed is replaced well within
+    them: its followers' dials are refused, which proves the process gone (RaftCore.peer_gone).
+    Only that path can elect a leader before the 5 s are up."""
+    cluster = await cluster_factory(election_ticks_min=250, election_ticks_max=251)
+    old = await cluster.wait_leader(timeout=30)
+    c = cluster.client()
+    r = await c.call("MAP_PUT", name="m", key="before", value=b"1")
+    assert r["s"] == OK, r
+    t_kill = trio.current_time()
+    await cluster.kill(old)
+    survivors = [n for n in cluster.ids if n != old]
+    new = await cluster.wait_leader(among=survivors, timeout=4.0)
+    took = trio.current_time() - t_kill
+    print(f"SIGKILL of {old}: {new} leads after {took:.3f} s (election timeout 5 s)")
+    r = await c.call("MAP_GET", name="m", key="before", retry_unknown=True)
+    assert r["s"] == OK and r["r"] == b"1", r

@@ -214,3 +214,55 @@ def test_trailing_entries_behind_a_snapshot_are_bounded_in_count_and_bytes(
         return
     assert core.log.offset == applied - kept
     assert [len(e.data) for e in core.log.entries] == [100] * kept
+
+
+def _follower_of_n1(**kw: object) -> RaftCore:
+    """n2 of a 3-node cluster, following n1 in term 2."""
+    from loom.raft import messages as m
+
+    hs, ents = bootstrap(("n1", "n2", "n3"))
+    core = RaftCore(RaftConfig("n2", **kw), random.Random(7), hs, None, ents)  # type: ignore[arg-type]
+    drain(core)
+    core.step(m.Heartbeat("n2", "n1", 2, 0, 1))
+    drain(core)
+    assert core.role is Role.FOLLOWER and core.leader == "n1"
+    return core
+
+
+def _ticks_to_campaign(core: RaftCore) -> int:
+    for n in range(1, 100):
+        core.tick()
+        drain(core)
+        if core.role is not Role.FOLLOWER:
+            return n
+    raise AssertionError("no campaign")
+
+
+def test_a_follower_told_its_leader_is_gone_campaigns_within_gone_ticks() -> None:
+    from loom.raft.core import GONE_TICKS
+
+    for seed in range(20):
+        core = _follower_of_n1()
+        core._rng.seed(seed)
+        core.peer_gone("n1")
+        assert core.leader is None
+        assert _ticks_to_campaign(core) <= GONE_TICKS
+        assert core.role is Role.PRE_CANDIDATE  # still asks a majority first
+
+
+@pytest.mark.parametrize("kw", [{"lease_reads": True}, {"pre_vote": False},
+                                {"fast_failover": False}], ids=str)
+def test_peer_gone_is_ignored_where_timing_matters_or_when_turned_off(kw: dict[str, object]) -> None:
+    """With lease reads a leader counts on every follower honouring it for election_tick_min;
+    without PreVote an early campaign would raise the term and depose a live leader."""
+    core = _follower_of_n1(**kw)
+    core.peer_gone("n1")
+    assert core.leader == "n1"
+    assert _ticks_to_campaign(core) >= core.cfg.election_tick_min
+
+
+def test_peer_gone_of_another_peer_changes_nothing() -> None:
+    core = _follower_of_n1()
+    core.peer_gone("n3")
+    assert core.leader == "n1"
+    assert _ticks_to_campaign(core) >= core.cfg.election_tick_min
