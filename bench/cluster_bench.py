@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -287,6 +287,16 @@ class LoomCluster:
         self.killed.add(node)
         self.procs[node].send_signal(signal.SIGKILL)
 
+    def freeze(self, node: str) -> None:
+        """SIGSTOP: the node stops answering but its sockets stay open, as when its machine
+        hangs or drops off the network (no connection is refused: only timeouts tell)."""
+        self.killed.add(node)
+        self.procs[node].send_signal(signal.SIGSTOP)
+
+    def thaw(self, node: str) -> None:
+        self.procs[node].send_signal(signal.SIGCONT)
+        self.killed.discard(node)
+
     def stop(self) -> None:
         for p in self.procs.values():
             if p.poll() is None:
@@ -341,7 +351,9 @@ async def find_leader(cluster: LoomCluster, ctx: ssl.SSLContext,
 
 
 async def loom_failover(cluster: LoomCluster, ctx: ssl.SSLContext, leader: str,
-                        attempt_timeout: float, backoff: float) -> tuple[float | None, str]:
+                        attempt_timeout: float, backoff: float,
+                        fault: Callable[[str], None] | None = None) -> tuple[float | None, str]:
+    """Time from `fault(leader)` (default: SIGKILL) to the first write a survivor acks."""
     survivors = [n for n in NODES if n != leader and n not in cluster.killed]
     conns: dict[str, LoomConn | None] = {}
     for n in survivors:  # long-lived connections, opened before the kill
@@ -352,7 +364,7 @@ async def loom_failover(cluster: LoomCluster, ctx: ssl.SSLContext, leader: str,
     def count(k: str) -> None:
         counts[k] = counts.get(k, 0) + 1
 
-    cluster.kill(leader)
+    (fault or cluster.kill)(leader)
     t_kill = time.perf_counter()
 
     async def probe(n: str, cancel: trio.CancelScope) -> None:

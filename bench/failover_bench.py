@@ -13,6 +13,10 @@ the time from the kill to the first acknowledged write through any survivor (pro
 every `--probe-backoff-ms`, each attempt bounded by `--probe-timeout-ms`, all bounded by
 30 s); then restart the killed node and wait until it follows the new leader before the next
 kill. Reports every figure, the median and the maximum (target: median <= 500 ms).
+A killed process's port refuses the survivors' dials, which lets them campaign at once
+(`raft.fast_failover`). `--fault freeze` SIGSTOPs the leader instead (then SIGCONTs it): its
+sockets stay open and nothing is refused, as when its machine hangs or drops off the network,
+so only the election timeout notices.
 
 Watch mode (`--watch-seconds S`): no kills; `--clients` writers (8 connections with
 clients/8 requests in flight each) load the leader for S seconds, while each node is asked
@@ -150,14 +154,19 @@ async def kill_mode(args: argparse.Namespace, cluster: LoomCluster) -> list[floa
         for k in range(args.kills):
             leader, _ = await find_leader(cluster, ctx, LEADER_WAIT_S)
             acked0 = load.acked
+            freeze = args.fault == "freeze"
             ms, note = await loom_failover(cluster, ctx, leader, args.probe_timeout_ms / 1000,
-                                           args.probe_backoff_ms / 1000)
+                                           args.probe_backoff_ms / 1000,
+                                           cluster.freeze if freeze else None)
             figures.append(ms)
             new, _ = await find_leader(cluster, ctx, LEADER_WAIT_S)
             load.leader = new
-            restart(cluster, leader)
+            if freeze:
+                cluster.thaw(leader)
+            else:
+                restart(cluster, leader)
             rejoin = await wait_following(cluster, ctx, leader, new)
-            say(f"kill {k + 1:2d}: killed {leader}, first ack "
+            say(f"{args.fault} {k + 1:2d}: {leader}, first ack "
                 f"{'-' if ms is None else f'{ms:.0f} ms'} ({note}); new leader {new}; "
                 f"{leader} rejoined in {rejoin:.1f} s; load acked {load.acked - acked0} "
                 f"meanwhile")
@@ -231,6 +240,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--watch-seconds", type=float, default=0.0,
                    help="watch mode: load this long without kills and count leader changes")
     p.add_argument("--tick-ms", type=int, default=50, help="raft.tick_ms")
+    p.add_argument("--fault", choices=("kill", "freeze"), default="kill",
+                   help="kill: SIGKILL the leader (default); freeze: SIGSTOP it, then SIGCONT")
     p.add_argument("--probe-timeout-ms", type=float, default=100.0)
     p.add_argument("--probe-backoff-ms", type=float, default=10.0)
     args = p.parse_args(argv)
@@ -272,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"target: no leader change ({'met' if changes == 0 else 'NOT met'})")
     else:
         got = [f for f in figures if f is not None]
-        say(f"failover, kill leader -> next acknowledged write, {len(figures)} kills under "
+        say(f"failover, {args.fault} leader -> next acknowledged write, {len(figures)} times under "
             f"{args.clients}-writer load (tick {args.tick_ms} ms):")
         say("  ms: " + ", ".join("-" if f is None else f"{f:.0f}" for f in figures))
         if got:
