@@ -28,6 +28,9 @@ def test_each_layer_gets_its_limits_from_one_config(tmp_path: Path) -> None:
 
     core = cfg.to_raft_config()
     assert (core.node_id, core.lease_reads) == ("n7", True)
+    assert core.fast_failover is cfg.raft.fast_failover is True
+    off = load(None, {"node_id": "n7", "raft.fast_failover": False}).to_raft_config()
+    assert off.fast_failover is False
     assert core.election_tick_min == cfg.raft.election_ticks_min
     assert (core.trailing_entries, core.trailing_bytes) == (
         cfg.raft.trailing_entries, cfg.raft.trailing_bytes)
