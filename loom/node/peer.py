@@ -47,6 +47,7 @@ from loom.node.listen import accept
 from loom.node.peerlink import READ_CHUNK, REMOVED_NOTICE, Link, PeerStats
 from loom.node.ratelog import RateLimitedLog
 from loom.node.testhooks import FaultHooks
+from loom.raft.config import RaftConfig
 from loom.raft.messages import MalformedMessage, Message, from_wire
 from loom.security.handshake import revocation_reason
 from loom.security.identity import IdentityError, check_peer, identity_from_der
@@ -55,7 +56,13 @@ from loom.security.revocation import Revocation, seconds_left
 from loom.security.tlsstream import TLSStream
 from loom.wire import catalog
 from loom.wire.catalog import Listener
-from loom.wire.codec import SUPPORTED_VERSIONS, FrameError, decode_payload, parse_request
+from loom.wire.codec import (
+    SUPPORTED_VERSIONS,
+    FrameError,
+    ItemLimits,
+    decode_payload,
+    parse_request,
+)
 from loom.wire.errors import LoomError
 from loom.wire.framed import FramedReader
 from loom.wire.session import RemoteProtocolError, Session, SessionLimits, check_peer_hello
@@ -65,6 +72,13 @@ __all__ = ["PeerLimits", "PeerStats", "PeerTransport"]
 log = logging.getLogger("loom.peer")
 
 _FRAME_KEYS = frozenset({"v", "id", "op", "b"})
+# What one peer frame may make the decoder build (SECURITY-CATALOGUE F2, for members too: a
+# member's bug or a stolen member certificate must not make this node build millions of objects
+# on its event loop). The largest Raft message is an AppendEntries of max_entries_per_append
+# entries of about 5 items each (347 items for 64); a PEER_MEMBERS lists one configuration.
+# 16 times that, so no legitimate frame comes near it. Scanned only above per_frame bytes.
+_MAX_ENTRIES = RaftConfig("limits").max_entries_per_append
+PEER_ITEM_LIMITS = ItemLimits(per_frame=128 * _MAX_ENTRIES, per_container=16 * _MAX_ENTRIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,7 +448,7 @@ class PeerTransport:
     def _frame(self, payload: bytes, node: str, *, hello_only: bool) -> None:
         """Decode and act on one frame from authenticated `node`. Raises _Malformed."""
         try:
-            obj = decode_payload(payload)
+            obj = decode_payload(payload, limits=PEER_ITEM_LIMITS)
             if not isinstance(obj, dict) or set(obj) != _FRAME_KEYS:
                 raise _Malformed(f"a peer frame is a map with exactly {sorted(_FRAME_KEYS)}")
             req = parse_request(obj)

@@ -195,9 +195,11 @@ async def test_first_frame_must_be_matching_peer_hello(nursery: trio.Nursery, pk
 
 
 @pytest.mark.parametrize("bad", ["client-opcode", "unknown-field", "bad-msg", "kind-mismatch",
-                                 "oversize", "trailing"])
+                                 "oversize", "trailing", "too-many-items"])
 async def test_malformed_frame_closes_connection(nursery: trio.Nursery, pki: PKI,
-                                                 bad: str) -> None:
+                                                 bad: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="loom.peer")
     p = await start_peer(nursery, pki, "n1")
     ping = catalog.BY_NAME["PING"].opcode
     trailing = cbor2.dumps({"v": 1, "id": 2, "op": HEARTBEAT, "b": hb("n2")}) + b"\x00"
@@ -208,6 +210,9 @@ async def test_malformed_frame_closes_connection(nursery: trio.Nursery, pki: PKI
         "kind-mismatch": encode({"v": 1, "id": 2, "op": VOTE, "b": hb("n2")}),
         "oversize": (p.t.limits.max_frame + 1).to_bytes(4, "big"),
         "trailing": len(trailing).to_bytes(4, "big") + trailing,
+        # 100,000 empty arrays in 100 KB: far within the frame limit, far beyond any Raft message
+        "too-many-items": encode({"v": 1, "id": 2, "op": HEARTBEAT,
+                                  "b": {"msg": [[] for _ in range(100_000)]}}),
     }
     with trio.fail_after(15):
         raw = await RawPeer.connect(p.t.port, client_ctx(pki.ca, *pki.pair("n2")))
@@ -221,6 +226,8 @@ async def test_malformed_frame_closes_connection(nursery: trio.Nursery, pki: PKI
         await wait_until(lambda: p.t.statistics().malformed == 1)
     assert p.inbox.msgs == []
     assert p.t.client_addr_of("n2") == "x:1"
+    if bad == "too-many-items":  # refused by counting, before cbor2 built anything
+        assert any("a CBOR container of 100000 items" in r.getMessage() for r in caplog.records)
 
 
 # -- A5: the server we dial is not the node we meant --------------------------------------------

@@ -252,7 +252,7 @@ def test_a_follower_told_its_leader_is_gone_campaigns_within_gone_ticks() -> Non
 
 @pytest.mark.parametrize("kw", [{"lease_reads": True}, {"pre_vote": False},
                                 {"fast_failover": False}], ids=str)
-def test_peer_gone_is_ignored_where_timing_matters_or_when_turned_off(kw: dict[str, object]) -> None:
+def test_peer_gone_is_ignored_where_timing_matters_or_when_off(kw: dict[str, object]) -> None:
     """With lease reads a leader counts on every follower honouring it for election_tick_min;
     without PreVote an early campaign would raise the term and depose a live leader."""
     core = _follower_of_n1(**kw)
