@@ -37,7 +37,6 @@ Invariants:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import random
@@ -79,10 +78,7 @@ def prepare_storage(storage: Storage, recovered: Recovered, founders: list[str] 
     empty = (recovered.hard_state.term == 0 and not recovered.entries
              and recovered.snapshot is None)
     if not empty or founders is None:
-        # The entries still on disk behind the snapshot are of no use to the core, which
-        # starts at the snapshot: dropped here, or the node would hold them (up to
-        # trailing_entries of them, 185 MB after a 1M-entry load) for as long as it runs.
-        return dataclasses.replace(recovered, retained=[])
+        return recovered
     hs, ents = bootstrap(tuple(founders))
     storage.save(hs, list(ents), must_sync=True)
     return Recovered(hs, None, list(ents), [], 0)
@@ -111,6 +107,10 @@ class RaftDriver:
         self._config_addrs = dict(member_addrs)
         self._limits = limits
         snap_src: bytes | FileSource = b""
+        # What replaying the WAL read and let go goes back before the state is rebuilt, or
+        # the state would grow on top of it (heap.py): measured on a synthetic start, 1M
+        # entries, the peak of the restore went from 506 MB to 464 MB (447 MB after it).
+        release_free_memory()
         if recovered.snapshot is not None:
             reader = storage.load_snapshot()
             assert reader is not None, "recovered a snapshot that cannot be read"

@@ -145,7 +145,7 @@ class Node:
         opts = cfg.to_storage_options()
         if self.test_hooks is not None:
             opts = replace(opts, fs=testhooks.HookedFS(self.test_hooks))
-        storage, recovered = Storage.open(str(cfg.data_dir / "raft"), opts)
+        storage, recovered = Storage.open(str(cfg.data_dir / "raft"), opts, keep_retained=False)
         founders = sorted(cfg.peers) if cfg.peers else [cfg.node_id]
         empty = (recovered.hard_state.term == 0 and not recovered.entries
                  and recovered.snapshot is None)

@@ -62,10 +62,13 @@ def recover_dir(
     verify_snapshot: bool = True,
     decrypt: bool = True,
     keep_records: bool = True,
+    keep_covered: bool = True,
 ) -> RecoveryResult:
     """Read and check a data directory. `keep_records=False` (a node's start) lets each
     segment's records go once replayed: the replayed entries are what is kept, and holding
-    the records as well would double the log in memory while recovering."""
+    the records as well would double the log in memory while recovering. `keep_covered=False`
+    (a node's start) keeps the entries the newest snapshot covers without their data
+    (`LogReplay.covered`)."""
     limit = max_payload(max_record_size)
     file_hs = read_hard_state(fs, data_dir)
     snap_dir = os.path.join(data_dir, SNAP_DIR)
@@ -82,7 +85,7 @@ def recover_dir(
 
     wal_dir = os.path.join(data_dir, WAL_DIR)
     segments = list_segments(fs, wal_dir) if fs.is_dir(wal_dir) else []
-    replay = LogReplay()
+    replay = LogReplay(0 if keep_covered or snapshot is None else snapshot.index)
     states: list[bytes] = []
     scans: list[SegmentScan] = []
     marks: list[tuple[int, int]] = []

@@ -90,7 +90,9 @@ class Recovered:
     hard_state: HardState
     snapshot: SnapshotMeta | None  # read the data with Storage.load_snapshot()
     entries: list[Entry]  # every entry after the snapshot, in index order
-    retained: list[Entry]  # trailing entries at or below the snapshot index still on disk
+    # trailing entries at or below the snapshot index still on disk (for tools; [] when the
+    # storage was opened with keep_retained=False, as a node does)
+    retained: list[Entry]
     torn_bytes: int  # bytes cut from a torn WAL tail (0 normally)
 
 
@@ -186,8 +188,11 @@ class Storage:
     # ----- opening ----------------------------------------------------------------------
     @classmethod
     def open(
-        cls, data_dir: str, options: StorageOptions | None = None
+        cls, data_dir: str, options: StorageOptions | None = None, *, keep_retained: bool = True
     ) -> tuple[Storage, Recovered]:
+        """Recover `data_dir`. `keep_retained=False` (a node, which starts at the snapshot)
+        neither returns nor holds the data of the entries the snapshot covers, not even while
+        replaying them."""
         opts = options or StorageOptions()
         opts.validate()
         fs = opts.fs or OSFileSystem()
@@ -208,7 +213,8 @@ class Storage:
                 f"data directory {data_dir} is in use by another process (lock file {LOCK_NAME})"
             ) from None
         try:
-            storage, recovered = cls._open_locked(fs, data_dir, opts, keyring, lock)
+            storage, recovered = cls._open_locked(fs, data_dir, opts, keyring, lock,
+                                                  keep_retained)
             storage._keystore = keystore
             return storage, recovered
         except BaseException:
@@ -223,6 +229,7 @@ class Storage:
         opts: StorageOptions,
         keyring: Keyring | None,
         lock: DirLock,
+        keep_retained: bool,
     ) -> tuple[Storage, Recovered]:
         made = False
         for sub in (WAL_DIR, SNAP_DIR):
@@ -243,6 +250,7 @@ class Storage:
                 max_record_size=opts.max_record_size,
                 verify_snapshot=opts.verify_snapshot_on_open,
                 keep_records=False,
+                keep_covered=keep_retained,
             )
         finally:
             if gc_was_enabled:
@@ -289,7 +297,7 @@ class Storage:
         )
         retained = [
             e for e in replay.entries if e.index <= snap_index and runs.term_at(e.index) == e.term
-        ]
+        ] if keep_retained else []
         storage = cls(
             fs,
             data_dir,

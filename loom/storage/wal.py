@@ -178,9 +178,15 @@ class LogReplay:
     """Rebuilds the log from records in write order, with Raft's rules: an entry whose index
     is at or below the last one replaces the suffix from there; a snapshot mark that the log
     does not contain (same index and term) discards the whole log, unless it lies before
-    the log's first entry (older than the compacted prefix)."""
+    the log's first entry (older than the compacted prefix).
 
-    def __init__(self) -> None:
+    `covered`: entries at or below this index (a snapshot's) are kept without their data. Only
+    their terms still matter (log matching against the snapshot, the term runs), and a node
+    that starts from the snapshot would otherwise hold every one of them at once while
+    replaying: up to `trailing_entries` of them, the whole WAL of a fresh 1M-entry load."""
+
+    def __init__(self, covered: int = 0) -> None:
+        self.covered = covered
         self.base_index = 0
         self.base_term = 0
         self.entries: list[Entry] = []
@@ -212,6 +218,8 @@ class LogReplay:
             )
 
     def entry(self, e: Entry, path: str, offset: int) -> None:
+        if e.index <= self.covered and e.data:
+            e = Entry(e.term, e.index, e.type)
         last = self.last_index
         if e.index == last + 1:
             self.entries.append(e)

@@ -15,8 +15,10 @@ from loom.storage import (
     StorageError,
 )
 from loom.storage.aio import AsyncStorage
+from loom.storage.fs import OSFileSystem
+from loom.storage.recovery import recover_dir
 
-from .conftest import entries, small_options
+from .conftest import entries, entry, small_options
 
 
 def reopen(data_dir: str, **kw: object):  # type: ignore[no-untyped-def]
@@ -111,6 +113,16 @@ def test_snapshot_install_compacts_and_retains(data_dir: str) -> None:
     reader = s.load_snapshot()
     assert reader is not None
     assert b"".join(reader.chunks()) == b"\x02" * 10_000 + b"tail"
+    s.close()
+    # A node's start: the covered entries are neither returned nor held while replaying.
+    res = recover_dir(OSFileSystem(), data_dir, keyring=None, max_record_size=8 * 1024,
+                      keep_records=False, keep_covered=False)
+    covered = [e for e in res.replay.entries if e.index <= 900]
+    assert covered and all(e.data == b"" for e in covered)
+    assert all(e == entry(e.index, size=200) for e in res.replay.entries if e.index > 900)
+    s, rec = Storage.open(data_dir, small_options(), keep_retained=False)
+    assert rec.retained == []
+    assert rec.entries == entries(901, 100, size=200)
     s.close()
 
 
