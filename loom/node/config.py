@@ -127,6 +127,7 @@ class RaftSettings:
     snapshot_every: int = 10_000  # applied entries between snapshots (and log >= half the last)
     trailing_entries: int = 1_000  # kept behind a snapshot for slow followers
     trailing_bytes: int = 16 << 20  # ... holding at most this much (they are kept in memory)
+    max_snapshot_bytes: int = 64 << 30  # a snapshot received from a leader: larger, refused
     max_uncommitted_bytes: int = 64 << 20  # proposals beyond this answer BUSY
     lease_reads: bool = False  # serve linearizable reads from a leader lease (bounded drift)
     fast_failover: bool = True  # campaign once the leader's address refuses connections
@@ -257,7 +258,8 @@ def raft_config(node_id: str, r: RaftSettings) -> RaftConfig:
         election_tick_max=r.election_ticks_max, heartbeat_tick=r.heartbeat_ticks,
         lease_reads=r.lease_reads, fast_failover=r.fast_failover,
         max_uncommitted_bytes=r.max_uncommitted_bytes,
-        trailing_entries=r.trailing_entries, trailing_bytes=r.trailing_bytes)
+        trailing_entries=r.trailing_entries, trailing_bytes=r.trailing_bytes,
+        max_snapshot_bytes=r.max_snapshot_bytes)
 
 
 def parse_host_port(s: str, key: str) -> tuple[str, int]:
@@ -383,6 +385,8 @@ def validate(cfg: NodeConfig) -> NodeConfig:
         raise ConfigError("raft.tick_ms: tick_ms and snapshot_every must be positive")
     if r.trailing_bytes < 0:
         raise ConfigError("raft.trailing_bytes: must be >= 0")
+    if r.max_snapshot_bytes < 1:
+        raise ConfigError("raft.max_snapshot_bytes: must be positive")
     for f in fields(cfg.state):
         v = getattr(cfg.state, f.name)
         if isinstance(v, int) and v <= 0:

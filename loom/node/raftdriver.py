@@ -50,20 +50,20 @@ from loom.node.heap import release_free_memory
 from loom.node.inbox import Admin, Inbox, PeerGone, PeerMessage, Propose, Read, SnapshotBuilt
 from loom.node.membership import Membership, parse_admin
 from loom.node.replicator import Applied, LogStatistics, OnDone
-from loom.node.snapshots import FileSource, SnapshotPolicy, chunks, stored_source
+from loom.node.snapshots import FileSource, SnapshotPolicy, SnapshotReceiver, stored_source
 from loom.node.waiters import StructureId, Waiter, Waiters, completion
 from loom.raft.confchange import ConfChange, ConfChangeType, bootstrap
 from loom.raft.core import RaftCore
 from loom.raft.messages import Message
 from loom.raft.ready import Busy, NotLeader, Ready, Role, plan
-from loom.raft.types import EntryType
+from loom.raft.types import EntryType, SnapshotMeta
 from loom.security.peertrust import Vouch
 from loom.state.command import Command, Outcome
 from loom.state.limits import StateLimits
 from loom.state.machine import StateMachine
 from loom.state.members import MEMBER_ADDRESS
 from loom.storage.aio import AsyncStorage
-from loom.storage.errors import DiskFullError
+from loom.storage.errors import DiskFullError, FatalIOError
 from loom.storage.storage import Recovered, Storage
 from loom.wire import errors as E
 
@@ -141,6 +141,7 @@ class RaftDriver:
         self.membership = Membership(self.core, node_id, self._waiters, self.not_leader,
                                      configured=member_addrs)
         self.snapshots = SnapshotPolicy(node_id, settings, self.core, self._storage, snap_index)
+        self._receiver = SnapshotReceiver(self._storage)
         release_free_memory()  # what recovery read and let go (heap.py)
         self._nursery: trio.Nursery | None = None
         self._read_seq = 0
@@ -467,9 +468,8 @@ class RaftDriver:
             conf_changed = self._apply(rd) if order.apply_first else False
             await self._persist(rd)
             if rd.snapshot is not None:
-                self._sm = StateMachine.restore(rd.snapshot.data, self._limits)
-                self.snapshots.installed(rd.snapshot.meta.index)
-                self._applied = max(self._applied, rd.snapshot.meta.index)
+                self.snapshots.installed(rd.snapshot.index)
+                self._applied = max(self._applied, rd.snapshot.index)
             if order.late and self.transport is not None:
                 self.transport.send(order.late)
             if not order.apply_first:
@@ -487,12 +487,10 @@ class RaftDriver:
         await self.snapshots.maybe(self._sm, self._nursery, self._inbox.put_built)
 
     async def _persist(self, rd: Ready) -> None:
+        if rd.snapshot_chunks:
+            await self._receiver.write(rd.snapshot_chunks)
         if rd.snapshot is not None:
-            snap = rd.snapshot
-            await self._storage.save_snapshot(snap.meta, chunks(snap.data))
-            # from the file from now on: the received bytes go with this Ready
-            self.core.snapshot_stored(snap.meta.index,
-                                      stored_source(self._storage.storage, len(snap.data)))
+            await self._install_received(rd.snapshot)
         if rd.entries or rd.hard_state is not None:
             await self._save_until_space(rd)
             if rd.hard_state is not None and rd.must_sync:
@@ -500,6 +498,26 @@ class RaftDriver:
             if rd.entries:
                 self.batches += 1
                 self.entries_persisted += len(rd.entries)
+
+    async def _install_received(self, meta: SnapshotMeta) -> None:
+        """A snapshot received whole (snapshots.py `SnapshotReceiver`): its file, synced, is
+        read back into the new state, and installed only if that succeeds. The old state goes
+        first, so the peak is the larger of the two states, not their sum: nothing else runs
+        until the new one is in place (no await in between), and if the bytes do not make a
+        state the node stops (the core already moved on) without installing them, and
+        starts again from what it had."""
+        tmp, size = await self._receiver.finish(meta)
+        storage = self._storage.storage
+        self._sm = StateMachine(self._limits)
+        try:
+            self._sm = StateMachine.restore_from(storage.read_snapshot_tmp(tmp).chunks(),
+                                                 self._limits)
+        except Exception as e:
+            await self._storage.discard_snapshot_tmp(tmp)
+            raise FatalIOError(f"the snapshot at index {meta.index} from {self.leader} does "
+                               f"not make a state ({e}); discarded, stopping") from e
+        await self._storage.install_snapshot(meta, tmp)
+        self.core.snapshot_stored(meta.index, stored_source(storage, size))
 
     async def _save_until_space(self, rd: Ready) -> None:
         """Disk full: the storage undid the partial write and stays consistent. Writes are

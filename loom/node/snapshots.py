@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import trio
 
@@ -36,10 +36,11 @@ from loom.node import snapshotter
 from loom.node.config import RaftSettings
 from loom.node.heap import release_free_memory
 from loom.raft.core import RaftCore
+from loom.raft.ready import SnapshotChunk
 from loom.raft.types import SnapshotMeta
 from loom.state.machine import StateMachine
 from loom.storage.aio import AsyncStorage
-from loom.storage.snapshot import SnapshotReader
+from loom.storage.snapshot import SnapshotReader, SnapshotWriter
 from loom.storage.storage import Storage
 
 log = logging.getLogger("loom.raft")
@@ -101,6 +102,56 @@ def stored_source(storage: Storage, size: int) -> FileSource:
     reader = storage.load_snapshot()
     assert reader is not None, "a stored snapshot that cannot be read"
     return FileSource(reader, size)
+
+
+class SnapshotReceiver:
+    """The receiving end of InstallSnapshot. The core hands the driver each chunk it accepts
+    (Ready.snapshot_chunks: in order, contiguous, once each); they go straight to a temp file
+    in the snapshot directory (`Storage.snapshot_writer`: checksummed records, encrypted at
+    rest like any snapshot), so a follower never holds a received snapshot in memory. A chunk
+    at offset 0 starts a new file and removes the one before: the core starts a transfer
+    over when the leader, its term, the snapshot index or the size change. A transfer given
+    up otherwise (the leader caught the follower up by appends, say) leaves its file until
+    the next transfer or the next start, which removes every temp file.
+
+    `finish` ends the file (end record, fsync); the driver reads it back to rebuild the
+    state (every record and the end record checked) and only then installs it (rename,
+    directory fsync, WAL mark, compaction): a transfer that was cut short, or whose bytes do
+    not make a state, is never installed. The core's `max_snapshot_bytes` bounds the file."""
+
+    TAG = ".rx"
+
+    def __init__(self, storage: AsyncStorage) -> None:
+        self._storage = storage
+        self._writer: SnapshotWriter | None = None
+
+    async def write(self, chunks: Sequence[SnapshotChunk]) -> None:
+        await self._storage.call(self._write, chunks)
+
+    def _write(self, chunks: Sequence[SnapshotChunk]) -> None:
+        for c in chunks:
+            w = self._writer
+            if c.offset == 0:
+                self._discard()
+                w = self._writer = self._storage.storage.snapshot_writer(c.meta, self.TAG)
+            elif w is None or w.meta != c.meta or w.size != c.offset:
+                # the core hands over each transfer in order: anything else is a bug here
+                raise AssertionError(f"snapshot chunk at {c.offset} does not continue the "
+                                     f"file ({w.size if w else None} bytes)")
+            w.write(c.data)
+
+    async def finish(self, meta: SnapshotMeta) -> tuple[str, int]:
+        """The received file, complete and synced: (temp path, bytes)."""
+        w = self._writer
+        if w is None or w.meta != meta:
+            raise AssertionError(f"snapshot {meta.index} was not received")
+        self._writer = None
+        return await self._storage.call(w.finish)
+
+    def _discard(self) -> None:
+        if self._writer is not None:
+            self._writer.discard()
+            self._writer = None
 
 
 class SnapshotPolicy:

@@ -4,7 +4,7 @@ from loom.raft.confchange import ConfChange, ConfChangeType
 from loom.raft.config import RaftConfig
 from loom.raft.core import RaftCore
 from loom.raft.messages import RAFT_MESSAGE_NAMES, MalformedMessage, Message, from_wire
-from loom.raft.ready import Busy, NotLeader, ReadState, Ready, Role, Snapshot, SoftState
+from loom.raft.ready import Busy, NotLeader, ReadState, Ready, Role, SnapshotChunk, SoftState
 
 __all__ = [
     "RAFT_MESSAGE_NAMES",
@@ -19,7 +19,7 @@ __all__ = [
     "ReadState",
     "Ready",
     "Role",
-    "Snapshot",
+    "SnapshotChunk",
     "SoftState",
     "from_wire",
 ]

@@ -35,6 +35,9 @@ class RaftConfig:
     # ... and at most this many bytes of them: the trailing entries are held in memory, and a
     # follower further behind is sent the snapshot (streamed from its file) instead
     trailing_bytes: int = 16 << 20
+    # a snapshot a leader announces as larger is not taken (the driver writes what it
+    # receives to disk: this bounds the disk, as it once bounded memory)
+    max_snapshot_bytes: int = 64 << 30
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -47,7 +50,8 @@ class RaftConfig:
             raise ValueError("lease reads need check_quorum and 0 < drift < election_tick_min-1")
         for name in ("max_entries_per_append", "max_bytes_per_append", "max_inflight",
                      "max_uncommitted_bytes", "max_committed_bytes_per_ready",
-                     "max_read_requests", "snapshot_chunk_bytes", "snapshot_window"):
+                     "max_read_requests", "snapshot_chunk_bytes", "snapshot_window",
+                     "max_snapshot_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.trailing_entries < 0 or self.trailing_bytes < 0:

@@ -69,7 +69,7 @@ from loom.raft.ready import (
     ReadState,
     Ready,
     Role,
-    Snapshot,
+    SnapshotChunk,
     SnapshotSource,
     SoftState,
 )
@@ -86,6 +86,23 @@ GONE_TICKS = 4
 
 def _source(data: bytes | SnapshotSource) -> SnapshotSource:
     return BytesSource(data) if isinstance(data, bytes) else data
+
+
+class _NotStored:
+    """The source of a snapshot just received, until the driver has stored it and says where
+    (`snapshot_stored`, before `advance`): the core never holds a received snapshot's bytes."""
+
+    __slots__ = ("_size",)
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read(self, offset: int, n: int) -> bytes:
+        raise RuntimeError("a received snapshot was read before the driver stored it")
 
 
 # The simulator's mutants (loom/sim/mutants.py) subclass the core in Python.
@@ -142,13 +159,15 @@ class RaftCore:
         self.lease_reads = 0
         self.read_index_rounds = 0
         self.snapshots_sent = 0  # snapshot transfers started to a follower
-        # snapshot being received: (leader, term, index) and the bytes so far
-        self._snap_rx: tuple[str, int, int] | None = None
-        self._snap_buf = bytearray()
+        # snapshot being received: (leader, term, index, total) and how many of its bytes
+        # went to the driver (Ready.snapshot_chunks); the bytes themselves never stay here
+        self._snap_rx: tuple[str, int, int, int] | None = None
+        self._snap_rx_len = 0
         # outputs
         self._msgs: list[m.Message] = []
         self._read_states: list[ReadState] = []
-        self._install: Snapshot | None = None
+        self._rx_chunks: list[SnapshotChunk] = []
+        self._install: SnapshotMeta | None = None
         self._prev_hs = hs
         self._prev_ss = SoftState(None, Role.FOLLOWER)
         self._outstanding: Ready | None = None
@@ -585,34 +604,39 @@ class RaftCore:
         return self.log.match_term(msg.index, msg.log_term)
 
     def _handle_snapshot(self, msg: m.InstallSnapshot) -> None:
+        """A chunk is taken only where the transfer stands (one leader, term, snapshot index
+        and size: anything else starts it over), and only within `max_snapshot_bytes`; its
+        bytes go to the driver (Ready.snapshot_chunks). The answer says how far we are, so a
+        lost, repeated or reordered chunk makes the leader resend from there."""
         if msg.snap_index <= self.log.committed:
             self._snap_rx = None
             self._ack(msg.frm, self.log.committed)
             return
-        key = (msg.frm, msg.term, msg.snap_index)
+        key = (msg.frm, msg.term, msg.snap_index, msg.total)
         if self._snap_rx != key:
-            self._snap_rx, self._snap_buf = key, bytearray()
-        buf = self._snap_buf
-        if msg.offset == len(buf) and len(buf) + len(msg.data) <= msg.total:
-            buf += msg.data
-            if msg.done and len(buf) == msg.total:
-                self._snap_rx, self._snap_buf = None, bytearray()
-                self._install_snapshot(msg, bytes(buf))
+            self._snap_rx, self._snap_rx_len = key, 0
+        got = self._snap_rx_len
+        if (msg.offset == got and got + len(msg.data) <= msg.total <= self.cfg.max_snapshot_bytes
+                and (msg.data or got == 0)):
+            conf = ConfState(voters=msg.voters, learners=msg.learners, removed=msg.removed)
+            meta = SnapshotMeta(msg.snap_index, msg.snap_term, conf)
+            self._rx_chunks.append(SnapshotChunk(meta, got, msg.data, msg.total))
+            got = self._snap_rx_len = got + len(msg.data)
+            if msg.done and got == msg.total:
+                self._snap_rx = None
+                self._install_snapshot(msg, meta)
                 return
-        self._send(m.SnapshotResponse(msg.frm, self.id, self.term, msg.snap_index, len(buf),
-                                      False))
+        self._send(m.SnapshotResponse(msg.frm, self.id, self.term, msg.snap_index, got, False))
 
-    def _install_snapshot(self, msg: m.InstallSnapshot, data: bytes) -> None:
+    def _install_snapshot(self, msg: m.InstallSnapshot, meta: SnapshotMeta) -> None:
         if self.log.match_term(msg.snap_index, msg.snap_term):
             self.log.commit_to(msg.snap_index)  # we already hold that prefix
         else:
-            conf = ConfState(voters=msg.voters, learners=msg.learners, removed=msg.removed)
-            meta = SnapshotMeta(msg.snap_index, msg.snap_term, conf)
             self.log.restore(msg.snap_index, msg.snap_term)
-            self.conf = conf
-            self._conf_history = [(msg.snap_index, conf)]
-            self.snapshot_meta, self._snap_src = meta, BytesSource(data)
-            self._install = Snapshot(meta, data)
+            self.conf = meta.conf
+            self._conf_history = [(msg.snap_index, meta.conf)]
+            self.snapshot_meta, self._snap_src = meta, _NotStored(msg.total)
+            self._install = meta
         self._ack(msg.frm, msg.snap_index)
 
     # ------------------------------------------------------------------ leader
@@ -820,6 +844,7 @@ class RaftCore:
         log = self.log
         return bool(
             self._msgs or self._read_states or self._install is not None or self._need_bcast
+            or self._rx_chunks
             or log.write_from <= log.last_index or log.committed > log.applied
             or self.hard_state() != self._prev_hs or self.soft_state() != self._prev_ss
         )
@@ -853,8 +878,9 @@ class RaftCore:
             messages=tuple(self._msgs),
             committed_entries=committed,
             read_states=tuple(self._read_states),
+            snapshot_chunks=tuple(self._rx_chunks),
         )
-        self._msgs, self._read_states, self._install = [], [], None
+        self._msgs, self._read_states, self._install, self._rx_chunks = [], [], None, []
         self._prev_hs, self._prev_ss = hs, ss
         self._outstanding = rd
         return rd
@@ -863,6 +889,9 @@ class RaftCore:
         if rd is not self._outstanding:
             raise RuntimeError("advance() takes the Ready returned by the last ready()")
         self._outstanding = None
+        if rd.snapshot is not None and isinstance(self._snap_src, _NotStored):
+            raise RuntimeError("a received snapshot must be stored (snapshot_stored) before "
+                               "advance()")
         log = self.log
         if rd.entries:
             log.persisted = max(log.persisted, rd.entries[-1].index)

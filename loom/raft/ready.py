@@ -2,13 +2,16 @@
 small results of the core's input calls.
 
 Ready contract. For each Ready, in this order:
+  0. write `snapshot_chunks` (the bytes of a snapshot being received; not necessarily synced);
   1. persist `snapshot` (if any; it replaces the log up to its index), then `entries` (an entry
      at index i replaces any stored entry at i or above), then `hard_state`;
   2. if `must_sync`, make all of that durable (fsync) before going on;
   3. send `messages` (they may depend on steps 1-2: a vote, an append acknowledgement);
   4. install `snapshot` into the state machine, apply `committed_entries` in order;
   5. answer each `read_states` request once the applied index is >= its index;
-  6. call `advance(ready)`. No other core call may happen between `ready()` and `advance()`.
+  6. call `advance(ready)`. No other core call may happen between `ready()` and `advance()`,
+     except `snapshot_stored` for this Ready's snapshot (where its bytes are read from now),
+     which must happen before `advance`.
 
 Two overlaps are allowed, and `plan()` is the only place that decides them; every driver (the
 node's, the simulator's, the interaction scripts') calls it, so the simulator checks the core
@@ -61,9 +64,20 @@ class ReadState:
 
 
 @dataclass(frozen=True, slots=True)
-class Snapshot:
+class SnapshotChunk:
+    """Bytes of a snapshot being received from a leader, for the driver to write down (a
+    node: to a temp file, loom/node/snapshots.py; the simulator: in memory, `BytesSink`).
+    The core hands each transfer's bytes over exactly once, in order and contiguous: a chunk
+    at `offset` 0 starts a transfer (whatever an unfinished earlier one wrote is dropped);
+    every later chunk continues it, with the same `meta` and `total`, where the previous
+    one ended. The core never holds the bytes beyond the Ready that carries them. Writing
+    them need not be durable: the install (`Ready.snapshot`) is, and a node that restarts
+    mid-transfer starts it over."""
+
     meta: SnapshotMeta
+    offset: int
     data: bytes
+    total: int  # the whole snapshot's size, as the leader announced it
 
 
 class SnapshotSource(Protocol):
@@ -80,7 +94,7 @@ class SnapshotSource(Protocol):
 
 
 class BytesSource:
-    """A snapshot already in memory (the simulator's, a just-received one until stored)."""
+    """A snapshot already in memory (the simulator's)."""
 
     __slots__ = ("_data",)
 
@@ -93,6 +107,32 @@ class BytesSource:
 
     def read(self, offset: int, n: int) -> bytes:
         return self._data[offset : offset + n]
+
+
+class BytesSink:
+    """A received snapshot assembled in memory from the Ready's chunks: the simulator's and
+    the interaction scripts' (a node writes them to a file instead)."""
+
+    def __init__(self) -> None:
+        self._meta: SnapshotMeta | None = None
+        self._buf = bytearray()
+        self._total = 0
+
+    def write(self, chunk: SnapshotChunk) -> None:
+        if chunk.offset == 0:
+            self._meta, self._buf, self._total = chunk.meta, bytearray(), chunk.total
+        elif (chunk.meta, chunk.total, chunk.offset) != (self._meta, self._total,
+                                                          len(self._buf)):
+            raise ValueError(f"snapshot chunk at {chunk.offset} does not continue the transfer")
+        self._buf += chunk.data
+
+    def take(self, meta: SnapshotMeta) -> bytes:
+        """The whole snapshot `meta`, once every chunk of it was written."""
+        if meta != self._meta or len(self._buf) != self._total:
+            raise ValueError(f"snapshot {meta.index}/{meta.term} was not received whole")
+        data = bytes(self._buf)
+        self._meta, self._buf = None, bytearray()
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +155,14 @@ class Ready:
     hard_state: HardState | None
     entries: tuple[Entry, ...]
     must_sync: bool
-    snapshot: Snapshot | None
+    # install the snapshot whose bytes this Ready's and earlier Readys' `snapshot_chunks`
+    # delivered (all of them, `total` bytes): durably, before the messages, then into the
+    # state machine; and tell the core where it is stored (`RaftCore.snapshot_stored`)
+    snapshot: SnapshotMeta | None
     messages: tuple[Message, ...]
     committed_entries: tuple[Entry, ...]
     read_states: tuple[ReadState, ...]
+    snapshot_chunks: tuple[SnapshotChunk, ...] = ()  # received bytes, to write before messages
 
 
 @dataclass(frozen=True, slots=True)

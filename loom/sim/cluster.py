@@ -40,10 +40,10 @@ from loom.raft.confchange import ConfChange, ConfChangeType, bootstrap
 from loom.raft.config import RaftConfig
 from loom.raft.core import RaftCore
 from loom.raft.quorum import majority
-from loom.raft.ready import Busy, NotLeader, Ready, Role, Snapshot, plan
+from loom.raft.ready import Busy, BytesSink, BytesSource, NotLeader, Ready, Role, plan
 from loom.raft.types import EntryType, HardState, SnapshotMeta
 from loom.sim.clock import SimClock
-from loom.sim.disk import SimDisk, durable_tail
+from loom.sim.disk import SimDisk, Snapshot, durable_tail
 from loom.sim.invariants import Oracle, Violation
 from loom.sim.linearizability import Op, check_history
 from loom.sim.mutants import core_class
@@ -103,6 +103,8 @@ class SimNode:
     # started empty and not yet caught up (RaftCore.joining); kept across crashes like the
     # disk, cleared once the core reports it caught up
     joining: bool = False
+    # a snapshot being received from a leader (Ready.snapshot_chunks); lost with the process
+    rx: BytesSink = field(default_factory=BytesSink)
 
 
 class Simulation:
@@ -202,6 +204,7 @@ class Simulation:
         node.applied = rec.snapshot.meta.index
         node.commit = node.core.log.committed
         node.paused, node.missed, node.deferred = False, 0, []
+        node.rx = BytesSink()
         node.ready_reads = []
         node.synced = rec.hard_state
         self._schedule_tick(node)
@@ -319,8 +322,14 @@ class Simulation:
                 self._apply(node, core, rd)
             if point == 0:
                 return self._crash(node)
+            for chunk in rd.snapshot_chunks:
+                node.rx.write(chunk)
+            snap = None
+            if rd.snapshot is not None:
+                snap = Snapshot(rd.snapshot, node.rx.take(rd.snapshot))
+                core.snapshot_stored(rd.snapshot.index, BytesSource(snap.data))
             try:
-                node.disk.save(rd.hard_state, rd.entries, rd.snapshot)
+                node.disk.save(rd.hard_state, rd.entries, snap)
             except FatalIOError:
                 return self._crash(node, fail_stop=True)
             if rd.entries:
@@ -341,7 +350,7 @@ class Simulation:
             if point == 3:
                 return self._crash(node)
             if not order.apply_first:
-                self._apply(node, core, rd)
+                self._apply(node, core, rd, snap)
             self._serve_reads(node, rd)
             core.advance(rd)
             if node.joining and not core.joining:
@@ -400,16 +409,17 @@ class Simulation:
                 for t in self.net.deliveries(msg.frm, msg.to, self.now + self.rng.uniform(1, 6)):
                     self._at(t, _DELIVER, wire)
 
-    def _apply(self, node: SimNode, core: RaftCore, rd: Ready) -> None:
+    def _apply(self, node: SimNode, core: RaftCore, rd: Ready,
+               snap: Snapshot | None = None) -> None:
         if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
             self.stats["elections"] += 1
             self.trace.append((self.now, "leader", (node.id, core.term)))
             self.oracle.on_leader(node.id, core)
             if self.p.leader_chaos and self.rng.random() < self.p.leader_chaos:
                 self._at(self.now + self.rng.uniform(0, 3), _CALL, ("chaos", node.id))
-        if rd.snapshot is not None:
-            node.kv = dict(json.loads(rd.snapshot.data))
-            node.applied = rd.snapshot.meta.index
+        if snap is not None:
+            node.kv = dict(json.loads(snap.data))
+            node.applied = snap.meta.index
             self.stats["snapshots"] += 1
         for e in rd.committed_entries:
             if e.index != node.applied + 1:

@@ -18,8 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from loom.raft.ready import Snapshot
 from loom.raft.types import Entry, HardState, SnapshotMeta
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A snapshot with its bytes, as the simulated disks store it."""
+
+    meta: SnapshotMeta
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,9 +36,9 @@ from loom.raft import messages as m
 from loom.raft.confchange import ConfChange, ConfChangeType, bootstrap
 from loom.raft.config import RaftConfig
 from loom.raft.core import RaftCore
-from loom.raft.ready import Ready, Role, Snapshot, plan
+from loom.raft.ready import BytesSink, BytesSource, Ready, Role, plan
 from loom.raft.types import HardState, SnapshotMeta
-from loom.sim.disk import SimDisk
+from loom.sim.disk import SimDisk, Snapshot
 from loom.sim.mutants import core_class
 
 MAX_ROUNDS = 100
@@ -51,6 +51,7 @@ class Script:
         self.cores: dict[str, RaftCore] = {}
         self.disks: dict[str, SimDisk] = {}
         self.synced: dict[str, HardState] = {}  # per node: the hard state last synced
+        self.rx: dict[str, BytesSink] = {}  # per node: a snapshot being received
         self.joining: set[str] = set()  # started empty; durable until the core caught up
         self.queue: list[m.Message] = []
         self.blocked: set[tuple[str, str]] = set()
@@ -65,6 +66,7 @@ class Script:
     def _start(self, nid: str) -> None:
         rec = self.disks[nid].load()
         self.synced[nid] = rec.hard_state
+        self.rx[nid] = BytesSink()
         self.cores[nid] = self.core_class(self._cfg(nid),
                                           random.Random(self.rng.getrandbits(32)),
                                           rec.hard_state, rec.snapshot.meta, rec.entries,
@@ -87,37 +89,43 @@ class Script:
             if order.early and writes:
                 self.out.append(f"{nid} sends {len(order.early)} before persisting")
             if order.apply_first:
-                self._apply(nid, rd)
+                self._apply(nid, rd, None)
+            for chunk in rd.snapshot_chunks:
+                self.rx[nid].write(chunk)
+            snap = None
+            if rd.snapshot is not None:
+                snap = Snapshot(rd.snapshot, self.rx[nid].take(rd.snapshot))
+                core.snapshot_stored(rd.snapshot.index, BytesSource(snap.data))
             if writes:
-                self._persist(nid, rd)
+                self._persist(nid, rd, snap)
             self.queue.extend(order.late)
             if not order.apply_first:
-                self._apply(nid, rd)
+                self._apply(nid, rd, snap)
             for rs in rd.read_states:
                 self.out.append(f"{nid} read {rs.ctx!r} ready at index {rs.index}")
             core.advance(rd)
 
-    def _persist(self, nid: str, rd: Ready) -> None:
+    def _persist(self, nid: str, rd: Ready, snap: Snapshot | None) -> None:
         disk = self.disks[nid]
-        disk.save(rd.hard_state, rd.entries, rd.snapshot)
+        disk.save(rd.hard_state, rd.entries, snap)
         if rd.must_sync:
             disk.sync()
             if rd.hard_state is not None:
                 self.synced[nid] = rd.hard_state
         what = []
         if rd.snapshot is not None:
-            what.append(f"snapshot {rd.snapshot.meta.index}/{rd.snapshot.meta.term}")
+            what.append(f"snapshot {rd.snapshot.index}/{rd.snapshot.term}")
         if (hs := rd.hard_state) is not None:
             what.append(f"hard state term={hs.term} vote={hs.vote} commit={hs.commit}")
         if rd.entries:
             what.append("entries " + " ".join(f"{e.index}/{e.term}" for e in rd.entries))
         self.out.append(f"{nid} persists {', '.join(what)}; must_sync={rd.must_sync}")
 
-    def _apply(self, nid: str, rd: Ready) -> None:
-        if rd.snapshot is not None:
-            meta = rd.snapshot.meta
+    def _apply(self, nid: str, rd: Ready, snap: Snapshot | None) -> None:
+        if snap is not None:
+            meta = snap.meta
             self.out.append(f"{nid} installs snapshot {meta.index}/{meta.term} "
-                            f"({len(rd.snapshot.data)} bytes, voters "
+                            f"({len(snap.data)} bytes, voters "
                             f"{','.join(meta.conf.voters)})")
         for e in rd.committed_entries:
             self.out.append(f"{nid} applies {e.index}/{e.term} {e.type.name} {e.data!r}")

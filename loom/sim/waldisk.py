@@ -24,9 +24,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from loom.raft.ready import Snapshot
 from loom.raft.types import Entry, HardState, SnapshotMeta
-from loom.sim.disk import Recovered
+from loom.sim.disk import Recovered, Snapshot
 from loom.storage.errors import FatalIOError
 from loom.storage.faultfs import FaultFS
 from loom.storage.storage import Storage, StorageOptions

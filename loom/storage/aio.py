@@ -95,6 +95,11 @@ class AsyncStorage:
     async def discard_snapshot_tmp(self, tmp: str) -> None:
         await self._worker.run_sync(self.storage.discard_snapshot_tmp, tmp)
 
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Any blocking storage work (a received snapshot's writer, say) in the same worker
+        thread, in order with the calls above."""
+        return await self._worker.run_sync(fn, *args)
+
     async def compact(self, up_to_index: int) -> int:
         return await self._worker.run_sync(self.storage.compact, up_to_index)
 

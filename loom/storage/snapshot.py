@@ -20,7 +20,7 @@ import json
 import os
 import re
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import google_crc32c
@@ -114,77 +114,132 @@ def write_snapshot_tmp(
     writers that may run at once (a forked child and the parent); every `.tmp` is deleted at
     start. The chunks are consumed as they come: a state encoded chunk by chunk is never
     whole in memory."""
-    tmp = os.path.join(snap_dir, snapshot_name(meta.index, meta.term) + tag + ".tmp")
-    if fs.exists(tmp):
-        fs.remove(tmp)
-    f = fs.open(tmp, exclusive=True)
-    cipher = None
-    key_id, salt, check = 0, bytes(SALT_SIZE), bytes(TAG_SIZE)
-    if keyring is not None:
-        key_id, salt = keyring.active, new_salt()
-        cipher = FileCipher(
-            keyring.keys[key_id], salt, SNAP_PURPOSE, _file_id(meta.index, meta.term)
-        )
-        check = cipher.check_tag()
-    head = _HEAD.pack(SNAP_MAGIC, 1, meta.index, meta.term, key_id, salt, check) + _conf_json(
-        meta.conf
-    )
-    crc, counter, offset, count, total, stream_crc = 0, 1, 0, 0, 0, 0
-    pending: list[bytes] = []
-    pending_len = 0
+    w = SnapshotWriter(fs, snap_dir, meta, keyring=keyring, max_chunk=max_chunk, tag=tag)
+    try:
+        for chunk in chunks:
+            w.write(chunk)
+        return w.finish()
+    except BaseException:
+        w.discard()
+        raise
 
-    def put(rtype: int, payload: bytes) -> None:
-        nonlocal crc, counter, offset, pending_len, pending
+
+class SnapshotWriter:
+    """A snapshot's temporary file written as its bytes come: a state encoded a batch at a
+    time (`write_snapshot_tmp`), or the chunks of a snapshot received from a leader
+    (loom/node/snapshots.py). `write` any number of times, then `finish` (end record, fsync)
+    or `discard`. Holds at most one record being gathered (`max_chunk`) and one write buffer
+    (`_WRITE_BUFFER`), never the snapshot. After an OSError the file is removed and the
+    error raised as DiskFullError or FatalIOError; the writer is then done."""
+
+    def __init__(
+        self,
+        fs: FileSystem,
+        snap_dir: str,
+        meta: SnapshotMeta,
+        *,
+        keyring: Keyring | None,
+        max_chunk: int,
+        tag: str = "",
+    ) -> None:
+        self.meta = meta
+        self.path = os.path.join(snap_dir, snapshot_name(meta.index, meta.term) + tag + ".tmp")
+        self._fs, self._max_chunk = fs, max_chunk
+        try:
+            if fs.exists(self.path):
+                fs.remove(self.path)
+            self._f: File | None = fs.open(self.path, exclusive=True)
+        except OSError as exc:
+            raise _io_error(exc, self.path) from exc
+        self._cipher = None
+        key_id, salt, check = 0, bytes(SALT_SIZE), bytes(TAG_SIZE)
+        if keyring is not None:
+            key_id, salt = keyring.active, new_salt()
+            self._cipher = FileCipher(
+                keyring.keys[key_id], salt, SNAP_PURPOSE, _file_id(meta.index, meta.term)
+            )
+            check = self._cipher.check_tag()
+        self._crc, self._counter, self._offset = 0, 1, 0
+        self._count = self._total = self._stream_crc = 0
+        self._pending: list[bytes] = []
+        self._pending_len = 0
+        # Small chunks (an incremental encoder's) are gathered up to max_chunk per record.
+        self._acc = bytearray()
+        head = _HEAD.pack(SNAP_MAGIC, 1, meta.index, meta.term, key_id, salt, check)
+        self._guard(self._put, RecordType.SNAP_HEADER, head + _conf_json(meta.conf))
+
+    @property
+    def size(self) -> int:
+        """Plaintext bytes written so far."""
+        return self._total + len(self._acc)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            take = self._max_chunk - len(self._acc)
+            self._acc += view[:take]
+            view = view[take:]
+            if len(self._acc) >= self._max_chunk:
+                self._guard(self._flush)
+
+    def finish(self) -> tuple[str, int]:
+        """The end record, then everything on disk (fsync); returns (path, plaintext bytes).
+        `install_snapshot_tmp` puts the file into place."""
+        self._guard(self._finish)
+        return self.path, self._total
+
+    def discard(self) -> None:
+        """Close and remove the file (a failed write, a transfer given up). Idempotent."""
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        _discard(self._fs, self.path)
+
+    def _guard(self, fn: Callable[..., None], *args: object) -> None:
+        if self._f is None:
+            raise ValueError(f"snapshot file {self.path} is already finished or discarded")
+        try:
+            fn(*args)
+        except OSError as exc:
+            self.discard()
+            raise _io_error(exc, self.path) from exc
+
+    def _finish(self) -> None:
+        if self._acc:
+            self._flush()
+        self._put(RecordType.SNAP_END, _END.pack(self._count, self._total, self._stream_crc))
+        assert self._f is not None
+        if self._pending:
+            self._f.pwrite(self._offset, b"".join(self._pending))
+            self._offset += self._pending_len
+            self._pending, self._pending_len = [], 0
+        self._f.fullsync()
+        self._f.close()
+        self._f = None
+
+    def _put(self, rtype: int, payload: bytes) -> None:
         flags = 0
-        if cipher is not None and rtype != RecordType.SNAP_HEADER:
-            payload = cipher.seal(counter, rtype, payload)
+        if self._cipher is not None and rtype != RecordType.SNAP_HEADER:
+            payload = self._cipher.seal(self._counter, rtype, payload)
             flags = codec.FLAG_ENCRYPTED
         if rtype != RecordType.SNAP_HEADER:
-            counter += 1
-        data, crc = codec.encode_record(rtype, flags, payload, crc)
-        pending.append(data)
-        pending_len += len(data)
-        if pending_len >= _WRITE_BUFFER:
-            f.pwrite(offset, b"".join(pending))
-            offset += pending_len
-            pending, pending_len = [], 0
+            self._counter += 1
+        data, self._crc = codec.encode_record(rtype, flags, payload, self._crc)
+        self._pending.append(data)
+        self._pending_len += len(data)
+        if self._pending_len >= _WRITE_BUFFER:
+            assert self._f is not None
+            self._f.pwrite(self._offset, b"".join(self._pending))
+            self._offset += self._pending_len
+            self._pending, self._pending_len = [], 0
 
-    # Small chunks (an incremental encoder's) are gathered up to max_chunk per record.
-    acc = bytearray()
-
-    def flush() -> None:
-        nonlocal count, total, stream_crc
-        piece = bytes(acc)
-        acc.clear()
-        put(RecordType.SNAP_CHUNK, piece)
-        stream_crc = google_crc32c.extend(stream_crc, piece)
-        count += 1
-        total += len(piece)
-
-    try:
-        put(RecordType.SNAP_HEADER, head)
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                take = max_chunk - len(acc)
-                acc += view[:take]
-                view = view[take:]
-                if len(acc) >= max_chunk:
-                    flush()
-        if acc:
-            flush()
-        put(RecordType.SNAP_END, _END.pack(count, total, stream_crc))
-        if pending:
-            f.pwrite(offset, b"".join(pending))
-        f.fullsync()
-        f.close()
-    except BaseException as exc:
-        f.close()
-        _discard(fs, tmp)
-        if isinstance(exc, OSError):
-            raise _io_error(exc, tmp) from exc
-        raise
-    return tmp, total
+    def _flush(self) -> None:
+        piece = bytes(self._acc)
+        self._acc.clear()
+        self._put(RecordType.SNAP_CHUNK, piece)
+        self._stream_crc = google_crc32c.extend(self._stream_crc, piece)
+        self._count += 1
+        self._total += len(piece)
 
 
 def install_snapshot_tmp(fs: FileSystem, snap_dir: str, meta: SnapshotMeta, tmp: str) -> str:

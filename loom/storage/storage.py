@@ -38,6 +38,7 @@ from loom.storage.records import ENTRY_OVERHEAD, encode_entry, encode_mark, enco
 from loom.storage.recovery import SNAP_DIR, WAL_DIR, max_payload, recover_dir
 from loom.storage.snapshot import (
     SnapshotReader,
+    SnapshotWriter,
     install_snapshot_tmp,
     list_snapshots,
     write_snapshot_tmp,
@@ -474,6 +475,26 @@ class Storage:
                                   keyring=self._keyring,
                                   max_chunk=self._opts.snapshot_chunk_size, tag=tag)
 
+    def snapshot_writer(self, meta: SnapshotMeta, tag: str) -> SnapshotWriter:
+        """A temp file to write a snapshot into as its bytes arrive (a leader's chunks):
+        `finish` it, read it back with `read_snapshot_tmp`, then `install_snapshot`."""
+        self._check_snapshot(meta)
+        return SnapshotWriter(self._fs, os.path.join(self._dir, SNAP_DIR), meta,
+                              keyring=self._keyring, max_chunk=self._opts.snapshot_chunk_size,
+                              tag=tag)
+
+    def read_snapshot_tmp(self, tmp: str) -> SnapshotReader:
+        """A finished temp file, read back (every record checked, the end record too) before
+        it is installed."""
+        self._check()
+        return SnapshotReader(self._fs, self._tmp_path(tmp), keyring=self._keyring,
+                              max_payload=max_payload(self._opts.max_record_size))
+
+    def _tmp_path(self, tmp: str) -> str:
+        if os.path.dirname(tmp) != os.path.join(self._dir, SNAP_DIR) or not tmp.endswith(".tmp"):
+            raise ValueError(f"not a snapshot temp file: {tmp}")
+        return tmp
+
     @property
     def child_can_write_snapshots(self) -> bool:
         """Whether `write_snapshot_tmp` called in a forked child writes the parent's files."""
@@ -481,9 +502,7 @@ class Storage:
 
     def discard_snapshot_tmp(self, tmp: str) -> None:
         """A temp file that will not be installed (its snapshot was superseded)."""
-        snap_dir = os.path.join(self._dir, SNAP_DIR)
-        if os.path.dirname(tmp) != snap_dir or not tmp.endswith(".tmp"):
-            raise ValueError(f"not a snapshot temp file: {tmp}")
+        self._tmp_path(tmp)
         try:
             if self._fs.exists(tmp):
                 self._fs.remove(tmp)

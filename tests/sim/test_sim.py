@@ -9,13 +9,12 @@ from dataclasses import replace
 
 import pytest
 
-from loom.raft.ready import Snapshot
 from loom.raft.types import Entry, HardState, SnapshotMeta
 from loom.sim import profiles
 from loom.sim.__main__ import main
 from loom.sim.clock import SimClock, lease_drift_bound
 from loom.sim.cluster import REJOIN_EVERY, WAL_EVERY, Simulation
-from loom.sim.disk import SimDisk
+from loom.sim.disk import SimDisk, Snapshot
 from loom.sim.mutants import MUTANTS
 from loom.sim.runner import run_one, run_seed, run_seeds
 from loom.sim.waldisk import WalDisk
