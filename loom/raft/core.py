@@ -888,10 +888,10 @@ class RaftCore:
     def advance(self, rd: Ready) -> None:
         if rd is not self._outstanding:
             raise RuntimeError("advance() takes the Ready returned by the last ready()")
-        self._outstanding = None
         if rd.snapshot is not None and isinstance(self._snap_src, _NotStored):
             raise RuntimeError("a received snapshot must be stored (snapshot_stored) before "
                                "advance()")
+        self._outstanding = None
         log = self.log
         if rd.entries:
             log.persisted = max(log.persisted, rd.entries[-1].index)

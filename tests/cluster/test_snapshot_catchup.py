@@ -53,6 +53,8 @@ async def test_stopped_follower_catches_up_from_a_snapshot(
     snaps = [p for p in (cluster.nodes[follower].data_dir / "raft").rglob("*")
              if "snap" in p.name]
     assert snaps, "no snapshot file in the follower's data directory"
+    # received into a temp file as the chunks came, then installed from it: none left over
+    assert not [p for p in snaps if p.name.endswith(".tmp")], snaps
 
     # The installed snapshot holds the data: with the follower leading, every write reads back.
     admin = cluster.client()
