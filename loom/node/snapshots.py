@@ -16,9 +16,11 @@ stops the driver for as long as that takes. One snapshot at a time.
 
 Memory: the parent never holds a large snapshot's bytes; the child holds one batch of encoded
 entries (plus the pages copy-on-write makes it copy). A small snapshot's bytes live only while
-they are made and stored, and a received one while it is stored and installed. The core keeps
-the meta and a `FileSource` over the stored file, which a lagging follower's stream reads
-chunk by chunk (one storage chunk, SNAPSHOT_CHUNK bytes, in memory at a time).
+they are made and stored. A snapshot received from a leader is never whole in memory: its
+chunks go to a file as they arrive and the state is rebuilt from that file
+(`SnapshotReceiver`). The core keeps the meta and a `FileSource` over the stored file, which a
+lagging follower's stream reads chunk by chunk (one storage chunk, SNAPSHOT_CHUNK bytes, in
+memory at a time).
 
 The snapshot is taken at the core's applied index (which counts no-op and membership entries
 beyond the state machine's own), so no entry is skipped on restore.
