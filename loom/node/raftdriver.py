@@ -491,6 +491,8 @@ class RaftDriver:
             await self._receiver.write(rd.snapshot_chunks)
         if rd.snapshot is not None:
             await self._install_received(rd.snapshot)
+        elif rd.snapshot_chunks:
+            await self._receiver.drop_complete()
         if rd.entries or rd.hard_state is not None:
             await self._save_until_space(rd)
             if rd.hard_state is not None and rd.must_sync:

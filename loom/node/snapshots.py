@@ -126,8 +126,11 @@ class SnapshotReceiver:
     def __init__(self, storage: AsyncStorage) -> None:
         self._storage = storage
         self._writer: SnapshotWriter | None = None
+        self._total = 0  # the size the transfer being written announced
 
     async def write(self, chunks: Sequence[SnapshotChunk]) -> None:
+        """Append the chunks; a whole transfer that the same Ready does not install (the
+        core already held what it covers) is removed again: `drop_complete`."""
         await self._storage.call(self._write, chunks)
 
     def _write(self, chunks: Sequence[SnapshotChunk]) -> None:
@@ -136,11 +139,19 @@ class SnapshotReceiver:
             if c.offset == 0:
                 self._discard()
                 w = self._writer = self._storage.storage.snapshot_writer(c.meta, self.TAG)
+                self._total = c.total
             elif w is None or w.meta != c.meta or w.size != c.offset:
                 # the core hands over each transfer in order: anything else is a bug here
                 raise AssertionError(f"snapshot chunk at {c.offset} does not continue the "
                                      f"file ({w.size if w else None} bytes)")
             w.write(c.data)
+
+    async def drop_complete(self) -> None:
+        """After a Ready without a snapshot to install: a transfer received whole was not
+        needed (the follower's log already held its index and term), so its file goes."""
+        w = self._writer
+        if w is not None and w.size == self._total:
+            await self._storage.call(self._discard)
 
     async def finish(self, meta: SnapshotMeta) -> tuple[str, int]:
         """The received file, complete and synced: (temp path, bytes)."""

@@ -14,7 +14,7 @@ from loom.node.raftdriver import RaftDriver, prepare_storage
 from loom.node.snapshots import SnapshotReceiver
 from loom.raft import messages as m
 from loom.raft.ready import SnapshotChunk
-from loom.raft.types import ConfState, SnapshotMeta
+from loom.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 from loom.state.command import Command
 from loom.state.machine import StateMachine
 from loom.storage.aio import AsyncStorage
@@ -87,6 +87,22 @@ async def test_bytes_that_make_no_state_are_never_installed(tmp_path: Path) -> N
     storage, rec = Storage.open(str(tmp_path), OPTS)
     assert rec.snapshot is None
     storage.close()
+
+
+async def test_a_whole_transfer_the_log_already_covers_is_not_kept(tmp_path: Path) -> None:
+    storage, _ = Storage.open(str(tmp_path), OPTS)
+    ents = [Entry(1, i, EntryType.NORMAL,
+                  Command("MAP_PUT", {"name": "m", "key": f"k{i}", "value": b"v"}, 1).encode())
+            for i in range(1, 46)]
+    storage.save(HardState(1, None, 0), ents, must_sync=True)
+    storage.close()
+    drv = follower(tmp_path)
+    for msg in transfer(b"\xff" * 5000):  # never decoded: the log holds index 40, term 1
+        drv.core.step(msg)
+        await drv._process_ready()
+    assert snap_files(tmp_path) == []
+    assert drv.core.log.committed == 40 and drv.core.snapshot_meta.index == 0
+    assert drv.state().applied_index == 40
 
 
 async def test_a_restarted_transfer_replaces_the_file_and_a_torn_one_goes_at_start(
