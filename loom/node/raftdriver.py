@@ -10,9 +10,11 @@ the simulator runs):
         rd = core.ready(); order = plan(rd, synced)      (the overlaps the contract allows)
         send order.early                                 (a leader's AppendEntries/heartbeats)
         apply rd.committed_entries if order.apply_first  (already durable on a majority)
-        persist rd.snapshot, rd.entries, rd.hard_state  (one storage call, fsync if must_sync,
+        write rd.snapshot_chunks                         (a snapshot being received: its file)
+        rd.snapshot: the state from its file, installed  (the file renamed into place, synced)
+        persist rd.entries, rd.hard_state                (one storage call, fsync if must_sync,
                                                           in a worker thread: group commit)
-        install rd.snapshot; send order.late             (votes, acks: they depend on the sync)
+        send order.late                                  (votes, acks: they depend on the sync)
         apply rd.committed_entries otherwise             (a Ready with a snapshot: strictly)
         answer rd.read_states once applied >= index      (linearizable reads, no log write)
         core.advance(rd)
