@@ -134,6 +134,10 @@ class RaftSettings:
     proposal_timeout_s: float = 10.0  # a write not applied by then answers TIMEOUT (unknown)
     read_timeout_s: float = 5.0
     snapshot_in_child: bool = True  # serialise snapshots in a forked child (where fork exists)
+    # a synced save of at most this many entries runs on the event loop, not the storage
+    # thread, while recent syncs took under inline_sync_below_ms (storage/aio.py); 0: never
+    inline_sync_entries: int = 8
+    inline_sync_below_ms: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +389,10 @@ def validate(cfg: NodeConfig) -> NodeConfig:
         raise ConfigError("raft.tick_ms: tick_ms and snapshot_every must be positive")
     if r.trailing_bytes < 0:
         raise ConfigError("raft.trailing_bytes: must be >= 0")
+    if not 0 <= r.inline_sync_entries <= 64:
+        raise ConfigError("raft.inline_sync_entries: must be between 0 (never) and 64")
+    if not 0 < r.inline_sync_below_ms <= 100:
+        raise ConfigError("raft.inline_sync_below_ms: must be in (0, 100]")
     if r.max_snapshot_bytes < 1:
         raise ConfigError("raft.max_snapshot_bytes: must be positive")
     for f in fields(cfg.state):

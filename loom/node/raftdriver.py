@@ -101,7 +101,9 @@ class RaftDriver:
         self.id = node_id
         self.client_addr = client_addr
         self.tick_s = settings.tick_ms / 1000
-        self._storage = AsyncStorage(storage)
+        self._storage = AsyncStorage(
+            storage, inline_sync_entries=settings.inline_sync_entries,
+            inline_sync_below_s=settings.inline_sync_below_ms / 1000)
         self._on_applied = on_applied
         self._on_leader = on_leader
         # Founders' peer addresses from the configuration; the replicated ones (the state
@@ -533,14 +535,8 @@ class RaftDriver:
         delay = 0.1
         while True:
             try:
-                if rd.must_sync or len(rd.entries) > 64:
-                    with trio.CancelScope(shield=True):
-                        await self._storage.save(rd.hard_state, list(rd.entries),
-                                                 rd.must_sync)
-                else:
-                    # No fsync (a commit-index update, say): one small buffered write, cheaper
-                    # here than the hop to a worker thread and back.
-                    self._storage.storage.save(rd.hard_state, list(rd.entries), False)
+                with trio.CancelScope(shield=True):  # on the loop or the thread: aio.py
+                    await self._storage.save(rd.hard_state, list(rd.entries), rd.must_sync)
             except DiskFullError as e:
                 if not self.disk_full:
                     log.error("%s: disk full, refusing writes until space returns: %s",

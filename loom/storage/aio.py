@@ -9,6 +9,14 @@ a plain thread fed by a queue costs about 100 µs of CPU per hop here against ab
 `trio.to_thread.run_sync` (bench/storage_bench.py prints both), which is a tenth of what a
 one-client write costs a follower. It exits after `IDLE_EXIT_S` without work and is started
 again by the next call, so nothing has to stop it.
+
+Where a save runs (`AsyncStorage.save`, the one place that decides): a save without a sync of
+at most 64 entries is one buffered write, on the event loop. A synced save of at most
+`inline_sync_entries` entries also runs on the event loop, while the recent syncs were fast (a
+moving average under `inline_sync_below_s`): the hop costs more than the sync then. The loop
+is blocked for that sync, so a disk that turns slow sends the next saves back to the thread
+(the average includes every synced save, wherever it ran). Either way the call is the same
+`Storage.save` and returns only once durable.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import functools
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -76,15 +85,38 @@ class WorkerThread:
                 pass
 
 
+UNSYNCED_INLINE_ENTRIES = 64  # a save without a sync of at most this many: on the loop
+SYNC_AVERAGE_WEIGHT = 1 / 8  # of the newest synced save in the moving average
+
+
 class AsyncStorage:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, *, inline_sync_entries: int = 0,
+                 inline_sync_below_s: float = 0.001) -> None:
         self.storage = storage
         self._worker = WorkerThread("loom-storage")
+        self._inline_entries = inline_sync_entries
+        self._inline_below = inline_sync_below_s
+        self.sync_average_s = 0.0  # moving average of synced saves, hop included if any
+        self.inline_syncs = 0  # synced saves run on the event loop
 
     async def save(
         self, hard_state: HardState | None, entries: Sequence[Entry], must_sync: bool
     ) -> None:
-        await self._worker.run_sync(self.storage.save, hard_state, entries, must_sync)
+        """`Storage.save`, where it costs least (the module docstring); not abandoned when
+        cancelled, like every call here."""
+        if not must_sync and len(entries) <= UNSYNCED_INLINE_ENTRIES:
+            self.storage.save(hard_state, entries, False)  # one small buffered write
+            return
+        t0 = time.perf_counter()
+        if (must_sync and len(entries) <= self._inline_entries
+                and self.sync_average_s < self._inline_below):
+            self.inline_syncs += 1
+            self.storage.save(hard_state, entries, True)
+        else:
+            await self._worker.run_sync(self.storage.save, hard_state, entries, must_sync)
+        if must_sync:
+            took = time.perf_counter() - t0
+            self.sync_average_s += (took - self.sync_average_s) * SYNC_AVERAGE_WEIGHT
 
     async def save_snapshot(self, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
         await self._worker.run_sync(self.storage.save_snapshot, meta, chunks)
