@@ -32,7 +32,10 @@ Invariants:
   the batch that holds it returned. An fsync failure stops the node (storage raises
   FatalIOError; this task lets it escape and the node exits).
 - Reads are linearizable: every pending read of one inbox turn shares one ReadIndex request;
-  each is served from the state machine once the applied index reaches the read index.
+  each is served from the state machine once the applied index reaches the read index. A
+  request not answered within election_ticks_min ticks on a follower, or asked in an earlier
+  term, is asked again (waiters.py `ask_again`): a lost message costs a read a retry, and
+  only its deadline (TIMEOUT) ends it unanswered.
 - The state machine sees only committed entries, in order, exactly once per boot; a snapshot
   (the whole state, member addresses included) replaces it wholesale.
 """
@@ -442,13 +445,16 @@ class RaftDriver:
             self._waiters.proposals[r] = w
 
     def _flush_reads(self) -> None:
-        waiters = self._waiters
+        waiters, core = self._waiters, self.core
+        if waiters.asked:  # a request lost on the way, or asked of an earlier leader
+            waiters.ask_again(core.term, core.ticks, None if core.role is Role.LEADER
+                              else self.s.election_ticks_min)
         if not waiters.pending_reads:
             return
         batch, waiters.pending_reads = waiters.pending_reads, []
         self._read_seq += 1
         ctx = self._read_seq.to_bytes(8, "big")
-        r = self.core.read_index(ctx)
+        r = core.read_index(ctx)
         if isinstance(r, NotLeader):
             err = self.not_leader()
             for w in batch:
@@ -457,7 +463,7 @@ class RaftDriver:
             for w in batch:
                 w.fail(E.Busy(f"read refused: {r.reason}", retry_after_ms=50))
         else:
-            waiters.asked[ctx] = batch
+            waiters.ask(ctx, core.term, core.ticks, batch)
 
     # -- Ready processing ----------------------------------------------------------------------
     async def _process_ready(self) -> None:

@@ -6,8 +6,12 @@ deadline. `Waiters` holds them where the driver looks them up:
 - proposals by log index (answered when the entry at that index is applied here; an entry of
   another term at that index means another leader's entry won the slot: UNAVAILABLE, safe to
   retry);
-- reads: pending (not yet asked for a ReadIndex), asked (by request context), ready (by read
-  index, served once the applied index reaches it);
+- reads: pending (not yet asked for a ReadIndex), asked (by request context, with the term
+  and tick it was asked in), ready (by read index, served once the applied index reaches
+  it). A follower's request, or the leader's answer, can be lost (a link down, a full lane)
+  or can never come (the core drops an answer from an older term): `ask_again` puts the
+  reads of a request asked in an earlier term, or unanswered for a while, back in pending,
+  so a lost message costs a read a retry instead of its deadline;
 - every waiter, in submission order, in one deadline queue per timeout, so deadlines are
   non-decreasing and `expire` fails the overdue ones from the front (TIMEOUT: the outcome is
   unknown). The ticker calls it, not the driver, so callers hear TIMEOUT even while the
@@ -24,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import trio
 
@@ -72,13 +77,21 @@ def fail_all(waiters: Iterable[Waiter], err: E.LoomError) -> None:
         w.fail(err)
 
 
+class Asked(NamedTuple):
+    """A ReadIndex request on its way: when it was sent, and the reads it answers."""
+
+    term: int
+    tick: int  # the core's tick count
+    reads: list[Waiter]
+
+
 class Waiters:
     def __init__(self, write_timeout_s: float, read_timeout_s: float) -> None:
         self.write_timeout_s = write_timeout_s
         self.read_timeout_s = read_timeout_s
         self.proposals: dict[int, Waiter] = {}  # log index -> the write proposed there
         self.pending_reads: list[Waiter] = []  # joined the next ReadIndex request
-        self.asked: dict[bytes, list[Waiter]] = {}  # ReadIndex context -> its reads
+        self.asked: dict[bytes, Asked] = {}  # ReadIndex context -> the request
         self.ready: list[tuple[int, list[Waiter]]] = []  # (read index, reads) to serve
         self._writes: deque[Waiter] = deque()  # deadline order (completed ones skipped)
         self._reads: deque[Waiter] = deque()
@@ -123,10 +136,29 @@ class Waiters:
             if ev is not None:
                 ev.set()
 
+    def ask(self, ctx: bytes, term: int, tick: int, reads: list[Waiter]) -> None:
+        self.asked[ctx] = Asked(term, tick, reads)
+
     def read_state(self, ctx: bytes, index: int) -> None:
-        batch = self.asked.pop(ctx, None)
-        if batch:
-            self.ready.append((index, batch))
+        asked = self.asked.pop(ctx, None)
+        if asked is not None:
+            self.ready.append((index, asked.reads))
+
+    def ask_again(self, term: int, tick: int, patience: int | None) -> None:
+        """Forget every request asked in another term (the core drops an answer from an older
+        one) or, unless `patience` is None (a leader's own reads wait in its core, which
+        answers or fails each), at least `patience` ticks ago (the request or its answer was
+        lost); put its reads still waiting back in front of pending, to join the next request.
+        A ReadIndex taken after a read arrived is as good as the first, and only the newest
+        request of a read can serve it. Bounded: a read is asked at most once per `patience`
+        ticks (and once per term), until its deadline."""
+        again: list[Waiter] = []
+        for ctx, a in list(self.asked.items()):
+            if a.term != term or (patience is not None and tick - a.tick >= patience):
+                del self.asked[ctx]
+                again += (w for w in a.reads if w.on_done is not None)
+        if again:
+            self.pending_reads[:0] = again
 
     def serve_reads(self, applied: int, sm: StateMachine) -> None:
         """Answer every read whose read index the applied index has reached."""
@@ -148,8 +180,8 @@ class Waiters:
         not served yet cannot be served by a former leader."""
         fail_all(self.proposals.values(), E.Timeout(
             "leadership was lost before the write committed; it may or may not be applied"))
-        for batch in self.asked.values():
-            fail_all(batch, not_leader)
+        for asked in self.asked.values():
+            fail_all(asked.reads, not_leader)
         self.asked.clear()
         for _, batch in self.ready:
             fail_all(batch, not_leader)

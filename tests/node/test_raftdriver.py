@@ -119,6 +119,40 @@ def test_a_stopped_driver_reports_proposed_writes_as_unknown_and_the_rest_as_una
     assert len(proposed) == len(queued) == 1 and not w.proposals
 
 
+def get(key: str) -> Command:
+    return Command("MAP_GET", {"name": "m", "key": key}, 1_000)
+
+
+def test_reads_asked_in_another_term_or_long_ago_are_asked_again_until_their_deadline(
+        ) -> None:
+    """A follower's ReadIndex request, or the leader's answer, may be lost (the link was down,
+    the leader changed or shed it): nothing would ever answer that context. `ask_again` puts
+    the reads of a request asked `patience` ticks ago, or in another term, back in front of
+    pending (a leader asks again only what it asked in another term); a read whose deadline
+    passed is not asked again, and a late answer to a request asked again serves nothing."""
+    w = Waiters(write_timeout_s=30, read_timeout_s=5)
+    answers: Answers = []
+    a, b, c, d, e = (Waiter(get(k), recorder(answers), 10.0, "the read MAP_GET")
+                     for k in "abcde")
+    w.ask(b"old term", 1, 100, [a])
+    w.ask(b"lost", 2, 100, [b, c])
+    w.ask(b"recent", 2, 105, [d])
+    w.pending_reads.append(e)  # arrived since: asked after the older reads
+    w.ask_again(term=2, tick=109, patience=10)
+    assert set(w.asked) == {b"lost", b"recent"} and w.pending_reads == [a, e]
+    w.pending_reads.clear()
+    c.fail(E.Timeout("its deadline passed"))
+    w.ask_again(term=2, tick=110, patience=10)
+    assert set(w.asked) == {b"recent"} and w.pending_reads == [b]
+    w.read_state(b"lost", 3)  # answered after all, too late: nobody waits on that context
+    assert not w.ready
+    w.pending_reads.clear()
+    w.ask_again(term=2, tick=1_000, patience=None)  # a leader's reads wait in its core
+    assert set(w.asked) == {b"recent"} and not w.pending_reads
+    w.read_state(b"recent", 3)
+    assert w.ready == [(3, [d])] and not w.asked
+
+
 async def test_waiters_left_when_the_driver_stops_hear_their_outcome_is_unknown() -> None:
     fs = FaultFS(3)
     log = open_log(fs, RaftSettings(tick_ms=10, proposal_timeout_s=30))
