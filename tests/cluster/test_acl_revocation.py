@@ -194,33 +194,36 @@ async def test_no_write_is_applied_after_the_revocation_that_precedes_it_in_the_
         """A sliding window: a new increment leaves as soon as an answer frees a slot."""
         slots = trio.Semaphore(IN_FLIGHT)
         sent: list[int] = []
-        done = trio.Event()
 
-        async def receive() -> None:
-            with trio.fail_after(30):
-                while not (done.is_set() and len(answers) == len(sent)):
-                    p = writer.session.next_payload()
-                    if p is None:
-                        data = await writer.stream.receive_some(65536)
-                        assert data, "closed by the node"
-                        writer.session.receive_data(data)
-                        continue
-                    obj = decode_payload(p)
-                    assert isinstance(obj, dict)
-                    answers.append(obj)
-                    slots.release()
+        async def receive() -> None:  # until cancelled, once every answer is in
+            while True:
+                p = writer.session.next_payload()
+                if p is None:
+                    data = await writer.stream.receive_some(65536)
+                    assert data, "closed by the node"
+                    writer.session.receive_data(data)
+                    continue
+                obj = decode_payload(p)
+                assert isinstance(obj, dict)
+                answers.append(obj)
+                slots.release()
 
-        async with trio.open_nursery() as inner:
-            inner.start_soon(receive)
-            for _ in range(20_000):  # bounded; stops once the revocation is in force
-                if revoked.is_set() and len(answers) >= IN_FLIGHT and all(
-                        a["s"] == FORBIDDEN for a in answers[-IN_FLIGHT:]):
-                    break
-                await slots.acquire()
-                rid, f = writer.frame("COUNTER_INCREMENT", name="c")
-                sent.append(rid)
-                await writer.send(f)
-            done.set()
+        # The receiver cannot tell by itself when the last answer came: one waiting for bytes
+        # after it would wait forever. The sender stops it once every answer is in.
+        with trio.fail_after(30):
+            async with trio.open_nursery() as inner:
+                inner.start_soon(receive)
+                for _ in range(20_000):  # bounded; stops once the revocation is in force
+                    if revoked.is_set() and len(answers) >= IN_FLIGHT and all(
+                            a["s"] == FORBIDDEN for a in answers[-IN_FLIGHT:]):
+                        break
+                    await slots.acquire()
+                    rid, f = writer.frame("COUNTER_INCREMENT", name="c")
+                    sent.append(rid)
+                    await writer.send(f)
+                while len(answers) < len(sent):
+                    await trio.sleep(0.01)
+                inner.cancel_scope.cancel()
 
     async with trio.open_nursery() as ns:
         ns.start_soon(write_until_revoked)
