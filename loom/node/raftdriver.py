@@ -57,6 +57,7 @@ from loom.node.membership import Membership, parse_admin
 from loom.node.replicator import Applied, LogStatistics, OnDone
 from loom.node.snapshots import FileSource, SnapshotPolicy, SnapshotReceiver, stored_source
 from loom.node.waiters import StructureId, Waiter, Waiters, completion
+from loom.raft import messages as m
 from loom.raft.confchange import ConfChange, ConfChangeType, bootstrap
 from loom.raft.core import RaftCore
 from loom.raft.messages import Message
@@ -73,6 +74,7 @@ from loom.storage.storage import Recovered, Storage
 from loom.wire import errors as E
 
 log = logging.getLogger("loom.raft")
+_FROM_LEADER = (m.AppendEntries, m.Heartbeat, m.InstallSnapshot)
 
 
 def prepare_storage(storage: Storage, recovered: Recovered, founders: list[str] | None
@@ -387,12 +389,21 @@ class RaftDriver:
             if not self._inbox.put_tick():
                 return
 
-    def _catch_up_ticks(self) -> None:
+    def _catch_up_ticks(self, heard_leader: bool = False) -> None:
         """Give the core every tick the monotonic clock says has elapsed, before the turn's
         reads. Time spent paused (SIGSTOP, a stalled VM, a long fsync) therefore counts: a
         leader that was away longer than its lease steps down or stops trusting the lease
-        before it could answer a read (ticks are the core's only clock)."""
+        before it could answer a read (ticks are the core's only clock).
+
+        Except on a follower that this very turn heard from its leader (`heard_leader`): the
+        ticks of its own stall, which elapsed before it read that message, are not held
+        against a leader that is alive, or it would campaign on waking, with its reads
+        refused meanwhile. Dropping them only makes it honour the leader longer than the
+        clock says, the safe side of every lease; if the leader dies now, the next election
+        timeout notices."""
         now = trio.current_time()
+        if heard_leader and now >= self._next_tick_at + self.tick_s:
+            self._next_tick_at = now  # one tick now, the backlog dropped
         if self.removed is not None:  # removed: time no longer moves for the core
             self._recheck_removed()
         if self.removed is not None:
@@ -413,9 +424,12 @@ class RaftDriver:
         # is only ever checked against a lease the ticks have aged.
         core, waiters = self.core, self._waiters
         while (turn := await self._inbox.turn()) is not None:
+            heard = False  # from the leader this node follows, this turn
             for evt in turn:
                 if isinstance(evt, PeerMessage):
                     core.step(evt.msg)
+                    heard = heard or (evt.msg.frm == core.leader
+                                      and isinstance(evt.msg, _FROM_LEADER))
                 elif isinstance(evt, Propose):
                     self._propose(evt.waiter)
                 elif isinstance(evt, Read):
@@ -427,7 +441,7 @@ class RaftDriver:
                 elif isinstance(evt, PeerGone):
                     core.peer_gone(evt.peer)
                 # a Tick only wakes the loop: _catch_up_ticks counts them from the clock
-            self._catch_up_ticks()
+            self._catch_up_ticks(heard and core.role is Role.FOLLOWER)
             self._flush_reads()
             await self._process_ready()
             self.membership.settle_transfers()

@@ -8,6 +8,7 @@ the network lost."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -135,6 +136,29 @@ async def test_a_read_asked_of_a_deposed_leader_is_asked_of_the_next_one() -> No
         again = links.sent_of(m.ReadIndex)[-1]
         assert again.term == 2 and again.ctx != first.ctx
         log.on_peer_message(m.ReadIndexResponse("n1", "n3", 2, again.ctx, COMMIT))
+        await until(lambda: bool(answers), "the read was not served", beat)
+        assert answers == [(Outcome.ok(None), None)]
+        log.stop()
+
+
+async def test_a_follower_that_wakes_from_a_stall_to_its_leaders_heartbeat_stays_a_follower(
+        ) -> None:
+    """A stall (here the event loop itself blocked for 2 s, as a SIGSTOP or a stalled VM would
+    hold the process) longer than the election timeout, with the leader's heartbeat waiting
+    when it ends: n1 reads it first and does not campaign on the stall's ticks, so its reads
+    are served, not refused with NOT_LEADER."""
+    log, links = follower()
+    answers: Answers = []
+    beat = heartbeats(log, "n2", 1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        await until(lambda: log.leader == "n2", "n1 follows no leader", beat)
+        beat()  # waiting in the inbox when the stall ends
+        time.sleep(2.0)  # the stall: nothing runs, the clock goes on
+        await trio.sleep(0.05)
+        assert links.sent_of(m.PreVote) == [] and log.leader == "n2"
+        first = await read_asked(log, links, answers, beat)
+        log.on_peer_message(m.ReadIndexResponse("n1", "n2", 1, first.ctx, COMMIT))
         await until(lambda: bool(answers), "the read was not served", beat)
         assert answers == [(Outcome.ok(None), None)]
         log.stop()
