@@ -63,6 +63,9 @@ class Conn:
                                              pre_hello_max_frame=1 << 24),
                                now=trio.current_time())
         self.next_id = 1
+        # replies read while waiting for another id: kept for their own recv_id (a node
+        # answers the requests of one connection as each finishes, not in the order sent)
+        self._early: dict[int, dict[str, Any]] = {}
 
     @classmethod
     async def open(cls, pki: PKI, port: int, *, name: str = "admin", client_id: str = "",
@@ -106,7 +109,10 @@ class Conn:
             raise ConnError(f"send: {e!r}", sent=False) from None
 
     async def recv_id(self, rid: int, timeout: float) -> dict[str, Any]:
-        """The reply to request `rid` (other frames are skipped)."""
+        """The reply to request `rid`; replies to other requests read meanwhile are kept for
+        their own call (at most 4,096), frames without a request id are skipped."""
+        if (early := self._early.pop(rid, None)) is not None:
+            return early
         try:
             with trio.fail_after(timeout):
                 while True:
@@ -115,6 +121,9 @@ class Conn:
                         obj = decode_payload(p)
                         if isinstance(obj, dict) and obj.get("id") == rid:
                             return obj
+                        if (isinstance(obj, dict) and isinstance(obj.get("id"), int)
+                                and len(self._early) < 4096):
+                            self._early[obj["id"]] = obj
                         continue
                     data = await self.stream.receive_some(65536)
                     self.session.receive_data(data)
