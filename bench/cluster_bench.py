@@ -733,13 +733,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # unwind through every `finally` that stops a process
+def interrupt_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, through every `finally` that stops a process."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
+    interrupt_on_sigterm()
     t0 = time.perf_counter()
     pairs: list[tuple[Figures, Figures]] = []
     with tempfile.TemporaryDirectory(prefix="loom-cluster-bench-") as d:

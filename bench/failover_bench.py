@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import ssl
 import statistics
 import subprocess
@@ -54,7 +53,9 @@ from bench.cluster_bench import (
     LoomConn,
     conns_and_window,
     find_leader,
+    interrupt_on_sigterm,
     loom_failover,
+    say,
 )
 from bench.loadgen import run_load
 from loom.security.tls import client_context
@@ -62,10 +63,6 @@ from loom.security.tls import client_context
 TARGET_MS = 500.0
 REJOIN_WAIT_S = 60.0
 POLL_S = 0.25
-
-
-def say(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def restart(cluster: LoomCluster, node: str) -> None:
@@ -254,13 +251,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # unwind through every `finally` that stops a process
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
+    interrupt_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="loom-failover-bench-") as d:
         cluster = LoomCluster(Path(d), args.tick_ms)
         try:

@@ -38,7 +38,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cluster_bench import OK, LoomConn
+from bench.cluster_bench import OK, LoomConn, say
 from loom.chaos.cluster import free_ports
 from loom.cli.loomd import EXAMPLE_ACL
 from loom.security.devpki import create_dev_pki
@@ -48,10 +48,6 @@ from loom.storage.snapshot import SNAP_RE
 VALUE_BYTES = 256
 PER_COMMAND = 1000
 TARGET = 1.5
-
-
-def say(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def status_kb(pid: int, field: str) -> int:

@@ -25,8 +25,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "== installing ${missing[*]} from Debian's packages for the tests that run them" \
          "(apt-get update, apt-get install)"
     # The whole list, by name (packages already installed are left as they are).
-    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-        nginx apache2-utils chromium chromium-driver prometheus softhsm2; } \
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -q \
+        && apt-get install -y -q nginx apache2-utils chromium chromium-driver prometheus softhsm2; } \
       || echo "apt-get could not install ${missing[*]}: the tests that need them will skip" >&2
     # Debian's prometheus starts a service of its own on install: stop it, so it holds no port
     # (the tests run their own instance on a free loopback port).
